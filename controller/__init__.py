@@ -1,0 +1,1 @@
+"""The county controller: REST API, console, database, schedules, speech and MQTT dispatch."""

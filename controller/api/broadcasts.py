@@ -1,0 +1,56 @@
+"""/api/broadcasts: push, watch and cancel announcements."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from controller.api import keys
+from controller.auth import principal_of
+from controller.broadcasts import BroadcastIn
+from controller.errors import from_validation_error, read_json
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/api/broadcasts")
+async def create_broadcast(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    principal.require_broadcast()
+    data = await read_json(request)
+    try:
+        body = BroadcastIn.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+    broadcast = await request.app[keys.BROADCASTS].create(principal, body)
+    return web.json_response(
+        {
+            "id": broadcast.id,
+            "device_count": broadcast.device_count,
+            "start_at_ms": broadcast.start_at_ms,
+            "expires_at_ms": broadcast.expires_at_ms,
+            "dispatch": broadcast.dispatch,
+            "drill": broadcast.drill,
+        },
+        status=201,
+    )
+
+
+@routes.get("/api/broadcasts")
+async def list_broadcasts(request: web.Request) -> web.Response:
+    items = await request.app[keys.BROADCASTS].list(principal_of(request))
+    return web.json_response({"broadcasts": items})
+
+
+@routes.get("/api/broadcasts/{id}")
+async def get_broadcast(request: web.Request) -> web.Response:
+    view = await request.app[keys.BROADCASTS].get(principal_of(request), request.match_info["id"])
+    return web.json_response(view)
+
+
+@routes.post("/api/broadcasts/{id}/cancel")
+async def cancel_broadcast(request: web.Request) -> web.Response:
+    view = await request.app[keys.BROADCASTS].cancel(
+        principal_of(request), request.match_info["id"]
+    )
+    return web.json_response(view)

@@ -1,0 +1,124 @@
+"""The running controller, wired in one place.
+
+Constructors below only store their dependencies; `_lifecycle` (the aiohttp
+application's cleanup context) starts everything in order and stops it in reverse. A
+reader finds the whole running system in this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from controller.api import keys, routes
+from controller.auth import TokenAuthenticator, auth_middleware
+from controller.broadcasts import BroadcastService
+from controller.db import Database
+from controller.dispatch import Dispatcher
+from controller.errors import error_middleware
+from controller.ingest import Ingestor
+from controller.media import MediaStore
+from controller.settings import Settings
+from controller.speech import AnnouncementRenderer
+from dalaba.mqtt import BrokerAddress
+from dalaba.signing import Ed25519Signer
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+
+
+def build_app(settings: Settings) -> web.Application:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.db_url)
+    media = MediaStore(settings.media_dir, db)
+    renderer = AnnouncementRenderer(
+        cache_dir=settings.data_dir / "speech-cache",
+        backend_order=settings.speech_backends,
+        edge_timeout_s=settings.edge_tts_timeout_s,
+    )
+    signer = Ed25519Signer.load_or_create(settings.signing_key_path)
+    ingestor = Ingestor(
+        db,
+        batch_ms=settings.ingest_batch_ms,
+        history_interval_s=settings.telemetry_history_interval_s,
+    )
+    broker = BrokerAddress.from_url(settings.broker_url).with_credentials(
+        settings.broker_username, settings.broker_password.get_secret_value()
+    )
+    dispatcher = Dispatcher(broker, signer, ingestor.submit)
+    broadcasts = BroadcastService(db, media, renderer, dispatcher, settings)
+
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware(TokenAuthenticator(db))],
+        client_max_size=MAX_UPLOAD_BYTES,
+    )
+    app[keys.SETTINGS] = settings
+    app[keys.DB] = db
+    app[keys.MEDIA] = media
+    app[keys.INGESTOR] = ingestor
+    app[keys.DISPATCHER] = dispatcher
+    app[keys.BROADCASTS] = broadcasts
+    app.add_routes(routes())
+    if WEB_DIR.is_dir():
+        app.router.add_get("/", _index)
+        app.router.add_static("/static/", WEB_DIR, show_index=False)
+
+    async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+        db.start()
+        await ingestor.start()
+        await dispatcher.start()
+        await broadcasts.start()
+        log.info("controller up: http://%s:%d/", settings.http_host, settings.http_port)
+        yield
+        await broadcasts.stop()
+        await dispatcher.stop()
+        await ingestor.stop()
+        db.stop()
+
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _index(_request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_DIR / "index.html")
+
+
+class ControllerServer:
+    """The controller as an HTTP server that can be started and stopped in-process
+    (by `dalaba controller`, the demo and the tests)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app: web.Application | None = None
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        self.app = build_app(self.settings)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port)
+        await site.start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.http_host}:{self.settings.http_port}"
+
+
+async def serve_forever(settings: Settings) -> None:
+    server = ControllerServer(settings)
+    await server.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()

@@ -1,0 +1,150 @@
+"""Who is calling, and what their role lets them reach.
+
+Roles: `admin` (everything), `duty_officer` (broadcast anywhere, read everything),
+`township_staff` (act and read only within their own township), `viewer` (read only).
+Machines use bearer tokens; the console's session logins come later on the same roles.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from sqlmodel import Session, select
+
+from controller.db import Database
+from controller.errors import ApiError, forbidden
+from controller.models import ApiToken, User
+from dalaba.protocol import now_ms
+
+TOKEN_PREFIX = "dlb_"
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"
+    DUTY_OFFICER = "duty_officer"
+    TOWNSHIP_STAFF = "township_staff"
+    VIEWER = "viewer"
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: str
+    role: Role
+    township_id: str | None = None
+
+    @property
+    def can_broadcast(self) -> bool:
+        return self.role is not Role.VIEWER
+
+    @property
+    def county_wide(self) -> bool:
+        return self.role in (Role.ADMIN, Role.DUTY_OFFICER, Role.VIEWER)
+
+    def township_scope(self) -> str | None:
+        """None: the whole county; else the only township this principal may see."""
+        return None if self.county_wide else self.township_id
+
+    def require_broadcast(self) -> None:
+        if not self.can_broadcast:
+            raise forbidden(f"role {self.role.value} may not broadcast")
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_user_and_token(
+    session: Session, user_name: str, role: Role, township_id: str | None, label: str = ""
+) -> str:
+    """Create (or reuse) the user and return a new token: shown once, stored hashed."""
+    if role is Role.TOWNSHIP_STAFF and not township_id:
+        raise ValueError("--township is required for township_staff")
+    user = session.exec(select(User).where(User.name == user_name)).first()
+    if user is None:
+        user = User(name=user_name, role=role.value, township_id=township_id, created_ms=now_ms())
+        session.add(user)
+        session.flush()
+    elif user.role != role.value or user.township_id != township_id:
+        raise ValueError(f"user {user_name} exists with role {user.role}")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    assert user.id is not None
+    session.add(
+        ApiToken(
+            user_id=user.id,
+            token_hash=hash_token(token),
+            prefix=token[:10],
+            label=label,
+            created_ms=now_ms(),
+        )
+    )
+    return token
+
+
+class TokenAuthenticator:
+    CACHE_S = 5.0  # a revoked token stops working within this long
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+
+    async def principal_for(self, token: str) -> Principal | None:
+        digest = hash_token(token)
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+
+        def lookup(session: Session) -> Principal | None:
+            row = session.exec(
+                select(ApiToken, User)
+                .where(ApiToken.token_hash == digest)
+                .where(ApiToken.user_id == User.id)
+            ).first()
+            if row is None:
+                return None
+            tok, user = row
+            if tok.revoked or user.disabled:
+                return None
+            tok.last_used_ms = now_ms()
+            return Principal(user.name, Role(user.role), user.township_id)
+
+        principal = await self._db.run(lookup)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (time.monotonic() + self.CACHE_S, principal)
+        return principal
+
+
+PUBLIC_PATHS = ("/api/health",)
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+
+
+def auth_middleware(
+    authenticator: TokenAuthenticator,
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if not request.path.startswith("/api/") or request.path in PUBLIC_PATHS:
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "unauthenticated", "Authorization: a bearer token is required")
+        principal = await authenticator.principal_for(token.strip())
+        if principal is None:
+            raise ApiError(401, "unauthenticated", "Authorization: unknown or revoked token")
+        request[PRINCIPAL] = principal
+        return await handler(request)
+
+    return middleware
+
+
+def principal_of(request: web.Request) -> Principal:
+    return request[PRINCIPAL]

@@ -1,0 +1,446 @@
+"""Broadcasts: validate, render, record, sign and dispatch; cancel; expire.
+
+A broadcast is one announcement to a set of terminals; each terminal's progress is a
+`Delivery` that only the terminal's own reports move forward ("sent" is never shown as
+"played"). The controller infers only two endings itself: a delivery never heard of
+before the broadcast expired, and one cancelled before it reached the terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import Counter
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlmodel import Session, col, select
+
+from controller import audit
+from controller.auth import Principal
+from controller.db import Database
+from controller.dispatch import Dispatcher
+from controller.errors import ApiError, bad_request, forbidden, not_found
+from controller.media import MediaStore
+from controller.models import Broadcast, Delivery, Device, Media
+from controller.settings import Settings
+from controller.speech import AnnouncementRenderer, AnnouncementRequest
+from controller.speech.types import CATEGORIES
+from controller.targets import TargetsIn, resolve, topics_for
+from controller.timefmt import iso, parse_instant
+from dalaba import protocol as p
+
+log = logging.getLogger(__name__)
+
+MAX_EXPIRY_S = 7 * 24 * 3600
+MAX_START_AHEAD_MS = 7 * 24 * 3600 * 1000
+START_PAST_TOLERANCE_MS = 5_000
+
+
+class BroadcastIn(BaseModel):
+    """The body of POST /api/broadcasts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = None
+    media_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    title: str = Field(default="", max_length=100)
+    category: str
+    priority: Literal["emergency", "notice", "routine"]
+    level: int | None = Field(default=None, ge=1, le=4)
+    targets: TargetsIn
+    start_at: str | int | None = None
+    expires_in_s: int | None = Field(default=None, ge=10, le=MAX_EXPIRY_S)
+    drill: bool = False
+    languages: list[Literal["cmn", "yue"]] = Field(default_factory=lambda: ["cmn"], min_length=1)
+    repeat: int | None = Field(default=None, ge=1, le=10)
+
+    @field_validator("category")
+    @classmethod
+    def _known_category(cls, value: str) -> str:
+        if value not in CATEGORIES:
+            raise ValueError(f"unknown category {value!r}; one of {', '.join(sorted(CATEGORIES))}")
+        return value
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip() if value is not None else None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BroadcastIn:
+        if (self.text is None) == (self.media_id is None):
+            raise ValueError("give exactly one of text or media_id")
+        if self.priority == "emergency" and self.level is None:
+            raise ValueError("level: required for emergencies (1 = I red ... 4 = IV blue)")
+        if self.priority != "emergency" and self.level is not None:
+            raise ValueError("level: only emergencies have a level")
+        return self
+
+
+class BroadcastService:
+    def __init__(
+        self,
+        db: Database,
+        media: MediaStore,
+        renderer: AnnouncementRenderer,
+        dispatcher: Dispatcher,
+        settings: Settings,
+    ) -> None:
+        self._db = db
+        self._media = media
+        self._renderer = renderer
+        self._dispatcher = dispatcher
+        self._settings = settings
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_loop())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+
+    # ------------------------------------------------------------------ create
+
+    async def create(self, principal: Principal, body: BroadcastIn) -> Broadcast:
+        principal.require_broadcast()
+        if body.text is not None and len(body.text) > self._settings.max_text_chars:
+            raise bad_request("text", f"longer than {self._settings.max_text_chars} characters")
+        t0 = p.now_ms()
+        requested_start = None
+        if body.start_at is not None:
+            requested_start = parse_instant(body.start_at, "start_at")
+            if requested_start < t0 - START_PAST_TOLERANCE_MS:
+                raise bad_request("start_at", "is in the past")
+            if requested_start > t0 + MAX_START_AHEAD_MS:
+                raise bad_request("start_at", "is more than 7 days ahead")
+
+        resolved = await self._db.run(lambda s: resolve(s, body.targets, principal))
+        if not resolved.device_ids:
+            raise bad_request("targets", "no terminal is installed in the chosen area")
+
+        media, voices = await self._media_for(body)
+        media_is_new = media.created_ms >= t0
+        now = p.now_ms()
+        lead = self._settings.sync_lead_ms + (self._settings.fetch_lead_ms if media_is_new else 0)
+        start_at = max(requested_start or 0, now + lead)
+        expires_in_s = body.expires_in_s or self._settings.default_expiry_s[body.priority]
+        expires_at = start_at + expires_in_s * 1000
+        title = body.title or (body.text or "")[:40]
+        play = p.PlayBody(
+            broadcast_id=uuid.uuid4().hex,
+            priority=p.Priority(body.priority),
+            level=body.level,
+            category=body.category,
+            drill=body.drill,
+            title=title,
+            media=p.MediaRef(
+                sha256=media.sha256,
+                url=media.sha256,  # relative to the terminal's media base URL
+                size=media.size,
+                duration_ms=media.duration_ms,
+                mime=media.mime,
+            ),
+            start_at=start_at,
+            volume=100 if body.priority == "emergency" else None,
+        )
+        command = p.Command.new(play, resolved.target, expires_at)
+
+        def record(session: Session) -> Broadcast:
+            broadcast = Broadcast(
+                id=play.broadcast_id,
+                created_ms=now,
+                created_by=principal.user,
+                title=title,
+                text=body.text or "",
+                media_sha256=media.sha256,
+                category=body.category,
+                priority=body.priority,
+                level=body.level,
+                drill=body.drill,
+                targets=body.targets.model_dump(),
+                target=resolved.target.model_dump(mode="json"),
+                start_at_ms=start_at,
+                expires_at_ms=expires_at,
+                command_id=command.id,
+                voices=voices,
+                device_count=len(resolved.device_ids),
+            )
+            session.add(broadcast)
+            session.flush()
+            session.add_all(
+                Delivery(
+                    broadcast_id=broadcast.id,
+                    device_id=d,
+                    state=p.DeliveryState.SENT.value,
+                    updated_ms=now,
+                    transitions=[{"state": "sent", "at": now, "rx": now}],
+                )
+                for d in resolved.device_ids
+            )
+            audit.record(
+                session,
+                principal,
+                "broadcast.create",
+                broadcast.id,
+                category=body.category,
+                priority=body.priority,
+                level=body.level,
+                drill=body.drill,
+                targets=body.targets.model_dump(),
+                devices=len(resolved.device_ids),
+                text=(body.text or "")[:200],
+            )
+            return broadcast
+
+        broadcast = await self._db.run(record)
+        published = await self._dispatcher.send(command, resolved.topics)
+        broadcast.dispatch = "published" if published else "pending"
+        await self._db.run(lambda s: _set_dispatch(s, broadcast.id, broadcast.dispatch))
+        log.info(
+            "broadcast %s by %s to %d terminals (%s, %s)",
+            broadcast.id,
+            principal.user,
+            len(resolved.device_ids),
+            body.priority,
+            "drill" if body.drill else "real",
+        )
+        return broadcast
+
+    async def _media_for(self, body: BroadcastIn) -> tuple[Media, str]:
+        if body.media_id is not None:
+            media_id = body.media_id
+            row = await self._db.run(lambda s: s.get(Media, media_id))
+            if row is None:
+                raise bad_request("media_id", "unknown media")
+            return row, row.voices
+        assert body.text is not None
+        try:
+            request = AnnouncementRequest(
+                text=body.text,
+                category=body.category,
+                priority=body.priority,
+                level=body.level,
+                drill=body.drill,
+                languages=tuple(body.languages),
+                repeat=body.repeat,
+            )
+        except ValueError as exc:
+            field, _, message = str(exc).partition(": ")
+            raise bad_request(field if message else "text", message or str(exc)) from None
+        rendered = await self._renderer.render(request)
+        voices = ",".join(rendered.voices)
+        row = await self._media.put(
+            rendered.audio,
+            mime=rendered.mime,
+            duration_ms=rendered.duration_ms,
+            source="speech",
+            voices=voices,
+            text=body.text,
+        )
+        return row, voices
+
+    # ------------------------------------------------------------------ read
+
+    async def get(self, principal: Principal, broadcast_id: str) -> dict[str, Any]:
+        scope = principal.township_scope()
+
+        def load(session: Session) -> dict[str, Any]:
+            broadcast = session.get(Broadcast, broadcast_id)
+            if broadcast is None:
+                raise not_found(f"broadcast {broadcast_id}")
+            query = (
+                select(Delivery, Device)
+                .where(Delivery.broadcast_id == broadcast_id)
+                .where(Delivery.device_id == Device.id)
+                .order_by(col(Delivery.device_id))
+            )
+            if scope is not None:
+                query = query.where(Device.township_id == scope)
+            rows = session.exec(query).all()
+            if scope is not None and not rows and broadcast.created_by != principal.user:
+                raise forbidden("this broadcast did not reach your township")
+            return broadcast_view(broadcast, rows)
+
+        return await self._db.run(load)
+
+    async def list(self, principal: Principal, limit: int = 50) -> list[dict[str, Any]]:
+        def load(session: Session) -> list[dict[str, Any]]:
+            rows = session.exec(
+                select(Broadcast).order_by(col(Broadcast.created_ms).desc()).limit(limit)
+            ).all()
+            return [broadcast_summary(b) for b in rows]
+
+        return await self._db.run(load)
+
+    # ------------------------------------------------------------------ cancel
+
+    async def cancel(self, principal: Principal, broadcast_id: str) -> dict[str, Any]:
+        principal.require_broadcast()
+        scope = principal.township_scope()
+
+        def check(session: Session) -> Broadcast:
+            broadcast = session.get(Broadcast, broadcast_id)
+            if broadcast is None:
+                raise not_found(f"broadcast {broadcast_id}")
+            if scope is not None:
+                outside = session.exec(
+                    select(Delivery.id)
+                    .where(Delivery.broadcast_id == broadcast_id)
+                    .where(Delivery.device_id == Device.id)
+                    .where(Device.township_id != scope)
+                ).first()
+                if outside is not None:
+                    raise forbidden("this broadcast reaches beyond your township")
+            if broadcast.status == "cancelled":
+                raise ApiError(409, "already_cancelled", "broadcast: already cancelled")
+            if broadcast.expires_at_ms <= p.now_ms():
+                raise ApiError(409, "expired", "broadcast: already expired")
+            return broadcast
+
+        broadcast = await self._db.run(check)
+        target = p.Target.model_validate(broadcast.target)
+        command = p.Command.new(
+            p.CancelBody(broadcast_id=broadcast.id, reason=f"cancelled by {principal.user}"),
+            target,
+            broadcast.expires_at_ms,
+        )
+        published = await self._dispatcher.send(command, topics_for(target))
+        now = p.now_ms()
+
+        def mark(session: Session) -> None:
+            row = session.get(Broadcast, broadcast_id)
+            assert row is not None
+            row.status = "cancelled"
+            row.cancelled_ms = now
+            row.cancelled_by = principal.user
+            # Terminals that never received it will find the cancel right behind the
+            # broadcast in their queue; the ones already on it report for themselves.
+            for d in session.exec(
+                select(Delivery)
+                .where(Delivery.broadcast_id == broadcast_id)
+                .where(Delivery.state == p.DeliveryState.SENT.value)
+            ):
+                _infer(
+                    d, p.DeliveryState.CANCELLED, "cancelled before it reached the terminal", now
+                )
+            audit.record(session, principal, "broadcast.cancel", broadcast_id, published=published)
+
+        await self._db.run(mark)
+        return await self.get(principal, broadcast_id)
+
+    # ------------------------------------------------------------------ expiry
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self._db.run(sweep_expired)
+            except Exception:
+                log.exception("expiry sweep failed")
+
+
+def sweep_expired(session: Session) -> int:
+    """Deliveries still waiting when their broadcast expired will never play."""
+    now = p.now_ms()
+    expired = session.exec(
+        select(Broadcast)
+        .where(Broadcast.status == "active")
+        .where(col(Broadcast.expires_at_ms) <= now)
+    ).all()
+    count = 0
+    waiting = [
+        s.value
+        for s in (
+            p.DeliveryState.SENT,
+            p.DeliveryState.RECEIVED,
+            p.DeliveryState.FETCHED,
+            p.DeliveryState.PREEMPTED,
+        )
+    ]
+    for broadcast in expired:
+        broadcast.status = "finished"
+        for d in session.exec(
+            select(Delivery)
+            .where(Delivery.broadcast_id == broadcast.id)
+            .where(col(Delivery.state).in_(waiting))
+        ):
+            reason = (
+                "never reached the terminal before expiry (offline?)"
+                if d.state == p.DeliveryState.SENT.value
+                else "not played before expiry"
+            )
+            _infer(d, p.DeliveryState.EXPIRED, reason, now)
+            count += 1
+    return count
+
+
+def _infer(d: Delivery, state: p.DeliveryState, reason: str, now: int) -> None:
+    d.state = state.value
+    d.reason = reason
+    d.updated_ms = now
+    d.state_source = "controller"
+    d.transitions = [
+        *d.transitions,
+        {"state": state.value, "at": now, "rx": now, "reason": reason, "inferred": True},
+    ]
+
+
+def _set_dispatch(session: Session, broadcast_id: str, dispatch: str) -> None:
+    row = session.get(Broadcast, broadcast_id)
+    if row is not None:
+        row.dispatch = dispatch
+
+
+def broadcast_summary(b: Broadcast) -> dict[str, Any]:
+    return {
+        "id": b.id,
+        "title": b.title,
+        "text": b.text,
+        "category": b.category,
+        "priority": b.priority,
+        "level": b.level,
+        "drill": b.drill,
+        "targets": b.targets,
+        "created_at": iso(b.created_ms),
+        "created_by": b.created_by,
+        "start_at": iso(b.start_at_ms),
+        "expires_at": iso(b.expires_at_ms),
+        "status": b.status,
+        "dispatch": b.dispatch,
+        "media_id": b.media_sha256,
+        "voices": b.voices.split(",") if b.voices else [],
+        "device_count": b.device_count,
+        "cancelled_at": iso(b.cancelled_ms),
+        "cancelled_by": b.cancelled_by,
+    }
+
+
+def broadcast_view(b: Broadcast, rows: Any) -> dict[str, Any]:
+    deliveries = []
+    summary: Counter[str] = Counter()
+    for d, device in rows:
+        summary[d.state] += 1
+        deliveries.append(
+            {
+                "device_id": d.device_id,
+                "village_id": device.village_id,
+                "township_id": device.township_id,
+                "state": d.state,
+                "reason": d.reason,
+                "updated_at": iso(d.updated_ms),
+                "source": d.state_source,
+                "transitions": [
+                    {**t, "at": iso(t["at"]), "rx": iso(t.get("rx"))} for t in d.transitions
+                ],
+            }
+        )
+    view = broadcast_summary(b)
+    view["summary"] = {s.value: summary.get(s.value, 0) for s in p.DeliveryState}
+    view["deliveries"] = deliveries
+    return view

@@ -1,0 +1,88 @@
+"""The controller's MQTT side: signed commands out, device reports in.
+
+Commands are signed here and nowhere else; reports are handed to the ingestor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable
+
+from dalaba import protocol as p
+from dalaba.mqtt import BrokerAddress, MqttConnection
+from dalaba.signing import Signer
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        broker: BrokerAddress,
+        signer: Signer,
+        on_report: Callable[[str, str, bytes], None],
+        client_id: str = "dalaba-controller",
+    ) -> None:
+        self._broker = broker
+        self.signer = signer
+        self._on_report = on_report
+        self._client_id = client_id
+        self.counters: Counter[str] = Counter()
+        self.mqtt: MqttConnection | None = None
+
+    async def start(self) -> None:
+        self.mqtt = MqttConnection(
+            client_id=self._client_id,
+            broker=self._broker,
+            on_message=self._on_message,
+            subscriptions=[
+                (p.Topics.ALL_DEVICE_STATUS, 1),
+                (p.Topics.ALL_DEVICE_ACKS, 1),
+                (p.Topics.ALL_DEVICE_EVENTS, 1),
+                (p.Topics.ALL_DEVICE_TELEMETRY, 0),
+            ],
+            session_expiry_s=p.CONTROLLER_SESSION_EXPIRY_S,
+            max_inflight=1000,
+        )
+        await self.mqtt.start(timeout_s=15)
+
+    async def stop(self) -> None:
+        if self.mqtt is not None:
+            await self.mqtt.stop()
+
+    @property
+    def connected(self) -> bool:
+        return self.mqtt is not None and self.mqtt.connected
+
+    async def send(self, command: p.Command, topics: tuple[str, ...]) -> bool:
+        """Sign and publish one command on each topic, QoS 1, with the MQTT message
+        expiry equal to the command's, so a terminal that reconnects in time still
+        gets it and one that reconnects too late does not. True when the broker
+        acknowledged every publish; otherwise paho keeps them queued for reconnect."""
+        assert self.mqtt is not None
+        envelope = p.seal(command, self.signer)
+        expiry_s = max(1, (command.expires_at - p.now_ms()) // 1000)
+        results = await asyncio.gather(
+            *(
+                self.mqtt.publish_confirmed(topic, envelope, expiry_s=expiry_s, timeout_s=3)
+                for topic in topics
+            ),
+            return_exceptions=True,
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        self.counters["commands_published"] += len(topics) - len(failed)
+        if failed:
+            log.warning(
+                "command %s: %d of %d publishes unconfirmed", command.id, len(failed), len(topics)
+            )
+        return not failed
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        parsed = p.Topics.parse_device_topic(topic)
+        if parsed is None:
+            self.counters["dropped_unknown_topic"] += 1
+            return
+        device_id, kind = parsed
+        self._on_report(device_id, kind, payload)

@@ -1,0 +1,94 @@
+"""One error shape for the whole API: `{"error": {"code", "message", "field"}}`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from pydantic import ValidationError
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+    def response(self) -> web.Response:
+        body: dict[str, object] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return web.json_response({"error": body}, status=self.status)
+
+
+def bad_request(field: str, message: str, code: str = "invalid") -> ApiError:
+    return ApiError(400, code, f"{field}: {message}", field)
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, "not_found", f"{what} not found")
+
+
+def forbidden(message: str) -> ApiError:
+    return ApiError(403, "forbidden", message)
+
+
+def from_validation_error(exc: ValidationError, prefix: str = "") -> ApiError:
+    """The first problem, with its field path spelled as the client wrote it."""
+    first = exc.errors()[0]
+    parts: list[str] = []
+    for p in first.get("loc", ()):
+        if isinstance(p, int):
+            parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
+        else:
+            parts.append(str(p))
+    field = prefix + ".".join(parts) if parts else (prefix.rstrip(".") or "body")
+    message = first.get("msg", "invalid")
+    if first.get("type") == "extra_forbidden":
+        message = "unknown field"
+    elif first.get("type") == "missing":
+        message = "required"
+    return bad_request(field, message.removeprefix("Value error, "))
+
+
+async def read_json(request: web.Request, max_bytes: int = 256 * 1024) -> dict[str, object]:
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ApiError(413, "too_large", f"body: larger than {max_bytes} bytes", "body")
+    raw = await request.read()
+    if len(raw) > max_bytes:
+        raise ApiError(413, "too_large", f"body: larger than {max_bytes} bytes", "body")
+    try:
+        data = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise bad_request("body", f"not valid JSON ({exc})", "malformed_json") from None
+    if not isinstance(data, dict):
+        raise bad_request("body", "must be a JSON object", "malformed_json")
+    return data
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except ValidationError as exc:
+        return from_validation_error(exc).response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.status, "http_error"
+        )
+        return ApiError(exc.status, code, exc.reason).response()
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return ApiError(500, "internal", "internal error; see the controller log").response()

@@ -1,0 +1,151 @@
+"""Database tables. Times are epoch milliseconds (UTC) everywhere: the same on SQLite
+and PostgreSQL, the same as on the wire, and never a naive datetime."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def _ms_column(nullable: bool = False, index: bool = False) -> Any:
+    return Field(sa_column=Column(BigInteger, nullable=nullable, index=index))
+
+
+class Township(SQLModel, table=True):
+    id: str = Field(primary_key=True)
+    name: str
+    name_en: str = ""
+    lat: float
+    lon: float
+    quiet_start: str | None = None  # "22:00" local; quiet hours for notices
+    quiet_end: str | None = None
+
+
+class Village(SQLModel, table=True):
+    id: str = Field(primary_key=True)
+    township_id: str = Field(foreign_key="township.id", index=True)
+    name: str
+    lat: float
+    lon: float
+
+
+class Device(SQLModel, table=True):
+    id: str = Field(primary_key=True)
+    village_id: str = Field(foreign_key="village.id", index=True)
+    township_id: str = Field(foreign_key="township.id", index=True)
+    name: str
+    online: bool = False
+    last_seen_ms: int | None = _ms_column(nullable=True)
+    status_changed_ms: int | None = _ms_column(nullable=True)
+    firmware: str | None = None
+    volume: int | None = None
+    playing_broadcast_id: str | None = None
+    telemetry: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # fault name -> epoch ms when it started
+    faults: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON))
+    telemetry_history_ms: int | None = _ms_column(nullable=True)
+
+
+class User(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    role: str  # admin | duty_officer | township_staff | viewer
+    township_id: str | None = Field(default=None, foreign_key="township.id")
+    password_hash: str | None = None  # argon2, for console logins
+    disabled: bool = False
+    created_ms: int = _ms_column()
+
+
+class ApiToken(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    # sha256 of a 256-bit random token: enough for a secret that cannot be guessed,
+    # and cheap to check on every request (argon2 is for low-entropy passwords).
+    token_hash: str = Field(unique=True, index=True)
+    prefix: str  # first characters, to tell tokens apart in listings
+    label: str = ""
+    created_ms: int = _ms_column()
+    last_used_ms: int | None = _ms_column(nullable=True)
+    revoked: bool = False
+
+
+class Media(SQLModel, table=True):
+    sha256: str = Field(primary_key=True)
+    mime: str
+    size: int
+    duration_ms: int
+    source: str  # "speech" | "upload"
+    voices: str = ""
+    text: str = ""
+    created_ms: int = _ms_column()
+
+
+class Broadcast(SQLModel, table=True):
+    id: str = Field(primary_key=True)
+    created_ms: int = _ms_column(index=True)
+    created_by: str
+    title: str = ""
+    text: str = ""
+    media_sha256: str = Field(foreign_key="media.sha256")
+    category: str = Field(index=True)
+    priority: str
+    level: int | None = None
+    drill: bool = False
+    targets: dict[str, Any] = Field(sa_column=Column(JSON))  # as requested
+    target: dict[str, Any] = Field(sa_column=Column(JSON))  # normalised, as signed
+    start_at_ms: int = _ms_column()
+    expires_at_ms: int = _ms_column(index=True)
+    status: str = "active"  # active | cancelled | finished
+    dispatch: str = "pending"  # pending | published | failed
+    command_id: str = ""
+    voices: str = ""
+    device_count: int = 0
+    cancelled_ms: int | None = _ms_column(nullable=True)
+    cancelled_by: str | None = None
+
+
+class Delivery(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("broadcast_id", "device_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    broadcast_id: str = Field(foreign_key="broadcast.id", index=True)
+    device_id: str = Field(foreign_key="device.id", index=True)
+    state: str = "sent"
+    reason: str | None = None
+    updated_ms: int = _ms_column()
+    last_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    # "device" when the terminal said so, "controller" when inferred (e.g. never
+    # delivered before expiry); a terminal's own later report overrides an inference.
+    state_source: str = "controller"
+    transitions: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+
+
+class AuditEntry(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    at_ms: int = _ms_column(index=True)
+    actor: str
+    role: str
+    action: str
+    target: str = ""
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class SecurityEvent(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    at_ms: int = _ms_column(index=True)
+    device_id: str = Field(index=True)
+    kind: str
+    reason: str | None = None
+    command_id: str | None = None
+    broadcast_id: str | None = None
+    known_command: bool = False  # the command id was one this controller issued
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class TelemetrySample(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(index=True)
+    at_ms: int = _ms_column(index=True)
+    data: dict[str, Any] = Field(sa_column=Column(JSON))

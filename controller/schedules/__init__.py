@@ -1,0 +1,1 @@
+"""Township broadcast schedules."""

@@ -1,0 +1,470 @@
+"""Audio pipeline: compose, loudness-normalise and encode announcements; accept uploads.
+
+Everything leaves here in one shape: Ogg/Opus, mono, 16 kHz, about 24 kbit/s, tuned for
+speech (`-application voip`), loudness-normalised to the same target so that a notice,
+an emergency and an uploaded recording play at the same perceived level on a pole.
+Small horn loudspeakers reproduce nothing below ~150 Hz, so a high-pass removes energy
+they would only turn into distortion.
+
+ffmpeg runs as an asyncio subprocess and pydub's pure-Python work runs in a worker thread,
+so a render never blocks the controller's event loop. The output is bit-exact for the
+same input (`-fflags +bitexact` fixes the Ogg stream serial), so the same announcement
+always hashes the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+
+from pydub import AudioSegment
+
+from controller.speech.types import RenderedAnnouncement
+
+# Bump whenever anything that changes the sound changes (tones, timings, filters, codec
+# settings): it is part of every cache key, so old cached audio is simply not found.
+RENDER_VERSION = "1"
+
+SAMPLE_RATE = 16_000
+OPUS_BITRATE = "24k"
+# libopus at its default complexity 10 takes twice as long for no difference a horn
+# loudspeaker can reproduce; 5 keeps a one-minute notice well under a second to encode.
+OPUS_COMPLEXITY = 5
+MIME = "audio/ogg"
+LOUDNESS_TARGET_LUFS = -16.0
+TRUE_PEAK_DBTP = -1.5
+# Opus at 24 kbit/s overshoots sample peaks by up to about two decibels once decoded, so
+# the limiter aims lower; decoded peaks stay below full scale.
+LIMITER_CEILING_DBFS = TRUE_PEAK_DBTP - 1.0
+HIGHPASS_HZ = 120
+FFMPEG = "ffmpeg"
+
+# Every part is brought to this level before mixing (see `level_match`); the signal sits
+# a little below the speech because a steady tone sounds louder than speech of equal RMS.
+PART_LEVEL_DBFS = -20.0
+SIGNAL_LEVEL_DB = -3.0
+
+# Timings of a spoken announcement, in milliseconds.
+LEAD_SILENCE_MS = 500  # an amplifier waking from standby must not cut the first word
+AFTER_SIGNAL_MS = 500
+BETWEEN_LANGUAGES_MS = 700
+BETWEEN_REPEATS_MS = 1500
+AROUND_DRILL_FRAME_MS = 600
+TAIL_SILENCE_MS = 300
+
+MAX_UPLOAD_BYTES = 20_000_000
+MAX_UPLOAD_DURATION_S = 600.0
+# Uploads shorter than this are almost always a mis-tap on the record button.
+MIN_UPLOAD_DURATION_MS = 300
+
+
+class UnsupportedAudio(ValueError):
+    """An uploaded recording was refused; the message says why, for the person uploading."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class FFmpegError(RuntimeError):
+    """ffmpeg failed on input that should have been valid (our own PCM)."""
+
+
+async def _run(args: Sequence[str], stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await proc.communicate(stdin)
+    finally:
+        if proc.returncode is None:  # cancelled: do not leave ffmpeg behind
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out, err
+
+
+def _pcm16(segment: AudioSegment) -> AudioSegment:
+    return segment.set_channels(1).set_frame_rate(SAMPLE_RATE).set_sample_width(2)
+
+
+def silence(ms: int) -> AudioSegment:
+    return AudioSegment.silent(duration=ms, frame_rate=SAMPLE_RATE)
+
+
+def concat(parts: Sequence[AudioSegment]) -> AudioSegment:
+    """Join segments after bringing them to one format (16 kHz mono 16-bit)."""
+    out = silence(0)
+    for part in parts:
+        out += _pcm16(part)
+    return out
+
+
+def gated_level_dbfs(segment: AudioSegment, block_ms: int = 100) -> float:
+    """RMS level of the active parts only (pauses gated out), in dBFS.
+
+    A cheap stand-in for loudness that is good enough to balance the pieces of one
+    announcement against each other; the absolute level is set later in R128 terms.
+    """
+    powers = []
+    for start in range(0, len(segment), block_ms):
+        rms = segment[start : start + block_ms].rms
+        if rms > 0:
+            powers.append((rms / segment.max_possible_amplitude) ** 2)
+    active = [p for p in powers if p > 1e-6]  # -60 dBFS absolute gate
+    if not active:
+        return -math.inf
+    mean = sum(active) / len(active)
+    active = [p for p in active if p > mean / 30]  # about -15 dB relative gate
+    return 10 * math.log10(sum(active) / len(active))
+
+
+def level_match(segment: AudioSegment, target_dbfs: float = PART_LEVEL_DBFS) -> AudioSegment:
+    """Bring a part (tone, phrase) to a common level without clipping it.
+
+    Voices differ by several dB (espeak-ng is much hotter than edge-tts); without this
+    the loudness normalisation of the whole would keep the imbalance between them.
+    """
+    level = gated_level_dbfs(segment)
+    if not math.isfinite(level):
+        return segment
+    headroom = -1.0 - segment.max_dBFS
+    return segment.apply_gain(min(target_dbfs - level, headroom))
+
+
+def compose_announcement(
+    *,
+    signal: AudioSegment,
+    speech: Sequence[AudioSegment],
+    repeat: int,
+    drill_start: Sequence[AudioSegment] = (),
+    drill_end: Sequence[AudioSegment] = (),
+) -> AudioSegment:
+    """Lay out one announcement.
+
+    lead silence, attention signal, [drill notice in each language], the speech in each
+    language in order, repeated `repeat` times with a pause, [drill end in each
+    language], a short tail.
+    """
+    signal = level_match(signal, PART_LEVEL_DBFS + SIGNAL_LEVEL_DB)
+    speech = [level_match(s) for s in speech]
+    drill_start = [level_match(s) for s in drill_start]
+    drill_end = [level_match(s) for s in drill_end]
+    parts: list[AudioSegment] = [silence(LEAD_SILENCE_MS), signal, silence(AFTER_SIGNAL_MS)]
+    for frame in drill_start:
+        parts += [frame, silence(AROUND_DRILL_FRAME_MS)]
+    for r in range(repeat):
+        if r:
+            parts.append(silence(BETWEEN_REPEATS_MS))
+        for i, spoken in enumerate(speech):
+            if i:
+                parts.append(silence(BETWEEN_LANGUAGES_MS))
+            parts.append(spoken)
+    for frame in drill_end:
+        parts += [silence(AROUND_DRILL_FRAME_MS), frame]
+    parts.append(silence(TAIL_SILENCE_MS))
+    return concat(parts)
+
+
+# Applied before measuring and before encoding, so the measured loudness is that of what
+# is encoded. A gentle compressor evens out speech for outdoor listening and leaves the
+# final limiter little to do (a limiter working hard would pull the loudness under target).
+_SHAPING = (
+    f"highpass=f={HIGHPASS_HZ},acompressor=threshold=-24dB:ratio=3:attack=5:release=120:knee=4"
+)
+
+
+def _pcm_input(rate: int = SAMPLE_RATE) -> list[str]:
+    return ["-f", "s16le", "-ar", str(rate), "-ch_layout", "mono", "-i", "pipe:0"]
+
+
+async def measure_loudness(pcm: bytes) -> float:
+    """Integrated loudness (EBU R128, LUFS) of 16 kHz mono PCM, after the high-pass.
+
+    The `ebur128` scanner runs at the input rate; `loudnorm` would do the same job but
+    oversamples to 192 kHz and costs about ten times as much on a long emergency.
+    """
+    args = [
+        FFMPEG, "-hide_banner", "-nostdin", "-nostats", *_pcm_input(),
+        "-af", f"{_SHAPING},ebur128=framelog=verbose", "-f", "null", "-",
+    ]  # fmt: skip
+    rc, _out, err = await _run(args, stdin=pcm)
+    text = err.decode(errors="replace")
+    summary = text.rpartition("Summary:")[2]
+    match = re.search(r"I:\s*(-?[\d.]+|-inf)\s*LUFS", summary)
+    if rc != 0 or match is None:
+        raise FFmpegError(f"ffmpeg could not measure loudness: {text[-300:]}")
+    value = match.group(1)
+    return -math.inf if value == "-inf" else float(value)
+
+
+def loudness_gain_db(measured_lufs: float) -> float:
+    """Gain that brings `measured_lufs` to the target; silence and near-silence stay put."""
+    if not math.isfinite(measured_lufs) or measured_lufs < -60:
+        return 0.0
+    return max(-30.0, min(30.0, LOUDNESS_TARGET_LUFS - measured_lufs))
+
+
+async def encode_ogg_opus(segment: AudioSegment) -> bytes:
+    """Loudness-normalise and encode into Ogg/Opus (16 kHz mono, ~24 kbit/s, voip)."""
+    pcm = await asyncio.to_thread(lambda: _pcm16(segment).raw_data)
+    gain = loudness_gain_db(await measure_loudness(pcm))
+    ceiling = 10 ** (LIMITER_CEILING_DBFS / 20)
+    # The limiter catches what peaks the linear gain still pushes over the ceiling;
+    # level=false keeps it from undoing the gain.
+    limiter = f"alimiter=limit={ceiling:.4f}:level=false:attack=5:release=50"
+    args = [
+        FFMPEG, "-hide_banner", "-nostdin", "-v", "error", *_pcm_input(),
+        "-af", f"{_SHAPING},volume={gain:.2f}dB,{limiter}",
+        "-c:a", "libopus", "-b:a", OPUS_BITRATE, "-vbr", "on",
+        "-application", "voip", "-compression_level", str(OPUS_COMPLEXITY),
+        "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:a", "+bitexact",
+        "-f", "ogg", "pipe:1",
+    ]  # fmt: skip
+    rc, out, err = await _run(args, stdin=pcm)
+    if rc != 0 or not out.startswith(b"OggS"):
+        raise FFmpegError(f"ffmpeg could not encode: {err.decode(errors='replace')[-300:]}")
+    return out
+
+
+def rendered(audio: bytes, duration_ms: int, voices: tuple[str, ...]) -> RenderedAnnouncement:
+    return RenderedAnnouncement(
+        audio=audio,
+        mime=MIME,
+        duration_ms=duration_ms,
+        voices=voices,
+        sha256=hashlib.sha256(audio).hexdigest(),
+    )
+
+
+# --- decoding ---------------------------------------------------------------------------
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Name the container from its first bytes, or None if it is not audio we accept."""
+    head = data[:16]
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:3] == b"ID3":
+        return "mp3"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[4:8] == b"ftyp":
+        return "mp4"
+    if head.startswith(b"#!AMR-WB\n"):
+        return "amr-wb"
+    if head.startswith(b"#!AMR\n"):
+        return "amr"
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+        layer = (head[1] >> 1) & 0x03
+        # 0xFFF with layer bits 00 is an ADTS (AAC) header; non-zero layer is MPEG audio.
+        if head[1] & 0xF6 == 0xF0:
+            return "aac"
+        if layer != 0:
+            return "mp3"
+    return None
+
+
+async def decode_audio(data: bytes, *, limit_s: float | None = None) -> AudioSegment:
+    """Decode any container ffmpeg reads into 16 kHz mono PCM.
+
+    ffmpeg is told to stop at the first decoding error, which catches most corrupt and
+    truncated files instead of half-playing them. Raises ValueError with ffmpeg's reason.
+    """
+    async with _temporary_file(data) as path:
+        limit = ["-t", f"{limit_s:.3f}"] if limit_s is not None else []
+        args = [
+            FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-xerror",
+            "-err_detect", "crccheck+bitstream+buffer+explode",
+            "-i", path, *limit, "-map", "0:a:0", "-vn",
+            "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "pipe:1",
+        ]  # fmt: skip
+        rc, out, err = await _run(args)
+    if rc != 0 or err.strip():
+        raise ValueError(_reason(err, path) or f"ffmpeg exited with {rc}")
+    return await asyncio.to_thread(
+        lambda: AudioSegment(data=out, sample_width=2, frame_rate=SAMPLE_RATE, channels=1)
+    )
+
+
+def _reason(stderr: bytes, path: str) -> str:
+    """ffmpeg's last complaint, without its internal addresses or our temporary path."""
+    lines = stderr.decode(errors="replace").strip().splitlines()
+    if not lines:
+        return ""
+    line = re.sub(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*", "", lines[-1])
+    return line.replace(f"{path}: ", "").replace(path, "the file")
+
+
+@contextlib.asynccontextmanager
+async def _temporary_file(data: bytes) -> AsyncIterator[str]:
+    """The data as a file: MP4/M4A from phones keep their index at the end, so ffmpeg
+    cannot read them from a (non-seekable) pipe."""
+    fd, path = await asyncio.to_thread(tempfile.mkstemp, prefix="dalaba-audio-")
+    try:
+        await asyncio.to_thread(_write_all, fd, data)
+        yield path
+    finally:
+        await asyncio.to_thread(os.unlink, path)
+
+
+async def probe_duration_s(data: bytes) -> float | None:
+    """The duration the container declares (None if it declares none)."""
+    async with _temporary_file(data) as path:
+        args = [
+            "ffprobe", "-v", "error", "-select_streams", "a:0",
+            "-show_entries", "format=duration:stream=codec_type", "-of", "json", path,
+        ]  # fmt: skip
+        rc, out, err = await _run(args)
+    if rc != 0:
+        raise ValueError(_reason(err, path) or f"ffprobe exited with {rc}")
+    info = json.loads(out or b"{}")
+    if not info.get("streams"):
+        raise ValueError("no audio stream")
+    try:
+        return float(info["format"]["duration"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def ogg_is_complete(data: bytes) -> bool:
+    """Whether the last Ogg page is whole and marks the end of the stream.
+
+    A finished recording always ends with an end-of-stream page; a file cut off in
+    transfer does not, and the Ogg demuxer itself says nothing about it.
+    """
+    pos = data.rfind(b"OggS")
+    if pos < 0 or len(data) < pos + 27:
+        return False
+    header_type = data[pos + 5]
+    segments = data[pos + 26]
+    table = data[pos + 27 : pos + 27 + segments]
+    if len(table) < segments:
+        return False
+    return bool(header_type & 0x04) and pos + 27 + segments + sum(table) == len(data)
+
+
+_MP3_BITRATES_KBPS = {
+    # (MPEG-1?, layer) -> bitrate table indexed 1..14
+    (True, 1): (32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (True, 2): (32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (True, 3): (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 1): (32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (False, 2): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (False, 3): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MP3_SAMPLE_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+
+
+def mp3_is_complete(data: bytes) -> bool:
+    """Whether the last MPEG audio frame is whole.
+
+    A constant-bitrate MP3 without a Xing header declares no length, so a file cut off
+    at the end decodes without complaint; its last frame is short, though.
+    """
+    pos = 0
+    if data[:3] == b"ID3" and len(data) >= 10:
+        size = (data[6] << 21) | (data[7] << 14) | (data[8] << 7) | data[9]
+        pos = 10 + size + (10 if data[5] & 0x10 else 0)
+    while pos + 4 <= len(data):
+        b1, b2 = data[pos + 1], data[pos + 2]
+        version, layer_bits = (b1 >> 3) & 0x03, (b1 >> 1) & 0x03
+        bitrate_index, rate_index = b2 >> 4, (b2 >> 2) & 0x03
+        if (
+            data[pos] != 0xFF
+            or b1 & 0xE0 != 0xE0
+            or version == 1
+            or layer_bits == 0
+            or bitrate_index in (0, 15)
+            or rate_index == 3
+        ):
+            break  # a tag (ID3v1, APE) or trailing junk: not ours to judge
+        layer = 4 - layer_bits
+        mpeg1 = version == 3
+        bitrate = _MP3_BITRATES_KBPS[(mpeg1, layer)][bitrate_index - 1] * 1000
+        rate = _MP3_SAMPLE_RATES[version][rate_index]
+        padding = (b2 >> 1) & 0x01
+        if layer == 1:
+            length = (12 * bitrate // rate + padding) * 4
+        else:
+            length = (144 if mpeg1 or layer == 2 else 72) * bitrate // rate + padding
+        if pos + length > len(data):
+            return False
+        pos += length
+    return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+async def normalise_upload(
+    data: bytes,
+    *,
+    max_duration_s: float = MAX_UPLOAD_DURATION_S,
+    max_bytes: int = MAX_UPLOAD_BYTES,
+) -> RenderedAnnouncement:
+    """Check an uploaded recording and bring it to the announcement format.
+
+    Accepts WAV, MP3, Ogg (Vorbis/Opus), M4A/MP4 and raw AAC (ADTS), AMR-NB/AMR-WB (what
+    feature phones record). Raises `UnsupportedAudio` for anything empty, too big, not
+    audio, corrupt or truncated, too short or too long.
+    """
+    if not data:
+        raise UnsupportedAudio("the file is empty")
+    if len(data) > max_bytes:
+        raise UnsupportedAudio(
+            f"the file is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB"
+        )
+    kind = sniff_format(data)
+    if kind is None:
+        raise UnsupportedAudio(
+            "not a recognised audio file (accepted: WAV, MP3, OGG, M4A/AAC, AMR)"
+        )
+    damaged = f"the {kind.upper()} file is corrupt or incomplete"
+    if (kind == "ogg" and not ogg_is_complete(data)) or (
+        kind == "mp3" and not mp3_is_complete(data)
+    ):
+        raise UnsupportedAudio(f"{damaged} (it ends in the middle of the audio)")
+    try:
+        declared_s = await probe_duration_s(data)
+    except ValueError as exc:
+        raise UnsupportedAudio(f"{damaged} ({exc})") from exc
+    too_long = f"the recording is longer than the limit of {max_duration_s:g} seconds"
+    if declared_s is not None and declared_s > max_duration_s + 0.5:
+        raise UnsupportedAudio(too_long)
+    try:
+        # Decode a little past the limit so "too long" is detected without decoding hours.
+        segment = await decode_audio(data, limit_s=max_duration_s + 1)
+    except ValueError as exc:
+        raise UnsupportedAudio(f"{damaged} ({exc})") from exc
+    decoded_s = len(segment) / 1000
+    if decoded_s > max_duration_s:
+        raise UnsupportedAudio(too_long)
+    if declared_s is not None and decoded_s < declared_s - max(0.5, 0.05 * declared_s):
+        raise UnsupportedAudio(
+            f"{damaged} (it declares {declared_s:.1f} s but holds only {decoded_s:.1f} s)"
+        )
+    if len(segment) < MIN_UPLOAD_DURATION_MS:
+        raise UnsupportedAudio("the recording contains no audio or is too short")
+    if await asyncio.to_thread(lambda: segment.rms) == 0:
+        raise UnsupportedAudio("the recording is silent")
+    # Pre-levelled like speech, so the compressor treats a whispered phone recording and
+    # a hot studio file alike before the loudness target is applied.
+    composed = await asyncio.to_thread(
+        lambda: concat([silence(LEAD_SILENCE_MS), level_match(segment), silence(TAIL_SILENCE_MS)])
+    )
+    audio = await encode_ogg_opus(composed)
+    return rendered(audio, len(composed), ("upload",))

@@ -1,0 +1,112 @@
+"""Who a broadcast reaches: requested targets -> normalised signed target, the command
+topics to publish on (one per area, never one per terminal), and the terminals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlmodel import Session, col, select
+
+from controller.auth import Principal
+from controller.errors import bad_request, forbidden
+from controller.models import Device, Township, Village
+from dalaba.protocol import Target, Topics
+
+MAX_IDS = 2000
+
+
+class TargetsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    all: bool = False
+    townships: list[str] = Field(default_factory=list, max_length=MAX_IDS)
+    villages: list[str] = Field(default_factory=list, max_length=MAX_IDS)
+    devices: list[str] = Field(default_factory=list, max_length=MAX_IDS)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> TargetsIn:
+        if not (self.all or self.townships or self.villages or self.devices):
+            raise ValueError("give all: true or at least one township, village or device")
+        if self.all and (self.townships or self.villages or self.devices):
+            raise ValueError("all: true cannot be combined with lists")
+        return self
+
+
+@dataclass(frozen=True)
+class Resolved:
+    target: Target
+    topics: tuple[str, ...]
+    device_ids: tuple[str, ...]
+
+
+def resolve(session: Session, requested: TargetsIn, principal: Principal) -> Resolved:
+    """Check every id exists and lies within the caller's reach, then drop areas already
+    covered by a larger one, so no terminal receives the command twice."""
+    scope = principal.township_scope()
+    if requested.all:
+        if scope is not None:
+            raise forbidden("targets.all: township staff may only broadcast to their township")
+        devices = session.exec(select(Device.id)).all()
+        return Resolved(Target(all=True), (Topics.COMMAND_ALL,), tuple(sorted(devices)))
+
+    all_townships = set(session.exec(select(Township.id)).all())
+    for i, tid in enumerate(requested.townships):
+        if tid not in all_townships:
+            raise bad_request(f"targets.townships[{i}]", f"unknown township {tid!r}")
+        if scope is not None and tid != scope:
+            raise forbidden(f"targets.townships[{i}]: {tid} is outside your township")
+
+    villages = {
+        v.id: v.township_id
+        for v in session.exec(select(Village).where(col(Village.id).in_(requested.villages))).all()
+    }
+    for i, vid in enumerate(requested.villages):
+        if vid not in villages:
+            raise bad_request(f"targets.villages[{i}]", f"unknown village {vid!r}")
+        if scope is not None and villages[vid] != scope:
+            raise forbidden(f"targets.villages[{i}]: {vid} is outside your township")
+
+    devices = {
+        d.id: d
+        for d in session.exec(select(Device).where(col(Device.id).in_(requested.devices))).all()
+    }
+    for i, did in enumerate(requested.devices):
+        if did not in devices:
+            raise bad_request(f"targets.devices[{i}]", f"unknown device {did!r}")
+        if scope is not None and devices[did].township_id != scope:
+            raise forbidden(f"targets.devices[{i}]: {did} is outside your township")
+
+    t_set = sorted(set(requested.townships))
+    v_set = sorted({v for v in requested.villages if villages[v] not in t_set})
+    d_set = sorted(
+        {
+            d
+            for d in requested.devices
+            if devices[d].township_id not in t_set and devices[d].village_id not in v_set
+        }
+    )
+    topics = (
+        [Topics.command_township(t) for t in t_set]
+        + [Topics.command_village(v) for v in v_set]
+        + [Topics.command_device(d) for d in d_set]
+    )
+    query = select(Device.id).where(
+        col(Device.township_id).in_(t_set)
+        | col(Device.village_id).in_(v_set)
+        | col(Device.id).in_(d_set)
+    )
+    device_ids = tuple(sorted(session.exec(query).all()))
+    target = Target(townships=tuple(t_set), villages=tuple(v_set), devices=tuple(d_set))
+    return Resolved(target, tuple(topics), device_ids)
+
+
+def topics_for(target: Target) -> tuple[str, ...]:
+    """The command topics of an already-normalised target."""
+    if target.all:
+        return (Topics.COMMAND_ALL,)
+    return (
+        *(Topics.command_township(t) for t in target.townships),
+        *(Topics.command_village(v) for v in target.villages),
+        *(Topics.command_device(d) for d in target.devices),
+    )

@@ -1,0 +1,217 @@
+"""A private Mosquitto for the demo and the tests, and the account/ACL files it reads.
+
+The demo and every test start their own broker on a free port with its own data
+directory; nothing here ever touches the system broker on 1883. Production points the
+controller at the county's broker instead and installs the same password/ACL files
+(see docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dalaba.protocol import TOPIC_ROOT, Topics
+
+CONTROLLER_USER = "dalaba-controller"
+
+
+def mosquitto_password_hash(password: str) -> str:
+    """Mosquitto 2's own format ($7$: PBKDF2-SHA512, 101 rounds), written directly
+    because calling `mosquitto_passwd` once per terminal is far too slow at 10,000."""
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101, 64)
+    return f"$7$101${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+@dataclass(frozen=True)
+class DeviceAccount:
+    device_id: str
+    village_id: str
+    township_id: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class BrokerFiles:
+    config: Path
+    password_file: Path
+    acl_file: Path
+    data_dir: Path
+    log_file: Path
+
+
+def write_acl(path: Path, devices: list[DeviceAccount]) -> None:
+    """Least privilege per device: a terminal may publish only under its own device
+    topics and read only the command topics that cover it."""
+    lines = [
+        "# Written by dalaba; regenerated when terminals are added.",
+        "# Every device: its own reports, and the county-wide and its own command topic.",
+        f"pattern write {TOPIC_ROOT}/device/%u/status",
+        f"pattern write {TOPIC_ROOT}/device/%u/ack",
+        f"pattern write {TOPIC_ROOT}/device/%u/telemetry",
+        f"pattern write {TOPIC_ROOT}/device/%u/event",
+        f"pattern read {TOPIC_ROOT}/cmd/device/%u",
+        f"pattern read {Topics.COMMAND_ALL}",
+        "",
+        f"user {CONTROLLER_USER}",
+        f"topic readwrite {TOPIC_ROOT}/#",
+    ]
+    for d in devices:
+        lines += [
+            "",
+            f"user {d.device_id}",
+            f"topic read {Topics.command_township(d.township_id)}",
+            f"topic read {Topics.command_village(d.village_id)}",
+        ]
+    _write_private(path, "\n".join(lines) + "\n")
+
+
+def write_password_file(path: Path, controller_password: str, devices: list[DeviceAccount]) -> None:
+    lines = [f"{CONTROLLER_USER}:{mosquitto_password_hash(controller_password)}"]
+    lines += [f"{d.device_id}:{mosquitto_password_hash(d.password)}" for d in devices]
+    _write_private(path, "\n".join(lines) + "\n")
+
+
+def write_broker_config(base_dir: Path, port: int, *, bind: str = "127.0.0.1") -> BrokerFiles:
+    base_dir.mkdir(parents=True, exist_ok=True)
+    files = BrokerFiles(
+        config=base_dir / "mosquitto.conf",
+        password_file=base_dir / "passwd",
+        acl_file=base_dir / "acl",
+        data_dir=base_dir / "data",
+        log_file=base_dir / "mosquitto.log",
+    )
+    files.data_dir.mkdir(exist_ok=True)
+    user = pwd.getpwuid(os.getuid()).pw_name
+    conf = f"""# Written by dalaba for a private broker. Every line is deliberate:
+per_listener_settings false
+listener {port} {bind}
+allow_anonymous false
+password_file {files.password_file}
+acl_file {files.acl_file}
+# Queued commands for offline terminals survive a broker restart.
+persistence true
+persistence_location {files.data_dir}/
+autosave_interval 10
+# Persistent sessions of terminals that never come back are dropped after two weeks.
+persistent_client_expiration 14d
+max_queued_messages 1000
+max_inflight_messages 100
+# Mosquitto 2.0.x defaults this to false in code (its docs say true), which makes a
+# fan-out to many subscribers of one topic O(N^2).
+allow_duplicate_messages true
+max_packet_size 262144
+set_tcp_nodelay true
+max_keepalive 120
+# Running as our own user keeps the data directory ours (root would drop to 'mosquitto').
+user {user}
+log_dest file {files.log_file}
+log_type error
+log_type warning
+log_type notice
+connection_messages false
+"""
+    _write_private(files.config, conf)
+    return files
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class MosquittoProcess:
+    """A private `mosquitto` child process."""
+
+    def __init__(self, files: BrokerFiles, port: int, host: str = "127.0.0.1") -> None:
+        self.files = files
+        self.port = port
+        self.host = host
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def executable() -> str:
+        exe = shutil.which("mosquitto") or (
+            "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+        )
+        if exe is None:
+            raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
+        return exe
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self._proc = subprocess.Popen(
+            [self.executable(), "-c", str(self.files.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode() if self._proc.stderr else ""
+                raise RuntimeError(f"mosquitto exited: {err}{self.log_tail()}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.log_tail()}")
+
+    async def start_async(self, timeout_s: float = 10.0) -> None:
+        await asyncio.to_thread(self.start, timeout_s)
+
+    def reload(self) -> None:
+        """Re-read the password and ACL files (after terminals were added)."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._proc.stderr:
+            self._proc.stderr.close()
+        self._proc = None
+
+    def kill(self) -> None:
+        """Stop abruptly, as a crash or power cut would."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.files.log_file.read_text().splitlines()[-lines:])
+        except OSError:
+            return ""

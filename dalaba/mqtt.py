@@ -1,0 +1,327 @@
+"""A thin asyncio adapter over paho-mqtt, shared by the controller, agent and simulator.
+
+Why not aiomqtt or paho's threaded loop: the simulator holds hundreds to thousands of
+terminals in one process. paho's threaded loop costs a thread per client and stops
+scaling past a few hundred; aiomqtt measured ~4x the per-message cost of driving paho
+from the event loop directly. So paho's socket callbacks are wired to the asyncio loop
+here (paho's own `loop_asyncio` pattern) and the rest of the code only sees this class;
+swapping the client library means rewriting this file alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes], None]
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in logs
+
+    @classmethod
+    def from_url(cls, url: str) -> BrokerAddress:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "tcp"):
+            raise ValueError(f"broker url: unsupported scheme {parts.scheme!r} (use mqtt://)")
+        return cls(
+            parts.hostname or "127.0.0.1", parts.port or 1883, parts.username, parts.password
+        )
+
+    def with_credentials(self, username: str, password: str) -> BrokerAddress:
+        return BrokerAddress(self.host, self.port, username, password)
+
+
+@dataclass(frozen=True)
+class WillMessage:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class MqttConnection:
+    """One MQTT 5 client with a persistent session, driven by the running event loop.
+
+    It reconnects by itself with jittered backoff; subscriptions are renewed on every
+    connect. `publish` never blocks: QoS 1 messages published while disconnected are
+    queued by paho and sent on reconnect.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        broker: BrokerAddress,
+        on_message: MessageHandler,
+        subscriptions: list[tuple[str, int]],
+        session_expiry_s: int,
+        will: WillMessage | None = None,
+        on_connected: Callable[[], None] | None = None,
+        keepalive_s: int = 30,
+        bind_address: str = "",
+        may_connect: Callable[[], bool] = lambda: True,
+        max_inflight: int = 100,
+    ) -> None:
+        self.client_id = client_id
+        self._broker = broker
+        self._on_message_cb = on_message
+        self._subscriptions = subscriptions
+        self._session_expiry_s = session_expiry_s
+        self._will = will
+        self._on_connected_cb = on_connected
+        self._keepalive_s = keepalive_s
+        self._bind_address = bind_address
+        self._may_connect = may_connect
+        self._max_inflight = max_inflight
+        self._client: paho.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected = asyncio.Event()
+        self._misc_task: asyncio.Task[None] | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._pending_acks: dict[int, asyncio.Future[None]] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, timeout_s: float | None = 10.0) -> None:
+        """Connect, then keep connected. Waits for the first CONNACK up to `timeout_s`
+        (None: do not wait; the connection comes up in the background)."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=paho.MQTTv5,
+            reconnect_on_failure=False,  # we own reconnection, on the event loop
+        )
+        if self._broker.username is not None:
+            client.username_pw_set(self._broker.username, self._broker.password)
+        if self._will is not None:
+            client.will_set(self._will.topic, self._will.payload, self._will.qos, self._will.retain)
+        client.max_inflight_messages_set(self._max_inflight)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_socket_register_write
+        client.on_socket_unregister_write = self._on_socket_unregister_write
+        self._client = client
+        self._reconnect_task = asyncio.create_task(self._connect_loop(first=True))
+        if timeout_s is not None:
+            await asyncio.wait_for(self._connected.wait(), timeout_s)
+
+    async def stop(self) -> None:
+        """Disconnect cleanly (no last will is sent) and stop reconnecting."""
+        self._stopping = True
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnect_task
+        client = self._client
+        if client is not None and self._connected.is_set():
+            client.disconnect()
+            # Let the DISCONNECT packet go out before the socket is closed.
+            for _ in range(20):
+                if not self._connected.is_set():
+                    break
+                await asyncio.sleep(0.01)
+        self._close_socket()
+        for fut in self._pending_acks.values():
+            if not fut.done():
+                fut.cancel()
+        self._pending_acks.clear()
+
+    def drop(self) -> None:
+        """Close the socket without DISCONNECT, as a cut cable would; the broker then
+        publishes the last will. Reconnection resumes when `may_connect` allows it."""
+        self._close_socket()
+        self._connection_lost()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout_s: float) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout_s)
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        expiry_s: int | None = None,
+    ) -> int:
+        """Queue a message; returns its message id (0 for QoS 0)."""
+        assert self._client is not None, "start() first"
+        properties = None
+        if expiry_s is not None:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.MessageExpiryInterval = max(1, int(expiry_s))
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        return info.mid
+
+    async def publish_confirmed(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        expiry_s: int | None = None,
+        timeout_s: float = 5.0,
+    ) -> None:
+        """Publish with QoS 1 and wait for the broker's PUBACK."""
+        assert self._loop is not None
+        fut: asyncio.Future[None] = self._loop.create_future()
+        mid = self.publish(topic, payload, qos=1, retain=retain, expiry_s=expiry_s)
+        self._pending_acks[mid] = fut
+        try:
+            await asyncio.wait_for(fut, timeout_s)
+        finally:
+            self._pending_acks.pop(mid, None)
+
+    # ------------------------------------------------------------------ connecting
+
+    async def _connect_loop(self, first: bool = False) -> None:
+        delay = 0.0 if first else 0.5
+        while not self._stopping:
+            if not self._may_connect():
+                # No link: poll it, and try at once when it returns (backoff is for
+                # a broker that refuses, not for a cable that is out).
+                await asyncio.sleep(0.5)
+                delay = 0.0
+                continue
+            if delay:
+                await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(max(delay * 2, 0.5), 30.0)
+            try:
+                self._connect_once()
+            except OSError as exc:
+                log.debug("%s: connect failed: %s", self.client_id, exc)
+                continue
+            # Wait for CONNACK; a refused or dropped connection lands in _on_disconnect.
+            for _ in range(100):
+                if self._connected.is_set() or self._client is None or self._sock() is None:
+                    break
+                await asyncio.sleep(0.05)
+            if self._connected.is_set():
+                return
+            self._close_socket()
+
+    def _connect_once(self) -> None:
+        assert self._client is not None
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self._session_expiry_s
+        self._client.connect(
+            self._broker.host,
+            self._broker.port,
+            keepalive=self._keepalive_s,
+            bind_address=self._bind_address,
+            clean_start=False,
+            properties=props,
+        )
+
+    def _sock(self) -> socket.socket | None:
+        if self._client is None:
+            return None
+        sock = self._client.socket()
+        return sock if isinstance(sock, socket.socket) else None
+
+    def _close_socket(self) -> None:
+        sock = self._sock()
+        if sock is None or self._client is None:
+            return
+        # paho's own close path calls on_socket_close, which unregisters the loop callbacks.
+        self._client._sock_close()
+
+    def _connection_lost(self) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if self._stopping:
+            return
+        if was_connected or self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = asyncio.create_task(self._connect_loop())
+
+    # ------------------------------------------------------------------ paho callbacks
+
+    def _on_connect(
+        self, client: paho.Client, _u: Any, _flags: Any, reason: Any, _props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.warning("%s: connection refused: %s", self.client_id, reason)
+            return
+        if self._subscriptions:
+            client.subscribe(self._subscriptions)
+        self._connected.set()
+        if self._on_connected_cb is not None:
+            self._on_connected_cb()
+
+    def _on_disconnect(
+        self, _c: paho.Client, _u: Any, _flags: Any, reason: Any, _props: Any
+    ) -> None:
+        if not self._stopping:
+            log.debug("%s: disconnected: %s", self.client_id, reason)
+        self._connection_lost()
+
+    def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
+        try:
+            self._on_message_cb(message.topic, message.payload)
+        except Exception:
+            # A handler bug must never stop the connection: log, drop, carry on.
+            log.exception("%s: message handler failed on %s", self.client_id, message.topic)
+
+    def _on_publish(self, _c: paho.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+        fut = self._pending_acks.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _on_socket_open(self, client: paho.Client, _u: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.add_reader(sock, client.loop_read)
+        if self._misc_task is None or self._misc_task.done():
+            self._misc_task = self._loop.create_task(self._misc_loop(client))
+
+    def _on_socket_close(self, _client: paho.Client, _u: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(sock)
+        self._loop.remove_writer(sock)
+        if self._misc_task is not None:
+            self._misc_task.cancel()
+            self._misc_task = None
+
+    def _on_socket_register_write(self, client: paho.Client, _u: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.add_writer(sock, client.loop_write)
+
+    def _on_socket_unregister_write(self, _client: paho.Client, _u: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.remove_writer(sock)
+
+    async def _misc_loop(self, client: paho.Client) -> None:
+        # Keepalive pings and retries; paho needs this called about once a second.
+        while client.loop_misc() == paho.MQTT_ERR_SUCCESS:
+            await asyncio.sleep(1)
+        self._connection_lost()

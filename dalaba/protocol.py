@@ -1,0 +1,456 @@
+"""The wire contract between the controller and the terminals: written once, here.
+
+Topic builders, payload models, the signed command envelope and the protocol version
+live in this module; the controller, the edge agent and the simulator import it, and no
+topic string or payload key is spelled anywhere else. `docs/protocol.md` describes the
+same contract for people.
+
+Version rules: `PROTOCOL_VERSION` is in every topic (`dalaba/v1/...`) and every
+payload (`v`). Within a major version, fields are only ever added, as optional, and
+receivers ignore fields they do not know, so an old terminal keeps working with a newer
+controller. A change that an old receiver would misread gets a new topic root
+(`dalaba/v2/...`), and the controller publishes both while terminals migrate.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import time
+import uuid
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dalaba.signing import Signer, VerifierSet
+
+PROTOCOL_VERSION = 1
+
+M = TypeVar("M", bound=BaseModel)
+TOPIC_ROOT = f"dalaba/v{PROTOCOL_VERSION}"
+
+# Commands are small (the audio is fetched, not inlined); anything bigger is hostile or
+# broken and is dropped before it is parsed.
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_REPORT_BYTES = 16 * 1024
+
+# A terminal accepts commands issued up to this far in its future, to absorb clock skew
+# between the controller and an NTP-synchronised terminal.
+CLOCK_SKEW_TOLERANCE_MS = 30_000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# --------------------------------------------------------------------------- topics
+
+
+class Topics:
+    """Every topic in the system. Ids are validated so they cannot smuggle wildcards."""
+
+    COMMAND_ALL = f"{TOPIC_ROOT}/cmd/all"
+    # What the controller subscribes to; `+` is the device id.
+    ALL_DEVICE_STATUS = f"{TOPIC_ROOT}/device/+/status"
+    ALL_DEVICE_ACKS = f"{TOPIC_ROOT}/device/+/ack"
+    ALL_DEVICE_TELEMETRY = f"{TOPIC_ROOT}/device/+/telemetry"
+    ALL_DEVICE_EVENTS = f"{TOPIC_ROOT}/device/+/event"
+    ALL_COMMANDS = f"{TOPIC_ROOT}/cmd/#"
+
+    @staticmethod
+    def command_township(township_id: str) -> str:
+        return f"{TOPIC_ROOT}/cmd/township/{check_id(township_id)}"
+
+    @staticmethod
+    def command_village(village_id: str) -> str:
+        return f"{TOPIC_ROOT}/cmd/village/{check_id(village_id)}"
+
+    @staticmethod
+    def command_device(device_id: str) -> str:
+        return f"{TOPIC_ROOT}/cmd/device/{check_id(device_id)}"
+
+    @staticmethod
+    def device_status(device_id: str) -> str:
+        return f"{TOPIC_ROOT}/device/{check_id(device_id)}/status"
+
+    @staticmethod
+    def device_ack(device_id: str) -> str:
+        return f"{TOPIC_ROOT}/device/{check_id(device_id)}/ack"
+
+    @staticmethod
+    def device_telemetry(device_id: str) -> str:
+        return f"{TOPIC_ROOT}/device/{check_id(device_id)}/telemetry"
+
+    @staticmethod
+    def device_event(device_id: str) -> str:
+        return f"{TOPIC_ROOT}/device/{check_id(device_id)}/event"
+
+    @staticmethod
+    def subscriptions_for(device_id: str, village_id: str, township_id: str) -> list[str]:
+        """The command topics one terminal listens on: county, its township, village, itself."""
+        return [
+            Topics.COMMAND_ALL,
+            Topics.command_township(township_id),
+            Topics.command_village(village_id),
+            Topics.command_device(device_id),
+        ]
+
+    @staticmethod
+    def parse_device_topic(topic: str) -> tuple[str, str] | None:
+        """`dalaba/v1/device/<id>/<kind>` -> (id, kind), or None for anything else."""
+        parts = topic.split("/")
+        if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT or parts[2] != "device":
+            return None
+        return parts[3], parts[4]
+
+
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def check_id(value: str) -> str:
+    """Ids go into topics and file names: letters, digits, `-_.`, at most 64 long."""
+    if not value or len(value) > 64 or not set(value) <= _ID_CHARS or value.startswith("."):
+        raise ValueError(f"invalid id {value!r}: use 1-64 of a-z A-Z 0-9 - _ .")
+    return value
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class Priority(enum.StrEnum):
+    EMERGENCY = "emergency"
+    PAGING = "paging"
+    NOTICE = "notice"
+    ROUTINE = "routine"
+
+
+def priority_rank(priority: Priority | str, level: int | None = None) -> int:
+    """Higher outranks lower: emergency I > II > III > IV > live paging > notice > routine."""
+    p = Priority(priority)
+    if p is Priority.EMERGENCY:
+        return 100 - (level or 4)  # level I = 99 ... level IV = 96
+    return {Priority.PAGING: 50, Priority.NOTICE: 20, Priority.ROUTINE: 10}[p]
+
+
+class DeliveryState(enum.StrEnum):
+    SENT = "sent"  # controller-side only: published, nothing heard back yet
+    RECEIVED = "received"
+    FETCHED = "fetched"
+    PLAYING = "playing"
+    DONE = "done"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    PREEMPTED = "preempted"  # interrupted; may return to playing when replayed
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in _FINAL_STATES
+
+
+_FINAL_STATES = frozenset(
+    {
+        DeliveryState.DONE,
+        DeliveryState.FAILED,
+        DeliveryState.REJECTED,
+        DeliveryState.EXPIRED,
+        DeliveryState.CANCELLED,
+    }
+)
+
+
+class RejectReason(enum.StrEnum):
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_KEY = "unknown_key"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    REPLAYED = "replayed"
+    NOT_ADDRESSED = "not_addressed"  # a genuine command re-published onto another's topic
+    MALFORMED = "malformed"
+    OVERSIZED = "oversized"
+    UNSUPPORTED_VERSION = "unsupported_version"
+
+
+class EventKind(enum.StrEnum):
+    COMMAND_REJECTED = "command_rejected"
+    FAULT_RAISED = "fault_raised"
+    FAULT_CLEARED = "fault_cleared"
+    PLAYED_OFFLINE = "played_offline"
+
+
+class Fault(enum.StrEnum):
+    AMPLIFIER = "amplifier"
+    SPEAKER_LINE = "speaker_line"
+    ON_BATTERY = "on_battery"
+    CLOCK = "clock"
+    NETWORK = "network"
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+class _Payload(BaseModel):
+    # Unknown fields are ignored (forward compatibility within a major version);
+    # payload objects are immutable once validated.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class Target(_Payload):
+    """Who a command is for. Signed with the command, so a genuine command republished
+    on another village's topic is refused by that village's terminals."""
+
+    all: bool = False
+    townships: tuple[str, ...] = ()
+    villages: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+
+    def covers(self, device_id: str, village_id: str, township_id: str) -> bool:
+        return (
+            self.all
+            or township_id in self.townships
+            or village_id in self.villages
+            or device_id in self.devices
+        )
+
+
+class MediaRef(_Payload):
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    url: str  # absolute http(s) URL, or a path relative to the terminal's media base URL
+    size: Annotated[int, Field(ge=0)]
+    duration_ms: Annotated[int, Field(ge=0)]
+    mime: str = "audio/ogg"
+
+
+class PlayBody(_Payload):
+    kind: Literal["play"] = "play"
+    broadcast_id: str
+    priority: Priority
+    level: Annotated[int, Field(ge=1, le=4)] | None = None
+    category: str
+    drill: bool = False
+    title: str = ""
+    media: MediaRef
+    start_at: int  # epoch ms: terminals holding the audio start at this instant together
+    volume: Annotated[int, Field(ge=0, le=100)] | None = None  # forced (emergencies)
+
+    @model_validator(mode="after")
+    def _level_only_for_emergencies(self) -> PlayBody:
+        if (self.priority is Priority.EMERGENCY) != (self.level is not None):
+            raise ValueError("level: required for emergencies and only for them")
+        return self
+
+    @property
+    def rank(self) -> int:
+        return priority_rank(self.priority, self.level)
+
+
+class CancelBody(_Payload):
+    kind: Literal["cancel"] = "cancel"
+    broadcast_id: str
+    reason: str = ""
+
+
+CommandBody = Annotated[PlayBody | CancelBody, Field(discriminator="kind")]
+
+
+class Command(_Payload):
+    v: int = PROTOCOL_VERSION
+    id: str  # unique per command; terminals remember it until it expires
+    issued_at: int  # epoch ms
+    expires_at: int  # epoch ms; never played or obeyed after this
+    target: Target
+    body: CommandBody
+
+    @classmethod
+    def new(cls, body: PlayBody | CancelBody, target: Target, expires_at: int) -> Command:
+        return cls(
+            id=uuid.uuid4().hex, issued_at=now_ms(), expires_at=expires_at, target=target, body=body
+        )
+
+
+class SignedEnvelope(_Payload):
+    v: int = PROTOCOL_VERSION
+    alg: str
+    kid: str
+    payload: str  # base64 of the exact Command JSON bytes that were signed
+    sig: str  # base64
+
+
+class DeviceStatus(_Payload):
+    """Retained on the device's status topic; the broker publishes the offline form as
+    the device's last will when its connection dies."""
+
+    v: int = PROTOCOL_VERSION
+    device_id: str
+    online: bool
+    at: int
+    firmware: str | None = None
+    village_id: str | None = None
+    township_id: str | None = None
+
+
+class DeliveryReport(_Payload):
+    v: int = PROTOCOL_VERSION
+    device_id: str
+    broadcast_id: str
+    command_id: str
+    state: DeliveryState
+    at: int  # the terminal's clock, epoch ms
+    seq: int  # per terminal, increasing: orders reports across reconnects
+    reason: str | None = None
+    offline: bool = False  # happened while the terminal could not reach the controller
+
+
+class DeviceEvent(_Payload):
+    v: int = PROTOCOL_VERSION
+    device_id: str
+    kind: EventKind
+    at: int
+    reason: str | None = None
+    command_id: str | None = None
+    broadcast_id: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class Telemetry(_Payload):
+    v: int = PROTOCOL_VERSION
+    device_id: str
+    at: int
+    firmware: str
+    uptime_s: int
+    amplifier_on: bool
+    amplifier_ok: bool
+    speaker_line_ok: bool
+    power_source: Literal["mains", "battery"]
+    battery_pct: int | None = None
+    temperature_c: float
+    signal_dbm: int
+    volume: int
+    playing: str | None = None  # broadcast id
+    cache_bytes: int
+    cache_items: int
+    clock_offset_ms: int | None = None  # terminal clock minus controller clock, if known
+    faults: tuple[Fault, ...] = ()
+    dropped_messages: int = 0  # malformed/oversized/unsigned payloads dropped so far
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ProtocolError(ValueError):
+    """A payload that does not follow this contract. Counted and dropped, never raised
+    past the message handler."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class CommandRejected(ProtocolError):
+    """A well-formed envelope that must not be obeyed; the terminal reports it."""
+
+    def __init__(self, reason: RejectReason, detail: str, command: Command | None = None) -> None:
+        super().__init__(reason, detail)
+        self.command = command
+
+
+# --------------------------------------------------------------------------- envelope
+
+
+def seal(command: Command, signer: Signer) -> bytes:
+    """Sign a command and wrap it in the envelope published on a command topic."""
+    data = command.to_bytes()
+    envelope = SignedEnvelope(
+        alg=signer.alg,
+        kid=signer.kid,
+        payload=base64.b64encode(data).decode(),
+        sig=base64.b64encode(signer.sign(data)).decode(),
+    )
+    return envelope.to_bytes()
+
+
+def open_envelope(raw: bytes, verifiers: VerifierSet, at_ms: int) -> Command:
+    """Check size, shape, signature and validity window; return the command.
+
+    Replay (an id seen before) and addressing are the terminal's checks, because they
+    need its memory and identity. Raises `ProtocolError` for garbage and
+    `CommandRejected` for a well-formed command that must not be obeyed.
+    """
+    if len(raw) > MAX_COMMAND_BYTES:
+        raise ProtocolError(RejectReason.OVERSIZED, f"{len(raw)} bytes > {MAX_COMMAND_BYTES}")
+    envelope = parse(SignedEnvelope, raw)
+    if envelope.v != PROTOCOL_VERSION:
+        raise ProtocolError(RejectReason.UNSUPPORTED_VERSION, f"envelope v{envelope.v}")
+    try:
+        data = base64.b64decode(envelope.payload, validate=True)
+        signature = base64.b64decode(envelope.sig, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError(RejectReason.MALFORMED, f"base64: {exc}") from None
+    if not verifiers.verify(envelope.alg, envelope.kid, data, signature):
+        # Parse what we can so the report names the command a forger claimed to send.
+        claimed = _try_parse_command(data)
+        raise CommandRejected(
+            RejectReason.BAD_SIGNATURE, f"signature check failed (alg={envelope.alg})", claimed
+        )
+    command = parse(Command, data)
+    if command.expires_at <= at_ms:
+        raise CommandRejected(
+            RejectReason.EXPIRED, f"expired {at_ms - command.expires_at} ms ago", command
+        )
+    if command.issued_at > at_ms + CLOCK_SKEW_TOLERANCE_MS:
+        raise CommandRejected(
+            RejectReason.NOT_YET_VALID, f"issued {command.issued_at - at_ms} ms ahead", command
+        )
+    return command
+
+
+def _try_parse_command(data: bytes) -> Command | None:
+    try:
+        return parse(Command, data)
+    except ProtocolError:
+        return None
+
+
+def parse(model: type[M], raw: bytes | str) -> M:
+    """Validate JSON bytes into a payload model, or raise a `ProtocolError`."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "payload"
+        raise ProtocolError(RejectReason.MALFORMED, f"{where}: {first.get('msg')}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(RejectReason.MALFORMED, str(exc)) from None
+
+
+def parse_report(kind: str, raw: bytes) -> DeviceStatus | DeliveryReport | DeviceEvent | Telemetry:
+    """Parse what a device published on `dalaba/v1/device/<id>/<kind>`."""
+    if len(raw) > MAX_REPORT_BYTES:
+        raise ProtocolError(RejectReason.OVERSIZED, f"{len(raw)} bytes > {MAX_REPORT_BYTES}")
+    model = _REPORT_MODELS.get(kind)
+    if model is None:
+        raise ProtocolError(RejectReason.MALFORMED, f"unknown device topic kind {kind!r}")
+    return parse(model, raw)
+
+
+_REPORT_MODELS: dict[str, type[DeviceStatus | DeliveryReport | DeviceEvent | Telemetry]] = {
+    "status": DeviceStatus,
+    "ack": DeliveryReport,
+    "event": DeviceEvent,
+    "telemetry": Telemetry,
+}
+
+
+# MQTT properties the contract fixes (see docs/protocol.md).
+COMMAND_QOS = 1
+REPORT_QOS = 1
+TELEMETRY_QOS = 0
+DEVICE_SESSION_EXPIRY_S = 7 * 24 * 3600  # keeps queued commands for a week-long outage
+CONTROLLER_SESSION_EXPIRY_S = 24 * 3600

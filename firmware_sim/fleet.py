@@ -1,0 +1,173 @@
+"""A fleet of simulated terminals, each a real `EdgeAgent` on `SimHardware`.
+
+Layout of a simulated county on disk, one folder per terminal:
+
+    DATA_DIR/sim/<device_id>/device.json     provisioned identity (mode 0600)
+    DATA_DIR/sim/<device_id>/state/          the agent's flash: cache, replay memory
+    DATA_DIR/sim/<device_id>/plays.jsonl     what the speaker really played
+    DATA_DIR/sim/<device_id>/plays/*.wav     the samples it output
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import aiohttp
+
+from edge_agent.agent import EdgeAgent
+from edge_agent.config import DeviceConfig
+from firmware_sim.hardware import SimHardware
+
+log = logging.getLogger(__name__)
+
+
+def device_dir(data_dir: Path, device_id: str) -> Path:
+    return data_dir / "sim" / device_id
+
+
+def find_device_configs(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "sim").glob("*/device.json"))
+
+
+def loopback_address(index: int) -> str:
+    """Spread connections over 127.0.0.x: thousands of loopback connections from one
+    source address run out of local ports."""
+    return f"127.0.{(index // 250) % 250}.{index % 250 + 2}"
+
+
+class Fleet:
+    def __init__(self, configs: Iterable[DeviceConfig], *, record_wav: bool = True) -> None:
+        self.configs = {c.device_id: c for c in configs}
+        self.record_wav = record_wav
+        self.agents: dict[str, EdgeAgent] = {}
+        self.hardware: dict[str, SimHardware] = {}
+        self._http: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_data_dir(cls, data_dir: Path, limit: int | None = None, **kw: bool) -> Fleet:
+        paths = find_device_configs(data_dir)
+        configs = [DeviceConfig.load(path) for path in paths]
+        return cls(configs[:limit] if limit else configs, **kw)
+
+    async def start(self, connect_timeout_s: float = 30.0) -> None:
+        # One connection pool for the fleet's media fetches; each agent still fetches
+        # and verifies its own copy as a real terminal would.
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=200),
+            timeout=aiohttp.ClientTimeout(total=60),
+        )
+        for index, (device_id, config) in enumerate(self.configs.items()):
+            hw = SimHardware.create(
+                config.state_dir.parent, seed=index, bind_address=loopback_address(index)
+            )
+            hw.speaker.record_wav = self.record_wav
+            self.hardware[device_id] = hw
+        await asyncio.gather(*(self._start_agent(d) for d in self.configs))
+        await self.wait_connected(connect_timeout_s)
+
+    async def _start_agent(self, device_id: str) -> None:
+        agent = EdgeAgent(self.configs[device_id], self.hardware[device_id], http=self._http)
+        self.agents[device_id] = agent
+        await agent.start(connect_timeout_s=None)
+
+    async def wait_connected(self, timeout_s: float) -> None:
+        async def all_connected() -> None:
+            while not all(a.connected for a in self.agents.values() if self._powered(a)):
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(all_connected(), timeout_s)
+
+    def _powered(self, agent: EdgeAgent) -> bool:
+        return not self.hardware[agent.config.device_id].network.down
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(a.stop() for a in self.agents.values()), return_exceptions=True)
+        self.agents.clear()
+        if self._http is not None:
+            await self._http.close()
+
+    # ------------------------------------------------------------------ faults
+
+    def network_down(self, device_id: str) -> None:
+        """The terminal's link is lost: its connection dies without a goodbye."""
+        self.hardware[device_id].network.down = True
+        mqtt = self.agents[device_id].mqtt
+        if mqtt is not None:
+            mqtt.drop()
+
+    def network_up(self, device_id: str) -> None:
+        self.hardware[device_id].network.down = False
+
+    async def power_off(self, device_id: str) -> None:
+        """Power loss: the agent dies mid-flight; only its flash (state dir) survives."""
+        agent = self.agents.pop(device_id)
+        await agent.stop(graceful=False)
+        await self.hardware[device_id].amplifier.power_off()
+
+    async def power_on(self, device_id: str) -> None:
+        await self._start_agent(device_id)
+
+    def set_amplifier_failed(self, device_id: str, failed: bool = True) -> None:
+        self.hardware[device_id].amplifier.failed = failed
+
+    def set_speaker_line_cut(self, device_id: str, cut: bool = True) -> None:
+        self.hardware[device_id].speaker.line_cut = cut
+
+    def set_on_battery(self, device_id: str, on_battery: bool = True) -> None:
+        self.hardware[device_id].power.on_battery = on_battery
+
+    def set_clock_offset(self, device_id: str, offset_ms: int) -> None:
+        self.hardware[device_id].clock.offset_ms = offset_ms
+
+    def set_slow_link(
+        self, device_id: str, bytes_per_s: float | None, latency_s: float = 0
+    ) -> None:
+        net = self.hardware[device_id].network
+        net.bytes_per_s = bytes_per_s
+        net.latency_s = latency_s
+
+
+async def run_fleet(data_dir: Path, limit: int | None = None) -> None:
+    """Run the terminals under DATA_DIR/sim until SIGINT/SIGTERM."""
+    fleet = Fleet.from_data_dir(data_dir, limit)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await fleet.start()
+    log.info("fleet: %d terminals connected", len(fleet.agents))
+    try:
+        await stop.wait()
+    finally:
+        await fleet.stop()
+
+
+def spawn_fleet_processes(data_dir: Path, processes: int) -> list[subprocess.Popen[bytes]]:
+    """Split the terminals under DATA_DIR/sim over several `dalaba sim` processes."""
+    paths = find_device_configs(data_dir)
+    procs = []
+    for i in range(processes):
+        share = paths[i::processes]
+        if not share:
+            continue
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dalaba.cli",
+                    "sim",
+                    "--data-dir",
+                    str(data_dir),
+                    "--share",
+                    f"{i}/{processes}",
+                ]
+            )
+        )
+    return procs
