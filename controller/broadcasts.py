@@ -357,6 +357,7 @@ def sweep_expired(session: Session) -> int:
     waiting = [
         s.value
         for s in (
+            p.DeliveryState.SCHEDULED,
             p.DeliveryState.SENT,
             p.DeliveryState.RECEIVED,
             p.DeliveryState.FETCHED,

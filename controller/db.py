@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -11,9 +12,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
-from controller import models  # noqa: F401 - registers the tables
-
 T = TypeVar("T")
+
+# Every module that defines tables, imported so that create_all() sees them all.
+TABLE_MODULES: tuple[str, ...] = ("controller.models",)
 
 
 def make_engine(url: str) -> Engine:
@@ -49,6 +51,8 @@ class Database:
         return self.url.startswith("sqlite")
 
     def start(self) -> None:
+        for module in TABLE_MODULES:
+            importlib.import_module(module)
         self.engine = make_engine(self.url)
         SQLModel.metadata.create_all(self.engine)
         self._executor = ThreadPoolExecutor(

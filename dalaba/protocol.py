@@ -33,7 +33,7 @@ TOPIC_ROOT = f"dalaba/v{PROTOCOL_VERSION}"
 
 # Commands are small (the audio is fetched, not inlined); anything bigger is hostile or
 # broken and is dropped before it is parsed.
-MAX_COMMAND_BYTES = 64 * 1024
+MAX_COMMAND_BYTES = 192 * 1024  # a terminal's 48-hour schedule fits with room to spare
 MAX_REPORT_BYTES = 16 * 1024
 
 # A terminal accepts commands issued up to this far in its future, to absorb clock skew
@@ -135,6 +135,7 @@ def priority_rank(priority: Priority | str, level: int | None = None) -> int:
 
 
 class DeliveryState(enum.StrEnum):
+    SCHEDULED = "scheduled"  # controller-side only: a coming occurrence of a schedule
     SENT = "sent"  # controller-side only: published, nothing heard back yet
     RECEIVED = "received"
     FETCHED = "fetched"
@@ -178,7 +179,9 @@ class EventKind(enum.StrEnum):
     COMMAND_REJECTED = "command_rejected"
     FAULT_RAISED = "fault_raised"
     FAULT_CLEARED = "fault_cleared"
-    PLAYED_OFFLINE = "played_offline"
+    PLAYED_OFFLINE = "played_offline"  # a scheduled item played from the local schedule
+    SCHEDULE_APPLIED = "schedule_applied"
+    PRELOADED = "preloaded"
 
 
 class Fault(enum.StrEnum):
@@ -256,7 +259,45 @@ class CancelBody(_Payload):
     reason: str = ""
 
 
-CommandBody = Annotated[PlayBody | CancelBody, Field(discriminator="kind")]
+class PreloadBody(_Payload):
+    """Audio to fetch and keep ahead of need (pre-positioned emergency templates), so
+    an emergency that uses one plays without any download."""
+
+    kind: Literal["preload"] = "preload"
+    media: tuple[MediaRef, ...]
+    purpose: str = "emergency_templates"
+
+
+class ScheduledItem(_Payload):
+    """One coming occurrence of a township schedule, for the terminal to play from its
+    own clock if the controller or broker is unreachable when it is due."""
+
+    occurrence_id: str  # also the broadcast id the controller uses if it is online
+    schedule_id: str
+    priority: Priority
+    level: Annotated[int, Field(ge=1, le=4)] | None = None
+    category: str
+    title: str = ""
+    drill: bool = False
+    media: MediaRef
+    start_at: int
+    expires_at: int
+    volume: Annotated[int, Field(ge=0, le=100)] | None = None
+
+
+class ScheduleBody(_Payload):
+    """A terminal's whole local schedule up to `horizon_until`; replaces the previous
+    one. `version` only grows: a terminal keeps the newest it has seen."""
+
+    kind: Literal["schedule"] = "schedule"
+    version: int
+    horizon_until: int  # epoch ms
+    items: tuple[ScheduledItem, ...]
+
+
+CommandBody = Annotated[
+    PlayBody | CancelBody | PreloadBody | ScheduleBody, Field(discriminator="kind")
+]
 
 
 class Command(_Payload):
@@ -268,7 +309,12 @@ class Command(_Payload):
     body: CommandBody
 
     @classmethod
-    def new(cls, body: PlayBody | CancelBody, target: Target, expires_at: int) -> Command:
+    def new(
+        cls,
+        body: PlayBody | CancelBody | PreloadBody | ScheduleBody,
+        target: Target,
+        expires_at: int,
+    ) -> Command:
         return cls(
             id=uuid.uuid4().hex, issued_at=now_ms(), expires_at=expires_at, target=target, body=body
         )

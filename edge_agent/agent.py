@@ -24,6 +24,7 @@ from edge_agent.arbiter import Arbiter, Item
 from edge_agent.cache import MediaCache
 from edge_agent.config import FIRMWARE_VERSION, DeviceConfig
 from edge_agent.hardware import Hardware, HardwareFault, PreparedAudio
+from edge_agent.local_schedule import LocalSchedule, PinnedMedia
 from edge_agent.replay import SeenCommands
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Track:
-    """What the agent knows of one broadcast it was told to play."""
+    """What the agent knows of one broadcast it was told to play (by a command, or by
+    its local schedule)."""
 
-    command: p.Command
+    command_id: str
+    expires_at: int
     body: p.PlayBody
+    local: bool = False  # triggered by the terminal's own schedule
     cancelled: bool = False
     item: Item | None = None
     stop_reason: p.DeliveryState | None = None
@@ -67,6 +71,9 @@ class EdgeAgent:
         self._clock_offset_ms: int | None = None
         self.cache = MediaCache(config.state_dir / "cache", config.cache_max_bytes)
         self._seen = SeenCommands(config.state_dir / "seen-commands.txt")
+        self.schedule = LocalSchedule(config.state_dir)
+        self._pinned = PinnedMedia(config.state_dir)
+        self._schedule_wakeup = asyncio.Event()
         self._verifiers = VerifierSet(
             Ed25519Verifier.from_pem(*(k.encode() for k in config.controller_public_keys))
         )
@@ -77,6 +84,10 @@ class EdgeAgent:
     async def start(self, connect_timeout_s: float | None = None) -> None:
         cfg = self.config
         self._seen.load(self.hw.clock.now_ms())
+        self.schedule.load(self.hw.clock.now_ms())
+        self._pinned.load()
+        for sha in self._pinned.refs.keys() | self.schedule.media():
+            self.cache.pin(sha)
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         offline = p.DeviceStatus(device_id=cfg.device_id, online=False, at=0)
@@ -100,7 +111,11 @@ class EdgeAgent:
             asyncio.create_task(self._player_loop(), name=f"{cfg.device_id}-player"),
             asyncio.create_task(self._telemetry_loop(), name=f"{cfg.device_id}-telemetry"),
             asyncio.create_task(self._fault_watch_loop(), name=f"{cfg.device_id}-faults"),
+            asyncio.create_task(self._schedule_loop(), name=f"{cfg.device_id}-schedule"),
         ]
+        if self.schedule.items or self._pinned.refs:
+            # After a reboot: make sure what must be on flash still is.
+            self._tasks.append(asyncio.create_task(self._prefetch(self._wanted_media())))
         await self.mqtt.start(timeout_s=connect_timeout_s)
 
     async def stop(self, *, graceful: bool = True) -> None:
@@ -134,6 +149,7 @@ class EdgeAgent:
         if self._own_http and self._http is not None:
             await self._http.close()
         self._seen.close()
+        self.schedule.close()
 
     @property
     def connected(self) -> bool:
@@ -179,8 +195,15 @@ class EdgeAgent:
         body = command.body
         if isinstance(body, p.PlayBody):
             self._accept_play(command, body)
-        else:
+        elif isinstance(body, p.CancelBody):
             self._cancel(body.broadcast_id)
+        elif isinstance(body, p.PreloadBody):
+            self._pinned.add(body.media)
+            for ref in body.media:
+                self.cache.pin(ref.sha256)
+            self._tasks.append(asyncio.create_task(self._prefetch(body.media, report=True)))
+        else:
+            self._apply_schedule(body)
 
     def _note_clock_offset(self, command: p.Command, now: int) -> None:
         # A fresh command's issue time bounds our clock's error from the controller's;
@@ -192,7 +215,7 @@ class EdgeAgent:
     def _reject(self, reason: p.RejectReason, detail: str, command: p.Command | None) -> None:
         self.counters[f"rejected_{reason.value}"] += 1
         body = command.body if command is not None else None
-        broadcast_id = body.broadcast_id if body is not None else None
+        broadcast_id = getattr(body, "broadcast_id", None)
         event = p.DeviceEvent(
             device_id=self.config.device_id,
             kind=p.EventKind.COMMAND_REJECTED,
@@ -206,17 +229,102 @@ class EdgeAgent:
         log.warning("%s: rejected command: %s %s", self.config.device_id, reason.value, detail)
 
     def _accept_play(self, command: p.Command, body: p.PlayBody) -> None:
-        if body.broadcast_id in self._tracks:
-            return  # the same broadcast by another command: already handled
-        track = _Track(command=command, body=body)
-        self._tracks[body.broadcast_id] = track
+        self._start_track(_Track(command_id=command.id, expires_at=command.expires_at, body=body))
+
+    def _start_track(self, track: _Track) -> None:
+        bid = track.body.broadcast_id
+        # One broadcast (or scheduled occurrence) plays once, whichever path brings it
+        # first; the claim is on flash, so a reboot does not play it again.
+        if bid in self._tracks or self.schedule.claimed(bid):
+            return
+        self.schedule.claim(bid, track.expires_at)
+        self._tracks[bid] = track
         self._report(track, p.DeliveryState.RECEIVED)
         track.fetch_task = asyncio.create_task(self._fetch_and_queue(track))
+
+    # ------------------------------------------------------------------ local schedule
+
+    def _apply_schedule(self, body: p.ScheduleBody) -> None:
+        old_media = self.schedule.media()
+        if not self.schedule.replace(body):
+            self.counters["schedule_not_newer"] += 1
+            return
+        new_media = self.schedule.media()
+        for sha in old_media - new_media - self._pinned.refs.keys():
+            self.cache.unpin(sha)
+        for sha in new_media:
+            self.cache.pin(sha)
+        self._tasks.append(asyncio.create_task(self._prefetch(tuple(i.media for i in body.items))))
+        self._publish_event(
+            p.EventKind.SCHEDULE_APPLIED,
+            str(body.version),
+            self.hw.clock.now_ms(),
+            detail={"version": body.version, "items": len(body.items)},
+        )
+        self._schedule_wakeup.set()
+
+    async def _schedule_loop(self) -> None:
+        # Claim each item a little before its start so it is fetched, decoded and the
+        # amplifier warm by the instant; the controller's own command, when it can send
+        # one, normally arrives earlier still and claims it first.
+        lead = self.hw.amplifier.warmup_ms + 1500
+        while True:
+            now = self.hw.clock.now_ms()
+            for item in self.schedule.due(now, lead):
+                body = p.PlayBody(
+                    broadcast_id=item.occurrence_id,
+                    priority=item.priority,
+                    level=item.level,
+                    category=item.category,
+                    drill=item.drill,
+                    title=item.title,
+                    media=item.media,
+                    start_at=item.start_at,
+                    volume=item.volume,
+                )
+                track = _Track(
+                    command_id=f"schedule-v{self.schedule.version}",
+                    expires_at=item.expires_at,
+                    body=body,
+                    local=True,
+                )
+                self._start_track(track)
+            self._schedule_wakeup.clear()
+            upcoming = [
+                i.start_at - lead for i in self.schedule.items.values() if i.start_at - lead > now
+            ]
+            timeout = min(1.0, max(0.05, (min(upcoming) - now) / 1000)) if upcoming else 1.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._schedule_wakeup.wait(), timeout)
+
+    def _wanted_media(self) -> tuple[p.MediaRef, ...]:
+        refs = {i.media.sha256: i.media for i in self.schedule.items.values()}
+        refs.update(self._pinned.refs)
+        return tuple(refs.values())
+
+    async def _prefetch(self, refs: tuple[p.MediaRef, ...], report: bool = False) -> None:
+        fetched = failed = 0
+        for ref in refs:
+            try:
+                await self._ensure_media(ref, self.hw.clock.now_ms() + 3600_000)
+                fetched += 1
+            except ConnectionError as exc:
+                failed += 1
+                log.info(
+                    "%s: prefetch of %s failed: %s", self.config.device_id, ref.sha256[:12], exc
+                )
+        if report:
+            self._publish_event(
+                p.EventKind.PRELOADED,
+                "ok" if not failed else "incomplete",
+                self.hw.clock.now_ms(),
+                detail={"fetched": fetched, "failed": failed},
+            )
 
     async def _fetch_and_queue(self, track: _Track) -> None:
         media = track.body.media
         try:
-            path = await self._ensure_media(media, track.command.expires_at)
+            path = await self._ensure_media(media, track.expires_at)
             if track.cancelled:
                 return
             prepared = await self.hw.speaker.prepare(path, media.sha256)
@@ -231,10 +339,10 @@ class EdgeAgent:
         self.cache.pin(media.sha256)
         track.item = Item(
             broadcast_id=track.body.broadcast_id,
-            command_id=track.command.id,
+            command_id=track.command_id,
             rank=track.body.rank,
             start_at_ms=track.body.start_at,
-            expires_at_ms=track.command.expires_at,
+            expires_at_ms=track.expires_at,
             replay_after_preemption=track.body.priority is not p.Priority.ROUTINE,
             payload=prepared,
         )
@@ -307,9 +415,7 @@ class EdgeAgent:
             waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(self._wakeup.wait())]
             if self._play_task is not None and not self._play_task.done():
                 waiters.append(self._play_task)  # type: ignore[arg-type]
-            await asyncio.wait(
-                waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             waiters[0].cancel()
 
     async def _play(self, item: Item) -> None:
@@ -375,7 +481,7 @@ class EdgeAgent:
         report = p.DeliveryReport(
             device_id=self.config.device_id,
             broadcast_id=track.body.broadcast_id,
-            command_id=track.command.id,
+            command_id=track.command_id,
             state=state,
             at=self.hw.clock.now_ms(),
             seq=self._next_seq(),
@@ -384,6 +490,14 @@ class EdgeAgent:
         )
         self.counters[f"state_{state.value}"] += 1
         self._publish(p.Topics.device_ack(self.config.device_id), report)
+        if track.local and state is p.DeliveryState.DONE and not self.connected:
+            # Queued with the reports; tells the controller this one ran on our own clock.
+            self._publish_event(
+                p.EventKind.PLAYED_OFFLINE,
+                track.body.broadcast_id,
+                report.at,
+                detail={"occurrence_id": track.body.broadcast_id, "start_at": track.body.start_at},
+            )
 
     def _publish(self, topic: str, payload: p._Payload, *, retain: bool = False) -> None:
         if self.mqtt is None:
@@ -455,6 +569,10 @@ class EdgeAgent:
                 self._publish_telemetry()
             await asyncio.sleep(1.0)
 
-    def _publish_event(self, kind: p.EventKind, reason: str, at: int) -> None:
-        event = p.DeviceEvent(device_id=self.config.device_id, kind=kind, at=at, reason=reason)
+    def _publish_event(
+        self, kind: p.EventKind, reason: str, at: int, detail: dict[str, object] | None = None
+    ) -> None:
+        event = p.DeviceEvent(
+            device_id=self.config.device_id, kind=kind, at=at, reason=reason, detail=detail or {}
+        )
         self._publish(p.Topics.device_event(self.config.device_id), event)

@@ -15,9 +15,10 @@ How a render goes:
    `backend_retry_after_s`, so a dead online voice costs one timeout, not one per phrase.
    All phrases of one language come from the same voice.
 4. The pieces are laid out (`render.compose_announcement`), loudness-normalised and
-   encoded, and the result is cached — unless a fallback voice had to stand in, in which
-   case only the segments are cached, so the preferred voice returns by itself once its
-   service does.
+   encoded, and the result is cached. A render in which a fallback voice had to stand in
+   is cached apart and served only while the preferred backend is known to be down (it
+   failed less than `backend_retry_after_s` ago): repeats during an outage cost nothing,
+   and the preferred voice returns by itself once its service does.
 
 Cache writes are atomic (temporary file, then rename); a damaged cache file is treated as
 a miss and replaced.
@@ -137,7 +138,13 @@ class AnnouncementRenderer:
         """Render (or fetch from cache) the announcement for `request`."""
         texts = {lang: self._texts(request, lang) for lang in request.languages}
         key = self.announcement_key(request, texts)
-        cached = await asyncio.to_thread(self._read_announcement, key)
+        cached = await asyncio.to_thread(self._read_announcement, key, False)
+        if cached is None and any(
+            self._is_resting(name)
+            for name in {self._preferred(lang) for lang in request.languages}
+            if name is not None
+        ):
+            cached = await asyncio.to_thread(self._read_announcement, key, True)
         if cached is not None:
             return cached
         # Concurrent requests for the same announcement (an emergency pushed to several
@@ -147,6 +154,9 @@ class AnnouncementRenderer:
             pending = asyncio.ensure_future(self._render_uncached(request, texts, key))
             self._inflight[key] = pending
             pending.add_done_callback(lambda _f: self._inflight.pop(key, None))
+            # Its failure is reported to every waiter; if all of them were cancelled,
+            # nobody is left to retrieve it and asyncio would log it as lost.
+            pending.add_done_callback(lambda f: f.cancelled() or f.exception())
         return await asyncio.shield(pending)
 
     def announcement_key(
@@ -191,8 +201,13 @@ class AnnouncementRenderer:
     async def _render_uncached(
         self, request: AnnouncementRequest, texts: Mapping[str, tuple[str, ...]], key: str
     ) -> RenderedAnnouncement:
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self.speak(lang, texts[lang])) for lang in request.languages]
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self.speak(lang, texts[lang])) for lang in request.languages
+                ]
+        except ExceptionGroup as group:
+            raise group.exceptions[0] from None  # callers catch SpeechUnavailable, not a group
         spoken = [t.result() for t in tasks]
 
         def compose() -> AudioSegment:
@@ -207,11 +222,10 @@ class AnnouncementRenderer:
         composed = await asyncio.to_thread(compose)
         encoded = await audio.encode_ogg_opus(composed)
         result = audio.rendered(encoded, len(composed), tuple(s.voice for s in spoken))
-        if all(s.preferred for s in spoken):
-            await asyncio.to_thread(self._write_announcement, key, result)
-        else:
-            log.warning("rendered with fallback voice(s) %s; not caching the announcement",
-                        result.voices)  # fmt: skip
+        fallback = not all(s.preferred for s in spoken)
+        if fallback:
+            log.warning("announcement rendered with fallback voice(s) %s", result.voices)
+        await asyncio.to_thread(self._write_announcement, key, result, fallback)
         return result
 
     async def speak(self, lang: str, phrases: Sequence[str]) -> SpokenLanguage:
@@ -222,16 +236,26 @@ class AnnouncementRenderer:
         deferred: list[str] = []
         for attempt in (self.backend_order, deferred):
             for name in list(attempt):
-                if attempt is self.backend_order and self._is_resting(name):
-                    deferred.append(name)  # try again only if every healthy backend fails
+                voice = self._voice_or_none(name, lang)
+                if voice is None:
+                    if attempt is self.backend_order:
+                        errors.append(f"{name}: no voice for {lang!r}")
                     continue
+                # A backend that failed recently is asked for cached speech only; it gets
+                # another real try only if every other backend fails as well.
+                resting = attempt is self.backend_order and self._is_resting(name)
                 try:
-                    return await self._speak_with(name, lang, phrases)
+                    spoken = await self._speak_with(name, voice, lang, phrases, resting)
                 except (SynthesisError, TimeoutError) as exc:
                     reason = str(exc) or type(exc).__name__
                 except Exception as exc:  # a broken backend must not take the others down
-                    log.exception("backend %s crashed", name)
+                    log.exception("speech backend %s crashed", name)
                     reason = f"{type(exc).__name__}: {exc}"
+                else:
+                    if spoken is not None:
+                        return spoken
+                    deferred.append(name)
+                    continue
                 errors.append(f"{name}: {reason}")
                 self._failed_at[name] = time.monotonic()
                 log.warning("speech backend %s failed for %s, trying the next: %s",
@@ -242,14 +266,19 @@ class AnnouncementRenderer:
         failed_at = self._failed_at.get(name)
         return failed_at is not None and time.monotonic() - failed_at < self.backend_retry_after_s
 
-    async def _speak_with(self, name: str, lang: str, phrases: Sequence[str]) -> SpokenLanguage:
+    async def _speak_with(
+        self, name: str, voice: str, lang: str, phrases: Sequence[str], cache_only: bool
+    ) -> SpokenLanguage | None:
+        """The phrases in this backend's voice, from cache or synthesized (unless
+        `cache_only`, in which case None means "not all of it is cached")."""
         backend = self._backends[name]
-        voice = backend.voice_for(lang)
         keys = [segment_key(p, name, voice, self.rate) for p in phrases]
         segments: list[AudioSegment | None] = [
             await asyncio.to_thread(self._read_segment, k) for k in keys
         ]
         missing = [i for i, s in enumerate(segments) if s is None]
+        if missing and cache_only:
+            return None
         if missing:
             timeout = self.synthesis_timeout_s
             try:
@@ -266,18 +295,23 @@ class AnnouncementRenderer:
                 seg = await asyncio.to_thread(_normalise_segment, task.result())
                 await asyncio.to_thread(self._write_segment, keys[i], seg)
                 segments[i] = seg
-        self._failed_at.pop(name, None)
+            self._failed_at.pop(name, None)
         done = tuple(s for s in segments if s is not None)
-        return SpokenLanguage(f"{name}:{voice}", done, preferred=name == self.backend_order[0])
+        return SpokenLanguage(f"{name}:{voice}", done, preferred=name == self._preferred(lang))
+
+    def _preferred(self, lang: str) -> str | None:
+        """The first backend in the order that has a voice for `lang`."""
+        return next((n for n in self.backend_order if self._voice_or_none(n, lang)), None)
 
     # --- cache (runs in worker threads) ----------------------------------------------
 
     def _segment_path(self, key: str) -> pathlib.Path:
         return self.cache_dir / "segments" / key[:2] / f"{key}.wav"
 
-    def _announcement_paths(self, key: str) -> tuple[pathlib.Path, pathlib.Path]:
+    def _announcement_paths(self, key: str, fallback: bool) -> tuple[pathlib.Path, pathlib.Path]:
         base = self.cache_dir / "announcements" / key[:2]
-        return base / f"{key}.ogg", base / f"{key}.json"
+        name = f"{key}.fallback" if fallback else key
+        return base / f"{name}.ogg", base / f"{name}.json"
 
     def _read_segment(self, key: str) -> AudioSegment | None:
         path = self._segment_path(key)
@@ -307,8 +341,8 @@ class AnnouncementRenderer:
 
         _atomic_write(self._segment_path(key), write)
 
-    def _read_announcement(self, key: str) -> RenderedAnnouncement | None:
-        ogg, meta = self._announcement_paths(key)
+    def _read_announcement(self, key: str, fallback: bool) -> RenderedAnnouncement | None:
+        ogg, meta = self._announcement_paths(key, fallback)
         try:
             info = json.loads(meta.read_text("utf-8"))
             data = ogg.read_bytes()
@@ -327,8 +361,8 @@ class AnnouncementRenderer:
             log.warning("damaged announcement cache entry %s; rendering again", key)
             return None
 
-    def _write_announcement(self, key: str, result: RenderedAnnouncement) -> None:
-        ogg, meta = self._announcement_paths(key)
+    def _write_announcement(self, key: str, result: RenderedAnnouncement, fallback: bool) -> None:
+        ogg, meta = self._announcement_paths(key, fallback)
         _atomic_write(ogg, lambda f: f.write(result.audio))
         # The metadata goes last: an entry without it is invisible to readers.
         info = {

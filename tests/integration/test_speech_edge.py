@@ -86,7 +86,7 @@ async def test_offline_voice_takes_over(
     assert elapsed < 15
 
 
-async def test_fallback_is_not_cached_so_the_edge_voice_returns(
+async def test_edge_voice_returns_after_an_outage(
     standin: EdgeTTSStandIn, tmp_path: pathlib.Path
 ) -> None:
     r = renderer(tmp_path, backend_retry_after_s=0)

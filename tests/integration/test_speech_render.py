@@ -20,7 +20,7 @@ import pytest
 
 from controller.speech import AnnouncementRenderer, AnnouncementRequest, RenderedAnnouncement, tones
 from controller.speech import render as audio
-from controller.speech.backends import EspeakBackend
+from controller.speech.backends import EspeakBackend, SynthesisError
 from controller.speech.service import DRILL_END, DRILL_START
 
 NOTICE_TEXT = "各位村民请注意，明天上午9点在村委会召开防汛工作会议，请各户派一名代表参加。"
@@ -242,3 +242,40 @@ async def test_no_temporary_files_are_left(
     await renderer.render(flood(languages=("cmn", "yue"), drill=True))
     leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+class FakeFailingEdge:
+    """A FAKE edge-tts backend that is down (the real library is tested in test_speech_edge)."""
+
+    name = "edge-tts"
+
+    def voice_for(self, lang: str) -> str:
+        return "zh-CN-XiaoxiaoNeural"
+
+    async def synthesize(self, text: str, *, lang: str, rate: int):  # type: ignore[no-untyped-def]
+        raise SynthesisError("fake HTTP 503")
+
+
+async def test_repeats_during_an_outage_cost_nothing(
+    tmp_path: pathlib.Path, espeak: CountingEspeak, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encodes: list[int] = []
+    real_encode = audio.encode_ogg_opus
+
+    async def counting_encode(segment):  # type: ignore[no-untyped-def]
+        encodes.append(len(segment))
+        return await real_encode(segment)
+
+    monkeypatch.setattr(audio, "encode_ogg_opus", counting_encode)
+    renderer = AnnouncementRenderer(
+        cache_dir=tmp_path / "cache", backends=[FakeFailingEdge(), espeak]
+    )
+    first = await renderer.render(flood())
+    assert first.voices == ("espeak-ng:cmn-latn-pinyin",)
+    assert await renderer.render(flood()) == first
+    assert len(encodes) == 1
+    assert len(espeak.calls) == 1
+    # Once the online voice is due for another try, the stand-in render is not served.
+    renderer.backend_retry_after_s = 0
+    assert await renderer.render(flood()) == first
+    assert len(encodes) == 2

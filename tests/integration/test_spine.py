@@ -228,7 +228,7 @@ async def test_garbage_on_command_topics_does_not_stop_the_next_broadcast(make_c
         b"[1, 2, 3]",
         b'{"v": 1, "alg": "ed25519", "kid": "x", "payload": "!!!", "sig": "???"}',
         b'{"v": 99, "alg": "ed25519", "kid": "x", "payload": "", "sig": ""}',
-        b"{" * 70_000,  # oversized
+        b"{" * 200_000,  # oversized
         p.Command.new(
             p.CancelBody(broadcast_id="x"), p.Target(all=True), p.now_ms() + 1000
         ).to_bytes(),

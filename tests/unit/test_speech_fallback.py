@@ -9,8 +9,13 @@ import pytest
 from pydub import AudioSegment
 from pydub.generators import Sine
 
-from controller.speech import AnnouncementRenderer
-from controller.speech.backends import EdgeTTSBackend, EspeakBackend, SpeechBackend
+from controller.speech import AnnouncementRenderer, AnnouncementRequest
+from controller.speech.backends import (
+    EdgeTTSBackend,
+    EspeakBackend,
+    SpeechBackend,
+    SynthesisError,
+)
 from controller.speech.service import SpeechUnavailable
 
 
@@ -26,15 +31,11 @@ class FakeBackend:
         self.calls: list[tuple[str, str]] = []
 
     def voice_for(self, lang: str) -> str:
-        from controller.speech.backends import SynthesisError
-
         if lang not in self.langs:
             raise SynthesisError(f"{self.name} has no {lang} voice")
         return f"fake-{lang}"
 
     async def synthesize(self, text: str, *, lang: str, rate: int) -> AudioSegment:
-        from controller.speech.backends import SynthesisError
-
         self.calls.append((text, lang))
         if self.behaviour == "fail":
             raise SynthesisError("fake outage (HTTP 503)")
@@ -124,6 +125,8 @@ async def test_language_without_a_voice_goes_to_the_next(tmp_path: pathlib.Path)
     spoken = await make(tmp_path, online, offline).speak("yue", ["以上係演練。"])
     assert spoken.voice == "offline:fake-yue"
     assert online.calls == []
+    # Not a stand-in: nobody better could have spoken Cantonese.
+    assert spoken.preferred
 
 
 async def test_cached_speech_survives_an_outage(tmp_path: pathlib.Path) -> None:
@@ -158,3 +161,32 @@ def test_real_backends_satisfy_the_interface() -> None:
     assert EspeakBackend().voice_for("cmn") == "cmn-latn-pinyin"
     assert EspeakBackend().voice_for("yue") == "yue"
     assert EdgeTTSBackend().voice_for("yue") == "zh-HK-HiuGaaiNeural"
+
+
+async def test_resting_backend_still_serves_its_cache(tmp_path: pathlib.Path) -> None:
+    online, offline = FakeBackend("online"), FakeBackend("offline")
+    renderer = make(tmp_path, online, offline, backend_retry_after_s=3600)
+    await renderer.speak("cmn", ["洪水预警。"])
+    online.behaviour = "fail"
+    await renderer.speak("cmn", ["新的通知。"])  # fails over, online now rests
+    calls = len(online.calls)
+    spoken = await renderer.speak("cmn", ["洪水预警。"])
+    assert spoken.voice == "online:fake-cmn"
+    assert len(online.calls) == calls
+
+
+async def test_missing_voice_is_not_a_failure(tmp_path: pathlib.Path) -> None:
+    online, offline = FakeBackend("online", langs=("cmn",)), FakeBackend("offline")
+    renderer = make(tmp_path, online, offline, backend_retry_after_s=3600)
+    await renderer.speak("yue", ["以上係演練。"])
+    spoken = await renderer.speak("cmn", ["以上是演练。"])
+    assert spoken.voice == "online:fake-cmn"
+
+
+async def test_render_reports_speech_unavailable(tmp_path: pathlib.Path) -> None:
+    renderer = make(tmp_path, FakeBackend("online", "fail"), FakeBackend("offline", "fail"))
+    request = AnnouncementRequest(
+        text="请注意。", category="other", priority="notice", languages=("cmn", "yue")
+    )
+    with pytest.raises(SpeechUnavailable, match="no voice could speak"):
+        await renderer.render(request)
