@@ -181,6 +181,7 @@ class EventKind(enum.StrEnum):
     FAULT_CLEARED = "fault_cleared"
     PLAYED_OFFLINE = "played_offline"  # a scheduled item played from the local schedule
     SCHEDULE_APPLIED = "schedule_applied"
+    CONFIG_APPLIED = "config_applied"
     PRELOADED = "preloaded"
 
 
@@ -295,8 +296,18 @@ class ScheduleBody(_Payload):
     items: tuple[ScheduledItem, ...]
 
 
+class ConfigBody(_Payload):
+    """Settings a technician changes remotely; fields left out stay as they are."""
+
+    kind: Literal["config"] = "config"
+    normal_volume: Annotated[int, Field(ge=0, le=100)] | None = None
+    emergency_volume: Annotated[int, Field(ge=0, le=100)] | None = None
+    telemetry_interval_s: Annotated[float, Field(ge=5, le=3600)] | None = None
+
+
 CommandBody = Annotated[
-    PlayBody | CancelBody | PreloadBody | ScheduleBody, Field(discriminator="kind")
+    PlayBody | CancelBody | PreloadBody | ScheduleBody | ConfigBody,
+    Field(discriminator="kind"),
 ]
 
 
@@ -311,7 +322,7 @@ class Command(_Payload):
     @classmethod
     def new(
         cls,
-        body: PlayBody | CancelBody | PreloadBody | ScheduleBody,
+        body: PlayBody | CancelBody | PreloadBody | ScheduleBody | ConfigBody,
         target: Target,
         expires_at: int,
     ) -> Command:

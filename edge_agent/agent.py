@@ -78,6 +78,10 @@ class EdgeAgent:
             Ed25519Verifier.from_pem(*(k.encode() for k in config.controller_public_keys))
         )
         self.mqtt: MqttConnection | None = None
+        # Remotely adjustable (ConfigBody); start from the provisioned values.
+        self.normal_volume = config.normal_volume
+        self.emergency_volume = config.emergency_volume
+        self.telemetry_interval_s = config.telemetry_interval_s
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -202,8 +206,10 @@ class EdgeAgent:
             for ref in body.media:
                 self.cache.pin(ref.sha256)
             self._tasks.append(asyncio.create_task(self._prefetch(body.media, report=True)))
-        else:
+        elif isinstance(body, p.ScheduleBody):
             self._apply_schedule(body)
+        else:
+            self._apply_config(body)
 
     def _note_clock_offset(self, command: p.Command, now: int) -> None:
         # A fresh command's issue time bounds our clock's error from the controller's;
@@ -241,6 +247,28 @@ class EdgeAgent:
         self._tracks[bid] = track
         self._report(track, p.DeliveryState.RECEIVED)
         track.fetch_task = asyncio.create_task(self._fetch_and_queue(track))
+
+    def _apply_config(self, body: p.ConfigBody) -> None:
+        if body.normal_volume is not None:
+            self.normal_volume = body.normal_volume
+            if self._playing_item is None or not self._playing_emergency():
+                self.hw.speaker.set_volume(body.normal_volume)
+        if body.emergency_volume is not None:
+            self.emergency_volume = body.emergency_volume
+        if body.telemetry_interval_s is not None:
+            self.telemetry_interval_s = body.telemetry_interval_s
+        self._publish_event(
+            p.EventKind.CONFIG_APPLIED,
+            "ok",
+            self.hw.clock.now_ms(),
+            detail=body.model_dump(exclude_none=True, exclude={"kind"}),
+        )
+        self._publish_telemetry()
+
+    def _playing_emergency(self) -> bool:
+        item = self._playing_item
+        track = self._tracks.get(item.broadcast_id) if item is not None else None
+        return track is not None and track.body.priority is p.Priority.EMERGENCY
 
     # ------------------------------------------------------------------ local schedule
 
@@ -429,9 +457,9 @@ class EdgeAgent:
                 self._amp_off_task.cancel()
             emergency = body.priority is p.Priority.EMERGENCY
             self.hw.speaker.set_volume(
-                (body.volume if body.volume is not None else self.config.emergency_volume)
+                (body.volume if body.volume is not None else self.emergency_volume)
                 if emergency
-                else self.config.normal_volume
+                else self.normal_volume
             )
             if not self.hw.amplifier.on:
                 await self.hw.amplifier.power_on()
@@ -540,7 +568,7 @@ class EdgeAgent:
 
     async def _telemetry_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.telemetry_interval_s)
+            await asyncio.sleep(self.telemetry_interval_s)
             self._publish_telemetry()
 
     def _current_faults(self) -> set[p.Fault]:

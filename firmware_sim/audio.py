@@ -52,7 +52,13 @@ async def decode_file(path: Path) -> bytes:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await proc.communicate()
+    try:
+        out, err = await proc.communicate()
+    except asyncio.CancelledError:
+        # A terminal switched off mid-decode must not leave ffmpeg behind.
+        proc.kill()
+        await proc.wait()
+        raise
     if proc.returncode != 0:
         raise ValueError(f"cannot decode {path.name}: {err.decode(errors='replace')[:200]}")
     return out
