@@ -55,6 +55,7 @@ def setup_county(
     broker_port: int | None = None,
     telemetry_interval_s: float = 30.0,
     speech_backends: tuple[str, ...] = ("edge-tts", "espeak-ng"),
+    database_url: str | None = None,
 ) -> PreparedCounty:
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -70,6 +71,7 @@ def setup_county(
         broker_password=SecretStr(controller_password),
         demo=True,
         speech_backends=speech_backends,
+        database_url=database_url,
     )
     db = Database(settings.db_url)
     db.start()

@@ -285,6 +285,12 @@ class ScheduledItem(_Payload):
     expires_at: int
     volume: Annotated[int, Field(ge=0, le=100)] | None = None
 
+    @model_validator(mode="after")
+    def _level_only_for_emergencies(self) -> ScheduledItem:
+        if (self.priority is Priority.EMERGENCY) != (self.level is not None):
+            raise ValueError("level: required for emergencies and only for them")
+        return self
+
 
 class ScheduleBody(_Payload):
     """A terminal's whole local schedule up to `horizon_until`; replaces the previous

@@ -35,6 +35,7 @@ class Arbiter:
         self.current: Item | None = None
         self._queue: list[Item] = []
         self._arrivals = 0
+        self._last_decided_ms: int | None = None
 
     @property
     def queued(self) -> tuple[Item, ...]:
@@ -48,6 +49,7 @@ class Arbiter:
     def decide(self, now_ms: int, lead_ms: int = 0) -> Decision:
         """What to do at `now_ms`. An item is due `lead_ms` before its start (the
         amplifier's warm-up), so it can preempt in time to start on the instant."""
+        self._last_decided_ms = now_ms
         expired = tuple(i for i in self._queue if i.expires_at_ms <= now_ms)
         self._queue = [i for i in self._queue if i.expires_at_ms > now_ms]
         due = [i for i in self._queue if i.start_at_ms - lead_ms <= now_ms]
@@ -79,6 +81,17 @@ class Arbiter:
         return None
 
     def next_wakeup_ms(self, lead_ms: int = 0) -> int | None:
-        """When the next queued item becomes due or expires, whichever is first."""
-        times = [min(i.start_at_ms - lead_ms, i.expires_at_ms) for i in self._queue]
+        """When a decision can next change: a queued item becoming due, or expiring.
+
+        An item that was already due at the last decision (e.g. an announcement waiting
+        behind an emergency) can only change things by expiring; counting its start would
+        give a time in the past and make the caller spin."""
+        last = self._last_decided_ms
+        times = []
+        for i in self._queue:
+            due_at = i.start_at_ms - lead_ms
+            if last is not None and due_at <= last:
+                times.append(i.expires_at_ms)
+            else:
+                times.append(min(due_at, i.expires_at_ms))
         return min(times) if times else None

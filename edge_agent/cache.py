@@ -33,7 +33,7 @@ class MediaCache:
         tmp = path.with_suffix(".part")
         tmp.write_bytes(data)
         os.replace(tmp, path)
-        self._evict()
+        self._evict(keep=sha256)
         return path
 
     def pin(self, sha256: str) -> None:
@@ -47,13 +47,15 @@ class MediaCache:
         files = list(self.directory.glob("*.media"))
         return sum(f.stat().st_size for f in files), len(files)
 
-    def _evict(self) -> None:
+    def _evict(self, keep: str) -> None:
+        # The item just stored is about to be played: never evict it, even if it alone
+        # exceeds the budget (the cache then shrinks back on the next store).
         files = sorted(self.directory.glob("*.media"), key=lambda f: f.stat().st_mtime)
         total = sum(f.stat().st_size for f in files)
         for f in files:
             if total <= self.max_bytes:
                 break
-            if f.stem in self._pinned:
+            if f.stem in self._pinned or f.stem == keep:
                 continue
             total -= f.stat().st_size
             f.unlink(missing_ok=True)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TextIO
 
 
 class SeenCommands:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._seen: dict[str, int] = {}
-        self._file = None
+        self._file: TextIO | None = None
 
     def load(self, now_ms: int) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)

@@ -152,20 +152,24 @@ async def make_county(tmp_path: Path) -> AsyncIterator[CountyFactory]:
         )
         await prepared.broker.start_async()
         controller = ControllerServer(prepared.settings)
-        await controller.start()
         fleet = Fleet.from_data_dir(prepared.data_dir)
-        await fleet.start()
         county = County(prepared, controller, fleet, aiohttp.ClientSession())
-        started.append(county)
+        started.append(county)  # from here on, teardown stops whatever did start
+        await controller.start()
+        await fleet.start()
         await county.wait_for(_all_online(county), 20, "every terminal online")
         return county
 
-    yield factory
-    for county in started:
-        await county.fleet.stop()
-        await county.http.close()
-        await county.controller.stop()
-        county.prepared.broker.stop()
+    try:
+        yield factory
+    finally:
+        for county in started:
+            try:
+                await county.fleet.stop()
+                await county.http.close()
+                await county.controller.stop()
+            finally:
+                county.prepared.broker.stop()
 
 
 def _all_online(county: County) -> Callable[[], Awaitable[bool]]:
