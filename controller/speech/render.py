@@ -459,8 +459,8 @@ async def normalise_upload(
         )
     if len(segment) < MIN_UPLOAD_DURATION_MS:
         raise UnsupportedAudio("the recording contains no audio or is too short")
-    if await asyncio.to_thread(lambda: segment.rms) == 0:
-        raise UnsupportedAudio("the recording is silent")
+    if not math.isfinite(await asyncio.to_thread(gated_level_dbfs, segment)):
+        raise UnsupportedAudio("the recording is silent (nothing louder than -60 dBFS)")
     # Pre-levelled like speech, so the compressor treats a whispered phone recording and
     # a hot studio file alike before the loudness target is applied.
     composed = await asyncio.to_thread(
