@@ -262,6 +262,9 @@ def sniff_format(data: bytes) -> str | None:
         return "ogg"
     if head[4:8] == b"ftyp":
         return "mp4"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        # EBML: WebM/Matroska, what browsers' MediaRecorder produces (Opus inside).
+        return "webm"
     if head.startswith(b"#!AMR-WB\n"):
         return "amr-wb"
     if head.startswith(b"#!AMR\n"):

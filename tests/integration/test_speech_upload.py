@@ -52,6 +52,8 @@ FORMATS = {
     "ogg-opus": ("in.ogg", ("-c:a", "libopus", "-b:a", "32k")),
     "m4a": ("in.m4a", ("-c:a", "aac", "-b:a", "64k")),
     "aac-adts": ("in.aac", ("-c:a", "aac", "-b:a", "64k", "-f", "adts")),
+    # What a browser's MediaRecorder uploads from the console.
+    "webm-opus": ("in.webm", ("-c:a", "libopus", "-b:a", "32k")),
 }
 
 
