@@ -47,8 +47,8 @@ def resolve(session: Session, requested: TargetsIn, principal: Principal) -> Res
     if requested.all:
         if scope is not None:
             raise forbidden("targets.all: township staff may only broadcast to their township")
-        devices = session.exec(select(Device.id)).all()
-        return Resolved(Target(all=True), (Topics.COMMAND_ALL,), tuple(sorted(devices)))
+        everyone = session.exec(select(Device.id)).all()
+        return Resolved(Target(all=True), (Topics.COMMAND_ALL,), tuple(sorted(everyone)))
 
     all_townships = set(session.exec(select(Township.id)).all())
     for i, tid in enumerate(requested.townships):

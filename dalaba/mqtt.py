@@ -288,7 +288,7 @@ class MqttConnection:
 
     def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
         try:
-            self._on_message_cb(message.topic, message.payload)
+            self._on_message_cb(message.topic, bytes(message.payload))
         except Exception:
             # A handler bug must never stop the connection: log, drop, carry on.
             log.exception("%s: message handler failed on %s", self.client_id, message.topic)

@@ -12,7 +12,9 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urljoin
 
 import aiohttp
@@ -64,6 +66,7 @@ class EdgeAgent:
         self._play_task: asyncio.Task[None] | None = None
         self._playing_item: Item | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._jobs: set[asyncio.Task[None]] = set()
         self._seq = 0
         self._started_at = time.monotonic()
         self._faults: set[p.Fault] = set()
@@ -119,13 +122,19 @@ class EdgeAgent:
         ]
         if self.schedule.items or self._pinned.refs:
             # After a reboot: make sure what must be on flash still is.
-            self._tasks.append(asyncio.create_task(self._prefetch(self._wanted_media())))
+            self._spawn(self._prefetch(self._wanted_media()))
         await self.mqtt.start(timeout_s=connect_timeout_s)
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        """A short-lived background job, cancelled with the agent if still running."""
+        task = asyncio.create_task(coro)
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
 
     async def stop(self, *, graceful: bool = True) -> None:
         """Graceful: announce offline and disconnect. Not graceful (power cut): the
         connection just dies and the broker publishes the last will."""
-        tasks = [*self._tasks]
+        tasks = [*self._tasks, *self._jobs]
         if self._play_task is not None:
             tasks.append(self._play_task)
         if self._amp_off_task is not None:
@@ -205,7 +214,7 @@ class EdgeAgent:
             self._pinned.add(body.media)
             for ref in body.media:
                 self.cache.pin(ref.sha256)
-            self._tasks.append(asyncio.create_task(self._prefetch(body.media, report=True)))
+            self._spawn(self._prefetch(body.media, report=True))
         elif isinstance(body, p.ScheduleBody):
             self._apply_schedule(body)
         else:
@@ -282,7 +291,7 @@ class EdgeAgent:
             self.cache.unpin(sha)
         for sha in new_media:
             self.cache.pin(sha)
-        self._tasks.append(asyncio.create_task(self._prefetch(tuple(i.media for i in body.items))))
+        self._spawn(self._prefetch(tuple(i.media for i in body.items)))
         self._publish_event(
             p.EventKind.SCHEDULE_APPLIED,
             str(body.version),
@@ -377,7 +386,7 @@ class EdgeAgent:
         self._arbiter.offer(track.item)
         self._wakeup.set()
 
-    async def _ensure_media(self, media: p.MediaRef, expires_at: int) -> object:
+    async def _ensure_media(self, media: p.MediaRef, expires_at: int) -> Path:
         if self.cache.has(media.sha256):
             return self.cache.path_for(media.sha256)
         assert self._http is not None
@@ -437,6 +446,7 @@ class EdgeAgent:
                         await self._play_task
                 self._playing_item = decision.play
                 self._play_task = asyncio.create_task(self._play(decision.play))
+            self._forget_old_tracks(now)
             self._wakeup.clear()
             wake_at = self._arbiter.next_wakeup_ms(lead_ms=warmup)
             timeout = None if wake_at is None else max(0.0, (wake_at - now) / 1000)
@@ -445,6 +455,19 @@ class EdgeAgent:
                 waiters.append(self._play_task)  # type: ignore[arg-type]
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             waiters[0].cancel()
+
+    def _forget_old_tracks(self, now: int) -> None:
+        # Claims on flash keep an expired broadcast from playing again; the in-memory
+        # track is only needed while it can still be reported on.
+        stale = [
+            bid
+            for bid, t in self._tracks.items()
+            if t.expires_at < now - 60_000
+            and (self._playing_item is None or self._playing_item.broadcast_id != bid)
+            and (t.fetch_task is None or t.fetch_task.done())
+        ]
+        for bid in stale:
+            del self._tracks[bid]
 
     async def _play(self, item: Item) -> None:
         track = self._tracks[item.broadcast_id]

@@ -91,9 +91,16 @@ class NetworkLink(Protocol):
 
 
 class Hardware(Protocol):
-    amplifier: Amplifier
-    speaker: Speaker
-    power: PowerSupply
-    sensors: Sensors
-    clock: Clock
-    network: NetworkLink
+    # Read-only members, so an implementation may hold more specific types.
+    @property
+    def amplifier(self) -> Amplifier: ...
+    @property
+    def speaker(self) -> Speaker: ...
+    @property
+    def power(self) -> PowerSupply: ...
+    @property
+    def sensors(self) -> Sensors: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def network(self) -> NetworkLink: ...
