@@ -98,6 +98,7 @@ class Broadcast(SQLModel, table=True):
     start_at_ms: int = _ms_column()
     expires_at_ms: int = _ms_column(index=True)
     status: str = "active"  # active | cancelled | finished
+    swept: bool = False  # expiry has settled every delivery still waiting
     dispatch: str = "pending"  # pending | published | failed
     command_id: str = ""
     voices: str = ""

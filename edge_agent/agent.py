@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Coroutine
@@ -85,6 +86,7 @@ class EdgeAgent:
         self.normal_volume = config.normal_volume
         self.emergency_volume = config.emergency_volume
         self.telemetry_interval_s = config.telemetry_interval_s
+        self._overrides_path = config.state_dir / "config-overrides.json"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -93,6 +95,7 @@ class EdgeAgent:
         self._seen.load(self.hw.clock.now_ms())
         self.schedule.load(self.hw.clock.now_ms())
         self._pinned.load()
+        self._load_config_overrides()
         for sha in self._pinned.refs.keys() | self.schedule.media():
             self.cache.pin(sha)
         if self._http is None:
@@ -211,7 +214,9 @@ class EdgeAgent:
         elif isinstance(body, p.CancelBody):
             self._cancel(body.broadcast_id)
         elif isinstance(body, p.PreloadBody):
-            self._pinned.add(body.media)
+            released = self._pinned.replace(body.purpose, body.media)
+            for sha in released - self.schedule.media():
+                self.cache.unpin(sha)
             for ref in body.media:
                 self.cache.pin(ref.sha256)
             self._spawn(self._prefetch(body.media, report=True))
@@ -257,15 +262,41 @@ class EdgeAgent:
         self._report(track, p.DeliveryState.RECEIVED)
         track.fetch_task = asyncio.create_task(self._fetch_and_queue(track))
 
-    def _apply_config(self, body: p.ConfigBody) -> None:
+    def _load_config_overrides(self) -> None:
+        try:
+            body = p.ConfigBody.model_validate_json(self._overrides_path.read_bytes())
+        except (OSError, ValueError):
+            return
+        self._set_config(body)
+
+    def _set_config(self, body: p.ConfigBody) -> None:
         if body.normal_volume is not None:
             self.normal_volume = body.normal_volume
-            if self._playing_item is None or not self._playing_emergency():
-                self.hw.speaker.set_volume(body.normal_volume)
         if body.emergency_volume is not None:
             self.emergency_volume = body.emergency_volume
         if body.telemetry_interval_s is not None:
             self.telemetry_interval_s = body.telemetry_interval_s
+
+    def _apply_config(self, body: p.ConfigBody) -> None:
+        # Merge with what was set before and keep it on flash: a reboot must not undo
+        # the technician's volume.
+        merged = p.ConfigBody(
+            normal_volume=self.normal_volume if body.normal_volume is None else body.normal_volume,
+            emergency_volume=(
+                self.emergency_volume if body.emergency_volume is None else body.emergency_volume
+            ),
+            telemetry_interval_s=(
+                self.telemetry_interval_s
+                if body.telemetry_interval_s is None
+                else body.telemetry_interval_s
+            ),
+        )
+        tmp = self._overrides_path.with_suffix(".tmp")
+        tmp.write_bytes(merged.to_bytes())
+        os.replace(tmp, self._overrides_path)
+        self._set_config(body)
+        if body.normal_volume is not None and not self._playing_emergency():
+            self.hw.speaker.set_volume(body.normal_volume)
         self._publish_event(
             p.EventKind.CONFIG_APPLIED,
             "ok",

@@ -77,24 +77,42 @@ class LocalSchedule:
 
 
 class PinnedMedia:
-    """Media the controller asked to keep (pre-positioned emergency templates)."""
+    """Media the controller asked to keep (pre-positioned emergency templates), by
+    purpose. Each preload names the complete set for its purpose, so media left out of
+    a newer set is released and the flash does not fill up over the years."""
 
     def __init__(self, state_dir: Path) -> None:
         self._path = state_dir / "pinned-media.json"
-        self.refs: dict[str, p.MediaRef] = {}
+        self._by_purpose: dict[str, dict[str, p.MediaRef]] = {}
+
+    @property
+    def refs(self) -> dict[str, p.MediaRef]:
+        return {sha: ref for refs in self._by_purpose.values() for sha, ref in refs.items()}
 
     def load(self) -> None:
-        if self._path.exists():
-            try:
-                for raw in json.loads(self._path.read_text()):
-                    ref = p.MediaRef.model_validate(raw)
-                    self.refs[ref.sha256] = ref
-            except (ValueError, OSError):
-                self.refs = {}
+        if not self._path.exists():
+            return
+        try:
+            data = json.loads(self._path.read_text())
+            self._by_purpose = {
+                purpose: {r["sha256"]: p.MediaRef.model_validate(r) for r in refs}
+                for purpose, refs in data.items()
+            }
+        except (ValueError, OSError, AttributeError, KeyError, TypeError):
+            self._by_purpose = {}
 
-    def add(self, refs: tuple[p.MediaRef, ...]) -> None:
-        for ref in refs:
-            self.refs[ref.sha256] = ref
+    def replace(self, purpose: str, refs: tuple[p.MediaRef, ...]) -> set[str]:
+        """Set the media kept for `purpose`; returns the hashes no longer kept."""
+        before = set(self.refs)
+        self._by_purpose[purpose] = {r.sha256: r for r in refs}
         tmp = self._path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([r.model_dump(mode="json") for r in self.refs.values()]))
+        tmp.write_text(
+            json.dumps(
+                {
+                    purpose: [r.model_dump(mode="json") for r in kept.values()]
+                    for purpose, kept in self._by_purpose.items()
+                }
+            )
+        )
         os.replace(tmp, self._path)
+        return before - set(self.refs)

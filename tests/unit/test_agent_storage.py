@@ -263,3 +263,22 @@ def test_usage_counts_only_media_files(tmp_path: Path) -> None:
     cache.put(*blob("b", 25))
     (tmp_path / "cache" / "stray.part").write_bytes(b"x" * 1000)
     assert cache.usage() == (35, 2)
+
+
+def test_pinned_media_replaces_per_purpose_and_releases_the_rest(tmp_path: Path) -> None:
+    from dalaba.protocol import MediaRef
+    from edge_agent.local_schedule import PinnedMedia
+
+    def ref(c: str) -> MediaRef:
+        return MediaRef(sha256=c * 64, url=c * 64, size=1, duration_ms=1)
+
+    pinned = PinnedMedia(tmp_path)
+    assert pinned.replace("emergency_templates", (ref("a"), ref("b"))) == set()
+    assert pinned.replace("drills", (ref("c"),)) == set()
+    released = pinned.replace("emergency_templates", (ref("b"),))
+    assert released == {"a" * 64}
+    assert set(pinned.refs) == {"b" * 64, "c" * 64}
+
+    reloaded = PinnedMedia(tmp_path)  # after a reboot
+    reloaded.load()
+    assert set(reloaded.refs) == {"b" * 64, "c" * 64}
