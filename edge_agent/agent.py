@@ -219,7 +219,7 @@ class EdgeAgent:
                 self.cache.unpin(sha)
             for ref in body.media:
                 self.cache.pin(ref.sha256)
-            self._spawn(self._prefetch(body.media, report=True))
+            self._spawn(self._prefetch(body.media, report_command=command.id))
         elif isinstance(body, p.ScheduleBody):
             self._apply_schedule(body)
         else:
@@ -370,7 +370,23 @@ class EdgeAgent:
         refs.update(self._pinned.refs)
         return tuple(refs.values())
 
-    async def _prefetch(self, refs: tuple[p.MediaRef, ...], report: bool = False) -> None:
+    def _release(self, sha256: str) -> None:
+        """A played, cancelled or expired item no longer needs its audio kept, unless
+        the audio is pre-positioned, scheduled, or waiting in the queue again."""
+        if sha256 in self._pinned.refs or sha256 in self.schedule.media():
+            return
+        if any(
+            t.body.media.sha256 == sha256
+            for t in self._tracks.values()
+            if t.item is not None
+            and (t.item in self._arbiter.queued or t.item is self._playing_item)
+        ):
+            return
+        self.cache.unpin(sha256)
+
+    async def _prefetch(
+        self, refs: tuple[p.MediaRef, ...], report_command: str | None = None
+    ) -> None:
         fetched = failed = 0
         for ref in refs:
             try:
@@ -381,12 +397,13 @@ class EdgeAgent:
                 log.info(
                     "%s: prefetch of %s failed: %s", self.config.device_id, ref.sha256[:12], exc
                 )
-        if report:
+        if report_command is not None:
             self._publish_event(
                 p.EventKind.PRELOADED,
                 "ok" if not failed else "incomplete",
                 self.hw.clock.now_ms(),
                 detail={"fetched": fetched, "failed": failed},
+                command_id=report_command,
             )
 
     async def _fetch_and_queue(self, track: _Track) -> None:
@@ -453,7 +470,7 @@ class EdgeAgent:
             self._play_task.cancel()
             return
         if self._arbiter.remove(broadcast_id) is not None:
-            self.cache.unpin(track.body.media.sha256)
+            self._release(track.body.media.sha256)
         self._report(track, p.DeliveryState.CANCELLED, "cancelled by the controller")
 
     # ------------------------------------------------------------------ playing
@@ -466,7 +483,7 @@ class EdgeAgent:
             for item in decision.expired:
                 track = self._tracks.get(item.broadcast_id)
                 if track is not None:
-                    self.cache.unpin(track.body.media.sha256)
+                    self._release(track.body.media.sha256)
                     self._report(track, p.DeliveryState.EXPIRED, "expired before it could play")
             if decision.play is not None:
                 if decision.preempted is not None and self._play_task is not None:
@@ -543,7 +560,7 @@ class EdgeAgent:
             if self._playing_item is item:
                 self._playing_item = None
             if not requeued:
-                self.cache.unpin(body.media.sha256)
+                self._release(body.media.sha256)
             self._amp_off_task = asyncio.create_task(self._amplifier_off_later())
             self._wakeup.set()
 
@@ -652,9 +669,19 @@ class EdgeAgent:
             await asyncio.sleep(1.0)
 
     def _publish_event(
-        self, kind: p.EventKind, reason: str, at: int, detail: dict[str, object] | None = None
+        self,
+        kind: p.EventKind,
+        reason: str,
+        at: int,
+        detail: dict[str, object] | None = None,
+        command_id: str | None = None,
     ) -> None:
         event = p.DeviceEvent(
-            device_id=self.config.device_id, kind=kind, at=at, reason=reason, detail=detail or {}
+            device_id=self.config.device_id,
+            kind=kind,
+            at=at,
+            reason=reason,
+            detail=detail or {},
+            command_id=command_id,
         )
         self._publish(p.Topics.device_event(self.config.device_id), event)
