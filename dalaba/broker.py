@@ -107,8 +107,11 @@ persistence_location {files.data_dir}/
 autosave_interval 10
 # Persistent sessions of terminals that never come back are dropped after two weeks.
 persistent_client_expiration 14d
-max_queued_messages 1000
-max_inflight_messages 100
+# The controller receives four reports from every terminal within a second of a
+# county-wide push; a small per-client queue drops them ("Outgoing messages are being
+# dropped"), measured at 1,000 terminals with the former limit of 1000.
+max_queued_messages 100000
+max_inflight_messages 1000
 # Mosquitto 2.0.x defaults this to false in code (its docs say true), which makes a
 # fan-out to many subscribers of one topic O(N^2).
 allow_duplicate_messages true
