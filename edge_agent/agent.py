@@ -261,6 +261,21 @@ class EdgeAgent:
         self._tracks[bid] = track
         self._report(track, p.DeliveryState.RECEIVED)
         track.fetch_task = asyncio.create_task(self._fetch_and_queue(track))
+        lead = track.body.start_at - self.hw.clock.now_ms()
+        if lead <= self.hw.amplifier.warmup_ms + 2_000 and not self.hw.amplifier.on:
+            # Warm the amplifier while the audio is fetched, so a download that ends
+            # just before the start instant does not also wait for the warm-up.
+            self._spawn(self._prewarm())
+
+    async def _prewarm(self) -> None:
+        if self._amp_off_task is not None:
+            self._amp_off_task.cancel()
+        with contextlib.suppress(HardwareFault):
+            await self.hw.amplifier.power_on()
+        # Nothing came of it (fetch failed, cancelled)? Do not leave it on.
+        await asyncio.sleep(self.config.amplifier_hold_s + 30)
+        if self._playing_item is None and not self._arbiter.queued:
+            await self.hw.amplifier.power_off()
 
     def _load_config_overrides(self) -> None:
         try:
