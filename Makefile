@@ -12,6 +12,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy dalaba controller edge_agent firmware_sim
 	$(BIN)/pytest
 
 setup: system-deps $(VENV)/.installed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,9 +22,14 @@ from controller.db import Database
 from controller.dispatch import Dispatcher
 from controller.errors import error_middleware
 from controller.ingest import Ingestor
+from controller.live import LiveHub
 from controller.media import MediaStore
+from controller.prepositioning import Prepositioner
+from controller.schedules.service import ScheduleService
+from controller.sessions import SessionStore
 from controller.settings import Settings
 from controller.speech import AnnouncementRenderer
+from controller.templates import seed_builtin_templates
 from dalaba.mqtt import BrokerAddress
 from dalaba.signing import Ed25519Signer
 
@@ -53,9 +59,17 @@ def build_app(settings: Settings) -> web.Application:
     )
     dispatcher = Dispatcher(broker, signer, ingestor.submit)
     broadcasts = BroadcastService(db, media, renderer, dispatcher, settings)
+    prepositioner = Prepositioner(db, broadcasts, dispatcher, settings)
+    sessions = SessionStore(db, settings)
+    live = LiveHub(db)
+    ingestor.add_listener(live.on_ingest)
+    schedules = ScheduleService(db, broadcasts, dispatcher, settings)
+    ingestor.add_listener(schedules.on_ingest)
+    broadcasts.add_listener(schedules.on_broadcast)
+    broadcasts.add_listener(live.on_broadcast)
 
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware(TokenAuthenticator(db))],
+        middlewares=[error_middleware, auth_middleware(TokenAuthenticator(db), sessions)],
         client_max_size=MAX_UPLOAD_BYTES,
     )
     app[keys.SETTINGS] = settings
@@ -64,6 +78,10 @@ def build_app(settings: Settings) -> web.Application:
     app[keys.INGESTOR] = ingestor
     app[keys.DISPATCHER] = dispatcher
     app[keys.BROADCASTS] = broadcasts
+    app[keys.PREPOSITIONER] = prepositioner
+    app[keys.SESSIONS] = sessions
+    app[keys.LIVE] = live
+    app[keys.SCHEDULES] = schedules
     app.add_routes(routes())
     if WEB_DIR.is_dir():
         app.router.add_get("/", _index)
@@ -71,17 +89,23 @@ def build_app(settings: Settings) -> web.Application:
 
     async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         db.start()
+        await db.run(seed_builtin_templates)
+        await live.start()
         await ingestor.start()
         await dispatcher.start()
         await broadcasts.start()
+        await schedules.start()
         log.info("controller up: http://%s:%d/", settings.http_host, settings.http_port)
         yield
+        await schedules.stop()
         await broadcasts.stop()
         await dispatcher.stop()
         await ingestor.stop()
         db.stop()
 
     app.cleanup_ctx.append(_lifecycle)
+    # Event streams never end by themselves: close them before the server waits on them.
+    app.on_shutdown.append(live.close)
     return app
 
 
@@ -116,9 +140,15 @@ class ControllerServer:
 
 
 async def serve_forever(settings: Settings) -> None:
+    """Run until SIGTERM (systemd's stop) or SIGINT, then shut down in order."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     server = ControllerServer(settings)
     await server.start()
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        log.info("controller stopping")
     finally:
         await server.stop()

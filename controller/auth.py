@@ -2,17 +2,20 @@
 
 Roles: `admin` (everything), `duty_officer` (broadcast anywhere, read everything),
 `township_staff` (act and read only within their own township), `viewer` (read only).
-Machines use bearer tokens; the console's session logins come later on the same roles.
+Machines use bearer tokens; the console uses a session cookie (controller/sessions.py)
+on the same roles, with a CSRF token required on every state-changing request.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import hmac
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 from sqlmodel import Session, select
@@ -120,12 +123,22 @@ class TokenAuthenticator:
         return principal
 
 
-PUBLIC_PATHS = ("/api/health",)
+PUBLIC_PATHS = ("/api/health", "/api/session/login")
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+SESSION_COOKIE = "dalaba_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class SessionLookup(Protocol):
+    async def lookup(self, cookie: str) -> tuple[Principal, str] | None:
+        """The principal and CSRF token of a live console session, or None."""
+        ...
 
 
 def auth_middleware(
     authenticator: TokenAuthenticator,
+    sessions: SessionLookup | None = None,
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
     async def middleware(
@@ -134,6 +147,22 @@ def auth_middleware(
         if not request.path.startswith("/api/") or request.path in PUBLIC_PATHS:
             return await handler(request)
         header = request.headers.get("Authorization", "")
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if not header and cookie and sessions is not None:
+            found = await sessions.lookup(cookie)
+            if found is None:
+                raise ApiError(401, "unauthenticated", "session: expired or logged out")
+            session_principal, csrf = found
+            # The cookie rides along on any request the browser makes, even one another
+            # site triggers; only script on our own origin can read and send the token.
+            sent = request.headers.get(CSRF_HEADER, "")
+            if request.method not in SAFE_METHODS and not hmac.compare_digest(
+                sent.encode(), csrf.encode()
+            ):
+                raise ApiError(403, "csrf", f"{CSRF_HEADER}: missing or wrong", CSRF_HEADER)
+            request[PRINCIPAL] = session_principal
+            return await handler(request)
+        # Bearer tokens are not sent by browsers on their own, so they need no CSRF check.
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "unauthenticated", "Authorization: a bearer token is required")

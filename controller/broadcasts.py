@@ -12,22 +12,32 @@ import asyncio
 import logging
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlmodel import Session, col, select
 
 from controller import audit
+from controller.approvals import (
+    ApprovalRequired,
+    PendingBroadcast,
+    needs_second_person,
+    new_id,
+    pending_view,
+)
 from controller.auth import Principal
 from controller.db import Database
 from controller.dispatch import Dispatcher
 from controller.errors import ApiError, bad_request, forbidden, not_found
 from controller.media import MediaStore
-from controller.models import Broadcast, Delivery, Device, Media
+from controller.models import Broadcast, Delivery, Device, Media, Township
+from controller.prepositioning import media_in_place
 from controller.settings import Settings
 from controller.speech import AnnouncementRenderer, AnnouncementRequest
-from controller.speech.types import CATEGORIES
+from controller.speech.types import known_category
 from controller.targets import TargetsIn, resolve, topics_for
+from controller.templates import TEMPLATE_ID_PATTERN, fill_content
 from controller.timefmt import iso, parse_instant
 from dalaba import protocol as p
 
@@ -38,6 +48,13 @@ MAX_START_AHEAD_MS = 7 * 24 * 3600 * 1000
 START_PAST_TOLERANCE_MS = 5_000
 
 
+Language = Literal["cmn", "yue"]
+
+
+def _mandarin_only() -> list[Language]:
+    return ["cmn"]
+
+
 class BroadcastIn(BaseModel):
     """The body of POST /api/broadcasts."""
 
@@ -45,23 +62,27 @@ class BroadcastIn(BaseModel):
 
     text: str | None = None
     media_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    # A stored template filled from `params` (controller/templates.py); its defaults
+    # (category, priority, level, languages, repeat, title) apply to fields not given.
+    template: str | None = Field(default=None, pattern=TEMPLATE_ID_PATTERN)
+    # Values are checked against the template's placeholders (strings or numbers).
+    params: dict[str, Any] = Field(default_factory=dict, max_length=50)
     title: str = Field(default="", max_length=100)
-    category: str
-    priority: Literal["emergency", "notice", "routine"]
+    # Required unless a template gives them (checked in `templates.fill_content`).
+    category: str | None = None
+    priority: Literal["emergency", "notice", "routine"] | None = None
     level: int | None = Field(default=None, ge=1, le=4)
     targets: TargetsIn
     start_at: str | int | None = None
     expires_in_s: int | None = Field(default=None, ge=10, le=MAX_EXPIRY_S)
     drill: bool = False
-    languages: list[Literal["cmn", "yue"]] = Field(default_factory=lambda: ["cmn"], min_length=1)
+    languages: list[Language] = Field(default_factory=_mandarin_only, min_length=1)
     repeat: int | None = Field(default=None, ge=1, le=10)
 
     @field_validator("category")
     @classmethod
-    def _known_category(cls, value: str) -> str:
-        if value not in CATEGORIES:
-            raise ValueError(f"unknown category {value!r}; one of {', '.join(sorted(CATEGORIES))}")
-        return value
+    def _known_category(cls, value: str | None) -> str | None:
+        return None if value is None else known_category(value)
 
     @field_validator("text")
     @classmethod
@@ -72,11 +93,15 @@ class BroadcastIn(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> BroadcastIn:
-        if (self.text is None) == (self.media_id is None):
-            raise ValueError("give exactly one of text or media_id")
+        if [self.text, self.media_id, self.template].count(None) != 2:
+            raise ValueError("give exactly one of text, media_id or template")
+        if self.params and self.template is None:
+            raise ValueError("params: only with a template")
+        if self.template is not None:
+            return self  # level rules are checked once the template's defaults apply
         if self.priority == "emergency" and self.level is None:
             raise ValueError("level: required for emergencies (1 = I red ... 4 = IV blue)")
-        if self.priority != "emergency" and self.level is not None:
+        if self.priority is not None and self.priority != "emergency" and self.level is not None:
             raise ValueError("level: only emergencies have a level")
         return self
 
@@ -96,6 +121,19 @@ class BroadcastService:
         self._dispatcher = dispatcher
         self._settings = settings
         self._sweeper: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
+
+    def add_listener(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
+        """Called with ("broadcast", summary) on create and cancel and with ("approval",
+        view) when a request starts waiting: for live views."""
+        self._listeners.append(listener)
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(kind, data)
+            except Exception:
+                log.exception("broadcast listener failed")
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_loop())
@@ -107,7 +145,15 @@ class BroadcastService:
 
     # ------------------------------------------------------------------ create
 
-    async def create(self, principal: Principal, body: BroadcastIn) -> Broadcast:
+    async def create(
+        self,
+        principal: Principal,
+        body: BroadcastIn,
+        *,
+        approval: PendingBroadcast | None = None,
+    ) -> Broadcast:
+        """Send a broadcast; raises `ApprovalRequired` (HTTP 202) when the two-person rule
+        holds it back. `approval` is the approved request: its audio is what is sent."""
         principal.require_broadcast()
         if body.text is not None and len(body.text) > self._settings.max_text_chars:
             raise bad_request("text", f"longer than {self._settings.max_text_chars} characters")
@@ -123,9 +169,30 @@ class BroadcastService:
         resolved = await self._db.run(lambda s: resolve(s, body.targets, principal))
         if not resolved.device_ids:
             raise bad_request("targets", "no terminal is installed in the chosen area")
+        template = body.template
+        body = await fill_content(
+            self._db, body, resolved.target, max_text_chars=self._settings.max_text_chars
+        )
+        assert body.category is not None and body.priority is not None
+        category, priority = body.category, body.priority
 
-        media, voices = await self._media_for(body)
-        media_is_new = media.created_ms >= t0
+        if approval is None:
+            await self._hold_for_second_person(principal, body, resolved)
+            media, voices = await self._media_for(body)
+        else:
+            approved = await self._db.run(lambda s: s.get(Media, approval.media_sha256))
+            if approved is None:
+                raise bad_request("media_id", "the approved audio is gone")
+            media, voices = approved, approval.voices
+        # Audio rendered earlier for a request that waited has not reached any terminal.
+        media_is_new = (
+            approval is not None
+            or media.created_ms >= t0
+            # uploaded or previewed audio that no terminal has been sent yet
+            or not await self._db.run(
+                lambda s: media_in_place(s, media.sha256, resolved.device_ids)
+            )
+        )
         now = p.now_ms()
         lead = self._settings.sync_lead_ms + (self._settings.fetch_lead_ms if media_is_new else 0)
         start_at = max(requested_start or 0, now + lead)
@@ -150,6 +217,9 @@ class BroadcastService:
             volume=100 if body.priority == "emergency" else None,
         )
         command = p.Command.new(play, resolved.target, expires_at)
+        approved_by = (
+            {"approval": approval.id, "approved_by": approval.decided_by} if approval else {}
+        )
 
         def record(session: Session) -> Broadcast:
             broadcast = Broadcast(
@@ -159,8 +229,8 @@ class BroadcastService:
                 title=title,
                 text=body.text or "",
                 media_sha256=media.sha256,
-                category=body.category,
-                priority=body.priority,
+                category=category,
+                priority=priority,
                 level=body.level,
                 drill=body.drill,
                 targets=body.targets.model_dump(),
@@ -195,6 +265,8 @@ class BroadcastService:
                 targets=body.targets.model_dump(),
                 devices=len(resolved.device_ids),
                 text=(body.text or "")[:200],
+                template=template,
+                **approved_by,
             )
             return broadcast
 
@@ -210,7 +282,81 @@ class BroadcastService:
             body.priority,
             "drill" if body.drill else "real",
         )
+        self._emit("broadcast", broadcast_summary(broadcast))
         return broadcast
+
+    async def _hold_for_second_person(
+        self, principal: Principal, body: BroadcastIn, resolved: Any
+    ) -> None:
+        settings = self._settings
+        if body.drill or body.priority != "emergency" or not settings.two_person_levels:
+            return
+
+        def reach(session: Session) -> tuple[list[str], int]:
+            everyone = sorted(session.exec(select(Township.id)).all())
+            if resolved.target.all:
+                return everyone, len(everyone)
+            reached = session.exec(
+                select(Device.township_id).where(col(Device.id).in_(resolved.device_ids)).distinct()
+            ).all()
+            return sorted(reached), len(everyone)
+
+        townships, total = await self._db.run(reach)
+        if not needs_second_person(
+            settings,
+            priority=body.priority,
+            level=body.level,
+            drill=body.drill,
+            townships_reached=len(townships),
+            townships_total=total,
+        ):
+            return
+        media, voices = await self._media_for(body)
+        now = p.now_ms()
+
+        def record(session: Session) -> dict[str, Any]:
+            row = PendingBroadcast(
+                id=new_id(),
+                created_ms=now,
+                expires_ms=now + settings.approval_timeout_s * 1000,
+                requested_by=principal.user,
+                requested_role=principal.role.value,
+                requested_township=principal.township_id,
+                body=body.model_dump(mode="json"),
+                media_sha256=media.sha256,
+                voices=voices,
+                device_count=len(resolved.device_ids),
+                townships=townships,
+            )
+            session.add(row)
+            audit.record(
+                session,
+                principal,
+                "broadcast.request_approval",
+                row.id,
+                level=body.level,
+                category=body.category,
+                targets=body.targets.model_dump(),
+                devices=len(resolved.device_ids),
+                text=(body.text or "")[:200],
+            )
+            return pending_view(row)
+
+        view = await self._db.run(record)
+        log.info("emergency %s by %s waits for a second officer", view["id"], principal.user)
+        self._emit("approval", view)
+        raise ApprovalRequired(view)
+
+    async def preview(
+        self, body: BroadcastIn, target: p.Target | None
+    ) -> tuple[BroadcastIn, Media, str]:
+        """The audio `create` would send for `body` (to `target`, whose townships decide
+        the languages), rendered and stored content-addressed but sent nowhere."""
+        body = await fill_content(
+            self._db, body, target, max_text_chars=self._settings.max_text_chars
+        )
+        media, voices = await self._media_for(body)
+        return body, media, voices
 
     async def _media_for(self, body: BroadcastIn) -> tuple[Media, str]:
         if body.media_id is not None:
@@ -220,6 +366,7 @@ class BroadcastService:
                 raise bad_request("media_id", "unknown media")
             return row, row.voices
         assert body.text is not None
+        assert body.category is not None and body.priority is not None  # fill_content
         try:
             request = AnnouncementRequest(
                 text=body.text,
@@ -270,11 +417,26 @@ class BroadcastService:
         return await self._db.run(load)
 
     async def list(self, principal: Principal, limit: int = 50) -> list[dict[str, Any]]:
+        scope = principal.township_scope()
+
         def load(session: Session) -> list[dict[str, Any]]:
-            rows = session.exec(
-                select(Broadcast).order_by(col(Broadcast.created_ms).desc()).limit(limit)
-            ).all()
-            return [broadcast_summary(b) for b in rows]
+            query = (
+                select(Broadcast)
+                .where(Broadcast.status != "scheduled")  # coming schedule occurrences
+                .order_by(col(Broadcast.created_ms).desc())
+                .limit(limit)
+            )
+            if scope is not None:
+                # Township staff see what they sent and what reached their township.
+                reached = (
+                    select(Delivery.broadcast_id)
+                    .where(Delivery.device_id == Device.id)
+                    .where(Device.township_id == scope)
+                )
+                query = query.where(
+                    (col(Broadcast.created_by) == principal.user) | col(Broadcast.id).in_(reached)
+                )
+            return [broadcast_summary(b) for b in session.exec(query).all()]
 
         return await self._db.run(load)
 
@@ -313,7 +475,7 @@ class BroadcastService:
         published = await self._dispatcher.send(command, topics_for(target))
         now = p.now_ms()
 
-        def mark(session: Session) -> None:
+        def mark(session: Session) -> dict[str, Any]:
             row = session.get(Broadcast, broadcast_id)
             assert row is not None
             row.status = "cancelled"
@@ -330,8 +492,9 @@ class BroadcastService:
                     d, p.DeliveryState.CANCELLED, "cancelled before it reached the terminal", now
                 )
             audit.record(session, principal, "broadcast.cancel", broadcast_id, published=published)
+            return broadcast_summary(row)
 
-        await self._db.run(mark)
+        self._emit("broadcast", await self._db.run(mark))
         return await self.get(principal, broadcast_id)
 
     # ------------------------------------------------------------------ expiry
@@ -350,7 +513,8 @@ def sweep_expired(session: Session) -> int:
     now = p.now_ms()
     expired = session.exec(
         select(Broadcast)
-        .where(Broadcast.status == "active")
+        .where(col(Broadcast.status).in_(("active", "cancelled")))
+        .where(Broadcast.swept == False)  # noqa: E712 - SQL, not Python truthiness
         .where(col(Broadcast.expires_at_ms) <= now)
     ).all()
     count = 0
@@ -365,11 +529,20 @@ def sweep_expired(session: Session) -> int:
         )
     ]
     for broadcast in expired:
-        broadcast.status = "finished"
+        broadcast.swept = True
+        if broadcast.status == "active":
+            broadcast.status = "finished"
+        # An interrupted routine programme is not replayed (its schedule simply goes
+        # on), so for routine items "preempted" is where the delivery ends.
+        states = (
+            [s for s in waiting if s != p.DeliveryState.PREEMPTED.value]
+            if broadcast.priority == "routine"
+            else waiting
+        )
         for d in session.exec(
             select(Delivery)
             .where(Delivery.broadcast_id == broadcast.id)
-            .where(col(Delivery.state).in_(waiting))
+            .where(col(Delivery.state).in_(states))
         ):
             reason = (
                 "never reached the terminal before expiry (offline?)"
@@ -419,6 +592,8 @@ def broadcast_summary(b: Broadcast) -> dict[str, Any]:
         "device_count": b.device_count,
         "cancelled_at": iso(b.cancelled_ms),
         "cancelled_by": b.cancelled_by,
+        # The signed, normalised target: live views use it to tell who it reached.
+        "target": b.target,
     }
 
 

@@ -15,7 +15,15 @@ from sqlmodel import Session, SQLModel, create_engine
 T = TypeVar("T")
 
 # Every module that defines tables, imported so that create_all() sees them all.
-TABLE_MODULES: tuple[str, ...] = ("controller.models",)
+TABLE_MODULES: tuple[str, ...] = (
+    "controller.models",
+    "controller.sessions",
+    "controller.approvals",
+    "controller.groups",
+    "controller.templates",
+    "controller.prepositioning",
+    "controller.schedules.models",
+)
 
 
 def make_engine(url: str) -> Engine:

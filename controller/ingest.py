@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 
 from controller.db import Database
 from controller.models import Delivery, Device, SecurityEvent, TelemetrySample
+from controller.prepositioning import record_preload_report
 from dalaba import protocol as p
 
 log = logging.getLogger(__name__)
@@ -59,16 +60,12 @@ class Ingestor:
         self._task: asyncio.Task[None] | None = None
         self.counters: Counter[str] = Counter()
         self._listeners: list[Listener] = []
-        self.known_devices: set[str] = set()
 
     def add_listener(self, listener: Listener) -> None:
         """Called after each batch is committed, with (kind, data): for live views."""
         self._listeners.append(listener)
 
     async def start(self) -> None:
-        self.known_devices = set(
-            await self._db.run(lambda s: list(s.exec(select(Device.id)).all()))
-        )
         self._task = asyncio.create_task(self._flush_loop())
 
     async def stop(self) -> None:
@@ -91,10 +88,6 @@ class Ingestor:
             # another terminal is a bug or an attack either way.
             self.counters["dropped"] += 1
             self.counters["dropped_device_mismatch"] += 1
-            return
-        if device_id not in self.known_devices:
-            self.counters["dropped"] += 1
-            self.counters["dropped_unknown_device"] += 1
             return
         self.counters[f"received_{kind}"] += 1
         self._queue.append((kind, message, p.now_ms()))
@@ -139,9 +132,15 @@ class Ingestor:
             deliveries = {(d.broadcast_id, d.device_id): d for d in rows}
         issued = self._issued_command_ids(session, batch)
 
-        for _kind, message, rx in sorted(batch, key=lambda b: getattr(b[1], "seq", 0)):
+        # Arrival order: the broker keeps each terminal's messages in order, and a stale
+        # report is caught by its sequence number anyway.
+        for _kind, message, rx in batch:
             device = devices.get(message.device_id)
             if device is None:
+                # Not (or no longer) in the database; the broker's ACL let it in, so it
+                # was provisioned somewhere: count it for the operator to notice.
+                self.counters["dropped"] += 1
+                self.counters["dropped_unknown_device"] += 1
                 continue
             device.last_seen_ms = rx
             if isinstance(message, p.DeviceStatus):
@@ -208,6 +207,9 @@ class Ingestor:
         if event.kind is p.EventKind.FAULT_CLEARED and event.reason:
             device.faults = {k: v for k, v in device.faults.items() if k != event.reason}
             return
+        if event.kind is p.EventKind.PRELOADED:
+            record_preload_report(session, device.id, event, rx)
+            return
         if event.kind is not p.EventKind.COMMAND_REJECTED:
             return
         known = event.command_id in issued
@@ -224,10 +226,16 @@ class Ingestor:
             )
         )
         self.counters[f"rejections_{event.reason}"] += 1
-        # A genuine command refused before it was ever received (e.g. it reached the
-        # terminal after its expiry) ends that delivery. A forged command names ids we
-        # never issued and changes nothing; a replay finds the delivery already settled.
-        if known and event.broadcast_id is not None:
+        # A genuine command refused before it was ever received ends that delivery: it
+        # reached the terminal after its expiry, or the terminal's clock is so far off
+        # that it thinks the command is from the future. Nothing else may move a
+        # delivery: a forger can name a real command id (bad_signature), and a replay or a
+        # broker's duplicate (replayed, not_addressed) says nothing about the original.
+        ends_delivery = {
+            p.RejectReason.EXPIRED.value: p.DeliveryState.EXPIRED,
+            p.RejectReason.NOT_YET_VALID.value: p.DeliveryState.REJECTED,
+        }
+        if known and event.broadcast_id is not None and event.reason in ends_delivery:
             delivery = (
                 deliveries.get((event.broadcast_id, device.id))
                 or session.exec(
@@ -237,11 +245,7 @@ class Ingestor:
                 ).first()
             )
             if delivery is not None and delivery.state == p.DeliveryState.SENT.value:
-                state = (
-                    p.DeliveryState.EXPIRED
-                    if event.reason == p.RejectReason.EXPIRED.value
-                    else p.DeliveryState.REJECTED
-                )
+                state = ends_delivery[event.reason]
                 delivery.state = state.value
                 delivery.reason = f"terminal refused the command: {event.reason}"
                 delivery.state_source = "device"

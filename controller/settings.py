@@ -37,11 +37,46 @@ class Settings(BaseSettings):
         "routine": 3600,
     }
     max_text_chars: int = 2000
+    # Recorded announcements: larger or longer uploads are refused with a 400.
+    upload_max_bytes: int = Field(default=20_000_000, ge=1000, le=100_000_000)
+    upload_max_duration_s: float = Field(default=600.0, ge=1.0, le=3600.0)
     # Speech: backends tried in this order; edge-tts needs the internet.
     speech_backends: tuple[str, ...] = ("edge-tts", "espeak-ng")
     edge_tts_timeout_s: float = 3.0
     ingest_batch_ms: int = 50
     telemetry_history_interval_s: int = 300
+
+    # Console logins. A session lasts one duty shift; cookie_secure must be true
+    # wherever the console is served over HTTPS (it should be, outside a county LAN).
+    session_ttl_s: int = Field(default=12 * 3600, ge=60)
+    cookie_secure: bool = False
+    login_max_failures: int = Field(default=5, ge=1)
+    login_lockout_s: int = Field(default=15 * 60, ge=1)
+    # Two-person rule (Hawaii, 2018): a real (not drill) emergency at one of these levels
+    # that reaches the whole county, or at least `two_person_min_townships` townships
+    # when that is above 0, waits for a second duty officer. Empty: no second person.
+    two_person_levels: tuple[int, ...] = (1, 2)
+    two_person_min_townships: int = Field(default=0, ge=0)
+    approval_timeout_s: int = Field(default=30 * 60, ge=60)
+
+    # The county's local time: schedules are written in it, quiet hours are read in it.
+    timezone: str = "Asia/Shanghai"
+    # Schedules. Each occurrence is fired this long before its due time, so the signed
+    # play command reaches the terminals before the instant they start together.
+    schedule_fire_lead_ms: int = Field(default=3000, ge=1000, le=60_000)
+    # An occurrence the controller could not fire on time (it was down, or overloaded)
+    # still fires up to this late; after that it is recorded "missed" with the reason.
+    schedule_misfire_grace_s: int = Field(default=60, ge=0, le=3600)
+    # How long after its due time an occurrence may still play on a terminal (one busy
+    # with an emergency, or just back online), per priority.
+    schedule_expiry_s: dict[str, int] = {"emergency": 3600, "notice": 1800, "routine": 600}
+    # Terminals are given their occurrences this far ahead (at least 48 h must hold).
+    schedule_horizon_h: int = Field(default=72, ge=48, le=24 * 14)
+    schedule_refresh_s: int = Field(default=3600, ge=10)  # extend the horizon
+    schedule_repush_s: int = Field(default=6 * 3600, ge=60)  # resend an unchanged schedule
+    schedule_online_repush_s: int = Field(default=15 * 60, ge=0)  # ... to one back online
+    schedule_push_debounce_ms: int = Field(default=300, ge=0, le=60_000)
+    schedule_heartbeat_s: float = Field(default=2.0, gt=0, le=60)
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

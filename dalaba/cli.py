@@ -1,4 +1,4 @@
-"""`dalaba`: the one command. Subcommands: controller, agent, sim, demo, token."""
+"""`dalaba`: the one command. Subcommands: controller, agent, sim, demo, token, user."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -38,11 +39,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
     config = DeviceConfig.load(Path(args.config))
 
     async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         hw = SimHardware.create(config.state_dir.parent)
         agent = EdgeAgent(config, hw)
         await agent.start()
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
             await agent.stop()
 
@@ -69,7 +74,6 @@ def cmd_sim(args: argparse.Namespace) -> int:
             configs = configs[: args.villages]
 
         async def run_share() -> None:
-            import signal
 
             fleet = Fleet(configs, record_wav=not args.no_wav)
             stop = asyncio.Event()
@@ -122,6 +126,52 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_password() -> str:
+    """From the terminal (asked twice) or the first line of stdin; never from argv,
+    which other users of the machine can read in the process list."""
+    import getpass
+
+    if sys.stdin.isatty():
+        first = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != first:
+            raise ValueError("the two passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from controller.auth import Role
+    from controller.db import Database
+    from controller.errors import ApiError
+    from controller.sessions import set_console_password
+    from controller.settings import Settings
+
+    settings = (
+        Settings(data_dir=Path(args.data_dir), demo=True) if args.data_dir else Settings(demo=True)
+    )
+    db = Database(args.database_url or settings.db_url)
+    db.start()
+    try:
+        password = _read_password()
+        db.run_sync(
+            lambda s: set_console_password(
+                s,
+                args.name,
+                Role(args.role),
+                args.township,
+                password,
+                create_only=args.user_command == "create",
+            )
+        )
+    except (ValueError, ApiError) as exc:
+        print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+    finally:
+        db.stop()
+    print(f"console user {args.name} ({args.role}) is ready")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dalaba", description="Dalaba (大喇叭) broadcast control")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -161,6 +211,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data-dir", default=None)
     c.add_argument("--database-url", default=None)
     c.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("user", help="console users (password from stdin or prompted)")
+    usub = p.add_subparsers(dest="user_command", required=True)
+    for name, text in (
+        ("create", "create a console user with a password"),
+        ("passwd", "set an existing console user's password"),
+    ):
+        c = usub.add_parser(name, help=text)
+        c.add_argument("--name", required=True)
+        c.add_argument(
+            "--role", required=True, choices=["admin", "duty_officer", "township_staff", "viewer"]
+        )
+        c.add_argument("--township", default=None, help="required for township_staff")
+        c.add_argument("--data-dir", default=None)
+        c.add_argument("--database-url", default=None)
+        c.set_defaults(func=cmd_user)
     return parser
 
 

@@ -12,20 +12,26 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import SecretStr
+from sqlmodel import Session, select
 
 from controller.app import ControllerServer
 from controller.auth import Role, create_user_and_token
 from controller.county import County, seed
 from controller.db import Database
+from controller.groups import TargetGroup
 from controller.provisioning import provision_simulated_county, read_or_create_secret
+from controller.sessions import set_console_password
 from controller.settings import Settings
 from dalaba.broker import CONTROLLER_USER, MosquittoProcess, free_port, write_broker_config
+from dalaba.protocol import now_ms
 from dalaba.signing import Ed25519Signer
 from firmware_sim.fleet import spawn_fleet_processes
 
@@ -41,6 +47,8 @@ class PreparedCounty:
     controller_password: str
     admin_token: str
     county: County
+    # Console logins made for the demo: name -> (role, township, password).
+    console_users: dict[str, tuple[str, str | None, str]] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
@@ -56,7 +64,12 @@ def setup_county(
     telemetry_interval_s: float = 30.0,
     speech_backends: tuple[str, ...] = ("edge-tts", "espeak-ng"),
     database_url: str | None = None,
+    two_person_levels: tuple[int, ...] = (),
+    console_users: bool = True,
 ) -> PreparedCounty:
+    """`two_person_levels` is empty by default so the tests and benchmarks can send a
+    county-wide emergency with one token; the demo turns the rule on, as production has
+    it by default (see Settings)."""
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     http_port = http_port or free_port()
@@ -72,6 +85,7 @@ def setup_county(
         demo=True,
         speech_backends=speech_backends,
         database_url=database_url,
+        two_person_levels=two_person_levels,
     )
     db = Database(settings.db_url)
     db.start()
@@ -80,6 +94,10 @@ def setup_county(
         admin_token = db.run_sync(
             lambda s: create_user_and_token(s, "demo-admin", Role.ADMIN, None, label="demo")
         )
+        logins = _demo_console_users(county) if console_users else {}
+        for name, (role, township, password) in logins.items():
+            db.run_sync(_console_user_setter(name, Role(role), township, password))
+        db.run_sync(lambda s: _seed_groups(s, county))
     finally:
         db.stop()
     signer = Ed25519Signer.load_or_create(settings.signing_key_path)
@@ -103,7 +121,47 @@ def setup_county(
         controller_password=controller_password,
         admin_token=admin_token,
         county=county,
+        console_users=logins,
     )
+
+
+def _console_user_setter(
+    name: str, role: Role, township: str | None, password: str
+) -> Callable[[Session], object]:
+    return lambda session: set_console_password(session, name, role, township, password)
+
+
+def _demo_console_users(county: County) -> dict[str, tuple[str, str | None, str]]:
+    """An admin, two duty officers (the two-person rule needs two) and a clerk of the
+    first township, each with a fresh random password written to demo.json."""
+    first = county.townships[0].id if county.townships else None
+    return {
+        name: (role, township, secrets.token_urlsafe(9))
+        for name, role, township in (
+            ("demo-admin", "admin", None),
+            ("duty1", "duty_officer", None),
+            ("duty2", "duty_officer", None),
+            (f"clerk-{first}", "township_staff", first),
+        )
+    }
+
+
+def _seed_groups(session: Session, county: County) -> None:
+    """The saved groups a county starts with, from the villages' tags."""
+    have = set(session.exec(select(TargetGroup.name)).all())
+    riverside = [v.id for v in county.villages if "riverside" in v.tags]
+    if riverside and "沿河村 riverside villages" not in have:
+        now = now_ms()
+        session.add(
+            TargetGroup(
+                name="沿河村 riverside villages",
+                description="防汛转移重点村 villages to warn first in a flood",
+                villages=riverside,
+                created_by="demo",
+                created_ms=now,
+                updated_ms=now,
+            )
+        )
 
 
 def write_demo_file(prepared: PreparedCounty) -> Path:
@@ -120,6 +178,10 @@ def write_demo_file(prepared: PreparedCounty) -> Path:
         "townships": len(prepared.county.townships),
         "villages": len(prepared.county.villages),
         "terminals": sum(v.terminals for v in prepared.county.villages),
+        "console_users": [
+            {"name": name, "role": role, "township": township, "password": password}
+            for name, (role, township, password) in prepared.console_users.items()
+        ],
     }
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -128,7 +190,7 @@ def write_demo_file(prepared: PreparedCounty) -> Path:
 
 
 async def run_demo(data_dir: Path, villages: int, port: int | None, processes: int) -> None:
-    prepared = setup_county(data_dir, villages=villages, http_port=port)
+    prepared = setup_county(data_dir, villages=villages, http_port=port, two_person_levels=(1, 2))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -146,7 +208,7 @@ async def run_demo(data_dir: Path, villages: int, port: int | None, processes: i
             f"{len(prepared.county.villages)} villages, {terminals} terminals\n"
             f"  console / API : {prepared.api_url}/\n"
             f"  broker        : mqtt://127.0.0.1:{prepared.broker_port} (private)\n"
-            f"  API token etc.: {demo_file}\n"
+            f"  logins, token : {demo_file}\n"
             f"Press Ctrl-C to stop.\n",
             flush=True,
         )

@@ -401,6 +401,7 @@ class Telemetry(_Payload):
     clock_offset_ms: int | None = None  # terminal clock minus controller clock, if known
     faults: tuple[Fault, ...] = ()
     dropped_messages: int = 0  # malformed/oversized/unsigned payloads dropped so far
+    schedule_version: int = 0  # the local schedule held (0: none, e.g. wiped storage)
 
 
 # --------------------------------------------------------------------------- errors

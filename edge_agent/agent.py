@@ -212,7 +212,7 @@ class EdgeAgent:
         if isinstance(body, p.PlayBody):
             self._accept_play(command, body)
         elif isinstance(body, p.CancelBody):
-            self._cancel(body.broadcast_id)
+            self._cancel(body.broadcast_id, command.expires_at)
         elif isinstance(body, p.PreloadBody):
             released = self._pinned.replace(body.purpose, body.media)
             for sha in released - self.schedule.media():
@@ -474,9 +474,15 @@ class EdgeAgent:
                 await asyncio.sleep(min(0.2 * 2.0**attempt, 5))
         raise ConnectionError(f"could not fetch {media.sha256[:12]}: {last_error}")
 
-    def _cancel(self, broadcast_id: str) -> None:
+    def _cancel(self, broadcast_id: str, expires_at: int) -> None:
         track = self._tracks.get(broadcast_id)
-        if track is None or track.cancelled:
+        if track is None:
+            # Not started here (yet): claim it, so neither a late command nor the local
+            # schedule plays what the controller has cancelled.
+            if not self.schedule.claimed(broadcast_id):
+                self.schedule.claim(broadcast_id, expires_at)
+            return
+        if track.cancelled:
             return
         track.cancelled = True
         if self._playing_item is not None and self._playing_item.broadcast_id == broadcast_id:
@@ -640,6 +646,7 @@ class EdgeAgent:
             cache_items=cache_items,
             clock_offset_ms=self._clock_offset_ms,
             faults=tuple(sorted(self._faults)),
+            schedule_version=self.schedule.version,
             dropped_messages=self.counters["dropped"],
         )
 

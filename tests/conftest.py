@@ -7,7 +7,7 @@ import asyncio
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from controller.app import ControllerServer
 from dalaba.demo import PreparedCounty, setup_county
 from dalaba.mqtt import BrokerAddress, MqttConnection
 from firmware_sim.fleet import Fleet
+from tests.support import throwaway_postgres_url
 
 for tool in ("mosquitto", "ffmpeg", "espeak-ng"):
     if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -182,3 +183,82 @@ def _all_online(county: County) -> Callable[[], Awaitable[bool]]:
 
 def read_json_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+# --------------------------------------------------------------------------- console
+
+
+class ConsoleClient:
+    """A browser-like API client: logs in with a password, holds the session cookie and
+    sends the CSRF token on state-changing requests (no bearer token)."""
+
+    def __init__(self, county: County, name: str) -> None:
+        self.county = county
+        self.name = name
+        # unsafe=True: the test controller is addressed by IP, where aiohttp's cookie
+        # jar otherwise refuses to keep cookies.
+        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        self.csrf: str | None = None
+        self.me: dict[str, Any] = {}
+
+    async def login(self, password: str | None = None) -> tuple[int, Any]:
+        if password is None:
+            password = self.county.prepared.console_users[self.name][2]
+        async with self.http.post(
+            self.county.url + "/api/session/login",
+            json={"name": self.name, "password": password},
+        ) as resp:
+            body = await resp.json()
+            if resp.status == 200:
+                self.csrf = body["csrf_token"]
+                self.me = body
+            return resp.status, body
+
+    async def api(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        expect: int | None = None,
+        csrf: bool = True,
+    ) -> tuple[int, Any]:
+        headers = {"X-CSRF-Token": self.csrf} if csrf and self.csrf else {}
+        async with self.http.request(
+            method, self.county.url + path, json=json_body, headers=headers
+        ) as resp:
+            body = (
+                await resp.json() if resp.content_type == "application/json" else await resp.text()
+            )
+            if expect is not None:
+                assert resp.status == expect, (resp.status, body)
+            return resp.status, body
+
+    async def close(self) -> None:
+        await self.http.close()
+
+
+ConsoleFactory = Callable[..., Awaitable[ConsoleClient]]
+
+
+@pytest.fixture
+async def console_login(make_county: CountyFactory) -> AsyncIterator[ConsoleFactory]:
+    """`await console_login(county, "duty1")`: a logged-in ConsoleClient for one of the
+    demo's console users (see dalaba.demo)."""
+    clients: list[ConsoleClient] = []
+
+    async def factory(county: County, name: str, password: str | None = None) -> ConsoleClient:
+        client = ConsoleClient(county, name)
+        clients.append(client)
+        status, body = await client.login(password)
+        assert status == 200, body
+        return client
+
+    yield factory
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    yield from throwaway_postgres_url()

@@ -2,8 +2,44 @@
 
 from aiohttp import web
 
-from controller.api import broadcasts, county, devices, media, system
+from controller.api import (
+    approvals,
+    broadcasts,
+    county,
+    device_control,
+    devices,
+    groups,
+    live,
+    media,
+    preview,
+    records,
+    schedules,
+    session,
+    system,
+    templates,
+    township_languages,
+    uploads,
+    users,
+)
 
 
 def routes() -> list[web.RouteDef]:
-    return [*broadcasts.routes, *county.routes, *devices.routes, *media.routes, *system.routes]
+    return [
+        *broadcasts.routes,
+        *county.routes,
+        *devices.routes,
+        *media.routes,
+        *system.routes,
+        *session.routes,
+        *users.routes,
+        *live.routes,
+        *records.routes,
+        *approvals.routes,
+        *groups.routes,
+        *device_control.routes,
+        *templates.routes,
+        *township_languages.routes,
+        *preview.routes,
+        *uploads.routes,
+        *schedules.routes,
+    ]

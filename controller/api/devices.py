@@ -7,9 +7,10 @@ from sqlmodel import Session, col, select
 
 from controller.api import keys
 from controller.auth import principal_of
-from controller.errors import forbidden, not_found
-from controller.models import Device
-from controller.timefmt import iso
+from controller.errors import bad_request, forbidden, not_found
+from controller.models import Broadcast, Delivery, Device, TelemetrySample
+from controller.timefmt import iso, parse_instant
+from dalaba import protocol as p
 
 routes = web.RouteTableDef()
 
@@ -66,3 +67,77 @@ async def get_device(request: web.Request) -> web.Response:
         return device_view(d)
 
     return web.json_response(await request.app[keys.DB].run(load))
+
+
+def _device_in_scope(session: Session, device_id: str, scope: str | None) -> Device:
+    d = session.get(Device, device_id)
+    if d is None:
+        raise not_found(f"device {device_id}")
+    if scope is not None and d.township_id != scope:
+        raise forbidden(f"device {device_id} is outside your township")
+    return d
+
+
+def _limit(request: web.Request, default: int, maximum: int) -> int:
+    try:
+        return max(1, min(maximum, int(request.query.get("limit", default))))
+    except ValueError:
+        raise bad_request("limit", "must be a whole number") from None
+
+
+@routes.get("/api/devices/{id}/telemetry")
+async def telemetry_history(request: web.Request) -> web.Response:
+    """Sampled telemetry (one sample per `telemetry_history_interval_s`), oldest first."""
+    scope = principal_of(request).township_scope()
+    device_id = request.match_info["id"]
+    since = request.query.get("since")
+    since_ms = parse_instant(since, "since") if since else p.now_ms() - 7 * 24 * 3600 * 1000
+    limit = _limit(request, 2000, 10_000)
+
+    def load(session: Session) -> list[dict[str, object]]:
+        _device_in_scope(session, device_id, scope)
+        rows = session.exec(
+            select(TelemetrySample)
+            .where(TelemetrySample.device_id == device_id)
+            .where(col(TelemetrySample.at_ms) >= since_ms)
+            .order_by(col(TelemetrySample.at_ms).desc())
+            .limit(limit)
+        ).all()
+        return [{"at": iso(r.at_ms), **r.data} for r in reversed(rows)]
+
+    return web.json_response({"samples": await request.app[keys.DB].run(load)})
+
+
+@routes.get("/api/devices/{id}/deliveries")
+async def last_deliveries(request: web.Request) -> web.Response:
+    scope = principal_of(request).township_scope()
+    device_id = request.match_info["id"]
+    limit = _limit(request, 20, 200)
+
+    def load(session: Session) -> list[dict[str, object]]:
+        _device_in_scope(session, device_id, scope)
+        rows = session.exec(
+            select(Delivery, Broadcast)
+            .where(Delivery.device_id == device_id)
+            .where(Delivery.broadcast_id == Broadcast.id)
+            .order_by(col(Broadcast.created_ms).desc())
+            .limit(limit)
+        ).all()
+        return [
+            {
+                "broadcast_id": b.id,
+                "title": b.title,
+                "category": b.category,
+                "priority": b.priority,
+                "level": b.level,
+                "drill": b.drill,
+                "created_at": iso(b.created_ms),
+                "state": d.state,
+                "reason": d.reason,
+                "updated_at": iso(d.updated_ms),
+                "states": [t["state"] for t in d.transitions],
+            }
+            for d, b in rows
+        ]
+
+    return web.json_response({"deliveries": await request.app[keys.DB].run(load)})

@@ -11,7 +11,11 @@ if TYPE_CHECKING:
     from controller.db import Database
     from controller.dispatch import Dispatcher
     from controller.ingest import Ingestor
+    from controller.live import LiveHub
     from controller.media import MediaStore
+    from controller.prepositioning import Prepositioner
+    from controller.schedules.service import ScheduleService
+    from controller.sessions import SessionStore
     from controller.settings import Settings
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -20,3 +24,7 @@ MEDIA: web.AppKey[MediaStore] = web.AppKey("media")
 BROADCASTS: web.AppKey[BroadcastService] = web.AppKey("broadcasts")
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 INGESTOR: web.AppKey[Ingestor] = web.AppKey("ingestor")
+PREPOSITIONER: web.AppKey[Prepositioner] = web.AppKey("prepositioner")
+SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions")
+LIVE: web.AppKey[LiveHub] = web.AppKey("live")
+SCHEDULES: web.AppKey[ScheduleService] = web.AppKey("schedules")

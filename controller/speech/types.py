@@ -26,6 +26,13 @@ CATEGORIES: frozenset[str] = frozenset(
         "other",
     }
 )
+def known_category(value: str) -> str:
+    """The one check of a category name, shared by every API shape that takes one."""
+    if value not in CATEGORIES:
+        raise ValueError(f"unknown category {value!r}; one of {', '.join(sorted(CATEGORIES))}")
+    return value
+
+
 PRIORITIES: tuple[str, ...] = ("emergency", "paging", "notice", "routine")
 LANGUAGES: frozenset[str] = frozenset({"cmn", "yue"})
 # Emergencies are repeated so that someone who only catches the end still hears it whole.

@@ -1,0 +1,164 @@
+"""/api/users: console users and their roles, managed by an admin."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlmodel import Session, col, select
+
+from controller import audit
+from controller.api import keys
+from controller.auth import Principal, Role, principal_of
+from controller.errors import (
+    ApiError,
+    bad_request,
+    forbidden,
+    from_validation_error,
+    not_found,
+    read_json,
+)
+from controller.models import Township, User
+from controller.sessions import hash_password
+from controller.timefmt import iso
+
+routes = web.RouteTableDef()
+
+RoleName = Literal["admin", "duty_officer", "township_staff", "viewer"]
+
+
+class UserIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[^\s/]+$")
+    role: RoleName
+    township_id: str | None = None
+    password: str
+
+
+class UserPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: RoleName | None = None
+    township_id: str | None = None
+    disabled: bool | None = None
+    password: str | None = None
+
+
+def require_admin(principal: Principal) -> None:
+    if principal.role is not Role.ADMIN:
+        raise forbidden("only an admin manages users")
+
+
+def user_view(u: User) -> dict[str, object]:
+    return {
+        "id": u.id,
+        "name": u.name,
+        "role": u.role,
+        "township_id": u.township_id,
+        "disabled": u.disabled,
+        "has_password": bool(u.password_hash),
+        "created_at": iso(u.created_ms),
+    }
+
+
+def _check_township(session: Session, role: str, township_id: str | None) -> str | None:
+    if role != Role.TOWNSHIP_STAFF.value:
+        return None
+    if not township_id:
+        raise bad_request("township_id", "required for township_staff")
+    if session.get(Township, township_id) is None:
+        raise bad_request("township_id", f"unknown township {township_id!r}")
+    return township_id
+
+
+@routes.get("/api/users")
+async def list_users(request: web.Request) -> web.Response:
+    require_admin(principal_of(request))
+
+    def load(session: Session) -> list[dict[str, object]]:
+        return [user_view(u) for u in session.exec(select(User).order_by(col(User.name)))]
+
+    return web.json_response({"users": await request.app[keys.DB].run(load)})
+
+
+@routes.post("/api/users")
+async def create_user(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    require_admin(principal)
+    try:
+        body = UserIn.model_validate(await read_json(request))
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+    password_hash = await asyncio.to_thread(hash_password, body.password)
+
+    def create(session: Session) -> dict[str, object]:
+        from dalaba.protocol import now_ms
+
+        if session.exec(select(User).where(User.name == body.name)).first() is not None:
+            raise ApiError(409, "exists", f"name: user {body.name} already exists", "name")
+        township = _check_township(session, body.role, body.township_id)
+        user = User(
+            name=body.name,
+            role=body.role,
+            township_id=township,
+            password_hash=password_hash,
+            created_ms=now_ms(),
+        )
+        session.add(user)
+        session.flush()
+        audit.record(
+            session, principal, "user.create", body.name, role=body.role, township=township
+        )
+        return user_view(user)
+
+    return web.json_response(await request.app[keys.DB].run(create), status=201)
+
+
+@routes.patch("/api/users/{id}")
+async def update_user(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    require_admin(principal)
+    try:
+        user_id = int(request.match_info["id"])
+    except ValueError:
+        raise bad_request("id", "must be a number") from None
+    try:
+        body = UserPatch.model_validate(await read_json(request))
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+    password_hash = await asyncio.to_thread(hash_password, body.password) if body.password else None
+    sessions = request.app[keys.SESSIONS]
+
+    def update(session: Session) -> dict[str, object]:
+        user = session.get(User, user_id)
+        if user is None:
+            raise not_found(f"user {user_id}")
+        if user.name == principal.user and (body.disabled or body.role not in (None, "admin")):
+            raise bad_request("role", "an admin cannot lock themselves out")
+        changes: dict[str, object] = {}
+        role = body.role or user.role
+        if body.role is not None or "township_id" in body.model_fields_set:
+            user.township_id = _check_township(
+                session,
+                role,
+                body.township_id if "township_id" in body.model_fields_set else user.township_id,
+            )
+            user.role = role
+            changes.update(role=role, township=user.township_id)
+        if body.disabled is not None:
+            user.disabled = body.disabled
+            changes["disabled"] = body.disabled
+        if password_hash is not None:
+            user.password_hash = password_hash
+            changes["password"] = "reset"
+        session.add(user)
+        assert user.id is not None
+        # Whatever changed, the user's open console sessions end with the old rights.
+        sessions.forget_user_sessions(session, user.id)
+        audit.record(session, principal, "user.update", user.name, **changes)
+        return user_view(user)
+
+    return web.json_response(await request.app[keys.DB].run(update))

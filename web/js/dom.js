@@ -1,0 +1,179 @@
+// Tiny DOM helpers: no framework, no build step.
+import { t, lang } from "./i18n.js";
+
+export function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k === "style" && typeof v === "object") Object.assign(el.style, v);
+    else if (k === "dataset") Object.assign(el.dataset, v);
+    else if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
+    else if (k === "html") el.innerHTML = v; // only ever used with our own constant strings
+    else if (v === true) el.setAttribute(k, "");
+    else el.setAttribute(k, v);
+  }
+  append(el, children);
+  return el;
+}
+
+export function append(el, children) {
+  for (const c of children.flat(Infinity)) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+export function clear(el) {
+  while (el.firstChild) el.firstChild.remove();
+  return el;
+}
+
+export const LEVEL_CLASS = { 1: "lv1", 2: "lv2", 3: "lv3", 4: "lv4" };
+export const ROMAN = { 1: "I", 2: "II", 3: "III", 4: "IV" };
+
+export function levelChip(level, big = false) {
+  if (!level) return null;
+  return h("span", { class: `level ${LEVEL_CLASS[level]}${big ? " big" : ""}` }, t(`level.${level}`));
+}
+
+export function modeBadge(drill, big = false) {
+  return h(
+    "span",
+    { class: `mode ${drill ? "mode-drill" : "mode-real"}${big ? " big" : ""}` },
+    t(drill ? "mode.drill" : "mode.real"),
+  );
+}
+
+// The banner shown on every step of a drill or a real alert (Hawaii lesson: the two
+// must never look alike).
+export function modeBanner(drill) {
+  return h(
+    "div",
+    { class: `banner ${drill ? "banner-drill" : "banner-real"}`, role: "status" },
+    h("strong", {}, t(drill ? "banner.drill" : "banner.real")),
+    h("span", {}, t(drill ? "banner.drill.sub" : "banner.real.sub")),
+  );
+}
+
+const pad = (n) => String(n).padStart(2, "0");
+
+export function fmtTime(iso, withDate = false) {
+  if (!iso) return "—";
+  const d = new Date(iso);
+  const time = `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  if (!withDate) return time;
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${time}`;
+}
+
+export function fmtDuration(ms) {
+  if (ms < 0 || !Number.isFinite(ms)) ms = 0;
+  const s = Math.floor(ms / 1000);
+  const m = Math.floor(s / 60);
+  return m ? `${m}:${pad(s % 60)}` : `${s}s`;
+}
+
+export function fmtAgo(iso) {
+  if (!iso) return "—";
+  const s = Math.max(0, Math.round((Date.now() - new Date(iso).getTime()) / 1000));
+  if (s < 60) return t("ago.s", { n: s });
+  if (s < 3600) return t("ago.m", { n: Math.floor(s / 60) });
+  if (s < 86400) return t("ago.h", { n: Math.floor(s / 3600) });
+  return t("ago.d", { n: Math.floor(s / 86400) });
+}
+
+export function today(offsetDays = 0) {
+  const d = new Date(Date.now() + offsetDays * 86400000);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+}
+
+export function placeName(item) {
+  if (!item) return "";
+  return lang() === "en" && item.name_en ? item.name_en : item.name;
+}
+
+let toastTimer = null;
+export function toast(message, kind = "info") {
+  const el = document.getElementById("toast");
+  el.textContent = message;
+  el.className = `toast show ${kind}`;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => (el.className = "toast"), kind === "error" ? 6000 : 3000);
+}
+
+export function confirmDialog({ title, body, ok, okClass = "btn-primary", cancel }) {
+  return new Promise((resolve) => {
+    const dlg = h(
+      "dialog",
+      { class: "dialog" },
+      h("h3", {}, title),
+      h("div", { class: "dialog-body" }, body),
+      h(
+        "div",
+        { class: "actions" },
+        h("button", { class: "btn", type: "button", onclick: () => close(false) }, cancel || t("common.cancel")),
+        h("button", { class: `btn ${okClass}`, type: "button", "data-ok": "1", onclick: () => close(true) }, ok),
+      ),
+    );
+    function close(v) {
+      dlg.close();
+      dlg.remove();
+      resolve(v);
+    }
+    dlg.addEventListener("cancel", () => close(false));
+    document.body.append(dlg);
+    dlg.showModal();
+  });
+}
+
+export function field(label, input, hint) {
+  return h("label", { class: "field" }, h("span", { class: "field-label" }, label), input, hint ? h("small", { class: "muted" }, hint) : null);
+}
+
+export function select(options, value, attrs = {}) {
+  return h(
+    "select",
+    attrs,
+    options.map(([v, label]) => h("option", { value: v, selected: String(v) === String(value) }, label)),
+  );
+}
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+export function svg(tag, attrs, ...children) {
+  const el = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v);
+  }
+  append(el, children);
+  return el;
+}
+
+// Icons drawn inline: a county PC or a headless test browser may have no emoji font.
+const ICONS = {
+  megaphone: "M3 10v4h3l6 4V6L6 10H3z M15 9a4 4 0 0 1 0 6 M18 6a8 8 0 0 1 0 12",
+  flood: "M2 8c2.5-2 4.5-2 7 0s4.5 2 7 0 4.5-2 6 0 M2 13c2.5-2 4.5-2 7 0s4.5 2 7 0 4.5-2 6 0 M2 18c2.5-2 4.5-2 7 0s4.5 2 7 0 4.5-2 6 0",
+  forest_fire: "M12 2c1 4 5 6 5 11a5 5 0 0 1-10 0c0-3 2-4 2-7 2 1 3 3 3 5 1-2 1-5 0-9z",
+  typhoon: "M10 12a2 2 0 1 0 4 0a2 2 0 1 0-4 0 M4 9a9 9 0 0 1 15-3 M20 15a9 9 0 0 1-15 3 M7 12a5 5 0 0 1 5-5 M17 12a5 5 0 0 1-5 5",
+  earthquake: "M2 12h4l2-5 3 10 3-12 3 9 2-2h3",
+  epidemic: "M7 12a5 5 0 1 0 10 0a5 5 0 1 0-10 0 M12 2v3 M12 19v3 M2 12h3 M19 12h3 M5 5l2 2 M17 17l2 2 M5 19l2-2 M17 7l2-2",
+  pen: "M4 20h4L19 9l-4-4L4 16v4z M14 6l4 4",
+  bell: "M6 16v-5a6 6 0 0 1 12 0v5l2 2H4l2-2z M10 20a2 2 0 0 0 4 0",
+  mic: "M9 6a3 3 0 0 1 6 0v6a3 3 0 0 1-6 0z M5 11a7 7 0 0 0 14 0 M12 18v3",
+  stop: "M6 6h12v12H6z",
+  play: "M7 5v14l12-7z",
+  download: "M12 4v11 M7 10l5 5 5-5 M5 20h14",
+  undo: "M9 14L4 9l5-5 M4 9h10a6 6 0 0 1 0 12h-3",
+  wait: "M6 3h12 M6 21h12 M7 3c0 5 10 5 10 9s-10 4-10 9 M17 3c0 5-10 5-10 9s10 4 10 9",
+  people: "M6 11a3 3 0 1 0 6 0a3 3 0 1 0-6 0 M3 20c0-3 3-5 6-5s6 2 6 5 M15 6a3 3 0 1 1 2 5 M21 20c0-3-2-5-4-5",
+  alert: "M12 3L2 21h20L12 3z M12 10v5 M12 18v1",
+};
+export function icon(name, cls = "") {
+  return svg(
+    "svg",
+    { viewBox: "0 0 24 24", class: `icon ${cls}`, "aria-hidden": "true", fill: name === "stop" || name === "play" ? "currentColor" : "none", stroke: "currentColor", "stroke-width": 2, "stroke-linecap": "round", "stroke-linejoin": "round" },
+    svg("path", { d: ICONS[name] || ICONS.megaphone }),
+  );
+}

@@ -1,0 +1,122 @@
+// 待确认: real county-wide emergencies waiting for a second officer. The second officer
+// hears the exact audio before the approve button unlocks.
+import { api, get, onLive } from "../api.js";
+import { icon, clear, confirmDialog, fmtAgo, fmtTime, h, levelChip, modeBanner, toast } from "../dom.js";
+import { categoryName, t } from "../i18n.js";
+
+export async function render(main, ctx, [approvalId]) {
+  await ctx.loadPlaces();
+  const root = h("div", { class: "approvals" });
+  main.append(root);
+
+  async function load() {
+    let items;
+    if (approvalId) items = [await get(`/api/approvals/${approvalId}`)];
+    else items = (await get("/api/approvals")).approvals;
+    draw(items);
+  }
+
+  function areaOf(item) {
+    if (item.targets?.all) return t("em.area.county_all", { n: ctx.townships.length });
+    return item.townships.map((id) => ctx.township(id)?.name || id).join(t("sep"));
+  }
+
+  function draw(items) {
+    clear(root);
+    root.append(h("div", { class: "page-head" }, h("h1", {}, approvalId ? t("ap.one") : t("ap.title")), h("p", { class: "muted" }, t("ap.subtitle"))));
+    if (!items.length) {
+      root.append(h("div", { class: "card empty", id: "no-approvals" }, t("ap.none")));
+      return;
+    }
+    for (const item of items) root.append(card(item));
+    if (approvalId) {
+      document.body.classList.toggle("drill-mode", items[0].drill);
+      document.body.classList.toggle("real-mode", !items[0].drill);
+    }
+  }
+
+  function card(item) {
+    const mine = item.requested_by === ctx.me.user;
+    const el = h("section", { class: `card approval status-${item.status}`, "data-approval": item.id });
+    el.append(modeBanner(item.drill));
+    el.append(
+      h(
+        "div",
+        { class: "approval-head" },
+        levelChip(item.level, true),
+        h("div", {}, h("h2", {}, item.title), h("p", { class: "muted" }, `${categoryName(item.category)} · ${t("ap.by", { who: item.requested_by })} · ${fmtTime(item.created_at)} (${fmtAgo(item.created_at)})`)),
+      ),
+      h(
+        "div",
+        { class: "confirm-facts" },
+        h("div", { class: "fact" }, h("span", { class: "fact-label" }, t("em.fact.area")), h("strong", { class: "fact-value" }, areaOf(item)), h("small", {}, `${item.device_count}${t("unit.terminal")}`)),
+        h("div", { class: "fact" }, h("span", { class: "fact-label" }, t("ap.status")), h("strong", { class: "fact-value", "data-status": item.status }, t(`ap.st.${item.status}`))),
+      ),
+      h("p", { class: "spoken" }, item.text),
+    );
+    const audio = h("audio", { controls: true, src: item.media_url, preload: "auto", class: "approval-audio" });
+    el.append(audio);
+    if (item.status === "pending") {
+      const row = h("div", { class: "board-actions" });
+      if (mine) {
+        row.append(h("p", { class: "waiting" }, icon("wait"), " ", t("ap.waiting")));
+        const withdraw = h("button", { type: "button", class: "btn" }, t("ap.withdraw"));
+        withdraw.addEventListener("click", () => decide(item, "reject"));
+        row.append(withdraw);
+      } else if (ctx.isOfficer()) {
+        const approve = h("button", { type: "button", class: "btn btn-real btn-big", disabled: true, "data-action": "approve" }, t("ap.listen_first"));
+        audio.addEventListener("play", () => {
+          approve.disabled = false;
+          approve.textContent = t("ap.approve");
+        });
+        approve.addEventListener("click", () => decide(item, "approve"));
+        const reject = h("button", { type: "button", class: "btn btn-big", "data-action": "reject" }, t("ap.reject"));
+        reject.addEventListener("click", () => decide(item, "reject"));
+        row.append(approve, reject);
+      }
+      el.append(row);
+    } else if (item.broadcast_id) {
+      el.append(h("a", { class: "btn btn-primary", href: `#/board/${item.broadcast_id}` }, t("ap.to_board")));
+    } else if (item.reason) {
+      el.append(h("p", { class: "muted" }, t("ap.reason"), ": ", item.reason));
+    }
+    return el;
+  }
+
+  async function decide(item, action) {
+    const reason = h("textarea", { rows: 2, placeholder: t("ap.reason") });
+    const approving = action === "approve";
+    const ok = await confirmDialog({
+      title: approving ? t("ap.approve.title") : t("ap.reject.title"),
+      body: h("div", {}, modeBanner(item.drill), h("p", {}, levelChip(item.level), " ", h("strong", {}, areaOf(item)), ` · ${item.device_count}${t("unit.terminal")}`), approving ? null : reason),
+      ok: approving ? t("ap.approve") : t("ap.reject"),
+      okClass: approving ? "btn-real" : "btn-primary",
+    });
+    if (!ok) return;
+    try {
+      const { data } = await api("POST", `/api/approvals/${item.id}/${action}`, { reason: reason.value });
+      if (approving) {
+        toast(t("ap.approved"));
+        ctx.go(`#/board/${data.id}`);
+      } else {
+        toast(t("ap.rejected"));
+        load();
+      }
+    } catch (e) {
+      toast(e.message, "error");
+      load();
+    }
+  }
+
+  const stop = onLive((kind, data) => {
+    if (kind !== "approval") return;
+    if (approvalId && data.id === approvalId && data.status === "approved" && data.broadcast_id) {
+      toast(t("ap.approved_by", { who: data.decided_by }));
+      ctx.go(`#/board/${data.broadcast_id}`);
+      return;
+    }
+    load();
+  });
+  await load();
+  return stop;
+}

@@ -1,0 +1,529 @@
+// 紧急广播: content (template or text) -> area -> level + drill/real -> preview -> confirm.
+// Everything on one page, the choices so far always in view in the summary panel, and
+// drill and real coloured differently from the moment one is chosen.
+import { ApiError, api, get } from "../api.js";
+import { append, h, clear, icon, levelChip, modeBanner, toast, select } from "../dom.js";
+import { t, categoryName } from "../i18n.js";
+
+const FREE_CATEGORIES = ["flood", "forest_fire", "typhoon", "earthquake", "epidemic", "other"];
+
+export async function render(main, ctx) {
+  await ctx.loadPlaces();
+  const me = ctx.me;
+  const [tplData, groupData] = await Promise.all([
+    get("/api/templates?enabled=1").catch(() => ({ templates: [] })),
+    get("/api/groups").catch(() => ({ groups: [] })),
+  ]);
+  const templates = tplData.templates
+    .filter((x) => x.priority === "emergency" && !x.disabled && x.id !== "false_alarm_correction")
+    .sort((a, b) => (a.level || 9) - (b.level || 9));
+  const groups = groupData.groups;
+
+  const state = {
+    template: null, // a template object, or "free"
+    params: {},
+    text: "",
+    category: "flood",
+    areaKind: me.county_wide ? "county" : "townships",
+    townships: new Set(me.county_wide ? [] : [me.township_id]),
+    villages: new Set(),
+    group: null,
+    level: null,
+    drill: null,
+    preview: null,
+    previewKey: null,
+    confirmedReal: false,
+    sending: false,
+    villageQuery: "",
+    repeat: 3,
+  };
+
+  const summary = h("aside", { class: "summary card", id: "em-summary" });
+  const steps = h("div", { class: "steps" });
+  main.append(
+    h("div", { class: "page-head" }, h("h1", {}, t("em.title")), h("p", { class: "muted" }, t("em.subtitle"))),
+    h("div", { class: "em-layout" }, steps, summary),
+  );
+
+  // ---------------------------------------------------------------- derived
+
+  function targets() {
+    if (state.areaKind === "county") return { all: true };
+    if (state.areaKind === "townships") return state.townships.size ? { townships: [...state.townships].sort() } : null;
+    if (state.areaKind === "villages") return state.villages.size ? { villages: [...state.villages].sort() } : null;
+    const g = groups.find((x) => x.id === state.group);
+    return g ? { villages: g.villages } : null;
+  }
+
+  function areaVillages() {
+    const tg = targets();
+    if (!tg) return [];
+    if (tg.all) return ctx.villages;
+    if (tg.townships) return ctx.villages.filter((v) => tg.townships.includes(v.township_id));
+    return ctx.villages.filter((v) => tg.villages.includes(v.id));
+  }
+
+  function areaText() {
+    const tg = targets();
+    if (!tg) return t("em.area.none");
+    const vs = areaVillages();
+    const devices = vs.reduce((n, v) => n + (v.device_count || 0), 0);
+    const tcount = new Set(vs.map((v) => v.township_id)).size;
+    let name;
+    if (tg.all) name = t("em.area.county_all", { n: ctx.townships.length });
+    else if (state.areaKind === "group") name = groups.find((x) => x.id === state.group).name;
+    else if (tg.townships) name = tg.townships.map((id) => ctx.township(id)?.name || id).join(t("sep"));
+    else name = vs.length <= 4 ? vs.map((v) => v.name).join(t("sep")) : t("em.area.villages_n", { n: vs.length, t: tcount });
+    return { name, villages: vs.length, devices, townships: tcount };
+  }
+
+  function fillText() {
+    if (state.template === "free") return state.text;
+    if (!state.template) return "";
+    const colours = { 1: "红色", 2: "橙色", 3: "黄色", 4: "蓝色" };
+    const grades = { 1: "一级", 2: "二级", 3: "三级", 4: "四级" };
+    return state.template.body.replace(/\{([a-z0-9_]+)\}/g, (_, name) => {
+      if (name === "level_colour") return colours[state.level] || "";
+      if (name === "level_grade") return grades[state.level] || "";
+      const v = state.params[name];
+      return v ? v : `【${placeholderLabel(name)}】`;
+    });
+  }
+
+  function placeholderLabel(name) {
+    const ph = state.template?.placeholders?.find((p) => p.name === name);
+    return ph?.label || name;
+  }
+
+  function missing() {
+    const out = [];
+    if (!state.template) out.push(t("em.need.content"));
+    else if (state.template === "free" && !state.text.trim()) out.push(t("em.need.text"));
+    else if (state.template !== "free") {
+      for (const ph of state.template.placeholders) if (ph.required && !state.params[ph.name]?.trim()) out.push(ph.label || ph.name);
+    }
+    if (!targets()) out.push(t("em.need.area"));
+    if (!state.level) out.push(t("em.need.level"));
+    if (state.drill === null) out.push(t("em.need.mode"));
+    return out;
+  }
+
+  function body() {
+    const b = { priority: "emergency", level: state.level, drill: state.drill, targets: targets(), repeat: state.repeat };
+    if (state.template === "free") Object.assign(b, { text: state.text.trim(), category: state.category });
+    else {
+      b.template = state.template.id;
+      b.params = Object.fromEntries(Object.entries(state.params).filter(([, v]) => v && v.trim()));
+    }
+    return b;
+  }
+
+  function needsSecond() {
+    if (state.drill !== false || !me.two_person_levels?.includes(state.level)) return false;
+    const a = areaText();
+    if (!a.villages) return false;
+    if (a.townships >= ctx.townships.length) return true;
+    return me.two_person_min_townships > 0 && a.townships >= me.two_person_min_townships;
+  }
+
+  // ---------------------------------------------------------------- render
+
+  // Typing re-renders only what follows the text (preview, confirm, summary), never the
+  // field being typed in or a button the pointer may be on its way to.
+  function update(tailOnly = false) {
+    document.body.classList.toggle("drill-mode", state.drill === true);
+    document.body.classList.toggle("real-mode", state.drill === false);
+    const key = missing().length ? null : JSON.stringify(body());
+    if (state.previewKey !== key) {
+      state.preview = null;
+      state.previewKey = null;
+    }
+    if (tailOnly) renderTail();
+    else renderSteps();
+    renderSummary();
+  }
+
+  function stepHead(n, title, done) {
+    return h("h2", { class: `step-head${done ? " done" : ""}` }, h("span", { class: "step-no" }, done ? "✓" : n), title);
+  }
+
+  const slots = [0, 1, 2, 3, 4].map(() => h("div", { class: "slot-step" }));
+  steps.append(...slots);
+  const builders = [contentStep, areaStep, levelStep, previewStep, confirmStep];
+
+  function renderSteps() {
+    builders.forEach((build, i) => clear(slots[i]).append(build()));
+  }
+
+  function renderTail() {
+    clear(slots[3]).append(previewStep());
+    clear(slots[4]).append(confirmStep());
+  }
+
+  function contentStep() {
+    const grid = h("div", { class: "tpl-grid" });
+    for (const tpl of templates) {
+      grid.append(
+        h(
+          "button",
+          {
+            type: "button",
+            class: `tpl${state.template === tpl ? " selected" : ""}`,
+            "data-template": tpl.id,
+            onclick: () => {
+              state.template = tpl;
+              state.params = Object.fromEntries(tpl.placeholders.map((p) => [p.name, p.default || ""]));
+              if (tpl.repeat) state.repeat = tpl.repeat;
+              if (!state.level && tpl.level) state.level = tpl.level;
+              update();
+            },
+          },
+          h("span", { class: "tpl-icon" }, icon(tpl.category)),
+          h("span", { class: "tpl-name" }, tpl.name),
+          levelChip(tpl.level),
+        ),
+      );
+    }
+    grid.append(
+      h(
+        "button",
+        {
+          type: "button",
+          class: `tpl${state.template === "free" ? " selected" : ""}`,
+          "data-template": "free",
+          onclick: () => {
+            state.template = "free";
+            update();
+          },
+        },
+        h("span", { class: "tpl-icon" }, icon("pen")),
+        h("span", { class: "tpl-name" }, t("em.free")),
+      ),
+    );
+    const section = h("section", { class: "card step" }, stepHead(1, t("em.step.content"), !!state.template), grid);
+    if (state.template === "free") {
+      const ta = h("textarea", { rows: 4, name: "text", placeholder: t("em.text.placeholder"), maxlength: 2000 }, state.text);
+      ta.addEventListener("input", () => {
+        state.text = ta.value;
+        update(true);
+      });
+      const cat = select(
+        FREE_CATEGORIES.map((c) => [c, categoryName(c)]),
+        state.category,
+        { name: "category" },
+      );
+      cat.addEventListener("change", () => {
+        state.category = cat.value;
+        update();
+      });
+      section.append(h("div", { class: "form-grid" }, h("label", { class: "field wide" }, h("span", { class: "field-label" }, t("em.text")), ta), h("label", { class: "field" }, h("span", { class: "field-label" }, t("em.category")), cat)));
+    } else if (state.template) {
+      const fields = h("div", { class: "form-grid" });
+      for (const ph of state.template.placeholders) {
+        const input = h("input", { name: `param-${ph.name}`, value: state.params[ph.name] || "", placeholder: ph.example || "" });
+        input.addEventListener("input", () => {
+          state.params[ph.name] = input.value;
+          const spoken = document.getElementById("em-spoken");
+          if (spoken) spoken.textContent = fillText();
+          update(true);
+        });
+        fields.append(h("label", { class: "field" }, h("span", { class: "field-label" }, ph.label || ph.name, ph.required ? h("b", { class: "req" }, " *") : null), input));
+      }
+      section.append(fields, h("p", { class: "spoken", id: "em-spoken" }, fillText()));
+    }
+    return section;
+  }
+
+  function areaStep() {
+    const kinds = [];
+    if (me.county_wide) kinds.push(["county", t("em.area.county")]);
+    kinds.push(["townships", t("em.area.townships")], ["villages", t("em.area.villages")]);
+    if (groups.length) kinds.push(["group", t("em.area.group")]);
+    const seg = h(
+      "div",
+      { class: "seg", role: "tablist" },
+      kinds.map(([k, label]) =>
+        h(
+          "button",
+          {
+            type: "button",
+            class: state.areaKind === k ? "on" : "",
+            "data-area": k,
+            onclick: () => {
+              state.areaKind = k;
+              update();
+            },
+          },
+          label,
+        ),
+      ),
+    );
+    const section = h("section", { class: "card step" }, stepHead(2, t("em.step.area"), !!targets()), seg);
+    if (state.areaKind === "county") {
+      section.append(h("p", { class: "area-note" }, t("em.area.county_note", { t: ctx.townships.length, v: ctx.villages.length })));
+    } else if (state.areaKind === "townships") {
+      const list = h("div", { class: "chips" });
+      for (const tw of ctx.townships) {
+        const n = ctx.villages.filter((v) => v.township_id === tw.id).length;
+        list.append(checkChip(tw.name, `${n}${t("unit.village")}`, state.townships.has(tw.id), (on) => toggle(state.townships, tw.id, on), { "data-township": tw.id }));
+      }
+      section.append(list);
+    } else if (state.areaKind === "villages") {
+      const search = h("input", { type: "search", placeholder: t("em.area.search"), class: "search", value: state.villageQuery });
+      const box = h("div", { class: "village-box" });
+      const draw = () => {
+        clear(box);
+        const q = search.value.trim();
+        for (const tw of ctx.townships) {
+          const vs = ctx.villages.filter((v) => v.township_id === tw.id && (!q || v.name.includes(q)));
+          if (!vs.length) continue;
+          const allOn = vs.every((v) => state.villages.has(v.id));
+          box.append(
+            h(
+              "div",
+              { class: "village-group" },
+              h(
+                "div",
+                { class: "village-group-head" },
+                h("strong", {}, tw.name),
+                h(
+                  "button",
+                  {
+                    type: "button",
+                    class: "link",
+                    onclick: () => {
+                      for (const v of vs) toggle(state.villages, v.id, !allOn, false);
+                      update();
+                    },
+                  },
+                  allOn ? t("em.area.none_of") : t("em.area.all_of"),
+                ),
+              ),
+              h(
+                "div",
+                { class: "chips" },
+                vs.map((v) => checkChip(v.name, null, state.villages.has(v.id), (on) => toggle(state.villages, v.id, on), { "data-village": v.id })),
+              ),
+            ),
+          );
+        }
+      };
+      search.addEventListener("input", () => {
+        state.villageQuery = search.value;
+        draw();
+      });
+      draw();
+      section.append(search, box);
+    } else {
+      const list = h("div", { class: "chips" });
+      for (const g of groups) {
+        list.append(
+          checkChip(g.name, `${g.villages.length}${t("unit.village")}`, state.group === g.id, () => {
+            state.group = g.id;
+            update();
+          }, { "data-group": g.id }),
+        );
+      }
+      section.append(list);
+    }
+    return section;
+  }
+
+  function checkChip(label, extra, on, onToggle, attrs) {
+    return h(
+      "button",
+      { type: "button", class: `chip${on ? " on" : ""}`, "aria-pressed": on ? "true" : "false", onclick: () => onToggle(!on), ...attrs },
+      on ? "✓ " : "",
+      label,
+      extra ? h("small", {}, ` ${extra}`) : null,
+    );
+  }
+
+  function toggle(set, id, on, redraw = true) {
+    if (on) set.add(id);
+    else set.delete(id);
+    if (redraw) update();
+  }
+
+  function levelStep() {
+    const levels = h(
+      "div",
+      { class: `levels${state.level ? " chosen" : ""}` },
+      [1, 2, 3, 4].map((lv) =>
+        h(
+          "button",
+          {
+            type: "button",
+            class: `level-btn lv${lv}${state.level === lv ? " on" : ""}`,
+            "data-level": lv,
+            onclick: () => {
+              state.level = lv;
+              update();
+            },
+          },
+          h("strong", {}, t(`level.${lv}`)),
+          h("small", {}, t(`level.${lv}.desc`)),
+        ),
+      ),
+    );
+    const modes = h(
+      "div",
+      { class: "modes" },
+      h(
+        "button",
+        { type: "button", class: `mode-btn drill${state.drill === true ? " on" : ""}`, "data-mode": "drill", onclick: () => ((state.drill = true), (state.confirmedReal = false), update()) },
+        h("strong", {}, t("mode.drill")),
+        h("small", {}, t("em.mode.drill_desc")),
+      ),
+      h(
+        "button",
+        { type: "button", class: `mode-btn real${state.drill === false ? " on" : ""}`, "data-mode": "real", onclick: () => ((state.drill = false), update()) },
+        h("strong", {}, t("mode.real")),
+        h("small", {}, t("em.mode.real_desc")),
+      ),
+    );
+    return h(
+      "section",
+      { class: "card step" },
+      stepHead(3, t("em.step.level"), !!state.level && state.drill !== null),
+      h("h3", { class: "sub" }, t("em.level")),
+      levels,
+      h("h3", { class: "sub" }, t("em.mode")),
+      modes,
+      h("h3", { class: "sub" }, t("em.repeat")),
+      h(
+        "div",
+        { class: "seg" },
+        [1, 2, 3, 5].map((n) =>
+          h("button", { type: "button", class: state.repeat === n ? "on" : "", "data-repeat": n, onclick: () => ((state.repeat = n), update()) }, t("em.repeat.n", { n })),
+        ),
+      ),
+    );
+  }
+
+  function previewStep() {
+    const gaps = missing();
+    const section = h("section", { class: "card step" }, stepHead(4, t("em.step.preview"), !!state.preview));
+    if (state.drill !== null) section.append(modeBanner(state.drill));
+    if (gaps.length) {
+      section.append(h("p", { class: "muted" }, t("em.need", { what: gaps.join(t("sep")) })));
+      return section;
+    }
+    if (state.preview) {
+      const audio = h("audio", { controls: true, src: state.preview.url, preload: "auto", id: "preview-audio" });
+      section.append(
+        audio,
+        h("p", { class: "muted" }, t("em.preview.length", { s: Math.round(state.preview.duration_ms / 1000) })),
+        h("p", { class: "spoken" }, state.preview.text || fillText()),
+      );
+    } else {
+      const btn = h("button", { type: "button", class: "btn btn-big", id: "preview-btn" }, icon("play"), " ", t("em.preview.make"));
+      btn.addEventListener("click", async () => {
+        btn.disabled = true;
+        btn.textContent = t("em.preview.making");
+        try {
+          const key = JSON.stringify(body());
+          const { data } = await api("POST", "/api/preview", body());
+          state.preview = data;
+          state.previewKey = key;
+          renderTail();
+          renderSummary();
+          const audio = document.getElementById("preview-audio");
+          audio?.play().catch(() => {});
+        } catch (e) {
+          toast(e.message, "error");
+          btn.disabled = false;
+          btn.textContent = t("em.preview.make");
+        }
+      });
+      section.append(btn);
+    }
+    return section;
+  }
+
+  function confirmStep() {
+    const section = h("section", { class: "card step confirm-step" }, stepHead(5, t("em.step.confirm"), false));
+    if (!state.preview) {
+      section.append(h("p", { class: "muted" }, t("em.confirm.after_preview")));
+      return section;
+    }
+    const a = areaText();
+    section.append(modeBanner(state.drill));
+    section.append(
+      h(
+        "div",
+        { class: "confirm-facts" },
+        fact(t("em.fact.mode"), h("span", { class: `mode-word ${state.drill ? "drill" : "real"}` }, t(state.drill ? "mode.drill" : "mode.real"))),
+        fact(t("em.fact.level"), levelChip(state.level, true)),
+        fact(t("em.fact.area"), h("strong", {}, a.name), h("small", {}, `${a.villages}${t("unit.village")} · ${a.devices}${t("unit.terminal")}`)),
+        fact(t("em.fact.content"), state.template === "free" ? categoryName(state.category) : state.template.name),
+      ),
+    );
+    if (needsSecond()) section.append(h("p", { class: "notice-second" }, icon("people"), " ", t("em.second_needed")));
+    const send = h(
+      "button",
+      { type: "button", class: `btn btn-huge ${state.drill ? "btn-drill" : "btn-real"}`, id: "send-btn" },
+      t(state.drill ? "em.send.drill" : "em.send.real"),
+    );
+    if (!state.drill) {
+      const check = h("input", { type: "checkbox", id: "confirm-real", checked: state.confirmedReal });
+      check.addEventListener("change", () => {
+        state.confirmedReal = check.checked;
+        send.disabled = !check.checked;
+      });
+      section.append(h("label", { class: "confirm-real" }, check, " ", t("em.confirm.real_check")));
+      send.disabled = !state.confirmedReal;
+    }
+    send.addEventListener("click", () => doSend(send));
+    section.append(send);
+    return section;
+  }
+
+  function fact(label, ...value) {
+    return h("div", { class: "fact" }, h("span", { class: "fact-label" }, label), h("span", { class: "fact-value" }, value));
+  }
+
+  async function doSend(btn) {
+    if (state.sending) return;
+    state.sending = true;
+    btn.disabled = true;
+    try {
+      const { status, data } = await api("POST", "/api/broadcasts", body());
+      if (status === 202) {
+        toast(t("em.sent.pending"));
+        ctx.go(`#/approvals/${data.approval_id}`);
+      } else {
+        toast(t(state.drill ? "em.sent.drill" : "em.sent.real"));
+        ctx.go(`#/board/${data.id}`);
+      }
+    } catch (e) {
+      toast(e instanceof ApiError ? e.message : String(e), "error");
+      btn.disabled = false;
+    } finally {
+      state.sending = false;
+    }
+  }
+
+  function renderSummary() {
+    clear(summary);
+    const a = areaText();
+    summary.className = `summary card ${state.drill === true ? "is-drill" : state.drill === false ? "is-real" : ""}`;
+    append(summary, [
+      state.drill === null ? h("div", { class: "banner banner-unset" }, t("em.mode.unset")) : modeBanner(state.drill),
+      h(
+        "dl",
+        {},
+        h("dt", {}, t("em.fact.level")),
+        h("dd", { id: "sum-level" }, state.level ? levelChip(state.level, true) : "—"),
+        h("dt", {}, t("em.fact.area")),
+        h("dd", { id: "sum-area" }, a.name ? h("strong", {}, a.name) : "—", a.name ? h("div", { class: "muted" }, `${a.villages}${t("unit.village")} · ${a.devices}${t("unit.terminal")}`) : null),
+        h("dt", {}, t("em.fact.content")),
+        h("dd", { id: "sum-content" }, !state.template ? "—" : state.template === "free" ? categoryName(state.category) : state.template.name),
+      ),
+      state.template ? h("p", { class: "spoken small" }, fillText().slice(0, 160)) : null,
+    ]);
+  }
+
+  update();
+  return () => document.body.classList.remove("drill-mode", "real-mode");
+}

@@ -1,0 +1,49 @@
+import { api } from "../api.js";
+import { h, icon } from "../dom.js";
+import { applyStaticText, lang, setLang, t } from "../i18n.js";
+
+export async function render(main, ctx) {
+  const error = h("p", { class: "form-error", role: "alert" });
+  const name = h("input", { name: "name", autocomplete: "username", required: true, autofocus: true });
+  const password = h("input", { name: "password", type: "password", autocomplete: "current-password", required: true });
+  const submit = h("button", { class: "btn btn-primary btn-block", type: "submit" }, t("login.submit"));
+  const form = h(
+    "form",
+    { class: "card login-card", onsubmit: onSubmit },
+    h("div", { class: "login-brand" }, icon("megaphone", "brand-mark big"), h("div", {}, h("h1", {}, t("app.name")), h("p", { class: "muted" }, t("app.tagline")))),
+    h("label", { class: "field" }, h("span", { class: "field-label" }, t("login.name")), name),
+    h("label", { class: "field" }, h("span", { class: "field-label" }, t("login.password")), password),
+    error,
+    submit,
+    h(
+      "button",
+      {
+        class: "link",
+        type: "button",
+        onclick: () => {
+          setLang(lang() === "en" ? "zh-CN" : "en");
+          applyStaticText();
+          ctx.go("#/login");
+        },
+      },
+      lang() === "en" ? "中文" : "English",
+    ),
+  );
+  main.append(h("div", { class: "login-wrap" }, form));
+
+  async function onSubmit(e) {
+    e.preventDefault();
+    error.textContent = "";
+    submit.disabled = true;
+    try {
+      const { data } = await api("POST", "/api/session/login", { name: name.value.trim(), password: password.value });
+      await ctx.loggedIn(data);
+    } catch (err) {
+      password.value = "";
+      error.textContent =
+        err.code === "locked_out" ? t("login.locked", { msg: err.message }) : err.code === "invalid_credentials" ? t("login.wrong") : err.message;
+    } finally {
+      submit.disabled = false;
+    }
+  }
+}

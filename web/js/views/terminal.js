@@ -1,0 +1,173 @@
+// One terminal: state and faults (with when they started), telemetry and its history,
+// the last deliveries, volume and a test tone.
+import { api, get, onLive } from "../api.js";
+import { icon, clear, fmtAgo, fmtTime, h, levelChip, modeBadge, svg, toast } from "../dom.js";
+import { faultName, stateName, t } from "../i18n.js";
+import { deviceState } from "./terminals.js";
+
+function sparkline(samples, key, label, unit) {
+  const values = samples.map((s) => s[key]).filter((v) => typeof v === "number");
+  const box = h("div", { class: "spark" }, h("span", { class: "fact-label" }, label));
+  if (!values.length) return box.append(h("span", { class: "muted" }, "—")), box;
+  const W = 240;
+  const H = 48;
+  const min = Math.min(...values);
+  const max = Math.max(...values);
+  const span = max - min || 1;
+  const y = (v) => (max === min ? H / 2 : H - 4 - ((v - min) / span) * (H - 8));
+  const pts = values.map((v, i) => `${values.length === 1 ? W / 2 : (i / (values.length - 1)) * W},${y(v)}`);
+  const mark = values.length === 1 ? svg("circle", { cx: W / 2, cy: y(values[0]), r: 4 }) : svg("polyline", { points: pts.join(" "), fill: "none" });
+  box.append(
+    svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "spark-svg", preserveAspectRatio: "none" }, mark),
+    h("small", {}, `${values[values.length - 1]}${unit}  (${min}–${max}${unit}, ${values.length} ${t("dev.samples")})`),
+  );
+  return box;
+}
+
+export async function render(main, ctx, [deviceId]) {
+  await ctx.loadPlaces();
+  const root = h("div", { class: "terminal" });
+  main.append(root);
+
+  async function load() {
+    const [d, hist, dels] = await Promise.all([
+      get(`/api/devices/${deviceId}`),
+      get(`/api/devices/${deviceId}/telemetry`),
+      get(`/api/devices/${deviceId}/deliveries?limit=15`),
+    ]);
+    draw(d, hist.samples, dels.deliveries);
+  }
+
+  function draw(d, samples, deliveries) {
+    clear(root);
+    const v = ctx.village(d.village_id);
+    const tel = d.telemetry || {};
+    const st = deviceState(d);
+    root.append(
+      h("p", {}, h("a", { href: "#/terminals" }, "← ", t("dev.title"))),
+      h(
+        "div",
+        { class: "page-head" },
+        h("h1", {}, v ? `${ctx.township(v.township_id)?.name || ""} ${v.name}` : d.village_id, h("small", { class: "muted" }, ` ${d.id}`)),
+        h("span", { class: `status-pill dst-${st}`, id: "dev-state" }, t(`dstate.${st}`)),
+      ),
+    );
+    const faults = Object.entries(d.faults || {});
+    root.append(
+      h(
+        "section",
+        { class: `card faults${faults.length ? " has-faults" : ""}`, id: "faults" },
+        h("h2", {}, t("dev.faults")),
+        faults.length
+          ? h(
+              "ul",
+              {},
+              faults.map(([f, since]) => h("li", { "data-fault": f }, h("strong", {}, faultName(f)), ` ${t("dev.since")} ${fmtTime(since, true)} (${fmtAgo(since)})`)),
+            )
+          : h("p", { class: "muted" }, t("dev.no_faults")),
+      ),
+    );
+    const facts = [
+      [t("dev.last_seen"), `${fmtTime(d.last_seen, true)} (${fmtAgo(d.last_seen)})`],
+      [t("dev.firmware"), d.firmware || "—"],
+      [t("dev.volume"), tel.volume ?? d.volume ?? "—"],
+      [t("dev.power"), tel.power_source ? `${t(`power.${tel.power_source}`)}${tel.battery_pct != null ? ` ${tel.battery_pct}%` : ""}` : "—"],
+      [t("dev.amplifier"), tel.amplifier_ok === undefined ? "—" : `${tel.amplifier_ok ? "✓" : "✗"} ${tel.amplifier_on ? t("dev.amp_on") : t("dev.amp_off")}`],
+      [t("dev.speaker_line"), tel.speaker_line_ok === undefined ? "—" : tel.speaker_line_ok ? "✓" : "✗"],
+      [t("dev.temperature"), tel.temperature_c != null ? `${tel.temperature_c} °C` : "—"],
+      [t("dev.signal"), tel.signal_dbm != null ? `${tel.signal_dbm} dBm` : "—"],
+      [t("dev.clock"), tel.clock_offset_ms != null ? `${tel.clock_offset_ms} ms` : "—"],
+      [t("dev.cache"), tel.cache_items != null ? `${tel.cache_items} / ${Math.round((tel.cache_bytes || 0) / 1024)} KiB` : "—"],
+    ];
+    root.append(
+      h(
+        "div",
+        { class: "two-col" },
+        h("section", { class: "card" }, h("h2", {}, t("dev.telemetry")), h("dl", { class: "facts" }, facts.map(([k, val]) => [h("dt", {}, k), h("dd", {}, String(val))]))),
+        h(
+          "section",
+          { class: "card" },
+          h("h2", {}, t("dev.history")),
+          sparkline(samples, "temperature_c", t("dev.temperature"), " °C"),
+          sparkline(samples, "signal_dbm", t("dev.signal"), " dBm"),
+          sparkline(samples, "battery_pct", t("dev.battery"), "%"),
+        ),
+      ),
+    );
+    if (ctx.me.can_broadcast) root.append(controls(d, tel));
+    root.append(
+      h(
+        "section",
+        { class: "card" },
+        h("h2", {}, t("dev.deliveries")),
+        h(
+          "table",
+          { class: "table", id: "deliveries" },
+          h("thead", {}, h("tr", {}, h("th", {}, t("col.time")), h("th", {}, t("col.title")), h("th", {}, t("col.state")), h("th", {}, t("col.reason")))),
+          h(
+            "tbody",
+            {},
+            deliveries.map((x) =>
+              h(
+                "tr",
+                { class: x.drill ? "is-drill" : "" },
+                h("td", {}, fmtTime(x.created_at, true)),
+                h("td", {}, x.priority === "emergency" ? [modeBadge(x.drill), " ", levelChip(x.level), " "] : null, h("a", { href: `#/board/${x.broadcast_id}` }, x.title)),
+                h("td", { "data-state": x.state }, stateName(x.state)),
+                h("td", {}, x.reason || ""),
+              ),
+            ),
+          ),
+        ),
+      ),
+    );
+  }
+
+  function controls(d, tel) {
+    const current = tel.volume ?? d.volume ?? 70;
+    const slider = h("input", { type: "range", min: 0, max: 100, step: 5, value: current, id: "volume" });
+    const out = h("output", {}, String(current));
+    slider.addEventListener("input", () => (out.textContent = slider.value));
+    const apply = h("button", { type: "button", class: "btn btn-primary", id: "volume-apply" }, t("dev.volume.apply"));
+    apply.addEventListener("click", async () => {
+      try {
+        await api("POST", `/api/devices/${deviceId}/volume`, { normal_volume: Number(slider.value) });
+        toast(t("dev.volume.sent"));
+      } catch (e) {
+        toast(e.message, "error");
+      }
+    });
+    const tone = h("button", { type: "button", class: "btn", id: "test-tone" }, icon("bell"), " ", t("dev.tone"));
+    tone.addEventListener("click", async () => {
+      tone.disabled = true;
+      try {
+        await api("POST", `/api/devices/${deviceId}/test-tone`);
+        toast(t("dev.tone.sent"));
+        setTimeout(load, 500);
+      } catch (e) {
+        toast(e.message, "error");
+      } finally {
+        tone.disabled = false;
+      }
+    });
+    return h(
+      "section",
+      { class: "card controls" },
+      h("h2", {}, t("dev.controls")),
+      h("div", { class: "control-row" }, h("label", { class: "field" }, h("span", { class: "field-label" }, t("dev.volume.normal")), h("span", { class: "range" }, slider, out)), apply),
+      h("div", { class: "control-row" }, tone, h("small", { class: "muted" }, t("dev.tone.hint"))),
+    );
+  }
+
+  let reload = null;
+  const stop = onLive((kind, data) => {
+    if ((data.device_id || data.id) !== deviceId && kind !== "resync") return;
+    clearTimeout(reload);
+    reload = setTimeout(load, 300);
+  });
+  await load();
+  return () => {
+    stop();
+    clearTimeout(reload);
+  };
+}
