@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from controller import pronunciations
 from controller.api import keys, routes
 from controller.auth import TokenAuthenticator, auth_middleware
 from controller.broadcasts import BroadcastService
@@ -47,6 +48,9 @@ def build_app(settings: Settings) -> web.Application:
         cache_dir=settings.data_dir / "speech-cache",
         backend_order=settings.speech_backends,
         edge_timeout_s=settings.edge_tts_timeout_s,
+        dictionary=pronunciations.effective(
+            pronunciations.load_custom(settings.data_dir / "pronunciations.json")
+        ),
     )
     signer = Ed25519Signer.load_or_create(settings.signing_key_path)
     ingestor = Ingestor(
@@ -75,6 +79,7 @@ def build_app(settings: Settings) -> web.Application:
     app[keys.SETTINGS] = settings
     app[keys.DB] = db
     app[keys.MEDIA] = media
+    app[keys.RENDERER] = renderer
     app[keys.INGESTOR] = ingestor
     app[keys.DISPATCHER] = dispatcher
     app[keys.BROADCASTS] = broadcasts

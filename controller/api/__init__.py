@@ -12,6 +12,7 @@ from controller.api import (
     live,
     media,
     preview,
+    pronunciations,
     records,
     schedules,
     session,
@@ -42,4 +43,5 @@ def routes() -> list[web.RouteDef]:
         *preview.routes,
         *uploads.routes,
         *schedules.routes,
+        *pronunciations.routes,
     ]

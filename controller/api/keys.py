@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from controller.schedules.service import ScheduleService
     from controller.sessions import SessionStore
     from controller.settings import Settings
+    from controller.speech import AnnouncementRenderer
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 DB: web.AppKey[Database] = web.AppKey("db")
@@ -28,3 +29,4 @@ PREPOSITIONER: web.AppKey[Prepositioner] = web.AppKey("prepositioner")
 SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions")
 LIVE: web.AppKey[LiveHub] = web.AppKey("live")
 SCHEDULES: web.AppKey[ScheduleService] = web.AppKey("schedules")
+RENDERER: web.AppKey[AnnouncementRenderer] = web.AppKey("renderer")

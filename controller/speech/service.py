@@ -188,7 +188,10 @@ class AnnouncementRenderer:
         phrases = [request.text]
         if request.drill:
             phrases += [DRILL_START[lang], DRILL_END[lang]]
-        return tuple(normalize(p, lang=lang, dictionary=self.dictionary) for p in phrases)
+        # The county's dictionary respells Mandarin readings (polyphones, place names);
+        # applied to a Cantonese voice it would mislead it, so yue keeps its default.
+        dictionary = self.dictionary if lang == "cmn" else None
+        return tuple(normalize(p, lang=lang, dictionary=dictionary) for p in phrases)
 
     def _voice_or_none(self, name: str, lang: str) -> str | None:
         try:
