@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
 
@@ -79,6 +80,15 @@ class Ed25519Signer:
         return signer
 
 
+# Signatures already verified in this process, by (public key, signature, exact bytes).
+# A verification is a pure function of those, so remembering a success changes no
+# outcome; it matters where one process holds many terminals (the simulator), which
+# otherwise verify the same county-wide command thousands of times over. Only successes
+# are kept, and only the most recent few.
+_VERIFIED: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
+_VERIFIED_MAX = 256
+
+
 class Ed25519Verifier:
     """Holds the controller public keys a terminal trusts, by key id."""
 
@@ -86,9 +96,11 @@ class Ed25519Verifier:
 
     def __init__(self, public_keys: list[Ed25519PublicKey]) -> None:
         self._keys: dict[str, Ed25519PublicKey] = {}
+        self._raw: dict[str, bytes] = {}
         for key in public_keys:
             raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
             self._keys[key_id(raw)] = key
+            self._raw[key_id(raw)] = raw
 
     @classmethod
     def from_pem(cls, *pems: bytes) -> Ed25519Verifier:
@@ -104,10 +116,18 @@ class Ed25519Verifier:
         key = self._keys.get(kid)
         if key is None:
             return False
+        raw = self._raw[kid]
+        memo_key = (raw, signature, data)
+        if memo_key in _VERIFIED:
+            _VERIFIED.move_to_end(memo_key)
+            return True
         try:
             key.verify(signature, data)
         except InvalidSignature:
             return False
+        _VERIFIED[memo_key] = None
+        if len(_VERIFIED) > _VERIFIED_MAX:
+            _VERIFIED.popitem(last=False)
         return True
 
 
