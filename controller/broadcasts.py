@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from controller import audit
 from controller.approvals import (
@@ -271,9 +271,25 @@ class BroadcastService:
             return broadcast
 
         broadcast = await self._db.run(record)
+        # The sync lead counts from the publish, not from the request: recording
+        # thousands of deliveries (or waiting for a busy database) must not eat into
+        # the terminals' margin, or they would all start late.
+        published_at = p.now_ms()
+        if published_at + lead > start_at:
+            start_at = published_at + lead
+            expires_at = start_at + expires_in_s * 1000
+            play = play.model_copy(update={"start_at": start_at})
+            command = command.model_copy(
+                update={"body": play, "issued_at": published_at, "expires_at": expires_at}
+            )
+            broadcast.start_at_ms, broadcast.expires_at_ms = start_at, expires_at
         published = await self._dispatcher.send(command, resolved.topics)
         broadcast.dispatch = "published" if published else "pending"
-        await self._db.run(lambda s: _set_dispatch(s, broadcast.id, broadcast.dispatch))
+        await self._db.run(
+            lambda s: _set_dispatch(
+                s, broadcast.id, broadcast.dispatch, broadcast.start_at_ms, broadcast.expires_at_ms
+            )
+        )
         log.info(
             "broadcast %s by %s to %d terminals (%s, %s)",
             broadcast.id,
@@ -394,13 +410,33 @@ class BroadcastService:
 
     # ------------------------------------------------------------------ read
 
-    async def get(self, principal: Principal, broadcast_id: str) -> dict[str, Any]:
+    async def get(
+        self, principal: Principal, broadcast_id: str, *, deliveries: bool = True
+    ) -> dict[str, Any]:
+        """The broadcast with a count per state and, unless `deliveries` is False (a
+        county of thousands of terminals polled for progress), every delivery."""
         scope = principal.township_scope()
 
         def load(session: Session) -> dict[str, Any]:
             broadcast = session.get(Broadcast, broadcast_id)
             if broadcast is None:
                 raise not_found(f"broadcast {broadcast_id}")
+            if not deliveries:
+                counts = (
+                    select(Delivery.state, func.count())
+                    .where(Delivery.broadcast_id == broadcast_id)
+                    .group_by(col(Delivery.state))
+                )
+                if scope is not None:
+                    counts = counts.where(Delivery.device_id == Device.id).where(
+                        Device.township_id == scope
+                    )
+                by_state = {state: n for state, n in session.exec(counts).all()}
+                if scope is not None and not by_state and broadcast.created_by != principal.user:
+                    raise forbidden("this broadcast did not reach your township")
+                view = broadcast_summary(broadcast)
+                view["summary"] = {st.value: by_state.get(st.value, 0) for st in p.DeliveryState}
+                return view
             query = (
                 select(Delivery, Device)
                 .where(Delivery.broadcast_id == broadcast_id)
@@ -565,10 +601,18 @@ def _infer(d: Delivery, state: p.DeliveryState, reason: str, now: int) -> None:
     ]
 
 
-def _set_dispatch(session: Session, broadcast_id: str, dispatch: str) -> None:
+def _set_dispatch(
+    session: Session,
+    broadcast_id: str,
+    dispatch: str,
+    start_at_ms: int | None = None,
+    expires_at_ms: int | None = None,
+) -> None:
     row = session.get(Broadcast, broadcast_id)
     if row is not None:
         row.dispatch = dispatch
+        if start_at_ms is not None and expires_at_ms is not None:
+            row.start_at_ms, row.expires_at_ms = start_at_ms, expires_at_ms
 
 
 def broadcast_summary(b: Broadcast) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from controller.api import keys
 from controller.auth import principal_of
 from controller.broadcasts import BroadcastIn
-from controller.errors import from_validation_error, read_json
+from controller.errors import bad_request, from_validation_error, read_json
 
 routes = web.RouteTableDef()
 
@@ -44,7 +44,12 @@ async def list_broadcasts(request: web.Request) -> web.Response:
 
 @routes.get("/api/broadcasts/{id}")
 async def get_broadcast(request: web.Request) -> web.Response:
-    view = await request.app[keys.BROADCASTS].get(principal_of(request), request.match_info["id"])
+    flag = request.query.get("deliveries", "1")
+    if flag not in ("0", "1", "false", "true"):
+        raise bad_request("deliveries", "0 or 1")
+    view = await request.app[keys.BROADCASTS].get(
+        principal_of(request), request.match_info["id"], deliveries=flag in ("1", "true")
+    )
     return web.json_response(view)
 
 

@@ -274,6 +274,12 @@ async def test_cancel_stops_a_playing_broadcast(make_county):
     assert media
     status, _ = await county.api("POST", f"/api/broadcasts/{bid}/cancel")
     assert status == 409
+    # The counts alone, for live views of a large county.
+    _, counts = await county.api("GET", f"/api/broadcasts/{bid}?deliveries=0", expect=200)
+    assert "deliveries" not in counts
+    assert counts["summary"]["cancelled"] == counts["device_count"] == len(view["deliveries"])
+    status, err = await county.api("GET", f"/api/broadcasts/{bid}?deliveries=maybe")
+    assert status == 400 and err["error"]["field"] == "deliveries"
 
 
 async def test_roles_and_authentication(make_county):
