@@ -18,6 +18,9 @@ def _setup_logging(verbose: bool) -> None:
     )
     # A fleet logs every rejected or dropped message; keep the library chatter down.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # APScheduler logs every run of every job at INFO (a heartbeat every 2 s); the
+    # schedule service records what matters (fired, missed) itself.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
