@@ -35,12 +35,10 @@ import datetime
 import json
 import logging
 import os
-import platform
 import random
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +54,8 @@ import aiohttp
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
+    from machine import machine_facts
+
     from controller.api import keys
     from controller.app import ControllerServer
     from controller.db import Database
@@ -73,7 +73,6 @@ with warnings.catch_warnings():
     from controller.schedules.rules import recurrence_from_dict, recurrence_to_dict
     from controller.speech import AnnouncementRenderer, AnnouncementRequest
     from dalaba import protocol as p
-    from dalaba.broker import MosquittoProcess
     from dalaba.demo import PreparedCounty, setup_county
     from dalaba.signing import Ed25519Signer
     from firmware_sim.fleet import Fleet
@@ -513,32 +512,9 @@ async def burst(
 
 
 def machine() -> dict[str, str]:
-    model, mem_kb = "unknown", 0
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem_kb = int(line.split()[1])
-    except OSError:
-        pass
-    out = subprocess.run(
-        [MosquittoProcess.executable(), "-h"], capture_output=True, text=True, check=False
-    )
-    mosq = (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else "?"
     import apscheduler
 
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": model,
-        "ram": f"{mem_kb / 1024 / 1024:.1f} GiB",
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "mosquitto": mosq.strip(),
-        "apscheduler": apscheduler.__version__,
-    }
+    return {**machine_facts(), "apscheduler": apscheduler.__version__}
 
 
 def render_report(data: dict[str, Any]) -> str:

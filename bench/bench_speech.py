@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import os
 import pathlib
-import platform
 import shlex
 import statistics
 import subprocess
@@ -38,6 +36,8 @@ with warnings.catch_warnings():
     from controller.speech import render as audio
     from controller.speech.backends import EspeakBackend
     from controller.speech.normalize import normalize
+
+from machine import machine_facts
 
 # A typical 200-character township notice (fire prevention before the Qingming festival).
 NOTICE_200 = (
@@ -55,18 +55,11 @@ TARGET_KBITS = 32.0
 
 
 def machine() -> str:
-    model = "unknown"
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    facts = machine_facts()
     espeak = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout
     ffmpeg = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout
     return (
-        f"{os.cpu_count()} CPUs (`nproc`), {model}; Python {platform.python_version()}; "
+        f"{facts['nproc']} CPUs (`nproc`), {facts['cpu']}; Python {facts['python']}; "
         f"{espeak.split('  Data')[0].strip()}; {ffmpeg.splitlines()[0]}"
     )
 

@@ -36,8 +36,6 @@ import asyncio
 import datetime
 import json
 import logging
-import os
-import platform
 import shlex
 import shutil
 import signal
@@ -58,10 +56,11 @@ import aiohttp
 with warnings.catch_warnings():
     # pydub probes for the removed stdlib audioop module (same filter as the test suite).
     warnings.filterwarnings("ignore", "'audioop' is deprecated", DeprecationWarning)
+    from machine import machine_facts
+
     from controller.app import ControllerServer
-    from dalaba.broker import MosquittoProcess
     from dalaba.demo import PreparedCounty, setup_county
-    from firmware_sim.fleet import Fleet, find_device_configs
+    from firmware_sim.fleet import Fleet, find_device_configs, spawn_fleet_processes
 
 from fanout import run_fanout
 
@@ -151,28 +150,9 @@ class CountyBench:
         self.startup["fleet_online_s"] = time.monotonic() - t1
 
     def _spawn_fleet(self, data_dir: Path) -> None:
-        n = self.fleet_processes
-        for i in range(n):
-            logf = (self.work / f"sim-{i}.log").open("wb")
-            self.children.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "dalaba.cli",
-                        "sim",
-                        "--data-dir",
-                        str(data_dir),
-                        "--share",
-                        f"{i}/{n}",
-                        "--no-wav",
-                    ],
-                    stdout=logf,
-                    stderr=subprocess.STDOUT,
-                    cwd=ROOT,
-                )
-            )
-            logf.close()
+        self.children += spawn_fleet_processes(
+            data_dir, self.fleet_processes, record_wav=False, log_dir=self.work
+        )
 
     async def _wait_online(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -452,31 +432,10 @@ def _line(kind: str, i: int, r: dict[str, Any]) -> str:
 
 
 def machine() -> dict[str, str]:
-    model = "unknown"
-    mem_kb = 0
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem_kb = int(line.split()[1])
-    except OSError:
-        pass
-    out = subprocess.run(
-        [MosquittoProcess.executable(), "-h"], capture_output=True, text=True, check=False
-    )
-    mosq = (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else "?"
     import paho.mqtt
 
     return {
-        "nproc": str(os.cpu_count()),
-        "cpu": model,
-        "ram": f"{mem_kb / 1024 / 1024:.1f} GiB",
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "mosquitto": mosq.strip(),
+        **machine_facts(),
         "paho_mqtt": paho.mqtt.__version__,
         "aiohttp": aiohttp.__version__,
     }

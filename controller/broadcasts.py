@@ -30,7 +30,7 @@ from controller.auth import Principal
 from controller.db import Database
 from controller.dispatch import Dispatcher
 from controller.errors import ApiError, bad_request, forbidden, not_found
-from controller.media import MediaStore
+from controller.media import MediaStore, media_ref
 from controller.models import Broadcast, Delivery, Device, Media, Township
 from controller.prepositioning import media_in_place
 from controller.settings import Settings
@@ -206,13 +206,7 @@ class BroadcastService:
             category=body.category,
             drill=body.drill,
             title=title,
-            media=p.MediaRef(
-                sha256=media.sha256,
-                url=media.sha256,  # relative to the terminal's media base URL
-                size=media.size,
-                duration_ms=media.duration_ms,
-                mime=media.mime,
-            ),
+            media=media_ref(media),
             start_at=start_at,
             volume=100 if body.priority == "emergency" else None,
         )

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ApiError(Exception):
@@ -55,6 +58,14 @@ def from_validation_error(exc: ValidationError, prefix: str = "") -> ApiError:
     elif first.get("type") == "missing":
         message = "required"
     return bad_request(field, message.removeprefix("Value error, "))
+
+
+def parse_body(model: type[M], data: object) -> M:
+    """Validate a request body into `model`; a problem becomes a 400 naming the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
 
 
 async def read_json(request: web.Request, max_bytes: int = 256 * 1024) -> dict[str, object]:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from controller.db import Database
-from controller.models import Delivery, Device, SecurityEvent, TelemetrySample
+from controller.models import Broadcast, Delivery, Device, SecurityEvent, TelemetrySample
 from controller.prepositioning import record_preload_report
 from dalaba import protocol as p
 
@@ -177,11 +177,14 @@ class Ingestor:
                 changes.append(("event", {"device_id": device.id, "kind": message.kind.value}))
             elif isinstance(message, p.Telemetry):
                 self._apply_telemetry(session, device, message, rx)
+        # Tagged with the terminal's place (the row is at hand here), so listeners such
+        # as the live views need no copy of the county that goes stale as it grows.
+        for _kind, data in changes:
+            device = devices[data.get("device_id") or data["id"]]
+            data["village_id"], data["township_id"] = device.village_id, device.township_id
         return changes
 
     def _issued_command_ids(self, session: Session, batch: list[tuple[str, Any, int]]) -> set[str]:
-        from controller.models import Broadcast
-
         ids = {
             m.command_id
             for kind, m, _ in batch

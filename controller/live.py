@@ -82,13 +82,8 @@ class LiveHub:
     # ------------------------------------------------------------------ feeds
 
     def on_ingest(self, kind: str, data: dict[str, Any]) -> None:
-        """Ingestor listener: device-level changes, tagged with their place."""
-        device_id = data.get("device_id") or data.get("id")
-        place = self._device_place.get(str(device_id))
-        if place is None:
-            return
-        village, township = place
-        self.publish(kind, {**data, "village_id": village, "township_id": township}, {township})
+        """Ingestor listener: device-level changes, already tagged with their place."""
+        self.publish(kind, data, {data["township_id"]})
 
     def on_broadcast(self, kind: str, data: dict[str, Any]) -> None:
         """Broadcast service listener: a broadcast concerns the townships it reaches; a

@@ -11,6 +11,7 @@ from sqlmodel import Session
 
 from controller.db import Database
 from controller.models import Media
+from dalaba import protocol as p
 from dalaba.protocol import now_ms
 
 
@@ -57,3 +58,15 @@ class MediaStore:
             return row
 
         return await self._db.run(upsert)
+
+
+def media_ref(media: Media) -> p.MediaRef:
+    """How a command names stored media: by hash, fetched relative to the terminal's
+    media base URL."""
+    return p.MediaRef(
+        sha256=media.sha256,
+        url=media.sha256,
+        size=media.size,
+        duration_ms=media.duration_ms,
+        mime=media.mime,
+    )

@@ -68,30 +68,12 @@ def cmd_sim(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    share = None
     if args.share:
         index, total = (int(x) for x in args.share.split("/"))
-        from edge_agent.config import DeviceConfig
-
-        configs = [DeviceConfig.load(p) for p in find_device_configs(data_dir)][index::total]
-        if args.villages:
-            configs = configs[: args.villages]
-
-        async def run_share() -> None:
-
-            fleet = Fleet(configs, record_wav=not args.no_wav)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await fleet.start()
-            try:
-                await stop.wait()
-            finally:
-                await fleet.stop()
-
-        asyncio.run(run_share())
-        return 0
-    asyncio.run(run_fleet(data_dir, args.villages))
+        share = (index, total)
+    fleet = Fleet.from_data_dir(data_dir, args.villages, share=share, record_wav=not args.no_wav)
+    asyncio.run(run_fleet(fleet))
     return 0
 
 

@@ -291,6 +291,20 @@ class ScheduledItem(_Payload):
             raise ValueError("level: required for emergencies and only for them")
         return self
 
+    def play_body(self) -> PlayBody:
+        """The same occurrence as the controller's play command would carry it."""
+        return PlayBody(
+            broadcast_id=self.occurrence_id,
+            priority=self.priority,
+            level=self.level,
+            category=self.category,
+            drill=self.drill,
+            title=self.title,
+            media=self.media,
+            start_at=self.start_at,
+            volume=self.volume,
+        )
+
 
 class ScheduleBody(_Payload):
     """A terminal's whole local schedule up to `horizon_until`; replaces the previous

@@ -354,17 +354,7 @@ class EdgeAgent:
         while True:
             now = self.hw.clock.now_ms()
             for item in self.schedule.due(now, lead):
-                body = p.PlayBody(
-                    broadcast_id=item.occurrence_id,
-                    priority=item.priority,
-                    level=item.level,
-                    category=item.category,
-                    drill=item.drill,
-                    title=item.title,
-                    media=item.media,
-                    start_at=item.start_at,
-                    volume=item.volume,
-                )
+                body = item.play_body()
                 track = _Track(
                     command_id=f"schedule-v{self.schedule.version}",
                     expires_at=item.expires_at,

@@ -50,10 +50,23 @@ class Fleet:
         self._http: aiohttp.ClientSession | None = None
 
     @classmethod
-    def from_data_dir(cls, data_dir: Path, limit: int | None = None, **kw: bool) -> Fleet:
+    def from_data_dir(
+        cls,
+        data_dir: Path,
+        limit: int | None = None,
+        *,
+        share: tuple[int, int] | None = None,
+        record_wav: bool = True,
+    ) -> Fleet:
+        """The terminals under DATA_DIR/sim; `share` (i, n) takes every n-th from the
+        i-th, so n processes split a county between them."""
         paths = find_device_configs(data_dir)
-        configs = [DeviceConfig.load(path) for path in paths]
-        return cls(configs[:limit] if limit else configs, **kw)
+        if share is not None:
+            index, total = share
+            paths = paths[index::total]
+        if limit:
+            paths = paths[:limit]
+        return cls([DeviceConfig.load(path) for path in paths], record_wav=record_wav)
 
     async def start(self, connect_timeout_s: float = 30.0) -> None:
         # One connection pool for the fleet's media fetches; each agent still fetches
@@ -133,9 +146,8 @@ class Fleet:
         net.latency_s = latency_s
 
 
-async def run_fleet(data_dir: Path, limit: int | None = None) -> None:
-    """Run the terminals under DATA_DIR/sim until SIGINT/SIGTERM."""
-    fleet = Fleet.from_data_dir(data_dir, limit)
+async def run_fleet(fleet: Fleet) -> None:
+    """Run a fleet until SIGINT/SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -148,26 +160,27 @@ async def run_fleet(data_dir: Path, limit: int | None = None) -> None:
         await fleet.stop()
 
 
-def spawn_fleet_processes(data_dir: Path, processes: int) -> list[subprocess.Popen[bytes]]:
-    """Split the terminals under DATA_DIR/sim over several `dalaba sim` processes."""
-    paths = find_device_configs(data_dir)
+def spawn_fleet_processes(
+    data_dir: Path,
+    processes: int,
+    *,
+    record_wav: bool = True,
+    log_dir: Path | None = None,
+) -> list[subprocess.Popen[bytes]]:
+    """Split the terminals under DATA_DIR/sim over several `dalaba sim` processes
+    (their output to `log_dir`/sim-<i>.log when given)."""
+    total = len(find_device_configs(data_dir))
     procs = []
-    for i in range(processes):
-        share = paths[i::processes]
-        if not share:
+    for i in range(min(processes, total)):
+        command = [
+            sys.executable, "-m", "dalaba.cli", "sim",
+            "--data-dir", str(data_dir), "--share", f"{i}/{processes}",
+        ]  # fmt: skip
+        if not record_wav:
+            command.append("--no-wav")
+        if log_dir is None:
+            procs.append(subprocess.Popen(command))
             continue
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "dalaba.cli",
-                    "sim",
-                    "--data-dir",
-                    str(data_dir),
-                    "--share",
-                    f"{i}/{processes}",
-                ]
-            )
-        )
+        with (log_dir / f"sim-{i}.log").open("wb") as log_file:
+            procs.append(subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT))
     return procs

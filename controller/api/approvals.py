@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
 from controller import audit
@@ -18,7 +18,13 @@ from controller.api import keys
 from controller.approvals import PendingBroadcast, pending_view
 from controller.auth import Principal, Role, principal_of
 from controller.broadcasts import BroadcastIn, broadcast_summary
-from controller.errors import ApiError, forbidden, from_validation_error, not_found, read_json
+from controller.errors import (
+    ApiError,
+    forbidden,
+    not_found,
+    parse_body,
+    read_json,
+)
 from dalaba.protocol import now_ms
 
 routes = web.RouteTableDef()
@@ -80,10 +86,7 @@ async def get_approval(request: web.Request) -> web.Response:
 async def _decision(request: web.Request) -> DecisionIn:
     if not request.can_read_body:
         return DecisionIn()
-    try:
-        return DecisionIn.model_validate(await read_json(request, max_bytes=8192))
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
+    return parse_body(DecisionIn, await read_json(request, max_bytes=8192))
 
 
 def _claim(

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from controller.api import keys
 from controller.auth import principal_of
 from controller.broadcasts import BroadcastIn
-from controller.errors import bad_request, from_validation_error, read_json
+from controller.errors import bad_request, parse_body, read_json
 
 routes = web.RouteTableDef()
 
@@ -18,10 +17,7 @@ async def create_broadcast(request: web.Request) -> web.Response:
     principal = principal_of(request)
     principal.require_broadcast()
     data = await read_json(request)
-    try:
-        body = BroadcastIn.model_validate(data)
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
+    body = parse_body(BroadcastIn, data)
     broadcast = await request.app[keys.BROADCASTS].create(principal, body)
     return web.json_response(
         {

@@ -10,7 +10,7 @@ amplifier, speaker line) and shows up in its deliveries like anything else.
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydub.generators import Sine
 from sqlmodel import Session
 
@@ -18,7 +18,7 @@ from controller import audit
 from controller.api import keys
 from controller.auth import Principal, principal_of
 from controller.broadcasts import BroadcastIn
-from controller.errors import forbidden, from_validation_error, not_found, read_json
+from controller.errors import forbidden, not_found, parse_body, read_json
 from controller.models import Device, Media
 from controller.speech import tones
 from controller.speech.render import concat, encode_ogg_opus, silence
@@ -60,10 +60,7 @@ async def _device_in_reach(request: web.Request, principal: Principal) -> Device
 async def set_volume(request: web.Request) -> web.Response:
     principal = principal_of(request)
     device = await _device_in_reach(request, principal)
-    try:
-        body = VolumeIn.model_validate(await read_json(request))
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
+    body = parse_body(VolumeIn, await read_json(request))
     config = p.ConfigBody(normal_volume=body.normal_volume, emergency_volume=body.emergency_volume)
     command = p.Command.new(
         config, p.Target(devices=(device.id,)), p.now_ms() + CONFIG_VALID_S * 1000

@@ -9,13 +9,19 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
 from controller import audit
 from controller.api import keys
 from controller.auth import Principal, principal_of
-from controller.errors import bad_request, forbidden, from_validation_error, not_found, read_json
+from controller.errors import (
+    bad_request,
+    forbidden,
+    not_found,
+    parse_body,
+    read_json,
+)
 from controller.groups import TargetGroup
 from controller.models import Village
 from controller.timefmt import iso
@@ -80,10 +86,7 @@ def _load_own(session: Session, group_id: str, principal: Principal) -> TargetGr
 
 
 async def _body(request: web.Request) -> GroupIn:
-    try:
-        return GroupIn.model_validate(await read_json(request))
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
+    return parse_body(GroupIn, await read_json(request))
 
 
 @routes.get("/api/groups")

@@ -12,12 +12,11 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from controller.api import keys
 from controller.auth import principal_of
 from controller.broadcasts import BroadcastIn
-from controller.errors import bad_request, from_validation_error, read_json
+from controller.errors import bad_request, parse_body, read_json
 from controller.targets import resolve
 
 log = logging.getLogger(__name__)
@@ -36,10 +35,7 @@ async def preview(request: web.Request) -> web.StreamResponse:
     targets_given = data.get("targets") is not None
     if not targets_given:
         data["targets"] = {"all": True}  # only to satisfy the model; nothing is sent
-    try:
-        body = BroadcastIn.model_validate(data)
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
+    body = parse_body(BroadcastIn, data)
     target = None
     if targets_given:
         resolved = await request.app[keys.DB].run(lambda s: resolve(s, body.targets, principal))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, select
 
 from controller.api import keys
 from controller.auth import PRINCIPAL, SESSION_COOKIE, Principal, principal_of
-from controller.errors import ApiError, from_validation_error, read_json
+from controller.errors import ApiError, parse_body, read_json
 from controller.models import Township, User
 from controller.sessions import check_password, hash_password, verify_password
 
@@ -57,10 +57,7 @@ async def login(request: web.Request) -> web.Response:
     # so a hostile page cannot log a browser in under someone else's account.
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "body: send application/json", "body")
-    try:
-        body = LoginIn.model_validate(await read_json(request, max_bytes=4096))
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
+    body = parse_body(LoginIn, await read_json(request, max_bytes=4096))
     settings = request.app[keys.SETTINGS]
     done = await request.app[keys.SESSIONS].login(
         body.name, body.password, request.headers.get("User-Agent", "")
@@ -105,10 +102,7 @@ async def logout(request: web.Request) -> web.Response:
 @routes.post("/api/session/password")
 async def change_password(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    try:
-        body = PasswordIn.model_validate(await read_json(request, max_bytes=4096))
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
+    body = parse_body(PasswordIn, await read_json(request, max_bytes=4096))
     check_password(body.new, "new")
     db = request.app[keys.DB]
     user = await db.run(lambda s: s.exec(select(User).where(User.name == principal.user)).first())

@@ -6,14 +6,11 @@ officers create, edit, disable and pre-position them.
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
-from pydantic import ValidationError
 
 from controller.api import keys
 from controller.auth import Principal, Role, principal_of
-from controller.errors import bad_request, forbidden, from_validation_error, read_json
+from controller.errors import bad_request, forbidden, parse_body, read_json
 from controller.prepositioning import PrepositionIn
 from controller.templates import (
     TemplateIn,
@@ -39,19 +36,12 @@ def require_editor(principal: Principal) -> None:
         raise forbidden(f"role {principal.role.value} may not edit templates")
 
 
-def _parse(model: type[Any], data: dict[str, object]) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
-
-
 # Registered before /api/templates/{id} so "preposition" is not taken for an id.
 @routes.post("/api/templates/preposition")
 async def preposition(request: web.Request) -> web.Response:
     principal = principal_of(request)
     require_editor(principal)
-    body = _parse(PrepositionIn, await read_json(request))
+    body = parse_body(PrepositionIn, await read_json(request))
     view = await request.app[keys.PREPOSITIONER].preposition(principal, body)
     return web.json_response(view, status=201)
 
@@ -76,7 +66,7 @@ async def list_all(request: web.Request) -> web.Response:
 async def create(request: web.Request) -> web.Response:
     principal = principal_of(request)
     require_editor(principal)
-    body = _parse(TemplateIn, await read_json(request))
+    body = parse_body(TemplateIn, await read_json(request))
     view = await request.app[keys.DB].run(lambda s: create_template(s, principal, body))
     return web.json_response(view, status=201)
 
@@ -93,7 +83,7 @@ async def replace(request: web.Request) -> web.Response:
     principal = principal_of(request)
     require_editor(principal)
     template_id = request.match_info["id"]
-    body = _parse(TemplateReplace, await read_json(request))
+    body = parse_body(TemplateReplace, await read_json(request))
     changes = body.model_dump()
     view = await request.app[keys.DB].run(
         lambda s: update_template(s, principal, template_id, changes)
@@ -106,7 +96,7 @@ async def patch(request: web.Request) -> web.Response:
     principal = principal_of(request)
     require_editor(principal)
     template_id = request.match_info["id"]
-    body = _parse(TemplatePatch, await read_json(request))
+    body = parse_body(TemplatePatch, await read_json(request))
     changes = body.model_dump(exclude_unset=True)
     for name, value in changes.items():
         if value is None and name not in _NULLABLE:

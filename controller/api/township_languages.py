@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from controller.api import keys
 from controller.api.templates import require_editor
 from controller.auth import principal_of
-from controller.errors import from_validation_error, read_json
+from controller.errors import parse_body, read_json
 from controller.models import Township
 from controller.templates import LanguagesIn, set_township_languages, township_language_settings
 
@@ -40,10 +39,7 @@ async def set_languages(request: web.Request) -> web.Response:
     principal = principal_of(request)
     require_editor(principal)
     township_id = request.match_info["township_id"]
-    try:
-        body = LanguagesIn.model_validate(await read_json(request))
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
+    body = parse_body(LanguagesIn, await read_json(request))
     languages: list[str] = list(body.languages)
     view = await request.app[keys.DB].run(
         lambda s: set_township_languages(s, principal, township_id, languages)

@@ -6,7 +6,7 @@ import asyncio
 from typing import Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
 from controller import audit
@@ -16,8 +16,8 @@ from controller.errors import (
     ApiError,
     bad_request,
     forbidden,
-    from_validation_error,
     not_found,
+    parse_body,
     read_json,
 )
 from controller.models import Township, User
@@ -88,10 +88,7 @@ async def list_users(request: web.Request) -> web.Response:
 async def create_user(request: web.Request) -> web.Response:
     principal = principal_of(request)
     require_admin(principal)
-    try:
-        body = UserIn.model_validate(await read_json(request))
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
+    body = parse_body(UserIn, await read_json(request))
     password_hash = await asyncio.to_thread(hash_password, body.password)
 
     def create(session: Session) -> dict[str, object]:
@@ -125,10 +122,7 @@ async def update_user(request: web.Request) -> web.Response:
         user_id = int(request.match_info["id"])
     except ValueError:
         raise bad_request("id", "must be a number") from None
-    try:
-        body = UserPatch.model_validate(await read_json(request))
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
+    body = parse_body(UserPatch, await read_json(request))
     password_hash = await asyncio.to_thread(hash_password, body.password) if body.password else None
     sessions = request.app[keys.SESSIONS]
 

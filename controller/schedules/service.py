@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
@@ -30,7 +30,13 @@ from controller.auth import Principal
 from controller.broadcasts import BroadcastIn, BroadcastService
 from controller.db import Database
 from controller.dispatch import Dispatcher
-from controller.errors import ApiError, bad_request, forbidden, from_validation_error, not_found
+from controller.errors import (
+    ApiError,
+    bad_request,
+    forbidden,
+    not_found,
+    parse_body,
+)
 from controller.models import Delivery, Device, Media, Township
 from controller.schedules import store
 from controller.schedules.models import Occurrence, Schedule, TerminalSchedule
@@ -154,14 +160,8 @@ class ScheduleService:
         rest = {k: v for k, v in data.items() if k not in SCHEDULE_KEYS}
         if "start_at" in rest:
             raise bad_request("start_at", "unknown field (a schedule's times are its recurrence)")
-        try:
-            fields = ScheduleFields.model_validate(own)
-        except ValidationError as exc:
-            raise from_validation_error(exc) from None
-        try:
-            content = BroadcastIn.model_validate(rest)
-        except ValidationError as exc:
-            raise from_validation_error(exc) from None
+        fields = parse_body(ScheduleFields, own)
+        content = parse_body(BroadcastIn, rest)
 
         recurrence = dict(fields.recurrence)
         recurrence.setdefault("timezone", self.timezone)
@@ -698,10 +698,7 @@ class ScheduleService:
         scope = principal.township_scope()
         if scope is not None and township_id != scope:
             raise forbidden(f"township {township_id} is not yours")
-        try:
-            body = QuietHoursIn.model_validate(data)
-        except ValidationError as exc:
-            raise from_validation_error(exc) from None
+        body = parse_body(QuietHoursIn, data)
         if (body.start is None) != (body.end is None):
             raise bad_request(
                 "end" if body.end is None else "start",

@@ -21,6 +21,7 @@ from sqlalchemy import insert
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from controller.media import media_ref
 from controller.models import Broadcast, Delivery, Device, Media, Township, Village
 from controller.schedules.models import Occurrence, Schedule, SchedulerHeartbeat, TerminalSchedule
 from controller.schedules.plan import (
@@ -566,16 +567,6 @@ def withdraw(session: Session, occurrence_id: str, reason: str) -> list[str]:
         if d.state == SCHEDULED:
             _transition(d, CANCELLED, reason, now)
     return devices
-
-
-def media_ref(media: Media) -> p.MediaRef:
-    return p.MediaRef(
-        sha256=media.sha256,
-        url=media.sha256,  # relative to the terminal's media base URL
-        size=media.size,
-        duration_ms=media.duration_ms,
-        mime=media.mime,
-    )
 
 
 def record_fired(

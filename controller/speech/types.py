@@ -26,6 +26,8 @@ CATEGORIES: frozenset[str] = frozenset(
         "other",
     }
 )
+
+
 def known_category(value: str) -> str:
     """The one check of a category name, shared by every API shape that takes one."""
     if value not in CATEGORIES:
