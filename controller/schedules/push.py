@@ -69,13 +69,16 @@ class TerminalPusher:
             self._flush_task = asyncio.create_task(self._flush_later())
 
     async def _flush_later(self) -> None:
-        await asyncio.sleep(self._settings.schedule_push_debounce_ms / 1000)
-        devices, force = self._pending, self._force
-        self._pending, self._force = set(), set()
-        try:
-            await self.push(devices, force=force)
-        except Exception:
-            log.exception("pushing local schedules to %d terminals failed", len(devices))
+        # Loop until nothing is pending: a request that arrives while a push is under
+        # way finds this task still running and relies on it to go round again.
+        while self._pending:
+            await asyncio.sleep(self._settings.schedule_push_debounce_ms / 1000)
+            devices, force = self._pending, self._force
+            self._pending, self._force = set(), set()
+            try:
+                await self.push(devices, force=force)
+            except Exception:
+                log.exception("pushing local schedules to %d terminals failed", len(devices))
 
     async def stop(self) -> None:
         if self._flush_task is not None:
