@@ -27,6 +27,17 @@ from paho.mqtt.properties import Properties
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], None]
+# With manual acknowledgement the handler gets a third argument: call it once the
+# message is safely stored. Until then the broker keeps the message and redelivers it
+# after a crash (paho would otherwise acknowledge when the callback returns).
+AckingMessageHandler = Callable[[str, bytes, Callable[[], None]], None]
+
+# Reconnect backoff: short enough that a fleet is back within seconds of the broker's
+# return; while waiting, the broker's port is probed so a client tries at once when
+# it answers instead of sleeping out its backoff.
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 5.0
+PORT_PROBE_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -70,7 +81,8 @@ class MqttConnection:
         *,
         client_id: str,
         broker: BrokerAddress,
-        on_message: MessageHandler,
+        on_message: MessageHandler | None = None,
+        on_message_manual_ack: AckingMessageHandler | None = None,
         subscriptions: list[tuple[str, int]],
         session_expiry_s: int,
         will: WillMessage | None = None,
@@ -82,7 +94,13 @@ class MqttConnection:
     ) -> None:
         self.client_id = client_id
         self._broker = broker
+        if (on_message is None) == (on_message_manual_ack is None):
+            raise ValueError("give exactly one of on_message and on_message_manual_ack")
         self._on_message_cb = on_message
+        self._on_message_ack_cb = on_message_manual_ack
+        # Bumped on every connect: an acknowledgement owed on an older connection is
+        # never sent on a newer one (the packet id would name another message there).
+        self._generation = 0
         self._subscriptions = subscriptions
         self._session_expiry_s = session_expiry_s
         self._will = will
@@ -111,6 +129,7 @@ class MqttConnection:
             client_id=self.client_id,
             protocol=paho.MQTTv5,
             reconnect_on_failure=False,  # we own reconnection, on the event loop
+            manual_ack=self._on_message_ack_cb is not None,
         )
         if self._broker.username is not None:
             client.username_pw_set(self._broker.username, self._broker.password)
@@ -206,7 +225,7 @@ class MqttConnection:
     # ------------------------------------------------------------------ connecting
 
     async def _connect_loop(self, first: bool = False) -> None:
-        delay = 0.0 if first else 0.5
+        delay = 0.0 if first else RECONNECT_MIN_S
         while not self._stopping:
             if not self._may_connect():
                 # No link: poll it, and try at once when it returns (backoff is for
@@ -215,8 +234,8 @@ class MqttConnection:
                 delay = 0.0
                 continue
             if delay:
-                await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(max(delay * 2, 0.5), 30.0)
+                await self._wait_or_port_answers(delay * (0.5 + random.random()))
+            delay = min(max(delay * 2, RECONNECT_MIN_S), RECONNECT_MAX_S)
             try:
                 self._connect_once()
             except OSError as exc:
@@ -230,6 +249,38 @@ class MqttConnection:
             if self._connected.is_set():
                 return
             self._close_socket()
+
+    async def _wait_or_port_answers(self, delay_s: float) -> None:
+        """Sleep out the backoff, but return early once the broker's port accepts a
+        TCP connection: after an outage the whole fleet is back within about a probe
+        interval of the broker's return, not a doubled backoff later."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay_s
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            probe_in = PORT_PROBE_INTERVAL_S * (0.75 + random.random() / 2)
+            await asyncio.sleep(min(remaining, probe_in))
+            if loop.time() >= deadline or await self._port_answers():
+                return
+
+    async def _port_answers(self) -> bool:
+        try:
+            _reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    self._broker.host,
+                    self._broker.port,
+                    local_addr=(self._bind_address, 0) if self._bind_address else None,
+                ),
+                timeout=1.0,
+            )
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
 
     def _connect_once(self) -> None:
         assert self._client is not None
@@ -273,6 +324,7 @@ class MqttConnection:
         if reason.is_failure:
             log.warning("%s: connection refused: %s", self.client_id, reason)
             return
+        self._generation += 1
         if self._subscriptions:
             client.subscribe(self._subscriptions)
         self._connected.set()
@@ -286,12 +338,29 @@ class MqttConnection:
             log.debug("%s: disconnected: %s", self.client_id, reason)
         self._connection_lost()
 
-    def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
+    def _on_message(self, client: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
         try:
-            self._on_message_cb(message.topic, bytes(message.payload))
+            if self._on_message_ack_cb is not None:
+                self._on_message_ack_cb(
+                    message.topic, bytes(message.payload), self._acker(client, message)
+                )
+            else:
+                assert self._on_message_cb is not None
+                self._on_message_cb(message.topic, bytes(message.payload))
         except Exception:
-            # A handler bug must never stop the connection: log, drop, carry on.
+            # A handler bug must never stop the connection: log, drop, carry on. With
+            # manual acknowledgement the message stays unacknowledged and comes back
+            # after the next reconnect.
             log.exception("%s: message handler failed on %s", self.client_id, message.topic)
+
+    def _acker(self, client: paho.Client, message: paho.MQTTMessage) -> Callable[[], None]:
+        generation, mid, qos = self._generation, message.mid, message.qos
+
+        def ack() -> None:
+            if qos > 0 and generation == self._generation and self._connected.is_set():
+                client.ack(mid, qos)
+
+        return ack
 
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
         fut = self._pending_acks.pop(mid, None)

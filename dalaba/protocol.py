@@ -45,6 +45,21 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# Bounds for what terminals send. A report is parsed before anything is stored, so a
+# number or string outside these bounds (a hostile or broken terminal's `2**70`) is
+# dropped at the door instead of failing the database write that carries everyone
+# else's reports with it.
+MAX_EPOCH_MS = 2**53  # also the largest integer every JSON reader keeps exactly
+MAX_COUNTER = 2**53
+Epoch = Annotated[int, Field(ge=0, le=MAX_EPOCH_MS)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNTER)]
+SignedMs = Annotated[int, Field(ge=-MAX_EPOCH_MS, le=MAX_EPOCH_MS)]
+Percent = Annotated[int, Field(ge=0, le=100)]
+WireId = Annotated[str, Field(min_length=1, max_length=64)]
+ShortText = Annotated[str, Field(max_length=500)]
+MAX_DETAIL_BYTES = 4096
+
+
 # --------------------------------------------------------------------------- topics
 
 
@@ -135,8 +150,13 @@ def priority_rank(priority: Priority | str, level: int | None = None) -> int:
 
 
 class DeliveryState(enum.StrEnum):
+    """Where one broadcast stands on one terminal. Terminals report the states from
+    `received` on; the controller alone uses `scheduled`, `sent`, `offline` and
+    `unknown`. Who may cause which change is `controller/deliveries.py`'s table."""
+
     SCHEDULED = "scheduled"  # controller-side only: a coming occurrence of a schedule
     SENT = "sent"  # controller-side only: published, nothing heard back yet
+    OFFLINE = "offline"  # controller-side only: published to a terminal that is offline
     RECEIVED = "received"
     FETCHED = "fetched"
     PLAYING = "playing"
@@ -146,6 +166,9 @@ class DeliveryState(enum.StrEnum):
     PREEMPTED = "preempted"  # interrupted; may return to playing when replayed
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    # controller-side only: was playing, and its audio ended long ago without a word
+    # from the terminal. Not `done`: nobody knows whether it finished.
+    UNKNOWN = "unknown"
 
     @property
     def final(self) -> bool:
@@ -159,8 +182,12 @@ _FINAL_STATES = frozenset(
         DeliveryState.REJECTED,
         DeliveryState.EXPIRED,
         DeliveryState.CANCELLED,
+        DeliveryState.UNKNOWN,
     }
 )
+
+# Reasons a terminal gives with `failed` that the controller and console recognise.
+FAIL_INTERRUPTED = "interrupted"  # the play was cut by a crash or power loss
 
 
 class RejectReason(enum.StrEnum):
@@ -229,6 +256,9 @@ class MediaRef(_Payload):
     size: Annotated[int, Field(ge=0)]
     duration_ms: Annotated[int, Field(ge=0)]
     mime: str = "audio/ogg"
+    # Other places to fetch the same bytes from (a mirror, another controller replica),
+    # tried in turn when `url` fails; the hash is checked whichever served it.
+    mirrors: Annotated[tuple[str, ...], Field(max_length=4)] = ()
 
 
 class PlayBody(_Payload):
@@ -242,6 +272,11 @@ class PlayBody(_Payload):
     media: MediaRef
     start_at: int  # epoch ms: terminals holding the audio start at this instant together
     volume: Annotated[int, Field(ge=0, le=100)] | None = None  # forced (emergencies)
+    # 0 for the first send; n for the n-th resend of the same broadcast to the terminals
+    # it did not reach. A terminal that has not played the broadcast accepts a higher
+    # attempt even though it has seen (and claimed) the broadcast id before.
+    attempt: Annotated[int, Field(ge=0, le=100)] = 0
+    resend_of: str | None = None  # the first command's id, for a resend
 
     @model_validator(mode="after")
     def _level_only_for_emergencies(self) -> PlayBody:
@@ -364,58 +399,88 @@ class DeviceStatus(_Payload):
     the device's last will when its connection dies."""
 
     v: int = PROTOCOL_VERSION
-    device_id: str
+    device_id: WireId
     online: bool
-    at: int
-    firmware: str | None = None
-    village_id: str | None = None
-    township_id: str | None = None
+    at: Epoch
+    firmware: Annotated[str, Field(max_length=100)] | None = None
+    village_id: WireId | None = None
+    township_id: WireId | None = None
 
 
 class DeliveryReport(_Payload):
     v: int = PROTOCOL_VERSION
-    device_id: str
-    broadcast_id: str
-    command_id: str
+    device_id: WireId
+    broadcast_id: WireId
+    command_id: WireId
     state: DeliveryState
-    at: int  # the terminal's clock, epoch ms
-    seq: int  # per terminal, increasing: orders reports across reconnects
-    reason: str | None = None
+    at: Epoch  # the terminal's clock, epoch ms
+    seq: Annotated[int, Field(ge=0, le=2**63 - 1)]  # per terminal, increasing
+    reason: ShortText | None = None
     offline: bool = False  # happened while the terminal could not reach the controller
+    # `playing` that started after the signed start instant (a late fetch): by how much.
+    late_ms: Count | None = None
+    # `failed`/`preempted`/`cancelled` mid-play: how far into the audio it got.
+    offset_ms: Count | None = None
+    attempt: Annotated[int, Field(ge=0, le=100)] = 0  # the PlayBody.attempt it answers
 
 
 class DeviceEvent(_Payload):
     v: int = PROTOCOL_VERSION
-    device_id: str
+    device_id: WireId
     kind: EventKind
-    at: int
-    reason: str | None = None
-    command_id: str | None = None
-    broadcast_id: str | None = None
+    at: Epoch
+    reason: ShortText | None = None
+    command_id: WireId | None = None
+    broadcast_id: WireId | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _small_plain_detail(self) -> DeviceEvent:
+        if len(json.dumps(self.detail)) > MAX_DETAIL_BYTES:
+            raise ValueError(f"detail: larger than {MAX_DETAIL_BYTES} bytes")
+        _check_json_numbers(self.detail)
+        return self
+
+
+def _check_json_numbers(value: Any) -> None:
+    """Integers a database JSON column and every JSON reader keep exactly."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and abs(value) > MAX_COUNTER:
+        raise ValueError("detail: number out of range")
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_json_numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json_numbers(item)
 
 
 class Telemetry(_Payload):
     v: int = PROTOCOL_VERSION
-    device_id: str
-    at: int
-    firmware: str
-    uptime_s: int
+    device_id: WireId
+    at: Epoch
+    firmware: Annotated[str, Field(max_length=100)]
+    uptime_s: Count
     amplifier_on: bool
     amplifier_ok: bool
     speaker_line_ok: bool
     power_source: Literal["mains", "battery"]
-    battery_pct: int | None = None
-    temperature_c: float
-    signal_dbm: int
-    volume: int
-    playing: str | None = None  # broadcast id
-    cache_bytes: int
-    cache_items: int
-    clock_offset_ms: int | None = None  # terminal clock minus controller clock, if known
-    faults: tuple[Fault, ...] = ()
-    dropped_messages: int = 0  # malformed/oversized/unsigned payloads dropped so far
-    schedule_version: int = 0  # the local schedule held (0: none, e.g. wiped storage)
+    battery_pct: Percent | None = None
+    temperature_c: Annotated[float, Field(ge=-100, le=200, allow_inf_nan=False)]
+    signal_dbm: Annotated[int, Field(ge=-200, le=50)]
+    volume: Percent
+    playing: WireId | None = None  # broadcast id
+    cache_bytes: Count
+    cache_items: Count
+    clock_offset_ms: SignedMs | None = None  # terminal clock minus controller clock
+    faults: Annotated[tuple[Fault, ...], Field(max_length=16)] = ()
+    dropped_messages: Count = 0  # malformed/oversized/unsigned payloads dropped so far
+    schedule_version: Count = 0  # the local schedule held (0: none, e.g. wiped storage)
+    # How often this terminal sends telemetry: the controller calls it offline after
+    # three intervals of silence, even if the broker never delivered its last will.
+    interval_s: Annotated[float, Field(ge=1, le=86_400)] | None = None
+    outbox: Count = 0  # reports waiting on flash to be sent
 
 
 # --------------------------------------------------------------------------- errors

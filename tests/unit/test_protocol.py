@@ -656,6 +656,7 @@ def test_delivery_state_final() -> None:
         DeliveryState.REJECTED,
         DeliveryState.EXPIRED,
         DeliveryState.CANCELLED,
+        DeliveryState.UNKNOWN,
     }
     # Preempted can return to playing when replayed; scheduled/sent/... are in flight.
     for state in ("scheduled", "sent", "received", "fetched", "playing", "preempted"):
