@@ -22,6 +22,7 @@ from controller.broadcasts import BroadcastService
 from controller.db import Database
 from controller.dispatch import Dispatcher
 from controller.errors import error_middleware
+from controller.events import EventHub
 from controller.ingest import Ingestor
 from controller.live import LiveHub
 from controller.media import MediaStore
@@ -53,24 +54,26 @@ def build_app(settings: Settings) -> web.Application:
         ),
     )
     signer = Ed25519Signer.load_or_create(settings.signing_key_path)
+    # Services tell each other what happened through typed events on this one hub.
+    events = EventHub()
     ingestor = Ingestor(
         db,
+        events,
         batch_ms=settings.ingest_batch_ms,
         history_interval_s=settings.telemetry_history_interval_s,
+        liveness_intervals=settings.liveness_intervals,
+        default_telemetry_interval_s=settings.default_telemetry_interval_s,
     )
     broker = BrokerAddress.from_url(settings.broker_url).with_credentials(
         settings.broker_username, settings.broker_password.get_secret_value()
     )
     dispatcher = Dispatcher(broker, signer, ingestor.submit)
-    broadcasts = BroadcastService(db, media, renderer, dispatcher, settings)
+    broadcasts = BroadcastService(db, media, renderer, dispatcher, settings, events)
     prepositioner = Prepositioner(db, broadcasts, dispatcher, settings)
     sessions = SessionStore(db, settings)
-    live = LiveHub(db)
-    ingestor.add_listener(live.on_ingest)
+    live = LiveHub(db, events)  # subscribes when started
     schedules = ScheduleService(db, broadcasts, dispatcher, settings)
-    ingestor.add_listener(schedules.on_ingest)
-    broadcasts.add_listener(schedules.on_broadcast)
-    broadcasts.add_listener(live.on_broadcast)
+    schedules.listen(events)
 
     app = web.Application(
         middlewares=[error_middleware, auth_middleware(TokenAuthenticator(db), sessions)],
@@ -87,6 +90,7 @@ def build_app(settings: Settings) -> web.Application:
     app[keys.SESSIONS] = sessions
     app[keys.LIVE] = live
     app[keys.SCHEDULES] = schedules
+    app[keys.EVENTS] = events
     app.add_routes(routes())
     if WEB_DIR.is_dir():
         app.router.add_get("/", _index)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import Counter
-from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy import case
 from sqlmodel import Session, col, func, select
 
 from controller import audit
+from controller import deliveries as dm
 from controller.approvals import (
     ApprovalRequired,
     PendingBroadcast,
@@ -30,6 +30,7 @@ from controller.auth import Principal
 from controller.db import Database
 from controller.dispatch import Dispatcher
 from controller.errors import ApiError, bad_request, forbidden, not_found
+from controller.events import ApprovalRequested, BroadcastChanged, DeliveryChanged, Event, EventHub
 from controller.media import MediaStore, media_ref
 from controller.models import Broadcast, Delivery, Device, Media, Township
 from controller.prepositioning import media_in_place
@@ -114,26 +115,19 @@ class BroadcastService:
         renderer: AnnouncementRenderer,
         dispatcher: Dispatcher,
         settings: Settings,
+        events: EventHub | None = None,
     ) -> None:
         self._db = db
         self._media = media
         self._renderer = renderer
         self._dispatcher = dispatcher
         self._settings = settings
+        self._events = events or EventHub()
         self._sweeper: asyncio.Task[None] | None = None
-        self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
 
-    def add_listener(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
-        """Called with ("broadcast", summary) on create and cancel and with ("approval",
-        view) when a request starts waiting: for live views."""
-        self._listeners.append(listener)
-
-    def _emit(self, kind: str, data: dict[str, Any]) -> None:
-        for listener in self._listeners:
-            try:
-                listener(kind, data)
-            except Exception:
-                log.exception("broadcast listener failed")
+    def _emit(self, *events: Event) -> None:
+        for event in events:
+            self._events.emit(event)
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_loop())
@@ -206,7 +200,7 @@ class BroadcastService:
             category=body.category,
             drill=body.drill,
             title=title,
-            media=media_ref(media),
+            media=media_ref(media, self._settings.media_mirrors),
             start_at=start_at,
             volume=100 if body.priority == "emergency" else None,
         )
@@ -237,13 +231,13 @@ class BroadcastService:
             )
             session.add(broadcast)
             session.flush()
+            offline = _offline_devices(session, resolved.device_ids)
             session.add_all(
-                Delivery(
-                    broadcast_id=broadcast.id,
-                    device_id=d,
-                    state=p.DeliveryState.SENT.value,
-                    updated_ms=now,
-                    transitions=[{"state": "sent", "at": now, "rx": now}],
+                dm.new_delivery(
+                    broadcast.id,
+                    d,
+                    p.DeliveryState.OFFLINE if d in offline else p.DeliveryState.SENT,
+                    now,
                 )
                 for d in resolved.device_ids
             )
@@ -278,7 +272,9 @@ class BroadcastService:
             )
             broadcast.start_at_ms, broadcast.expires_at_ms = start_at, expires_at
         published = await self._dispatcher.send(command, resolved.topics)
-        broadcast.dispatch = "published" if published else "pending"
+        broadcast.dispatch = (
+            dm.DispatchStatus.PUBLISHED if published else dm.DispatchStatus.PENDING
+        ).value
         await self._db.run(
             lambda s: _set_dispatch(
                 s, broadcast.id, broadcast.dispatch, broadcast.start_at_ms, broadcast.expires_at_ms
@@ -292,7 +288,14 @@ class BroadcastService:
             body.priority,
             "drill" if body.drill else "real",
         )
-        self._emit("broadcast", broadcast_summary(broadcast))
+        self._emit(
+            BroadcastChanged(
+                broadcast_id=broadcast.id,
+                change="created",
+                status=dm.BroadcastStatus(broadcast.status),
+                actor=principal.user,
+            )
+        )
         return broadcast
 
     async def _hold_for_second_person(
@@ -354,7 +357,7 @@ class BroadcastService:
 
         view = await self._db.run(record)
         log.info("emergency %s by %s waits for a second officer", view["id"], principal.user)
-        self._emit("approval", view)
+        self._emit(ApprovalRequested(request_id=view["id"]))
         raise ApprovalRequired(view)
 
     async def preview(
@@ -415,21 +418,11 @@ class BroadcastService:
             broadcast = session.get(Broadcast, broadcast_id)
             if broadcast is None:
                 raise not_found(f"broadcast {broadcast_id}")
+            view = counted_view(session, broadcast, scope)
+            outside = scope is not None and not view["reach"]["targeted"]
+            if outside and broadcast.created_by != principal.user:
+                raise forbidden("this broadcast did not reach your township")
             if not deliveries:
-                counts = (
-                    select(Delivery.state, func.count())
-                    .where(Delivery.broadcast_id == broadcast_id)
-                    .group_by(col(Delivery.state))
-                )
-                if scope is not None:
-                    counts = counts.where(Delivery.device_id == Device.id).where(
-                        Device.township_id == scope
-                    )
-                by_state = {state: n for state, n in session.exec(counts).all()}
-                if scope is not None and not by_state and broadcast.created_by != principal.user:
-                    raise forbidden("this broadcast did not reach your township")
-                view = broadcast_summary(broadcast)
-                view["summary"] = {st.value: by_state.get(st.value, 0) for st in p.DeliveryState}
                 return view
             query = (
                 select(Delivery, Device)
@@ -439,10 +432,8 @@ class BroadcastService:
             )
             if scope is not None:
                 query = query.where(Device.township_id == scope)
-            rows = session.exec(query).all()
-            if scope is not None and not rows and broadcast.created_by != principal.user:
-                raise forbidden("this broadcast did not reach your township")
-            return broadcast_view(broadcast, rows)
+            view["deliveries"] = delivery_views(session.exec(query).all())
+            return view
 
         return await self._db.run(load)
 
@@ -505,27 +496,156 @@ class BroadcastService:
         published = await self._dispatcher.send(command, topics_for(target))
         now = p.now_ms()
 
-        def mark(session: Session) -> dict[str, Any]:
+        def mark(session: Session) -> list[Event]:
             row = session.get(Broadcast, broadcast_id)
             assert row is not None
-            row.status = "cancelled"
+            row.status = dm.BroadcastStatus.CANCELLED.value
             row.cancelled_ms = now
             row.cancelled_by = principal.user
             # Terminals that never received it will find the cancel right behind the
             # broadcast in their queue; the ones already on it report for themselves.
+            events = _apply_all(
+                session,
+                select(Delivery)
+                .where(Delivery.broadcast_id == broadcast_id)
+                .where(col(Delivery.state).in_(dm.NOT_REACHED)),
+                p.DeliveryState.CANCELLED,
+                dm.Cause.OPERATOR,
+                now,
+                "cancelled before it reached the terminal",
+            )
+            audit.record(session, principal, "broadcast.cancel", broadcast_id, published=published)
+            return [
+                *events,
+                BroadcastChanged(
+                    broadcast_id=broadcast_id,
+                    change="cancelled",
+                    status=dm.BroadcastStatus.CANCELLED,
+                    actor=principal.user,
+                ),
+            ]
+
+        self._emit(*await self._db.run(mark))
+        return await self.get(principal, broadcast_id)
+
+    # ------------------------------------------------------------------ resend
+
+    async def resend(self, principal: Principal, broadcast_id: str) -> dict[str, Any]:
+        """Send the same announcement again, as a new signed command, to the terminals
+        it did not reach: deliveries that ended failed, expired or unknown. Within the
+        broadcast's expiry; the terminals that played it are not asked again."""
+        principal.require_broadcast()
+        scope = principal.township_scope()
+        now = p.now_ms()
+
+        def load(session: Session) -> tuple[Broadcast, Media, list[str]]:
+            broadcast = session.get(Broadcast, broadcast_id)
+            if broadcast is None:
+                raise not_found(f"broadcast {broadcast_id}")
+            if scope is not None and _reaches_outside(session, broadcast_id, scope):
+                raise forbidden("this broadcast reaches beyond your township")
+            if broadcast.status == dm.BroadcastStatus.CANCELLED.value:
+                raise ApiError(409, "cancelled", "broadcast: cancelled, nothing to resend")
+            if broadcast.status == dm.BroadcastStatus.SCHEDULED.value:
+                raise ApiError(409, "not_sent", "broadcast: not sent yet")
+            if broadcast.expires_at_ms <= now + self._settings.sync_lead_ms:
+                raise ApiError(409, "expired", "broadcast: already expired")
+            devices = sorted(
+                session.exec(
+                    select(Delivery.device_id)
+                    .where(Delivery.broadcast_id == broadcast_id)
+                    .where(col(Delivery.state).in_(dm.RESENDABLE))
+                ).all()
+            )
+            if not devices:
+                raise ApiError(
+                    409, "nothing_to_resend", "broadcast: every terminal played it or is waiting"
+                )
+            media = session.get(Media, broadcast.media_sha256)
+            assert media is not None
+            return broadcast, media, devices
+
+        broadcast, media, devices = await self._db.run(load)
+        attempt = broadcast.attempt + 1
+        start_at = p.now_ms() + self._settings.sync_lead_ms + self._settings.fetch_lead_ms
+        play = p.PlayBody(
+            broadcast_id=broadcast.id,
+            priority=p.Priority(broadcast.priority),
+            level=broadcast.level,
+            category=broadcast.category,
+            drill=broadcast.drill,
+            title=broadcast.title,
+            media=media_ref(media, self._settings.media_mirrors),
+            start_at=start_at,
+            volume=100 if broadcast.priority == p.Priority.EMERGENCY.value else None,
+            attempt=attempt,
+            resend_of=broadcast.command_id or None,
+        )
+        target = p.Target(devices=tuple(devices))
+        command = p.Command.new(play, target, broadcast.expires_at_ms)
+
+        def record(session: Session) -> list[Event]:
+            row = session.get(Broadcast, broadcast_id)
+            assert row is not None
+            row.attempt = attempt
+            row.resends = [
+                *row.resends,
+                {
+                    "attempt": attempt,
+                    "command_id": command.id,
+                    "at": now,
+                    "by": principal.user,
+                    "devices": len(devices),
+                },
+            ]
+            offline = _offline_devices(session, devices)
+            events: list[Event] = []
             for d in session.exec(
                 select(Delivery)
                 .where(Delivery.broadcast_id == broadcast_id)
-                .where(Delivery.state == p.DeliveryState.SENT.value)
+                .where(col(Delivery.device_id).in_(devices))
             ):
-                _infer(
-                    d, p.DeliveryState.CANCELLED, "cancelled before it reached the terminal", now
+                applied = dm.apply(
+                    d,
+                    p.DeliveryState.OFFLINE if d.device_id in offline else p.DeliveryState.SENT,
+                    dm.Cause.OPERATOR,
+                    now=now,
+                    reason=f"resent (attempt {attempt}) by {principal.user}",
+                    attempt=attempt,
                 )
-            audit.record(session, principal, "broadcast.cancel", broadcast_id, published=published)
-            return broadcast_summary(row)
+                if applied is not None:
+                    events.append(_delivery_event(session, applied))
+            audit.record(
+                session,
+                principal,
+                "broadcast.resend",
+                broadcast_id,
+                attempt=attempt,
+                devices=len(devices),
+                command_id=command.id,
+            )
+            return events
 
-        self._emit("broadcast", await self._db.run(mark))
-        return await self.get(principal, broadcast_id)
+        events = await self._db.run(record)
+        published = await self._dispatcher.send(command, topics_for(target))
+        log.info(
+            "broadcast %s resent (attempt %d) to %d terminals by %s%s",
+            broadcast_id,
+            attempt,
+            len(devices),
+            principal.user,
+            "" if published else " (broker did not confirm yet)",
+        )
+        self._emit(
+            *events,
+            BroadcastChanged(
+                broadcast_id=broadcast_id,
+                change="resent",
+                status=dm.BroadcastStatus(broadcast.status),
+                actor=principal.user,
+            ),
+        )
+        return await self.get(principal, broadcast_id, deliveries=False)
 
     # ------------------------------------------------------------------ expiry
 
@@ -533,41 +653,53 @@ class BroadcastService:
         while True:
             await asyncio.sleep(1.0)
             try:
-                await self._db.run(sweep_expired)
+                events = await self._db.run(
+                    lambda s: sweep(s, unknown_after_ms=int(self._settings.unknown_after_s * 1000))
+                )
             except Exception:
-                log.exception("expiry sweep failed")
+                log.exception("delivery sweep failed")
+                continue
+            self._emit(*events)
 
 
-def sweep_expired(session: Session) -> int:
+def sweep(session: Session, *, unknown_after_ms: int, now: int | None = None) -> list[Event]:
+    """Time's verdicts: expiry ends what still waits; a play that outlived its audio
+    by `unknown_after_ms` without a word from the terminal is `unknown`."""
+    now = p.now_ms() if now is None else now
+    return sweep_expired(session, now) + sweep_silent_plays(session, now, unknown_after_ms)
+
+
+def sweep_expired(session: Session, now: int | None = None) -> list[Event]:
     """Deliveries still waiting when their broadcast expired will never play."""
-    now = p.now_ms()
+    now = p.now_ms() if now is None else now
     expired = session.exec(
         select(Broadcast)
-        .where(col(Broadcast.status).in_(("active", "cancelled")))
+        .where(
+            col(Broadcast.status).in_(
+                (dm.BroadcastStatus.ACTIVE.value, dm.BroadcastStatus.CANCELLED.value)
+            )
+        )
         .where(Broadcast.swept == False)  # noqa: E712 - SQL, not Python truthiness
         .where(col(Broadcast.expires_at_ms) <= now)
     ).all()
-    count = 0
-    waiting = [
-        s.value
-        for s in (
-            p.DeliveryState.SCHEDULED,
-            p.DeliveryState.SENT,
-            p.DeliveryState.RECEIVED,
-            p.DeliveryState.FETCHED,
-            p.DeliveryState.PREEMPTED,
-        )
-    ]
+    events: list[Event] = []
     for broadcast in expired:
         broadcast.swept = True
-        if broadcast.status == "active":
-            broadcast.status = "finished"
+        if broadcast.status == dm.BroadcastStatus.ACTIVE.value:
+            broadcast.status = dm.BroadcastStatus.FINISHED.value
+            events.append(
+                BroadcastChanged(
+                    broadcast_id=broadcast.id,
+                    change="finished",
+                    status=dm.BroadcastStatus.FINISHED,
+                )
+            )
         # An interrupted routine programme is not replayed (its schedule simply goes
         # on), so for routine items "preempted" is where the delivery ends.
         states = (
-            [s for s in waiting if s != p.DeliveryState.PREEMPTED.value]
-            if broadcast.priority == "routine"
-            else waiting
+            dm.WAITING - {p.DeliveryState.PREEMPTED}
+            if broadcast.priority == p.Priority.ROUTINE.value
+            else dm.WAITING
         )
         for d in session.exec(
             select(Delivery)
@@ -575,24 +707,101 @@ def sweep_expired(session: Session) -> int:
             .where(col(Delivery.state).in_(states))
         ):
             reason = (
-                "never reached the terminal before expiry (offline?)"
-                if d.state == p.DeliveryState.SENT.value
+                NEVER_REACHED
+                if d.state in (p.DeliveryState.SENT.value, p.DeliveryState.OFFLINE.value)
                 else "not played before expiry"
             )
-            _infer(d, p.DeliveryState.EXPIRED, reason, now)
-            count += 1
-    return count
+            applied = dm.apply(d, p.DeliveryState.EXPIRED, dm.Cause.SWEEP, now=now, reason=reason)
+            if applied is not None:
+                events.append(_delivery_event(session, applied))
+    return events
 
 
-def _infer(d: Delivery, state: p.DeliveryState, reason: str, now: int) -> None:
-    d.state = state.value
-    d.reason = reason
-    d.updated_ms = now
-    d.state_source = "controller"
-    d.transitions = [
-        *d.transitions,
-        {"state": state.value, "at": now, "rx": now, "reason": reason, "inferred": True},
-    ]
+NEVER_REACHED = "never reached: the terminal did not receive it before expiry (offline?)"
+
+
+def sweep_silent_plays(session: Session, now: int, unknown_after_ms: int) -> list[Event]:
+    """`playing` long after the audio must have ended, and nothing from the terminal:
+    it may have finished, or died mid-way. Say so (`unknown`), never `done`."""
+    rows = session.exec(
+        select(Delivery, Media.duration_ms)
+        .where(Delivery.state == p.DeliveryState.PLAYING.value)
+        .where(Delivery.broadcast_id == Broadcast.id)
+        .where(Broadcast.media_sha256 == Media.sha256)
+        .where(col(Delivery.updated_ms) < now - unknown_after_ms)
+    ).all()
+    events: list[Event] = []
+    for d, duration_ms in rows:
+        if d.updated_ms + duration_ms + unknown_after_ms > now:
+            continue
+        applied = dm.apply(
+            d,
+            p.DeliveryState.UNKNOWN,
+            dm.Cause.SWEEP,
+            now=now,
+            reason="no report from the terminal since it started playing",
+        )
+        if applied is not None:
+            events.append(_delivery_event(session, applied))
+    return events
+
+
+def _apply_all(
+    session: Session,
+    query: Any,
+    to: p.DeliveryState,
+    cause: dm.Cause,
+    now: int,
+    reason: str,
+) -> list[Event]:
+    events: list[Event] = []
+    for d in session.exec(query):
+        applied = dm.apply(d, to, cause, now=now, reason=reason)
+        if applied is not None:
+            events.append(_delivery_event(session, applied))
+    return events
+
+
+def _delivery_event(session: Session, applied: dm.Applied) -> DeliveryChanged:
+    device = session.get(Device, applied.device_id)
+    assert device is not None
+    return DeliveryChanged(
+        broadcast_id=applied.broadcast_id,
+        device_id=applied.device_id,
+        village_id=device.village_id,
+        township_id=device.township_id,
+        state=applied.state,
+        previous=applied.previous,
+        reason=applied.reason,
+        at=applied.at,
+        cause=applied.cause,
+    )
+
+
+def _offline_devices(session: Session, device_ids: Any) -> set[str]:
+    ids = list(device_ids)
+    found: set[str] = set()
+    for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+        found.update(
+            session.exec(
+                select(Device.id)
+                .where(col(Device.id).in_(ids[start : start + 900]))
+                .where(Device.online == False)  # noqa: E712
+            ).all()
+        )
+    return found
+
+
+def _reaches_outside(session: Session, broadcast_id: str, township_id: str) -> bool:
+    return (
+        session.exec(
+            select(Delivery.id)
+            .where(Delivery.broadcast_id == broadcast_id)
+            .where(Delivery.device_id == Device.id)
+            .where(Device.township_id != township_id)
+        ).first()
+        is not None
+    )
 
 
 def _set_dispatch(
@@ -632,29 +841,66 @@ def broadcast_summary(b: Broadcast) -> dict[str, Any]:
         "cancelled_by": b.cancelled_by,
         # The signed, normalised target: live views use it to tell who it reached.
         "target": b.target,
+        "attempt": b.attempt,
+        "resends": [{**r, "at": iso(r.get("at"))} for r in b.resends],
     }
 
 
-def broadcast_view(b: Broadcast, rows: Any) -> dict[str, Any]:
-    deliveries = []
-    summary: Counter[str] = Counter()
-    for d, device in rows:
-        summary[d.state] += 1
-        deliveries.append(
-            {
-                "device_id": d.device_id,
-                "village_id": device.village_id,
-                "township_id": device.township_id,
-                "state": d.state,
-                "reason": d.reason,
-                "updated_at": iso(d.updated_ms),
-                "source": d.state_source,
-                "transitions": [
-                    {**t, "at": iso(t["at"]), "rx": iso(t.get("rx"))} for t in d.transitions
-                ],
-            }
-        )
+def counted_view(session: Session, b: Broadcast, scope: str | None = None) -> dict[str, Any]:
+    """The broadcast's summary with a count per state and its progress (within one
+    township's terminals when `scope` is given): what the board shows without rows."""
+    reached_one = func.sum(case((col(Delivery.last_seq) > 0, 1), else_=0))
+    query = (
+        select(Delivery.state, func.count(), reached_one)
+        .where(Delivery.broadcast_id == b.id)
+        .group_by(col(Delivery.state))
+    )
+    if scope is not None:
+        query = query.where(Delivery.device_id == Device.id).where(Device.township_id == scope)
+    rows = session.exec(query).all()
+    by_state = {state: n for state, n, _ in rows}
     view = broadcast_summary(b)
-    view["summary"] = {s.value: summary.get(s.value, 0) for s in p.DeliveryState}
-    view["deliveries"] = deliveries
+    view["summary"] = {st.value: by_state.get(st.value, 0) for st in p.DeliveryState}
+    view.update(progress(b, by_state, sum(int(r or 0) for _, _, r in rows)))
     return view
+
+
+def progress(b: Broadcast, by_state: dict[str, int], reached: int) -> dict[str, Any]:
+    """What the board shows beside the counts: has it settled (nothing left to wait for
+    but offline terminals), how many terminals answered (reach) and played (done), and
+    how many a resend could still try."""
+    targeted = sum(by_state.values())
+    done = by_state.get(p.DeliveryState.DONE.value, 0)
+    open_for_resend = b.status == dm.BroadcastStatus.ACTIVE.value and b.expires_at_ms > p.now_ms()
+    return {
+        "settled": b.status != dm.BroadcastStatus.SCHEDULED.value and dm.settled(by_state),
+        "reach": {
+            "targeted": targeted,
+            "reached": reached,
+            "done": done,
+            "rate": round(reached / targeted, 4) if targeted else 0.0,
+            "done_rate": round(done / targeted, 4) if targeted else 0.0,
+        },
+        "resendable": (
+            sum(by_state.get(s.value, 0) for s in dm.RESENDABLE) if open_for_resend else 0
+        ),
+    }
+
+
+def delivery_views(rows: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "device_id": d.device_id,
+            "village_id": device.village_id,
+            "township_id": device.township_id,
+            "state": d.state,
+            "reason": d.reason,
+            "updated_at": iso(d.updated_ms),
+            "source": d.state_source,
+            "attempt": d.attempt,
+            "transitions": [
+                {**t, "at": iso(t["at"]), "rx": iso(t.get("rx"))} for t in d.transitions
+            ],
+        }
+        for d, device in rows
+    ]

@@ -22,13 +22,17 @@ class Dispatcher:
         self,
         broker: BrokerAddress,
         signer: Signer,
-        on_report: Callable[[str, str, bytes], None],
-        client_id: str = "dalaba-controller",
+        on_report: Callable[[str, str, bytes, Callable[[], None]], None],
     ) -> None:
+        if not broker.username:
+            raise ValueError("the controller needs a broker account (DALABA_BROKER_USERNAME)")
         self._broker = broker
         self.signer = signer
         self._on_report = on_report
-        self._client_id = client_id
+        # The broker replaces every client id with the account's username
+        # (use_username_as_clientid), so the id is the username: one session per replica,
+        # dalaba-controller, dalaba-controller-2, ... (see dalaba.broker.controller_username).
+        self._client_id = broker.username
         self.counters: Counter[str] = Counter()
         self.mqtt: MqttConnection | None = None
 
@@ -36,7 +40,8 @@ class Dispatcher:
         self.mqtt = MqttConnection(
             client_id=self._client_id,
             broker=self._broker,
-            on_message=self._on_message,
+            # Reports are acknowledged to the broker by the ingestor once stored.
+            on_message_manual_ack=self._on_message,
             subscriptions=[
                 (p.Topics.ALL_DEVICE_STATUS, 1),
                 (p.Topics.ALL_DEVICE_ACKS, 1),
@@ -79,10 +84,11 @@ class Dispatcher:
             )
         return not failed
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    def _on_message(self, topic: str, payload: bytes, ack: Callable[[], None]) -> None:
         parsed = p.Topics.parse_device_topic(topic)
         if parsed is None:
             self.counters["dropped_unknown_topic"] += 1
+            ack()
             return
         device_id, kind = parsed
-        self._on_report(device_id, kind, payload)
+        self._on_report(device_id, kind, payload, ack)

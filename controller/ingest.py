@@ -3,95 +3,165 @@
 Messages are parsed on arrival (garbage is counted and dropped there) and written in
 batches, one transaction per batch: a county-wide broadcast brings four reports from
 every terminal within a second, and one commit per report would not keep up.
+
+Three promises, each with its reason:
+
+- **Acknowledged only once stored.** The broker's QoS 1 acknowledgement for a report is
+  sent after the transaction that stores it commits. A controller killed at any instant
+  leaves every report it had not stored with the broker, which redelivers it to the
+  controller's persistent session; a report applied twice is harmless (sequence numbers).
+- **One bad message never blocks the others.** A batch that fails to store is split in
+  halves and retried until the one report that fails alone is found; that one is
+  counted, logged once with its device id, recorded as a security event and acknowledged
+  (redelivering it would only fail again). Everyone else's reports are stored.
+- **Liveness from silence too.** A terminal is online while it talks; one silent for
+  `liveness_intervals` of its telemetry intervals is shown offline even when the broker
+  never delivered its last will (it died while the broker was down).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlmodel import Session, col, select
 
+from controller import deliveries as dm
 from controller.db import Database
+from controller.events import DeliveryChanged, DeviceLiveness, DeviceReported, Event, EventHub
 from controller.models import Broadcast, Delivery, Device, SecurityEvent, TelemetrySample
 from controller.prepositioning import record_preload_report
 from dalaba import protocol as p
 
 log = logging.getLogger(__name__)
 
-Listener = Callable[[str, dict[str, Any]], None]
+Message = p.DeviceStatus | p.DeliveryReport | p.DeviceEvent | p.Telemetry
 
 
-def apply_report(delivery: Delivery, report: p.DeliveryReport, received_ms: int) -> bool:
-    """Move a delivery to the state a terminal reported. Returns False when the report
-    is stale (older sequence) or would reopen a state the terminal itself finished."""
-    if report.seq <= delivery.last_seq:
-        return False
-    current = p.DeliveryState(delivery.state)
-    if current.final and delivery.state_source == "device":
-        return False
-    delivery.state = report.state.value
-    delivery.reason = report.reason
-    delivery.updated_ms = received_ms
-    delivery.last_seq = report.seq
-    delivery.state_source = "device"
-    transition: dict[str, Any] = {"state": report.state.value, "at": report.at, "rx": received_ms}
-    if report.reason:
-        transition["reason"] = report.reason
-    if report.offline:
-        transition["offline"] = True
-    # A new list, so SQLAlchemy sees the JSON column change.
-    delivery.transitions = [*delivery.transitions, transition]
-    return True
+def _no_ack() -> None:
+    return None
+
+
+@dataclass(eq=False)
+class _Inbound:
+    device_id: str
+    kind: str
+    message: Message | None  # None: dropped at parsing, only owed an acknowledgement
+    rx: int
+    ack: Callable[[], None]
+    stored: bool = False
+
+
+@dataclass
+class _Outcome:
+    events: list[Event] = field(default_factory=list)
+
+
+class DatabaseUnavailable(Exception):
+    """Even a single small write fails: the database, not a message, is the problem."""
 
 
 class Ingestor:
-    def __init__(self, db: Database, *, batch_ms: int = 50, history_interval_s: int = 300) -> None:
+    def __init__(
+        self,
+        db: Database,
+        events: EventHub | None = None,
+        *,
+        batch_ms: int = 50,
+        history_interval_s: int = 300,
+        ack_after_commit: bool = True,
+        liveness_intervals: float = 3.0,
+        default_telemetry_interval_s: float = 60.0,
+    ) -> None:
         self._db = db
+        self._events = events or EventHub()
         self._batch_s = batch_ms / 1000
         self._history_ms = history_interval_s * 1000
-        self._queue: list[
-            tuple[str, p.DeviceStatus | p.DeliveryReport | p.DeviceEvent | p.Telemetry, int]
-        ] = []
+        # False only for the benchmark's baseline: the old acknowledge-on-arrival.
+        self._ack_after_commit = ack_after_commit
+        self._liveness_intervals = liveness_intervals
+        self._default_interval_s = default_telemetry_interval_s
+        self._queue: list[_Inbound] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._liveness_task: asyncio.Task[None] | None = None
+        self._started_ms = p.now_ms()
         self.counters: Counter[str] = Counter()
-        self._listeners: list[Listener] = []
-
-    def add_listener(self, listener: Listener) -> None:
-        """Called after each batch is committed, with (kind, data): for live views."""
-        self._listeners.append(listener)
+        self._noted_bad: dict[str, float] = {}  # device -> monotonic time last recorded
+        self._security_notes: list[SecurityEvent] = []
 
     async def start(self) -> None:
+        self._started_ms = p.now_ms()
         self._task = asyncio.create_task(self._flush_loop())
+        self._liveness_task = asyncio.create_task(self._liveness_loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._liveness_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.flush()
 
-    def submit(self, device_id: str, kind: str, payload: bytes) -> None:
-        """Called for every message on a device topic (on the event loop; cheap)."""
+    # ------------------------------------------------------------------ arrival
+
+    def submit(
+        self, device_id: str, kind: str, payload: bytes, ack: Callable[[], None] = _no_ack
+    ) -> None:
+        """Called for every message on a device topic (on the event loop; cheap). `ack`
+        acknowledges it to the broker; it is called once the message is stored."""
+        rx = p.now_ms()
+        if not self._ack_after_commit:
+            ack()
+            ack = _no_ack
         try:
             message = p.parse_report(kind, payload)
         except p.ProtocolError as exc:
-            self.counters["dropped"] += 1
-            self.counters[f"dropped_{exc.reason.value}"] += 1
-            log.info("dropped %s from %s: %s", kind, device_id, exc)
+            self._drop(device_id, kind, f"{exc.reason.value}", str(exc), rx)
+            self._queue.append(_Inbound(device_id, kind, None, rx, ack))
+            self._wakeup.set()
             return
         if message.device_id != device_id:
             # The broker's ACL pins the topic to the account; a payload claiming to be
             # another terminal is a bug or an attack either way.
-            self.counters["dropped"] += 1
-            self.counters["dropped_device_mismatch"] += 1
+            self._drop(device_id, kind, "device_mismatch", f"claims {message.device_id!r}", rx)
+            self._queue.append(_Inbound(device_id, kind, None, rx, ack))
+            self._wakeup.set()
             return
         self.counters[f"received_{kind}"] += 1
-        self._queue.append((kind, message, p.now_ms()))
+        self._queue.append(_Inbound(device_id, kind, message, rx, ack))
         self._wakeup.set()
+
+    def _drop(self, device_id: str, kind: str, reason: str, detail: str, rx: int) -> None:
+        self.counters["dropped"] += 1
+        self.counters[f"dropped_{reason}"] += 1
+        self._note_bad(device_id, f"{kind}: {reason}", detail, rx)
+
+    def _note_bad(self, device_id: str, reason: str, detail: str, rx: int) -> None:
+        """Log and record a bad message once a minute per terminal: a hostile terminal
+        must not be able to flood the log or the security table."""
+        now = time.monotonic()
+        last = self._noted_bad.get(device_id)
+        if last is not None and now - last < 60:
+            self.counters["bad_not_recorded"] += 1
+            return
+        self._noted_bad[device_id] = now
+        log.warning("bad report from %s: %s (%s)", device_id, reason, detail[:200])
+        self._security_notes.append(
+            SecurityEvent(
+                at_ms=rx,
+                device_id=device_id[:64],
+                kind="bad_report",
+                reason=reason[:200],
+                detail={"message": detail[:500]},
+            )
+        )
+
+    # ------------------------------------------------------------------ storing
 
     async def _flush_loop(self) -> None:
         while True:
@@ -100,43 +170,106 @@ class Ingestor:
             await asyncio.sleep(self._batch_s)  # let a burst gather into one transaction
             try:
                 await self.flush()
+            except DatabaseUnavailable:
+                log.error("database unavailable; %d reports wait unacknowledged", len(self._queue))
+                await asyncio.sleep(1.0)
+                self._wakeup.set()
             except Exception:
                 log.exception("ingest batch failed")
 
     async def flush(self) -> None:
-        if not self._queue:
+        if not self._queue and not self._security_notes:
             return
         batch, self._queue = self._queue, []
-        changes = await self._db.run(lambda s: self._write(s, batch))
-        for kind, data in changes:
-            for listener in self._listeners:
-                listener(kind, data)
+        outcome = _Outcome()
+        try:
+            await self._write_security_notes()
+            await self._store_isolating([i for i in batch if i.message is not None], outcome)
+        except DatabaseUnavailable:
+            # Nothing unstored is acknowledged: it waits here, and with the broker.
+            self._queue = [i for i in batch if not i.stored and i.message is not None] + [
+                *self._queue
+            ]
+            self._ack([i for i in batch if i.stored or i.message is None])
+            self._emit(outcome.events)
+            raise
+        self._ack(batch)
+        self._emit(outcome.events)
 
-    def _write(
-        self, session: Session, batch: list[tuple[str, Any, int]]
-    ) -> list[tuple[str, dict[str, Any]]]:
-        changes: list[tuple[str, dict[str, Any]]] = []
-        device_ids = {m.device_id for _, m, _ in batch}
+    async def _write_security_notes(self) -> None:
+        notes, self._security_notes = self._security_notes, []
+        if not notes:
+            return
+        try:
+            await self._db.run(lambda s: s.add_all(notes))
+        except Exception as exc:
+            self._security_notes = notes + self._security_notes
+            raise DatabaseUnavailable(repr(exc)) from exc
+
+    def _ack(self, batch: list[_Inbound]) -> None:
+        # In arrival order, as MQTT expects acknowledgements to be sent.
+        for inbound in batch:
+            inbound.ack()
+            inbound.ack = _no_ack
+
+    def _emit(self, events: list[Event]) -> None:
+        for event in events:
+            self._events.emit(event)
+
+    async def _store_isolating(self, entries: list[_Inbound], outcome: _Outcome) -> None:
+        if not entries:
+            return
+        try:
+            events = await self._db.run(lambda s: self._write(s, entries))
+        except Exception as exc:
+            if len(entries) > 1:
+                half = len(entries) // 2
+                await self._store_isolating(entries[:half], outcome)
+                await self._store_isolating(entries[half:], outcome)
+                return
+            await self._quarantine(entries[0], exc)
+            return
+        for inbound in entries:
+            inbound.stored = True
+        outcome.events.extend(events)
+
+    async def _quarantine(self, inbound: _Inbound, exc: Exception) -> None:
+        """The one report that fails alone: recorded, counted and logged, then let go
+        (acknowledged: redelivering it would only fail again). If even the record of it
+        cannot be written, the database is down, not the message bad."""
+        self._noted_bad.pop(inbound.device_id, None)  # always record this kind
+        self._note_bad(inbound.device_id, f"{inbound.kind}: unstorable", repr(exc), inbound.rx)
+        await self._write_security_notes()
+        self.counters["dropped"] += 1
+        self.counters["dropped_unstorable"] += 1
+        inbound.stored = True
+
+    def _write(self, session: Session, batch: list[_Inbound]) -> list[Event]:
+        events: list[Event] = []
+        now = p.now_ms()
+        device_ids = {i.device_id for i in batch}
         devices = {
             d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(device_ids)))
         }
-        reports = [(m, rx) for kind, m, rx in batch if kind == "ack"]
+        reports = [i.message for i in batch if isinstance(i.message, p.DeliveryReport)]
         deliveries: dict[tuple[str, str], Delivery] = {}
         if reports:
-            bids = {m.broadcast_id for m, _ in reports}
             rows = session.exec(
                 select(Delivery)
-                .where(col(Delivery.broadcast_id).in_(bids))
-                .where(col(Delivery.device_id).in_({m.device_id for m, _ in reports}))
+                .where(col(Delivery.broadcast_id).in_({m.broadcast_id for m in reports}))
+                .where(col(Delivery.device_id).in_({m.device_id for m in reports}))
             )
             deliveries = {(d.broadcast_id, d.device_id): d for d in rows}
         issued = self._issued_command_ids(session, batch)
+        came_online: list[Device] = []
 
         # Arrival order: the broker keeps each terminal's messages in order, and a stale
         # report is caught by its sequence number anyway.
-        for _kind, message, rx in batch:
-            device = devices.get(message.device_id)
-            if device is None:
+        for inbound in batch:
+            message = inbound.message
+            rx = inbound.rx
+            device = devices.get(inbound.device_id)
+            if device is None or message is None:
                 # Not (or no longer) in the database; the broker's ACL let it in, so it
                 # was provisioned somewhere: count it for the operator to notice.
                 self.counters["dropped"] += 1
@@ -144,51 +277,88 @@ class Ingestor:
                 continue
             device.last_seen_ms = rx
             if isinstance(message, p.DeviceStatus):
-                if device.online != message.online:
-                    device.online = message.online
-                    device.status_changed_ms = rx
-                    changes.append(("device", {"id": device.id, "online": message.online}))
+                why = "will" if not message.online and message.at == 0 else "status"
+                changed = self._set_online(device, message.online, rx, why, events)
+                if changed and message.online:
+                    came_online.append(device)
                 if message.firmware:
                     device.firmware = message.firmware
-            elif isinstance(message, p.DeliveryReport):
+                continue
+            # Anything else it sends proves it is alive (its "online" status may have
+            # been lost with a broker that died, or shadowed by a stale will).
+            if not device.online and self._set_online(device, True, rx, "heard", events):
+                came_online.append(device)
+            if isinstance(message, p.DeliveryReport):
                 delivery = deliveries.get((message.broadcast_id, message.device_id))
                 if delivery is None:
                     self.counters["reports_unknown_delivery"] += 1
                     continue
-                if apply_report(delivery, message, rx):
-                    if message.state is p.DeliveryState.PLAYING:
-                        device.playing_broadcast_id = message.broadcast_id
-                    elif device.playing_broadcast_id == message.broadcast_id:
-                        device.playing_broadcast_id = None
-                    changes.append(
-                        (
-                            "delivery",
-                            {
-                                "broadcast_id": message.broadcast_id,
-                                "device_id": message.device_id,
-                                "state": message.state.value,
-                                "reason": message.reason,
-                                "at": message.at,
-                            },
-                        )
-                    )
+                extra: dict[str, Any] = {}
+                if message.offline:
+                    extra["offline"] = True
+                if message.late_ms:
+                    extra["late_ms"] = message.late_ms
+                if message.offset_ms is not None:
+                    extra["offset_ms"] = message.offset_ms
+                applied = dm.apply(
+                    delivery,
+                    message.state,
+                    dm.Cause.TERMINAL,
+                    now=rx,
+                    at=message.at,
+                    reason=message.reason,
+                    seq=message.seq,
+                    attempt=message.attempt,
+                    extra=extra,
+                )
+                if applied is None:
+                    self.counters["reports_not_applied"] += 1
+                    continue
+                if message.state is p.DeliveryState.PLAYING:
+                    device.playing_broadcast_id = message.broadcast_id
+                elif device.playing_broadcast_id == message.broadcast_id:
+                    device.playing_broadcast_id = None
+                events.append(_delivery_event(applied, device))
             elif isinstance(message, p.DeviceEvent):
-                self._apply_event(session, device, message, rx, issued, deliveries)
-                changes.append(("event", {"device_id": device.id, "kind": message.kind.value}))
+                for applied in self._apply_event(session, device, message, rx, issued, deliveries):
+                    events.append(_delivery_event(applied, device))
+                events.append(
+                    DeviceReported(
+                        device_id=device.id,
+                        village_id=device.village_id,
+                        township_id=device.township_id,
+                        kind=message.kind.value,
+                    )
+                )
             elif isinstance(message, p.Telemetry):
                 self._apply_telemetry(session, device, message, rx)
-        # Tagged with the terminal's place (the row is at hand here), so listeners such
-        # as the live views need no copy of the county that goes stale as it grows.
-        for _kind, data in changes:
-            device = devices[data.get("device_id") or data["id"]]
-            data["village_id"], data["township_id"] = device.village_id, device.township_id
-        return changes
+        for device in came_online:
+            events += _release_offline(session, device, now)
+        return events
 
-    def _issued_command_ids(self, session: Session, batch: list[tuple[str, Any, int]]) -> set[str]:
+    def _set_online(
+        self, device: Device, online: bool, rx: int, why: str, events: list[Event]
+    ) -> bool:
+        if device.online == online:
+            return False
+        device.online = online
+        device.status_changed_ms = rx
+        events.append(
+            DeviceLiveness(
+                device_id=device.id,
+                village_id=device.village_id,
+                township_id=device.township_id,
+                online=online,
+                why=why,
+            )
+        )
+        return True
+
+    def _issued_command_ids(self, session: Session, batch: list[_Inbound]) -> set[str]:
         ids = {
-            m.command_id
-            for kind, m, _ in batch
-            if kind == "event" and getattr(m, "command_id", None)
+            i.message.command_id
+            for i in batch
+            if isinstance(i.message, p.DeviceEvent) and i.message.command_id
         }
         if not ids:
             return set()
@@ -203,18 +373,18 @@ class Ingestor:
         rx: int,
         issued: set[str],
         deliveries: dict[tuple[str, str], Delivery],
-    ) -> None:
+    ) -> list[dm.Applied]:
         if event.kind is p.EventKind.FAULT_RAISED and event.reason:
-            device.faults = {**device.faults, event.reason: event.at}
-            return
+            device.faults = {**device.faults, event.reason[:64]: event.at}
+            return []
         if event.kind is p.EventKind.FAULT_CLEARED and event.reason:
             device.faults = {k: v for k, v in device.faults.items() if k != event.reason}
-            return
+            return []
         if event.kind is p.EventKind.PRELOADED:
             record_preload_report(session, device.id, event, rx)
-            return
+            return []
         if event.kind is not p.EventKind.COMMAND_REJECTED:
-            return
+            return []
         known = event.command_id in issued
         session.add(
             SecurityEvent(
@@ -238,25 +408,31 @@ class Ingestor:
             p.RejectReason.EXPIRED.value: p.DeliveryState.EXPIRED,
             p.RejectReason.NOT_YET_VALID.value: p.DeliveryState.REJECTED,
         }
-        if known and event.broadcast_id is not None and event.reason in ends_delivery:
-            delivery = (
-                deliveries.get((event.broadcast_id, device.id))
-                or session.exec(
-                    select(Delivery)
-                    .where(Delivery.broadcast_id == event.broadcast_id)
-                    .where(Delivery.device_id == device.id)
-                ).first()
-            )
-            if delivery is not None and delivery.state == p.DeliveryState.SENT.value:
-                state = ends_delivery[event.reason]
-                delivery.state = state.value
-                delivery.reason = f"terminal refused the command: {event.reason}"
-                delivery.state_source = "device"
-                delivery.updated_ms = rx
-                delivery.transitions = [
-                    *delivery.transitions,
-                    {"state": state.value, "at": event.at, "rx": rx, "reason": delivery.reason},
-                ]
+        if not (known and event.broadcast_id is not None and event.reason in ends_delivery):
+            return []
+        delivery = (
+            deliveries.get((event.broadcast_id, device.id))
+            or session.exec(
+                select(Delivery)
+                .where(Delivery.broadcast_id == event.broadcast_id)
+                .where(Delivery.device_id == device.id)
+            ).first()
+        )
+        if delivery is None or delivery.state not in (
+            p.DeliveryState.SENT.value,
+            p.DeliveryState.OFFLINE.value,
+        ):
+            return []
+        applied = dm.apply(
+            delivery,
+            ends_delivery[event.reason],
+            dm.Cause.TERMINAL,
+            now=rx,
+            at=event.at,
+            reason=f"terminal refused the command: {event.reason}",
+            attempt=delivery.attempt,
+        )
+        return [applied] if applied else []
 
     def _apply_telemetry(self, session: Session, device: Device, t: p.Telemetry, rx: int) -> None:
         data = t.model_dump(mode="json", exclude={"v", "device_id"})
@@ -264,9 +440,84 @@ class Ingestor:
         device.volume = t.volume
         device.firmware = t.firmware
         device.playing_broadcast_id = t.playing
+        if t.interval_s is not None:
+            device.telemetry_interval_s = t.interval_s
         if (
             device.telemetry_history_ms is None
             or rx - device.telemetry_history_ms >= self._history_ms
         ):
             device.telemetry_history_ms = rx
             session.add(TelemetrySample(device_id=device.id, at_ms=rx, data=data))
+
+    # ------------------------------------------------------------------ liveness
+
+    async def _liveness_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                events = await self._db.run(self.sweep_silent)
+            except Exception:
+                log.exception("liveness sweep failed")
+                continue
+            self._emit(events)
+
+    def sweep_silent(self, session: Session, now: int | None = None) -> list[Event]:
+        """Terminals shown online but silent for too long are offline; what was sent to
+        them and not yet answered waits as `offline`."""
+        now = p.now_ms() if now is None else now
+        events: list[Event] = []
+        for device in session.exec(select(Device).where(Device.online == True)):  # noqa: E712
+            interval_s = device.telemetry_interval_s or self._default_interval_s
+            window_ms = int(self._liveness_intervals * interval_s * 1000)
+            # Silence while this controller was down is not the terminal's: count from
+            # our own start at the earliest.
+            heard = max(device.last_seen_ms or 0, device.status_changed_ms or 0, self._started_ms)
+            if now - heard < window_ms:
+                continue
+            self._set_online(device, False, now, "silent", events)
+            for delivery in session.exec(
+                select(Delivery)
+                .where(Delivery.device_id == device.id)
+                .where(Delivery.state == p.DeliveryState.SENT.value)
+            ):
+                applied = dm.apply(
+                    delivery,
+                    p.DeliveryState.OFFLINE,
+                    dm.Cause.DISPATCH,
+                    now=now,
+                    reason="the terminal went silent",
+                )
+                if applied:
+                    events.append(_delivery_event(applied, device))
+        return events
+
+
+def _release_offline(session: Session, device: Device, now: int) -> list[Event]:
+    """A terminal back online gets what the broker queued for it: its `offline`
+    deliveries are `sent` again (waiting on it, not on its link)."""
+    events: list[Event] = []
+    for delivery in session.exec(
+        select(Delivery)
+        .where(Delivery.device_id == device.id)
+        .where(Delivery.state == p.DeliveryState.OFFLINE.value)
+    ):
+        applied = dm.apply(
+            delivery, p.DeliveryState.SENT, dm.Cause.DISPATCH, now=now, reason="terminal online"
+        )
+        if applied:
+            events.append(_delivery_event(applied, device))
+    return events
+
+
+def _delivery_event(applied: dm.Applied, device: Device) -> DeliveryChanged:
+    return DeliveryChanged(
+        broadcast_id=applied.broadcast_id,
+        device_id=applied.device_id,
+        village_id=device.village_id,
+        township_id=device.township_id,
+        state=applied.state,
+        previous=applied.previous,
+        reason=applied.reason,
+        at=applied.at,
+        cause=applied.cause,
+    )

@@ -1,6 +1,7 @@
-"""Live updates for the console: one in-process hub fed by the ingestor (deliveries,
-device status, device events) and the broadcast service (created, cancelled, waiting
-for approval), fanned out to each open event stream.
+"""Live updates for the console: the edge where internal events become the console's
+JSON. It listens on the event hub (deliveries, device liveness and events, broadcasts
+created/cancelled/resent/finished, approvals) and fans each out to every open event
+stream it concerns.
 
 Township staff receive only what concerns their own township; a county-wide event
 (a new broadcast to the whole county) reaches everyone it concerns.
@@ -15,9 +16,19 @@ from typing import Any
 
 from sqlmodel import Session, select
 
+from controller.approvals import PendingBroadcast, pending_view
 from controller.auth import Principal
+from controller.broadcasts import counted_view
 from controller.db import Database
-from controller.models import Device, Village
+from controller.events import (
+    ApprovalRequested,
+    BroadcastChanged,
+    DeliveryChanged,
+    DeviceLiveness,
+    DeviceReported,
+    EventHub,
+)
+from controller.models import Broadcast, Device, Village
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +50,10 @@ class Subscriber:
 
 
 class LiveHub:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, events: EventHub) -> None:
         self._db = db
+        self._events = events
+        self._tasks: set[asyncio.Task[None]] = set()
         self._subscribers: set[Subscriber] = set()
         self._device_place: dict[str, tuple[str, str]] = {}  # device -> (village, township)
         self._village_township: dict[str, str] = {}
@@ -58,9 +71,18 @@ class LiveHub:
             return devices, villages
 
         self._device_place, self._village_township = await self._db.run(load)
+        owner = "live"
+        self._events.on(DeliveryChanged, self._on_delivery, owner=owner)
+        self._events.on(DeviceLiveness, self._on_liveness, owner=owner)
+        self._events.on(DeviceReported, self._on_device_event, owner=owner)
+        self._events.on(BroadcastChanged, self._on_broadcast, owner=owner)
+        self._events.on(ApprovalRequested, self._on_approval, owner=owner)
 
     async def close(self, *_: object) -> None:
         """End every stream, so the server's shutdown does not wait on them."""
+        self._events.off("live")
+        for task in list(self._tasks):
+            task.cancel()
         for sub in list(self._subscribers):
             sub.closed = True
             if not sub.queue.full():
@@ -81,17 +103,79 @@ class LiveHub:
 
     # ------------------------------------------------------------------ feeds
 
-    def on_ingest(self, kind: str, data: dict[str, Any]) -> None:
-        """Ingestor listener: device-level changes, already tagged with their place."""
-        self.publish(kind, data, {data["township_id"]})
+    def _on_delivery(self, e: DeliveryChanged) -> None:
+        self.publish(
+            "delivery",
+            {
+                "broadcast_id": e.broadcast_id,
+                "device_id": e.device_id,
+                "state": e.state.value,
+                "reason": e.reason,
+                "at": e.at,
+                "village_id": e.village_id,
+                "township_id": e.township_id,
+            },
+            {e.township_id},
+        )
 
-    def on_broadcast(self, kind: str, data: dict[str, Any]) -> None:
-        """Broadcast service listener: a broadcast concerns the townships it reaches; a
-        request for approval concerns only the county's officers."""
-        if kind == "approval":
-            self.publish(kind, data, set())
+    def _on_liveness(self, e: DeviceLiveness) -> None:
+        self.publish(
+            "device",
+            {
+                "id": e.device_id,
+                "online": e.online,
+                "why": e.why,
+                "village_id": e.village_id,
+                "township_id": e.township_id,
+            },
+            {e.township_id},
+        )
+
+    def _on_device_event(self, e: DeviceReported) -> None:
+        self.publish(
+            "event",
+            {
+                "device_id": e.device_id,
+                "kind": e.kind,
+                "village_id": e.village_id,
+                "township_id": e.township_id,
+            },
+            {e.township_id},
+        )
+
+    def _on_broadcast(self, e: BroadcastChanged) -> None:
+        self._spawn(self._publish_broadcast(e.broadcast_id))
+
+    def _on_approval(self, e: ApprovalRequested) -> None:
+        self._spawn(self._publish_approval(e.request_id))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish_broadcast(self, broadcast_id: str) -> None:
+        def load(session: Session) -> dict[str, Any] | None:
+            broadcast = session.get(Broadcast, broadcast_id)
+            return None if broadcast is None else counted_view(session, broadcast)
+
+        try:
+            view = await self._db.run(load)
+        except Exception:
+            log.exception("live view of broadcast %s failed", broadcast_id)
             return
-        self.publish(kind, data, self._townships_of(data.get("target") or {}))
+        if view is not None:
+            self.publish("broadcast", view, self._townships_of(view.get("target") or {}))
+
+    async def _publish_approval(self, request_id: str) -> None:
+        def load(session: Session) -> dict[str, Any] | None:
+            row = session.get(PendingBroadcast, request_id)
+            return None if row is None else pending_view(row)
+
+        view = await self._db.run(load)
+        if view is not None:
+            # A request for approval concerns only the county's officers.
+            self.publish("approval", view, set())
 
     def _townships_of(self, target: dict[str, Any]) -> set[str] | None:
         if target.get("all"):

@@ -60,13 +60,14 @@ class MediaStore:
         return await self._db.run(upsert)
 
 
-def media_ref(media: Media) -> p.MediaRef:
+def media_ref(media: Media, mirrors: tuple[str, ...] = ()) -> p.MediaRef:
     """How a command names stored media: by hash, fetched relative to the terminal's
-    media base URL."""
+    media base URL, and from each mirror base URL in turn if that fails."""
     return p.MediaRef(
         sha256=media.sha256,
         url=media.sha256,
         size=media.size,
         duration_ms=media.duration_ms,
         mime=media.mime,
+        mirrors=tuple(base.rstrip("/") + "/" + media.sha256 for base in mirrors[:4]),
     )

@@ -46,6 +46,9 @@ class Device(SQLModel, table=True):
     # fault name -> epoch ms when it started
     faults: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON))
     telemetry_history_ms: int | None = _ms_column(nullable=True)
+    # As the terminal last said in its telemetry; three of these without a word and it
+    # is shown offline, whether or not the broker delivered its last will.
+    telemetry_interval_s: float | None = None
 
 
 class User(SQLModel, table=True):
@@ -105,6 +108,9 @@ class Broadcast(SQLModel, table=True):
     device_count: int = 0
     cancelled_ms: int | None = _ms_column(nullable=True)
     cancelled_by: str | None = None
+    attempt: int = 0  # resends so far
+    # [{"attempt", "command_id", "at", "by", "devices"}] for each resend
+    resends: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
 
 
 class Delivery(SQLModel, table=True):
@@ -120,6 +126,7 @@ class Delivery(SQLModel, table=True):
     # "device" when the terminal said so, "controller" when inferred (e.g. never
     # delivered before expiry); a terminal's own later report overrides an inference.
     state_source: str = "controller"
+    attempt: int = 0  # the send (0) or resend (n) the current state belongs to
     transitions: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
 
 

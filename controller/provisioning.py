@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from controller.county import County
-from dalaba.broker import DeviceAccount, write_acl, write_password_file
+from dalaba.broker import ControllerAccount, DeviceAccount, write_acl, write_password_file
 from edge_agent.config import DeviceConfig
 from firmware_sim.fleet import device_dir
 
@@ -39,6 +39,7 @@ def provision_simulated_county(
     broker_dir: Path,
     controller_password: str,
     telemetry_interval_s: float = 30.0,
+    extra_controllers: tuple[ControllerAccount, ...] = (),
 ) -> list[DeviceAccount]:
     """Write every terminal's config (keeping existing passwords) and the broker's
     password and ACL files. Returns the accounts."""
@@ -65,6 +66,8 @@ def provision_simulated_county(
             ).save(path)
             accounts.append(DeviceAccount(device_id, village.id, village.township_id, password))
     broker_dir.mkdir(parents=True, exist_ok=True)
-    write_password_file(broker_dir / "passwd", controller_password, accounts)
-    write_acl(broker_dir / "acl", accounts)
+    write_password_file(
+        broker_dir / "passwd", controller_password, accounts, extra_controllers=extra_controllers
+    )
+    write_acl(broker_dir / "acl", accounts, extra_controllers=extra_controllers)
     return accounts

@@ -45,6 +45,17 @@ class Settings(BaseSettings):
     edge_tts_timeout_s: float = 3.0
     ingest_batch_ms: int = 50
     telemetry_history_interval_s: int = 300
+    # Other base URLs terminals may fetch media from when the controller's own fails
+    # (a mirror or another replica serving the same /media/); named in every command.
+    media_mirrors: tuple[str, ...] = ()
+    # Delivery truth. A terminal silent this many telemetry intervals is shown offline
+    # (the broker may have lost its will); its interval is the one its telemetry gives,
+    # or `default_telemetry_interval_s` before it has sent any.
+    liveness_intervals: float = Field(default=3.0, ge=1.5, le=20)
+    default_telemetry_interval_s: float = Field(default=60.0, ge=1, le=3600)
+    # A delivery `playing` for its audio's length plus this long, without a word from
+    # the terminal, is shown `unknown` (it may have played; nobody can say).
+    unknown_after_s: float = Field(default=30.0, ge=1, le=3600)
 
     # Console logins. A session lasts one duty shift; cookie_secure must be true
     # wherever the console is served over HTTPS (it should be, outside a county LAN).

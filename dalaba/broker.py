@@ -13,18 +13,33 @@ import base64
 import hashlib
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dalaba.protocol import TOPIC_ROOT, Topics
 
 CONTROLLER_USER = "dalaba-controller"
+# The broker makes every client's id its username (use_username_as_clientid), so each
+# controller replica needs an account of its own: its username is its client id.
+_CONTROLLER_REPLICA = re.compile(rf"{re.escape(CONTROLLER_USER)}-([2-9]|[1-9][0-9]+)")
+
+
+def controller_username(replica: int) -> str:
+    """The broker account (and so the MQTT client id) of controller replica `replica`:
+    1 is dalaba-controller, as a single controller has always been; n > 1 is
+    dalaba-controller-n."""
+    if replica < 1:
+        raise ValueError(f"controller replicas count from 1, not {replica}")
+    return CONTROLLER_USER if replica == 1 else f"{CONTROLLER_USER}-{replica}"
 
 
 def mosquitto_password_hash(password: str) -> str:
@@ -44,6 +59,21 @@ class DeviceAccount:
 
 
 @dataclass(frozen=True)
+class ControllerAccount:
+    """An extra controller replica's broker account (the first is CONTROLLER_USER)."""
+
+    username: str
+    password: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not _CONTROLLER_REPLICA.fullmatch(self.username):
+            raise ValueError(
+                f"controller replica account {self.username!r}: must be "
+                f"{CONTROLLER_USER}-<n> with n >= 2 (see controller_username)"
+            )
+
+
+@dataclass(frozen=True)
 class BrokerFiles:
     config: Path
     password_file: Path
@@ -52,9 +82,16 @@ class BrokerFiles:
     log_file: Path
 
 
-def write_acl(path: Path, devices: list[DeviceAccount]) -> None:
+def write_acl(
+    path: Path,
+    devices: list[DeviceAccount],
+    *,
+    extra_controllers: Sequence[ControllerAccount] = (),
+) -> None:
     """Least privilege per device: a terminal may publish only under its own device
-    topics and read only the command topics that cover it."""
+    topics and read only the command topics that cover it. Every controller replica
+    (CONTROLLER_USER and each of `extra_controllers`) has the same rights."""
+    controllers = _controller_usernames(devices, extra_controllers)
     lines = [
         "# Written by dalaba; regenerated when terminals are added.",
         "# Every device: its own reports, and the county-wide and its own command topic.",
@@ -64,10 +101,9 @@ def write_acl(path: Path, devices: list[DeviceAccount]) -> None:
         f"pattern write {TOPIC_ROOT}/device/%u/event",
         f"pattern read {TOPIC_ROOT}/cmd/device/%u",
         f"pattern read {Topics.COMMAND_ALL}",
-        "",
-        f"user {CONTROLLER_USER}",
-        f"topic readwrite {TOPIC_ROOT}/#",
     ]
+    for username in controllers:
+        lines += ["", f"user {username}", f"topic readwrite {TOPIC_ROOT}/#"]
     for d in devices:
         lines += [
             "",
@@ -78,10 +114,33 @@ def write_acl(path: Path, devices: list[DeviceAccount]) -> None:
     _write_private(path, "\n".join(lines) + "\n")
 
 
-def write_password_file(path: Path, controller_password: str, devices: list[DeviceAccount]) -> None:
+def write_password_file(
+    path: Path,
+    controller_password: str,
+    devices: list[DeviceAccount],
+    *,
+    extra_controllers: Sequence[ControllerAccount] = (),
+) -> None:
+    """CONTROLLER_USER with `controller_password`, each extra controller replica with
+    its own password, and every device."""
+    _controller_usernames(devices, extra_controllers)  # refuse clashing names first
     lines = [f"{CONTROLLER_USER}:{mosquitto_password_hash(controller_password)}"]
+    lines += [f"{c.username}:{mosquitto_password_hash(c.password)}" for c in extra_controllers]
     lines += [f"{d.device_id}:{mosquitto_password_hash(d.password)}" for d in devices]
     _write_private(path, "\n".join(lines) + "\n")
+
+
+def _controller_usernames(
+    devices: list[DeviceAccount], extra_controllers: Sequence[ControllerAccount]
+) -> list[str]:
+    """Every account name is a client id as well: two accounts of one name would share
+    (and take over) one session, so a clash is refused rather than written."""
+    controllers = [CONTROLLER_USER, *(c.username for c in extra_controllers)]
+    names = controllers + [d.device_id for d in devices]
+    duplicates = sorted(n for n, count in Counter(names).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"broker accounts named twice: {', '.join(duplicates)}")
+    return controllers
 
 
 def write_broker_config(base_dir: Path, port: int, *, bind: str = "127.0.0.1") -> BrokerFiles:
@@ -98,6 +157,12 @@ def write_broker_config(base_dir: Path, port: int, *, bind: str = "127.0.0.1") -
     conf = f"""# Written by dalaba for a private broker. Every line is deliberate:
 per_listener_settings false
 listener {port} {bind}
+# A client's id is its username: a terminal can only ever be its own device id and a
+# controller replica its own account, so no one's credentials can take over another's
+# session. A listener option (in 2.0.x even with per_listener_settings false): it must
+# follow every listener line; before the first it would open a default listener on
+# port 1883 of every interface.
+use_username_as_clientid true
 allow_anonymous false
 password_file {files.password_file}
 acl_file {files.acl_file}

@@ -30,7 +30,14 @@ from controller.groups import TargetGroup
 from controller.provisioning import provision_simulated_county, read_or_create_secret
 from controller.sessions import set_console_password
 from controller.settings import Settings
-from dalaba.broker import CONTROLLER_USER, MosquittoProcess, free_port, write_broker_config
+from dalaba.broker import (
+    CONTROLLER_USER,
+    ControllerAccount,
+    MosquittoProcess,
+    controller_username,
+    free_port,
+    write_broker_config,
+)
 from dalaba.protocol import now_ms
 from dalaba.signing import Ed25519Signer
 from firmware_sim.fleet import spawn_fleet_processes
@@ -45,6 +52,10 @@ class PreparedCounty:
     broker: MosquittoProcess
     broker_port: int
     controller_password: str
+    # A second controller replica's broker account (dalaba-controller-2): for a second
+    # controller, and for tests and tools that need the broker rights of one without
+    # taking over the first controller's session (client ids are bound to accounts).
+    replica_password: str
     admin_token: str
     county: County
     # Console logins made for the demo: name -> (role, township, password).
@@ -76,6 +87,7 @@ def setup_county(
     broker_port = broker_port or free_port()
     county = County.for_size(villages)
     controller_password = read_or_create_secret(data_dir / "keys" / "broker-controller.secret")
+    replica_password = read_or_create_secret(data_dir / "keys" / "broker-controller-2.secret")
     settings = Settings(
         data_dir=data_dir,
         http_port=http_port,
@@ -112,6 +124,7 @@ def setup_county(
         broker_dir=broker_dir,
         controller_password=controller_password,
         telemetry_interval_s=telemetry_interval_s,
+        extra_controllers=(ControllerAccount(controller_username(2), replica_password),),
     )
     return PreparedCounty(
         data_dir=data_dir,
@@ -119,6 +132,7 @@ def setup_county(
         broker=MosquittoProcess(files, broker_port),
         broker_port=broker_port,
         controller_password=controller_password,
+        replica_password=replica_password,
         admin_token=admin_token,
         county=county,
         console_users=logins,

@@ -25,6 +25,7 @@ from controller.errors import (
     parse_body,
     read_json,
 )
+from controller.events import ApprovalRequested
 from dalaba.protocol import now_ms
 
 routes = web.RouteTableDef()
@@ -150,7 +151,7 @@ async def approve(request: web.Request) -> web.Response:
         return pending_view(stored)
 
     view = await db.run(link)
-    request.app[keys.LIVE].on_broadcast("approval", view)
+    request.app[keys.EVENTS].emit(ApprovalRequested(request_id=approval_id, change="approved"))
     return web.json_response(
         {**broadcast_summary(broadcast), "approval": view},
         status=201,
@@ -175,5 +176,5 @@ async def reject(request: web.Request) -> web.Response:
         return pending_view(_claim(session, approval_id, principal, status, decision.reason))
 
     view = await db.run(decide)
-    request.app[keys.LIVE].on_broadcast("approval", view)
+    request.app[keys.EVENTS].emit(ApprovalRequested(request_id=approval_id, change=view["status"]))
     return web.json_response(view)

@@ -1,4 +1,4 @@
-"""/api/broadcasts: push, watch and cancel announcements."""
+"""/api/broadcasts: push, watch, cancel and resend announcements."""
 
 from __future__ import annotations
 
@@ -52,6 +52,15 @@ async def get_broadcast(request: web.Request) -> web.Response:
 @routes.post("/api/broadcasts/{id}/cancel")
 async def cancel_broadcast(request: web.Request) -> web.Response:
     view = await request.app[keys.BROADCASTS].cancel(
+        principal_of(request), request.match_info["id"]
+    )
+    return web.json_response(view)
+
+
+@routes.post("/api/broadcasts/{id}/resend")
+async def resend_broadcast(request: web.Request) -> web.Response:
+    """Send again, as a new signed command, to the terminals it did not reach."""
+    view = await request.app[keys.BROADCASTS].resend(
         principal_of(request), request.match_info["id"]
     )
     return web.json_response(view)

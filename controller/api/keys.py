@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from controller.broadcasts import BroadcastService
     from controller.db import Database
     from controller.dispatch import Dispatcher
+    from controller.events import EventHub
     from controller.ingest import Ingestor
     from controller.live import LiveHub
     from controller.media import MediaStore
@@ -30,3 +31,4 @@ SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions")
 LIVE: web.AppKey[LiveHub] = web.AppKey("live")
 SCHEDULES: web.AppKey[ScheduleService] = web.AppKey("schedules")
 RENDERER: web.AppKey[AnnouncementRenderer] = web.AppKey("renderer")
+EVENTS: web.AppKey[EventHub] = web.AppKey("events")

@@ -32,6 +32,7 @@ from sqlmodel import Session, col, select
 
 from controller.db import Database
 from controller.dispatch import Dispatcher
+from controller.events import BroadcastChanged, DeliveryChanged, DeviceLiveness, EventHub
 from controller.models import Device
 from controller.schedules import store
 from controller.schedules.models import Schedule
@@ -343,30 +344,34 @@ class ScheduleRunner:
 
     # ------------------------------------------------------------------ reports
 
-    def on_ingest(self, kind: str, data: dict[str, Any]) -> None:
-        """Ingestor listener: terminals' reports on occurrences, terminals coming online."""
-        if kind == "delivery":
-            if str(data.get("broadcast_id", "")).startswith(OCCURRENCE_PREFIX) and data.get(
-                "state"
-            ) in ("playing", "done"):
-                self._reported.add(data["broadcast_id"])
-                if self._settle_task is None or self._settle_task.done():
-                    self._settle_task = asyncio.create_task(self._settle_later())
-        elif kind == "device" and data.get("online"):
-            self._came_online.add(data["id"])
+    def listen(self, events: EventHub) -> None:
+        events.on(DeliveryChanged, self._on_delivery, owner="schedules")
+        events.on(DeviceLiveness, self._on_liveness, owner="schedules")
+        events.on(BroadcastChanged, self._on_broadcast, owner="schedules")
+
+    def _on_delivery(self, e: DeliveryChanged) -> None:
+        """A terminal's report on an occurrence may show it played one the controller
+        could not dispatch."""
+        if e.broadcast_id.startswith(OCCURRENCE_PREFIX) and e.state in (
+            p.DeliveryState.PLAYING,
+            p.DeliveryState.DONE,
+        ):
+            self._reported.add(e.broadcast_id)
+            if self._settle_task is None or self._settle_task.done():
+                self._settle_task = asyncio.create_task(self._settle_later())
+
+    def _on_liveness(self, e: DeviceLiveness) -> None:
+        """A terminal back online gets its local schedule if it is stale."""
+        if e.online:
+            self._came_online.add(e.device_id)
             if self._online_task is None or self._online_task.done():
                 self._online_task = asyncio.create_task(self._push_came_online())
 
-    def on_broadcast(self, kind: str, data: dict[str, Any]) -> None:
-        """BroadcastService listener: an occurrence's broadcast cancelled by hand (before
-        or after it fired) leaves the terminals' local schedules at once."""
-        bid = str(data.get("id", ""))
-        if (
-            kind == "broadcast"
-            and bid.startswith(OCCURRENCE_PREFIX)
-            and data.get("status") == (store.CANCELLED)
-        ):
-            self._spawn(self._withdraw(bid, f"broadcast cancelled by {data.get('cancelled_by')}"))
+    def _on_broadcast(self, e: BroadcastChanged) -> None:
+        """An occurrence's broadcast cancelled by hand (before or after it fired) leaves
+        the terminals' local schedules at once."""
+        if e.change == "cancelled" and e.broadcast_id.startswith(OCCURRENCE_PREFIX):
+            self._spawn(self._withdraw(e.broadcast_id, f"broadcast cancelled by {e.actor}"))
 
     async def _withdraw(self, occurrence_id: str, reason: str) -> None:
         devices = await self._db.run(lambda s: store.withdraw(s, occurrence_id, reason))

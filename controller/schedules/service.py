@@ -37,6 +37,7 @@ from controller.errors import (
     not_found,
     parse_body,
 )
+from controller.events import EventHub
 from controller.models import Delivery, Device, Media, Township
 from controller.schedules import store
 from controller.schedules.models import Occurrence, Schedule, TerminalSchedule
@@ -141,11 +142,8 @@ class ScheduleService:
     async def stop(self) -> None:
         await self.runner.stop()
 
-    def on_ingest(self, kind: str, data: dict[str, Any]) -> None:
-        self.runner.on_ingest(kind, data)
-
-    def on_broadcast(self, kind: str, data: dict[str, Any]) -> None:
-        self.runner.on_broadcast(kind, data)
+    def listen(self, events: EventHub) -> None:
+        self.runner.listen(events)
 
     @property
     def timezone(self) -> str:

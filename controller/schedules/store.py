@@ -21,6 +21,7 @@ from sqlalchemy import insert
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from controller import deliveries as dm
 from controller.media import media_ref
 from controller.models import Broadcast, Delivery, Device, Media, Township, Village
 from controller.schedules.models import Occurrence, Schedule, SchedulerHeartbeat, TerminalSchedule
@@ -111,14 +112,9 @@ class Changes:
 
 
 def _transition(d: Delivery, state: str, reason: str | None, now: int) -> None:
-    d.state = state
-    d.reason = reason
-    d.updated_ms = now
-    d.state_source = "controller"
-    entry: dict[str, Any] = {"state": state, "at": now, "rx": now, "inferred": True}
-    if reason:
-        entry["reason"] = reason
-    d.transitions = [*d.transitions, entry]
+    """The schedule's own moves (planned, withdrawn, planned again), through the one
+    delivery state machine; a delivery that has moved on is left as it is."""
+    dm.apply(d, p.DeliveryState(state), dm.Cause.SCHEDULE, now=now, reason=reason)
 
 
 def _broadcast_fields(s: Schedule, po: PlannedOccurrence, topology: Topology) -> dict[str, Any]:
@@ -210,7 +206,8 @@ class _Inserter:
                 "reason": None,
                 "updated_ms": now,
                 "last_seq": 0,
-                "state_source": "controller",
+                "state_source": dm.Source.CONTROLLER.value,
+                "attempt": 0,
                 "transitions": first,
             }
             for d in po.device_ids
@@ -362,15 +359,7 @@ def _update(
         elif d.device_id in wanted and d.state == CANCELLED:
             _transition(d, SCHEDULED, None, now)
     for device_id in sorted(wanted - have.keys()):
-        session.add(
-            Delivery(
-                broadcast_id=row.id,
-                device_id=device_id,
-                state=SCHEDULED,
-                updated_ms=now,
-                transitions=[{"state": SCHEDULED, "at": now, "rx": now}],
-            )
-        )
+        session.add(dm.new_delivery(row.id, device_id, p.DeliveryState.SCHEDULED, now))
 
 
 def _cancel(
@@ -601,14 +590,21 @@ def record_fired(
     b.command_id = command_id
     b.start_at_ms = start_at_ms
     b.dispatch = "published" if published else "pending"
+    offline = set(
+        session.exec(
+            select(Delivery.device_id)
+            .where(Delivery.broadcast_id == occurrence_id)
+            .where(Delivery.device_id == Device.id)
+            .where(Device.online == False)  # noqa: E712
+        ).all()
+    )
     for d in session.exec(
         select(Delivery)
         .where(Delivery.broadcast_id == occurrence_id)
         .where(Delivery.state == SCHEDULED)
     ):
-        d.state = p.DeliveryState.SENT.value
-        d.updated_ms = fired_ms
-        d.transitions = [*d.transitions, {"state": "sent", "at": fired_ms, "rx": fired_ms}]
+        fired_to = p.DeliveryState.OFFLINE if d.device_id in offline else p.DeliveryState.SENT
+        dm.apply(d, fired_to, dm.Cause.DISPATCH, now=fired_ms)
     if not published:
         settle_played_offline(session, [occurrence_id])
 
@@ -630,12 +626,6 @@ def record_missed(session: Session, occurrence_id: str, reason: str) -> bool:
     return True
 
 
-def _played(d: Delivery) -> bool:
-    return any(
-        t.get("state") in ("playing", "done") and not t.get("inferred") for t in d.transitions
-    )
-
-
 def settle_played_offline(session: Session, occurrence_ids: Iterable[str]) -> list[str]:
     """Occurrences the controller could not dispatch (missed, or the broker was down)
     that terminals played from their local schedule anyway become "played_offline"."""
@@ -647,7 +637,7 @@ def settle_played_offline(session: Session, occurrence_ids: Iterable[str]) -> li
         undispatched = occ.outcome == MISSED or (occ.outcome == FIRED and occ.dispatch == "failed")
         if not undispatched or occ.broadcast_id is None:
             continue
-        played = sum(1 for d in _deliveries(session, occ.broadcast_id) if _played(d))
+        played = sum(1 for d in _deliveries(session, occ.broadcast_id) if dm.played(d))
         if not played:
             continue
         why = occ.reason or "the controller could not dispatch it"

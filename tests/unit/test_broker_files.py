@@ -16,8 +16,10 @@ import pytest
 
 from dalaba.broker import (
     CONTROLLER_USER,
+    ControllerAccount,
     DeviceAccount,
     MosquittoProcess,
+    controller_username,
     free_port,
     mosquitto_password_hash,
     write_acl,
@@ -85,6 +87,66 @@ def test_device_account_repr_hides_the_password() -> None:
     assert "pw-one" not in repr(DEVICES[0])
 
 
+REPLICAS = [
+    ControllerAccount(controller_username(2), password="replica-two"),
+    ControllerAccount(controller_username(3), password="replica-three"),
+]
+
+
+def test_controller_replica_usernames() -> None:
+    assert controller_username(1) == CONTROLLER_USER == "dalaba-controller"
+    assert controller_username(2) == "dalaba-controller-2"
+    assert controller_username(12) == "dalaba-controller-12"
+    with pytest.raises(ValueError):
+        controller_username(0)
+
+
+@pytest.mark.parametrize(
+    "username",
+    [CONTROLLER_USER, "dalaba-controller-1", "dalaba-controller-02", "dalaba-controller-x",
+     "d-001", "dalaba-controller-2 ", ""],
+)  # fmt: skip
+def test_controller_account_names_only_a_further_replica(username: str) -> None:
+    with pytest.raises(ValueError, match="controller replica account"):
+        ControllerAccount(username, password="pw")
+
+
+def test_controller_account_repr_hides_the_password() -> None:
+    assert "replica-two" not in repr(REPLICAS[0])
+
+
+def test_password_file_has_each_controller_replica_with_its_own_password(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "passwd"
+    write_password_file(path, "controller-secret", DEVICES, extra_controllers=REPLICAS)
+    entries = dict(line.split(":", 1) for line in path.read_text().splitlines())
+    assert set(entries) == {
+        CONTROLLER_USER, "dalaba-controller-2", "dalaba-controller-3", "d-001", "d-002", "d-003"
+    }  # fmt: skip
+    assert check_mosquitto_hash(entries[CONTROLLER_USER], "controller-secret")
+    assert check_mosquitto_hash(entries["dalaba-controller-2"], "replica-two")
+    assert check_mosquitto_hash(entries["dalaba-controller-3"], "replica-three")
+    assert not check_mosquitto_hash(entries["dalaba-controller-2"], "controller-secret")
+    assert "replica-two" not in path.read_text()
+
+
+def test_accounts_named_twice_are_refused(tmp_path: Path) -> None:
+    """An account name is a client id too: two accounts of one name would share one
+    session. Nothing is written."""
+    clash_device = [*DEVICES, DeviceAccount("dalaba-controller-2", "v-009", "t-09", "pw")]
+    clash_twice = [*DEVICES, DeviceAccount("d-001", "v-009", "t-09", "pw")]
+    for devices, replicas in [(clash_device, REPLICAS), (clash_twice, []), (DEVICES, REPLICAS * 2)]:
+        with pytest.raises(ValueError, match="named twice"):
+            write_password_file(tmp_path / "passwd", "pw", devices, extra_controllers=replicas)
+        with pytest.raises(ValueError, match="named twice"):
+            write_acl(tmp_path / "acl", devices, extra_controllers=replicas)
+    device_as_controller = [*DEVICES, DeviceAccount(CONTROLLER_USER, "v-009", "t-09", "pw")]
+    with pytest.raises(ValueError, match=CONTROLLER_USER):
+        write_acl(tmp_path / "acl", device_as_controller)
+    assert list(tmp_path.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- ACL
 
 
@@ -143,6 +205,21 @@ def test_acl_patterns_let_devices_write_only_under_their_own_topics(tmp_path: Pa
     assert reads == sorted(["dalaba/v1/cmd/device/%u", Topics.COMMAND_ALL])
 
 
+def test_acl_gives_every_controller_replica_the_controllers_rights(tmp_path: Path) -> None:
+    path = tmp_path / "acl"
+    write_acl(path, DEVICES, extra_controllers=REPLICAS)
+    patterns, users = parse_acl(path.read_text())
+    controller_rights = [("readwrite", "dalaba/v1/#")]
+    assert users[CONTROLLER_USER] == controller_rights
+    assert users["dalaba-controller-2"] == controller_rights
+    assert users["dalaba-controller-3"] == controller_rights
+    assert set(users) == {CONTROLLER_USER, "dalaba-controller-2", "dalaba-controller-3"} | {
+        d.device_id for d in DEVICES
+    }
+    write_acl(tmp_path / "acl-single", DEVICES)
+    assert parse_acl((tmp_path / "acl-single").read_text())[0] == patterns
+
+
 def test_acl_with_no_devices_still_lets_the_controller_in(tmp_path: Path) -> None:
     path = tmp_path / "acl"
     write_acl(path, [])
@@ -177,10 +254,50 @@ def test_broker_config(tmp_path: Path) -> None:
     assert f"persistence_location {files.data_dir}/" in lines
     assert files.data_dir.is_dir()
     assert mode(files.config) == 0o600
+    assert "use_username_as_clientid true" in lines
     # Every setting but log_type appears once: a repeated one would be taken silently.
     keys = [line.split()[0] for line in conf.splitlines() if line and not line.startswith("#")]
     single = [k for k in keys if k != "log_type"]
     assert len(single) == len(set(single))
+
+
+def settings_of(conf: str) -> list[list[str]]:
+    return [line.split() for line in conf.splitlines() if line and not line.startswith("#")]
+
+
+def test_broker_config_binds_client_ids_on_every_listener(tmp_path: Path) -> None:
+    """use_username_as_clientid is a listener option in Mosquitto 2.0.x (even with
+    per_listener_settings false): it counts only after a listener line, and before the
+    first one it would open a default listener on 1883 of every interface."""
+    settings = settings_of(write_broker_config(tmp_path, 18_883).config.read_text())
+    keys = [words[0] for words in settings]
+    assert keys.count("listener") == 1
+    assert "port" not in keys  # the deprecated default listener
+    binding = keys.index("use_username_as_clientid")
+    assert settings[binding] == ["use_username_as_clientid", "true"]
+    assert keys[binding - 1] == "listener"
+
+
+def test_production_config_example_binds_client_ids_on_every_listener() -> None:
+    """The documented config: every listener, live or commented out, is followed by
+    use_username_as_clientid true, and none comes before the first listener."""
+    example = Path(__file__).resolve().parents[2] / "deploy/mosquitto/dalaba.conf.example"
+    # Read commented-out settings too: they are what an operator uncomments.
+    uncommented = "\n".join(
+        line[1:] if line.startswith("#") and not line.startswith("# ") else line
+        for line in example.read_text().splitlines()
+    )
+    settings = settings_of(uncommented)
+    keys = [words[0] for words in settings]
+    listeners = [i for i, key in enumerate(keys) if key == "listener"]
+    assert len(listeners) == 3
+    for i in listeners:
+        assert settings[i + 1] == ["use_username_as_clientid", "true"], settings[i]
+    assert keys.count("use_username_as_clientid") == len(listeners)
+    assert keys.index("use_username_as_clientid") > listeners[0]
+    live = settings_of(example.read_text())
+    assert ["use_username_as_clientid", "true"] in live
+    assert ["per_listener_settings", "false"] in live
 
 
 def test_broker_config_bind_address(tmp_path: Path) -> None:
@@ -195,8 +312,10 @@ def test_broker_config_bind_address(tmp_path: Path) -> None:
 def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
     port = free_port()
     files = write_broker_config(tmp_path / "broker", port)
-    write_password_file(files.password_file, "controller-secret", DEVICES)
-    write_acl(files.acl_file, DEVICES)
+    write_password_file(
+        files.password_file, "controller-secret", DEVICES, extra_controllers=REPLICAS[:1]
+    )
+    write_acl(files.acl_file, DEVICES, extra_controllers=REPLICAS[:1])
     process = MosquittoProcess(files, port)
     process.start()
     try:
@@ -306,3 +425,27 @@ def test_real_mosquitto_accepts_devices_and_refuses_wrong_passwords(
             refused.close()
         assert reason.is_failure, (username, password)
         assert reason.value in (0x86, 0x87), reason  # bad user name or password / not authorized
+
+
+@pytest.mark.broker
+def test_real_mosquitto_serves_a_controller_replica_as_the_controller(
+    broker: MosquittoProcess,
+) -> None:
+    replica = BlockingClient(broker.port, "dalaba-controller-2", "replica-two")
+    device = BlockingClient(broker.port, "d-003", "pw-three")
+    try:
+        assert not replica.connect().is_failure
+        assert not device.connect().is_failure
+        assert not replica.subscribe(Topics.ALL_DEVICE_ACKS).is_failure
+        device.publish(Topics.device_ack("d-003"), b"report")
+        replica.run_until(lambda: bool(replica.messages))
+        assert replica.messages == [(Topics.device_ack("d-003"), b"report")]
+    finally:
+        replica.close()
+        device.close()
+
+    refused = BlockingClient(broker.port, "dalaba-controller-2", "controller-secret")
+    try:
+        assert refused.connect().is_failure  # its own password, not the first replica's
+    finally:
+        refused.close()

@@ -137,3 +137,129 @@ async def test_garbage_and_impostors_are_counted_and_dropped(db):
     assert ingestor.counters["dropped_device_mismatch"] == 1
     assert ingestor.counters["dropped_unknown_device"] == 1
     assert delivery_state(db) == "sent"
+
+
+# ------------------------------------------------------------ acknowledgement after commit
+
+
+class Acks:
+    """Stands in for the broker's acknowledgement of each message (paho manual ack)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def __call__(self, name: str):  # type: ignore[no-untyped-def]
+        return lambda: self.sent.append(name)
+
+
+def telemetry(volume: int = 70, device: str = DEVICE) -> bytes:
+    data = {
+        "v": 1, "device_id": device, "at": p.now_ms(), "firmware": "x", "uptime_s": 1,
+        "amplifier_on": False, "amplifier_ok": True, "speaker_line_ok": True,
+        "power_source": "mains", "temperature_c": 20.0, "signal_dbm": -70, "volume": volume,
+        "cache_bytes": 0, "cache_items": 0, "interval_s": 10,
+    }  # fmt: skip
+    import json
+
+    return json.dumps(data).encode()
+
+
+async def test_reports_are_acknowledged_only_after_they_are_committed(db):
+    ingestor = Ingestor(db)
+    acks = Acks()
+    ingestor.submit(DEVICE, "ack", ack("received", 1), acks("received"))
+    ingestor.submit(DEVICE, "ack", b"{garbage", acks("garbage"))
+    ingestor.submit(DEVICE, "ack", ack("done", 2), acks("done"))
+    assert acks.sent == []  # nothing stored yet: a crash now leaves all three with the broker
+    await ingestor.flush()
+    assert acks.sent == ["received", "garbage", "done"]  # in arrival order
+    assert delivery_state(db) == "done"
+
+
+async def test_when_the_database_fails_nothing_is_acknowledged_and_nothing_is_lost(db):
+    from controller.ingest import DatabaseUnavailable
+
+    ingestor = Ingestor(db)
+    acks = Acks()
+    real_run = db.run
+
+    async def broken(fn):  # type: ignore[no-untyped-def]
+        raise OSError("disk gone")
+
+    db.run = broken  # type: ignore[method-assign]
+    ingestor.submit(DEVICE, "ack", ack("done", 2), acks("done"))
+    with pytest.raises(DatabaseUnavailable):
+        await ingestor.flush()
+    assert acks.sent == []
+    db.run = real_run  # type: ignore[method-assign]
+    await ingestor.flush()  # the report waited in the ingestor (and with the broker)
+    assert acks.sent == ["done"]
+    assert delivery_state(db) == "done"
+
+
+async def test_one_unstorable_report_is_isolated_and_the_rest_are_stored(db, monkeypatch):
+    ingestor = Ingestor(db)
+    acks = Acks()
+    original = Ingestor._apply_telemetry
+
+    def explode_on_13(self, session, device, t, rx):  # type: ignore[no-untyped-def]
+        if t.volume == 13:
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return original(self, session, device, t, rx)
+
+    monkeypatch.setattr(Ingestor, "_apply_telemetry", explode_on_13)
+    ingestor.submit(DEVICE, "ack", ack("received", 1), acks("received"))
+    ingestor.submit(DEVICE, "telemetry", telemetry(volume=13), acks("poison"))
+    ingestor.submit(DEVICE, "ack", ack("playing", 2), acks("playing"))
+    ingestor.submit(DEVICE, "ack", ack("done", 3), acks("done"))
+    await ingestor.flush()
+    assert delivery_state(db) == "done"
+    assert acks.sent == ["received", "poison", "playing", "done"]
+    assert ingestor.counters["dropped_unstorable"] == 1
+    events = db.run_sync(lambda s: s.exec(select(SecurityEvent)).all())
+    assert [(e.device_id, e.kind) for e in events] == [(DEVICE, "bad_report")]
+    assert "telemetry: unstorable" in (events[0].reason or "")
+
+
+async def test_out_of_range_numbers_are_dropped_at_the_door_and_recorded(db):
+    ingestor = Ingestor(db)
+    acks = Acks()
+    ingestor.submit(DEVICE, "telemetry", telemetry(volume=2**70), acks("huge"))
+    ingestor.submit(DEVICE, "ack", ack("done", 2), acks("done"))
+    await ingestor.flush()
+    assert delivery_state(db) == "done"
+    assert acks.sent == ["huge", "done"]
+    assert ingestor.counters["dropped_malformed"] == 1
+    events = db.run_sync(lambda s: s.exec(select(SecurityEvent)).all())
+    assert [e.kind for e in events] == ["bad_report"]
+
+
+# ------------------------------------------------------------------------------ liveness
+
+
+def device_row(db: Database) -> Device:
+    return db.run_sync(lambda s: s.get(Device, DEVICE))
+
+
+async def test_a_silent_terminal_is_shown_offline_and_its_waiting_deliveries_too(db):
+    ingestor = Ingestor(db, liveness_intervals=3, default_telemetry_interval_s=60)
+    ingestor.submit(DEVICE, "telemetry", telemetry())  # interval_s=10, and it is alive
+    await ingestor.flush()
+    row = device_row(db)
+    assert row.online and row.telemetry_interval_s == 10
+    heard = row.last_seen_ms
+    assert heard is not None
+
+    # 29 s of silence is within three 10 s intervals; 31 s is not.
+    assert db.run_sync(lambda s: ingestor.sweep_silent(s, heard + 29_000)) == []
+    events = db.run_sync(lambda s: ingestor.sweep_silent(s, heard + 31_000))
+    assert not device_row(db).online
+    assert delivery_state(db) == "offline"
+    kinds = sorted(type(e).__name__ for e in events)
+    assert kinds == ["DeliveryChanged", "DeviceLiveness"]
+
+    # Whatever it says next proves it alive, and what waited on it is `sent` again.
+    ingestor.submit(DEVICE, "telemetry", telemetry())
+    await ingestor.flush()
+    assert device_row(db).online
+    assert delivery_state(db) == "sent"

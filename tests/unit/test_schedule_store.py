@@ -12,9 +12,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlmodel import Session, select
 
+from controller import deliveries as dm
 from controller.county import County, seed
 from controller.db import Database
-from controller.ingest import apply_report
 from controller.models import Broadcast, Delivery, Media, Township
 from controller.schedules import store
 from controller.schedules.models import Occurrence, Schedule
@@ -308,7 +308,8 @@ def test_an_undispatched_occurrence_that_terminals_played_is_played_offline(db: 
     (row,) = [o for o in rows(db) if o.id == occ.id]
     assert (row.outcome, row.dispatch) == ("fired", "failed")
     assert broadcast(db, occ.id).status == "active"
-    assert {d.state for d in deliveries(db, occ.id).values()} == {"sent"}
+    # No terminal of this unit test ever came online: fired, they wait as `offline`.
+    assert {d.state for d in deliveries(db, occ.id).values()} == {"offline"}
 
     def report(session: Session) -> list[str]:
         d = session.exec(
@@ -317,18 +318,14 @@ def test_an_undispatched_occurrence_that_terminals_played_is_played_offline(db: 
             .where(Delivery.device_id == "d-t01-v01-1")
         ).one()
         for seq, state in enumerate(("received", "fetched", "playing", "done"), start=1):
-            apply_report(
+            dm.apply(
                 d,
-                p.DeliveryReport(
-                    device_id=d.device_id,
-                    broadcast_id=occ.id,
-                    command_id="schedule-v1",
-                    state=p.DeliveryState(state),
-                    at=occ.due_ms + seq,
-                    seq=seq,
-                    offline=True,
-                ),
-                occ.due_ms + 60_000,
+                p.DeliveryState(state),
+                dm.Cause.TERMINAL,
+                now=occ.due_ms + 60_000,
+                at=occ.due_ms + seq,
+                seq=seq,
+                extra={"offline": True},
             )
         session.flush()
         return store.settle_played_offline(session, [occ.id])
