@@ -842,7 +842,7 @@ def broadcast_summary(b: Broadcast) -> dict[str, Any]:
         # The signed, normalised target: live views use it to tell who it reached.
         "target": b.target,
         "attempt": b.attempt,
-        "resends": [{**r, "at": iso(r.get("at"))} for r in b.resends],
+        "resends": [{**r, "at": iso(r.get("at"))} for r in b.resends or []],
     }
 
 

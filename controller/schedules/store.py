@@ -195,6 +195,9 @@ class _Inserter:
                 "command_id": "",
                 "cancelled_ms": None,
                 "cancelled_by": None,
+                # A bulk insert skips the model's defaults: write them out.
+                "attempt": 0,
+                "resends": [],
             }
         )
         first = [{"state": SCHEDULED, "at": now, "rx": now}]
