@@ -1,29 +1,40 @@
 // The live board: every village of a broadcast turning from sent to received, fetched,
 // playing and done (or failed, with the reason), with counts, elapsed time, one-click
-// cancel and a ready correction / false-alarm message.
+// cancel and a ready correction / false-alarm message. Every delivery reaches a truthful
+// end here: a terminal offline at dispatch shows "offline (waiting)", a play nobody
+// reported on shows "unknown" (never "done"), and the board stops saying "on air" once
+// nothing is left but terminals waiting offline. Reach and done rates are the server's;
+// the unreached can be sent the same broadcast again with one button.
 import { api, get, onLive } from "../api.js";
 import { append, icon, clear, confirmDialog, fmtDuration, fmtTime, h, levelChip, modeBanner, toast } from "../dom.js";
-import { categoryName, stateName, t } from "../i18n.js";
+import { categoryName, t } from "../i18n.js";
+import { BUCKETS, FINAL, PROBLEMS, bucketOf, deliveryName, reasonText } from "../states.js";
 
-const ORDER = ["sent", "received", "fetched", "preempted", "playing", "done"];
-const FAILED = new Set(["failed", "rejected", "expired"]);
-const FINAL = new Set(["done", "failed", "rejected", "expired", "cancelled"]);
-const COUNTED = ["sent", "received", "fetched", "playing", "done", "failed", "cancelled"];
+// Progress of a village, least advanced first: a village is as far as its least
+// advanced terminal.
+const PROGRESS = ["offline", "sent", "received", "fetched", "preempted", "playing", "done"];
+// Reported "received" or later: the terminal had the command.
+const REACHED = new Set(["received", "fetched", "preempted", "playing", "done", "unknown", "rejected"]);
+// At most one counts-only refresh (reach, settled, resendable) per this many ms while
+// deliveries change; the tiles themselves follow every event at once.
+const REFRESH_MS = 1000;
 
-function bucket(state) {
-  return FAILED.has(state) ? "failed" : state === "preempted" ? "fetched" : state;
-}
-
-// A village is as far as its least advanced terminal; any failure shows.
-function villageState(states) {
-  if (states.some((s) => FAILED.has(s))) return "failed";
-  if (states.every((s) => s === "cancelled")) return "cancelled";
+// Any problem ending shows (worst first); otherwise the least advanced terminal.
+function villageBucket(ds) {
+  const buckets = ds.map((d) => bucketOf(d.state, d.reason));
+  for (const p of PROBLEMS) if (buckets.includes(p)) return p;
+  if (buckets.every((b) => b === "cancelled")) return "cancelled";
   let lowest = "done";
-  for (const s of states) {
-    if (s === "cancelled") continue;
-    if (ORDER.indexOf(s) < ORDER.indexOf(lowest)) lowest = s;
+  for (const d of ds) {
+    if (d.state === "cancelled") continue;
+    const s = d.state === "preempted" ? "preempted" : bucketOf(d.state, d.reason);
+    if (PROGRESS.indexOf(s) < PROGRESS.indexOf(lowest)) lowest = s;
   }
   return lowest;
+}
+
+function pct(part, whole) {
+  return whole ? `${Math.round((100 * part) / whole)}%` : "—";
 }
 
 export async function render(main, ctx, [broadcastId]) {
@@ -34,12 +45,41 @@ export async function render(main, ctx, [broadcastId]) {
   main.append(root);
   let timer = null;
   let pending = false;
+  let refreshTimer = null;
+  let lastRefresh = 0;
+  let resending = false;
 
   async function load() {
     view = await get(`/api/broadcasts/${broadcastId}`);
     devices.clear();
-    for (const d of view.deliveries) devices.set(d.device_id, d);
+    for (const d of view.deliveries) {
+      d.reached = REACHED.has(d.state) || (d.transitions || []).some((x) => REACHED.has(x.state));
+      devices.set(d.device_id, d);
+    }
     draw();
+  }
+
+  // The counts-only view carries what only the server can say for sure (settled, reach,
+  // resendable); merge it without reloading every delivery.
+  async function refreshCounts() {
+    refreshTimer = null;
+    lastRefresh = Date.now();
+    try {
+      const fresh = await get(`/api/broadcasts/${broadcastId}?deliveries=0`);
+      mergeSummary(fresh);
+      schedule();
+    } catch {
+      /* the next event or the live connection's resync tries again */
+    }
+  }
+
+  function refreshSoon() {
+    if (refreshTimer) return;
+    refreshTimer = setTimeout(refreshCounts, Math.max(0, lastRefresh + REFRESH_MS - Date.now()));
+  }
+
+  function mergeSummary(data) {
+    for (const [k, v] of Object.entries(data)) if (k !== "deliveries") view[k] = v;
   }
 
   function schedule() {
@@ -52,28 +92,58 @@ export async function render(main, ctx, [broadcastId]) {
   }
 
   const stop = onLive((kind, data) => {
+    if (!view) return;
     if (kind === "delivery" && data.broadcast_id === broadcastId) {
       const d = devices.get(data.device_id);
       if (!d) return;
       d.state = data.state;
       d.reason = data.reason;
       d.updated_at = new Date(data.at).toISOString();
+      if (REACHED.has(data.state)) d.reached = true;
       schedule();
-    } else if ((kind === "broadcast" && data.id === broadcastId) || kind === "resync") {
+      refreshSoon();
+    } else if (kind === "broadcast" && data.id === broadcastId) {
+      // A resend or a cancel changes who is waiting for what: take every delivery again.
+      if (data.status !== view.status || (data.attempt ?? 0) !== (view.attempt ?? 0)) load();
+      else {
+        mergeSummary(data);
+        schedule();
+      }
+    } else if (kind === "resync") {
       load();
     }
   });
 
   function counts() {
-    const c = Object.fromEntries(COUNTED.map((s) => [s, 0]));
-    for (const d of devices.values()) c[bucket(d.state)] = (c[bucket(d.state)] || 0) + 1;
+    const c = Object.fromEntries(BUCKETS.map((s) => [s, 0]));
+    for (const d of devices.values()) c[bucketOf(d.state, d.reason)] += 1;
     return c;
+  }
+
+  // The server's word when it gave one; the same rule applied to what is shown otherwise
+  // (every delivery final, or waiting on an offline terminal).
+  function settled() {
+    if (typeof view.settled === "boolean") return view.settled;
+    const all = [...devices.values()];
+    return all.length > 0 && all.every((d) => FINAL.has(d.state) || d.state === "offline");
+  }
+
+  function reach() {
+    if (view.reach && typeof view.reach.targeted === "number") return view.reach;
+    const all = [...devices.values()];
+    const reached = all.filter((d) => d.reached).length;
+    const done = all.filter((d) => d.state === "done").length;
+    return { targeted: all.length, reached, done, rate: all.length ? reached / all.length : 0 };
+  }
+
+  function expired() {
+    return view.status === "finished" || (view.expires_at && Date.parse(view.expires_at) <= Date.now());
   }
 
   function elapsedMs() {
     const start = new Date(view.created_at).getTime();
     const all = [...devices.values()];
-    if (all.length && all.every((d) => FINAL.has(d.state))) {
+    if (all.length && (settled() || view.status !== "active")) {
       const last = Math.max(...all.map((d) => new Date(d.updated_at).getTime()));
       return last - start;
     }
@@ -90,17 +160,29 @@ export async function render(main, ctx, [broadcastId]) {
     return (tg.devices || []).join(t("sep"));
   }
 
+  function statusPill() {
+    const offline = [...devices.values()].filter((d) => d.state === "offline").length;
+    let cls = view.status;
+    let text = t(`bstatus.${view.status}`);
+    if (view.status === "active" && settled()) {
+      cls = "finished";
+      text = offline ? t("board.settled_offline", { n: offline }) : t("board.all_final");
+    }
+    return h("span", { class: `status-pill st-${cls}`, id: "board-status", "data-status": cls }, text);
+  }
+
   function draw() {
     clear(root);
+    // Drill or real is a question for emergencies (and any drill); a daily notice is
+    // neither and must not be dressed as a real alert.
+    const marked = view.drill || view.priority === "emergency";
     document.body.classList.toggle("drill-mode", view.drill);
-    document.body.classList.toggle("real-mode", !view.drill);
+    document.body.classList.toggle("real-mode", marked && !view.drill);
     const c = counts();
     const total = devices.size;
-    const finished = [...devices.values()].filter((d) => FINAL.has(d.state)).length;
-    const active = view.status === "active" && finished < total;
 
     append(root, [
-      modeBanner(view.drill),
+      marked ? modeBanner(view.drill) : null,
       h(
         "div",
         { class: "board-head card" },
@@ -122,30 +204,51 @@ export async function render(main, ctx, [broadcastId]) {
           { class: "board-clock" },
           h("span", { class: "fact-label" }, t("board.elapsed")),
           h("strong", { id: "board-elapsed" }, fmtDuration(elapsedMs())),
-          h(
-            "span",
-            { class: `status-pill st-${active || view.status !== "active" ? view.status : "finished"}`, id: "board-status" },
-            t(active || view.status !== "active" ? `bstatus.${view.status}` : "board.all_final"),
-          ),
+          statusPill(),
         ),
       ),
+      reachRow(),
       h(
         "div",
-        { class: "counts" },
-        COUNTED.map((s) =>
-          h("div", { class: `count st-${s}`, "data-count": s }, h("strong", {}, c[s] || 0), h("span", {}, stateName(s))),
+        { class: "counts board-counts" },
+        BUCKETS.map((s) =>
+          h("div", { class: `count st-${s}`, "data-count": s }, h("strong", {}, c[s] || 0), h("span", {}, t(`state.${s}`))),
         ),
       ),
       progressBar(c, total),
-      actions(active),
+      actions(),
+      resendHistory(),
+      legend(c),
       villagesGrid(),
-      failures(),
+      attention(),
     ]);
+  }
+
+  function reachRow() {
+    const r = reach();
+    return h(
+      "div",
+      { class: "reach card", id: "board-reach", "data-reached": r.reached, "data-targeted": r.targeted, "data-done": r.done },
+      h(
+        "div",
+        { class: "reach-item" },
+        h("span", { class: "fact-label" }, t("board.reach")),
+        h("strong", { id: "reach-rate" }, r.targeted ? `${Math.round(100 * r.rate)}%` : "—"),
+        h("span", { class: "muted" }, t("board.reach.detail", { reached: r.reached, targeted: r.targeted })),
+      ),
+      h(
+        "div",
+        { class: "reach-item" },
+        h("span", { class: "fact-label" }, t("board.done_rate")),
+        h("strong", { id: "done-rate" }, pct(r.done, r.targeted)),
+        h("span", { class: "muted" }, t("board.done.detail", { done: r.done, targeted: r.targeted })),
+      ),
+    );
   }
 
   function progressBar(c, total) {
     const bar = h("div", { class: "progress", title: `${c.done}/${total}` });
-    for (const s of ["done", "playing", "fetched", "received", "failed", "cancelled"]) {
+    for (const s of ["done", "playing", "fetched", "received", "offline", "unknown", "failed", "unreached", "cancelled"]) {
       if (!c[s]) continue;
       const seg = h("span", { class: `st-${s}` });
       seg.style.width = `${(100 * c[s]) / Math.max(1, total)}%`;
@@ -154,9 +257,12 @@ export async function render(main, ctx, [broadcastId]) {
     return bar;
   }
 
-  function actions(active) {
+  function actions() {
     const row = h("div", { class: "board-actions" });
-    if (ctx.me.can_broadcast && active) {
+    // Cancel stays while anything could still play, a terminal waiting offline included
+    // (a wrong alert must not play when its village comes back).
+    const cancellable = view.status === "active" && !expired() && [...devices.values()].some((d) => !FINAL.has(d.state));
+    if (ctx.me.can_broadcast && cancellable) {
       row.append(
         h(
           "button",
@@ -167,6 +273,17 @@ export async function render(main, ctx, [broadcastId]) {
       );
       row.lastChild.addEventListener("click", onCancel);
     }
+    const resendable = Number(view.resendable) || 0;
+    if (ctx.me.can_broadcast && resendable > 0 && view.status !== "cancelled" && !expired()) {
+      const btn = h(
+        "button",
+        { type: "button", class: "btn btn-resend", id: "resend-btn", "data-resendable": resendable, disabled: resending },
+        icon("undo"), " ",
+        t("board.resend", { n: resendable }),
+      );
+      btn.addEventListener("click", onResend);
+      row.append(btn);
+    }
     if (ctx.me.can_broadcast && view.priority === "emergency") {
       const btn = h("button", { type: "button", class: "btn btn-correction", id: "correction-btn" }, icon("undo"), " ", t("board.correction"));
       btn.addEventListener("click", onCorrection);
@@ -174,6 +291,40 @@ export async function render(main, ctx, [broadcastId]) {
     }
     row.append(h("a", { class: "btn", href: "#/records" }, t("nav.records")));
     return row;
+  }
+
+  function resendHistory() {
+    const items = view.resends || [];
+    if (!items.length) return null;
+    return h(
+      "div",
+      { class: "resends muted", id: "resends" },
+      h("strong", {}, t("board.resends"), ": "),
+      items.map((r, i) =>
+        h(
+          "span",
+          { class: "resend-item", "data-attempt": r.attempt },
+          i ? t("sep") : "",
+          t("board.resend.item", {
+            n: r.attempt,
+            at: fmtTime(r.at),
+            by: r.by || "—",
+            devices: Array.isArray(r.devices) ? r.devices.length : r.devices,
+          }),
+        ),
+      ),
+    );
+  }
+
+  // Only the colours on screen, so "unknown" is never read as a shade of "done".
+  function legend(c) {
+    const shown = BUCKETS.filter((s) => c[s]);
+    if (shown.length < 2) return null;
+    return h(
+      "div",
+      { class: "board-legend", id: "board-legend" },
+      shown.map((s) => h("span", { class: "legend-key", "data-legend": s }, h("span", { class: `swatch st-${s}` }), t(`state.${s}`))),
+    );
   }
 
   function villagesGrid() {
@@ -188,14 +339,18 @@ export async function render(main, ctx, [broadcastId]) {
       const vids = [...byVillage.keys()].filter((v) => (ctx.village(v)?.township_id || "?") === tid).sort();
       const tiles = vids.map((vid) => {
         const ds = byVillage.get(vid);
-        const st = villageState(ds.map((d) => d.state));
+        const st = villageBucket(ds);
         const doneN = ds.filter((d) => d.state === "done").length;
-        const reason = ds.find((d) => FAILED.has(d.state))?.reason;
+        // Named by the terminal that decided the colour, so "interrupted" or "expired
+        // (never reached)" reads as such and not as a bare "failed".
+        const decider = ds.find((d) => (d.state === "preempted" ? "preempted" : bucketOf(d.state, d.reason)) === st);
+        const label = decider ? deliveryName(decider.state, decider.reason) : t(`state.${st}`);
+        const reason = ds.filter((d) => d.reason && !["done", "cancelled"].includes(d.state)).map((d) => reasonText(d.reason));
         return h(
           "div",
-          { class: `tile st-${st}`, "data-village": vid, "data-state": st, title: reason || stateName(st) },
+          { class: `tile st-${st}`, "data-village": vid, "data-state": st, title: [label, ...new Set(reason)].join(" · ") },
           h("span", { class: "tile-name" }, ctx.village(vid)?.name || vid),
-          h("span", { class: "tile-state" }, st === "done" ? "✓ " : "", stateName(st), ds.length > 1 ? ` · ${doneN}/${ds.length}` : ""),
+          h("span", { class: "tile-state" }, st === "done" ? "✓ " : st === "unknown" ? "? " : "", label, ds.length > 1 ? ` · ${doneN}/${ds.length}` : ""),
         );
       });
       wrap.append(h("section", { class: "tw-block" }, h("h3", {}, ctx.township(tid)?.name || tid, h("small", {}, ` ${vids.length}${t("unit.village")}`)), h("div", { class: "tiles" }, tiles)));
@@ -203,33 +358,68 @@ export async function render(main, ctx, [broadcastId]) {
     return wrap;
   }
 
-  function failures() {
-    const bad = [...devices.values()].filter((d) => FAILED.has(d.state));
-    if (!bad.length) return null;
+  // Failed, never reached, unknown, then those still waiting offline: who to go and see.
+  function attention() {
+    const order = [...PROBLEMS, "offline"];
+    const rank = (d) => order.indexOf(bucketOf(d.state, d.reason));
+    const list = [...devices.values()].filter((d) => rank(d) >= 0).sort((x, y) => rank(x) - rank(y) || x.device_id.localeCompare(y.device_id));
+    if (!list.length) return null;
+    const problems = list.some((d) => rank(d) < PROBLEMS.length);
     return h(
       "section",
-      { class: "card failures" },
-      h("h3", {}, t("board.failures"), ` (${bad.length})`),
+      { class: `card ${problems ? "failures" : "waiting-offline"}`, id: "board-attention" },
+      h("h3", {}, t("board.attention"), ` (${list.length})`),
       h(
-        "table",
-        { class: "table" },
-        h("thead", {}, h("tr", {}, h("th", {}, t("col.village")), h("th", {}, t("col.device")), h("th", {}, t("col.state")), h("th", {}, t("col.reason")))),
+        "div",
+        { class: "table-wrap" },
         h(
-          "tbody",
-          {},
-          bad.map((d) =>
-            h(
-              "tr",
-              {},
-              h("td", {}, ctx.village(d.village_id)?.name || d.village_id),
-              h("td", {}, h("a", { href: `#/terminal/${d.device_id}` }, d.device_id)),
-              h("td", {}, stateName(d.state)),
-              h("td", {}, d.reason || "—"),
+          "table",
+          { class: "table" },
+          h("thead", {}, h("tr", {}, h("th", {}, t("col.village")), h("th", {}, t("col.device")), h("th", {}, t("col.state")), h("th", {}, t("col.reason")))),
+          h(
+            "tbody",
+            {},
+            list.map((d) =>
+              h(
+                "tr",
+                { "data-device": d.device_id, "data-state": bucketOf(d.state, d.reason) },
+                h("td", {}, ctx.village(d.village_id)?.name || d.village_id),
+                h("td", {}, h("a", { href: `#/terminal/${d.device_id}` }, d.device_id)),
+                h("td", {}, h("span", { class: `mini st-${bucketOf(d.state, d.reason)}` }, deliveryName(d.state, d.reason))),
+                h("td", { title: d.reason || "" }, reasonText(d.reason) || "—"),
+              ),
             ),
           ),
         ),
       ),
     );
+  }
+
+  async function onResend() {
+    const n = Number(view.resendable) || 0;
+    const ok = await confirmDialog({
+      title: t("board.resend.title"),
+      body: h("p", {}, t("board.resend.body", { n })),
+      ok: t("board.resend.send"),
+    });
+    if (!ok) return;
+    resending = true;
+    draw();
+    try {
+      await api("POST", `/api/broadcasts/${broadcastId}/resend`);
+      toast(t("board.resend.sent"));
+    } catch (e) {
+      toast(resendError(e), "error");
+    } finally {
+      resending = false;
+    }
+    await load();
+  }
+
+  function resendError(e) {
+    if (["nothing_to_resend", "expired", "cancelled", "not_sent"].includes(e.code)) return t(`err.${e.code}`);
+    if (e.status === 403) return t("err.resend_forbidden");
+    return e.message;
   }
 
   // One click, no dialog: stopping a wrong alert must be the fastest thing on the
@@ -290,6 +480,7 @@ export async function render(main, ctx, [broadcastId]) {
   }, 1000);
   return () => {
     clearInterval(timer);
+    clearTimeout(refreshTimer);
     stop();
   };
 }

@@ -3,6 +3,7 @@
 import { get, onLive } from "../api.js";
 import { icon, clear, fmtTime, h, levelChip, modeBadge } from "../dom.js";
 import { stateName, t } from "../i18n.js";
+import { settled } from "../states.js";
 
 export async function render(main, ctx) {
   await ctx.loadPlaces();
@@ -56,7 +57,7 @@ export async function render(main, ctx) {
             levelChip(b.level),
             h("span", { class: "bc-title" }, b.title),
             h("span", { class: "muted" }, fmtTime(b.created_at)),
-            h("span", { class: `status-pill st-${b.status}` }, t(done === total && total && b.status === "active" ? "board.all_final" : `bstatus.${b.status}`)),
+            h("span", { class: `status-pill st-${settled(b, total) ? "finished" : b.status}` }, t(settled(b, total) ? "board.all_final" : `bstatus.${b.status}`)),
             h("span", { class: "bc-done" }, `${stateName("done")} ${done}/${total}`),
           ),
         ),

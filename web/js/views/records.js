@@ -1,15 +1,8 @@
 // 记录: the broadcast log with per-village outcomes, filters and CSV export.
 import { get } from "../api.js";
 import { icon, clear, fmtTime, h, levelChip, modeBadge, select, today } from "../dom.js";
-import { CATEGORIES, categoryName, stateName, t } from "../i18n.js";
-
-const FINAL = ["done", "failed", "rejected", "expired", "cancelled"];
-
-// Still "active" until it expires, but nothing more will happen once every terminal
-// has reached a final state.
-function settled(b, total) {
-  return b.status === "active" && total > 0 && FINAL.reduce((n, s) => n + (b.outcomes[s] || 0), 0) === total;
-}
+import { CATEGORIES, categoryName, t } from "../i18n.js";
+import { bucketOf, deliveryName, reasonText, settled } from "../states.js";
 
 export async function render(main, ctx) {
   await ctx.loadPlaces();
@@ -55,7 +48,7 @@ export async function render(main, ctx) {
     const body = h("tbody", {});
     for (const b of data.broadcasts) {
       const total = Object.values(b.outcomes).reduce((a, n) => a + n, 0);
-      const failed = (b.outcomes.failed || 0) + (b.outcomes.rejected || 0) + (b.outcomes.expired || 0);
+      const failed = ["failed", "rejected", "expired", "unknown"].reduce((n, s) => n + (b.outcomes[s] || 0), 0);
       const row = h(
         "tr",
         { class: `rec-row${b.drill ? " is-drill" : ""}`, "data-broadcast": b.id, tabindex: 0 },
@@ -108,7 +101,14 @@ export async function render(main, ctx) {
             "div",
             { class: "outcome", "data-village": vid },
             h("strong", {}, ctx.village(vid)?.name || vid),
-            ds.map((d) => h("span", { class: `mini st-${d.state}`, title: d.reason || "" }, stateName(d.state), d.reason ? ` (${d.reason})` : "")),
+            ds.map((d) =>
+              h(
+                "span",
+                { class: `mini st-${d.state} st-${bucketOf(d.state, d.reason)}`, title: d.reason || "" },
+                deliveryName(d.state, d.reason),
+                d.reason ? ` (${reasonText(d.reason)})` : "",
+              ),
+            ),
           ),
         ),
       ),

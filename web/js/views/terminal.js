@@ -2,7 +2,8 @@
 // the last deliveries, volume and a test tone.
 import { api, get, onLive } from "../api.js";
 import { icon, clear, fmtAgo, fmtTime, h, levelChip, modeBadge, svg, toast } from "../dom.js";
-import { faultName, stateName, t } from "../i18n.js";
+import { faultName, t } from "../i18n.js";
+import { deliveryName, reasonText } from "../states.js";
 import { deviceState } from "./terminals.js";
 
 function sparkline(samples, key, label, unit) {
@@ -113,8 +114,8 @@ export async function render(main, ctx, [deviceId]) {
                 { class: x.drill ? "is-drill" : "" },
                 h("td", {}, fmtTime(x.created_at, true)),
                 h("td", {}, x.priority === "emergency" ? [modeBadge(x.drill), " ", levelChip(x.level), " "] : null, h("a", { href: `#/board/${x.broadcast_id}` }, x.title)),
-                h("td", { "data-state": x.state }, stateName(x.state)),
-                h("td", {}, x.reason || ""),
+                h("td", { "data-state": x.state }, deliveryName(x.state, x.reason)),
+                h("td", { title: x.reason || "" }, reasonText(x.reason)),
               ),
             ),
           ),
