@@ -254,6 +254,10 @@ class RawClient:
     def _close(self) -> None:
         self.client.disconnect()
         self._run_until(lambda: self.client.socket() is None)
+        # loop() opened a loopback socket pair to wake itself; paho closes it only when
+        # the client is finalised, which in a reference cycle may come after the sockets'
+        # own finalisers (an unclosed-socket ResourceWarning at the end of the session).
+        self.client._reset_sockets()
 
     async def connect(self, *, clean_start: bool = True, session_expiry_s: int = 0) -> None:
         await asyncio.to_thread(self._connect, clean_start, session_expiry_s)

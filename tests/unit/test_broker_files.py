@@ -385,6 +385,10 @@ class BlockingClient:
         # a refused client's socket is closed by reading the broker's hang-up.
         self.client.disconnect()
         self.run_until(lambda: self.client.socket() is None, timeout_s=2.0)
+        # loop() opened a loopback socket pair to wake itself; paho closes it only when
+        # the client is finalised, which in a reference cycle may come after the sockets'
+        # own finalisers (an unclosed-socket ResourceWarning at the end of the session).
+        self.client._reset_sockets()
 
 
 @pytest.mark.broker
