@@ -3,22 +3,32 @@
 One instance per terminal. The simulator runs thousands of them in one event loop, so
 nothing here blocks: file work is small, audio decoding belongs to the hardware, and
 MQTT is driven from the loop by `dalaba.mqtt`.
+
+What survives a crash or a power cut, on the terminal's flash (`state_dir`):
+- every report and event not yet acknowledged by the broker (`edge_agent.outbox`),
+  sent in order after the reconnect or the next start;
+- every play accepted and not finished (`edge_agent.journal`): at the next start an
+  interrupted play is reported (`failed: interrupted`, with the offset reached) or, if
+  it is still wanted, played again from its start, and a queued one is resumed;
+- the command ids seen (replay protection), the broadcasts and occurrences claimed
+  (with the attempt) and those played to the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import urljoin
+from typing import Any
 
 import aiohttp
+import paho.mqtt.client as paho
 
 from dalaba import protocol as p
 from dalaba.mqtt import BrokerAddress, MqttConnection, WillMessage
@@ -26,11 +36,54 @@ from dalaba.signing import Ed25519Verifier, VerifierSet
 from edge_agent.arbiter import Arbiter, Item
 from edge_agent.cache import MediaCache
 from edge_agent.config import FIRMWARE_VERSION, DeviceConfig
+from edge_agent.fetcher import PREFETCH_BACKOFF, FetchDeadline, MediaFetcher, MediaUnavailable
 from edge_agent.hardware import Hardware, HardwareFault, PreparedAudio
+from edge_agent.journal import OwedPlay, PlayJournal
 from edge_agent.local_schedule import LocalSchedule, PinnedMedia
+from edge_agent.outbox import Outbox
 from edge_agent.replay import SeenCommands
 
 log = logging.getLogger(__name__)
+
+# A play that cannot start on its signed instant (its audio came late, it waited behind
+# another, it is played again after an interruption) starts on this grid after it:
+# terminals that are late by about the same start together instead of echoing.
+LATE_STEP_MS = 2_000
+# Later than this after its planned instant, a start moves to the next step of the grid;
+# and `playing` carries `late_ms` when it started this much after the signed instant.
+LATE_TOLERANCE_MS = 250
+# Time kept between deciding a start instant and the instant itself.
+START_MARGIN_MS = 100
+# How often the progress mark of a sounding play is refreshed (see edge_agent.journal).
+PROGRESS_MARK_S = 3.0
+# Outbox entries handed to MQTT at once, below the connection's in-flight limit (100) so
+# paho never holds one back (it would resend those out of order after a reconnect).
+OUTBOX_WINDOW = 50
+# An entry handed to MQTT and not acknowledged after this long while connected is
+# handed over again (at least once; the controller ignores a duplicate).
+OUTBOX_ACK_TIMEOUT_S = 60.0
+# Pre-positioned and scheduled audio: the whole batch is retried for this long.
+PREFETCH_WINDOW_MS = 120_000
+# The attempt a cancelled broadcast is claimed for: no resend can exceed it.
+CANCELLED_CLAIM = 100
+
+_PROGRESS_STATES = frozenset(
+    {
+        p.DeliveryState.RECEIVED,
+        p.DeliveryState.FETCHED,
+        p.DeliveryState.PLAYING,
+        p.DeliveryState.PREEMPTED,
+    }
+)
+
+
+def late_slot(start_at_ms: int, earliest_ms: int) -> int:
+    """The signed start if it is not before `earliest_ms`, else the first instant
+    `start_at + k × LATE_STEP_MS` (k ≥ 1) that is not."""
+    if earliest_ms <= start_at_ms:
+        return start_at_ms
+    steps = -(-(earliest_ms - start_at_ms) // LATE_STEP_MS)
+    return start_at_ms + steps * LATE_STEP_MS
 
 
 @dataclass
@@ -42,10 +95,30 @@ class _Track:
     expires_at: int
     body: p.PlayBody
     local: bool = False  # triggered by the terminal's own schedule
+    received_at: int = 0  # terminal clock
+    resumed: bool = False  # taken up again after a restart
     cancelled: bool = False
+    finished: bool = False  # a final report was made
     item: Item | None = None
     stop_reason: p.DeliveryState | None = None
+    started_mono: float | None = None  # while sounding: when its first sample went out
+    duration_ms: int = 0
     fetch_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class _AckedConnection(MqttConnection):
+    """An MqttConnection that also says when the broker acknowledged a QoS 1 publish
+    (its PUBACK), so the outbox can let go of the entry."""
+
+    def __init__(self, *, on_published: Callable[[int], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._on_published = on_published
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, rc: Any, props: Any
+    ) -> None:
+        super()._on_publish(client, userdata, mid, rc, props)
+        self._on_published(mid)
 
 
 class EdgeAgent:
@@ -73,10 +146,29 @@ class EdgeAgent:
         self._faults: set[p.Fault] = set()
         self._amp_off_task: asyncio.Task[None] | None = None
         self._clock_offset_ms: int | None = None
-        self.cache = MediaCache(config.state_dir / "cache", config.cache_max_bytes)
-        self._seen = SeenCommands(config.state_dir / "seen-commands.txt")
-        self.schedule = LocalSchedule(config.state_dir)
-        self._pinned = PinnedMedia(config.state_dir)
+        self._stopping = False
+        state = config.state_dir
+        self.cache = MediaCache(state / "cache", config.cache_max_bytes)
+        self.fetcher = MediaFetcher(
+            cache=self.cache,
+            base_url=config.media_base_url,
+            network=hardware.network,
+            clock=hardware.clock,
+            session=self._session,
+        )
+        self._seen = SeenCommands(state / "seen-commands.txt")
+        self._completed = SeenCommands(state / "played-broadcasts.txt")
+        self.schedule = LocalSchedule(state)
+        self._pinned = PinnedMedia(state)
+        self.outbox = Outbox(
+            state / "outbox.log",
+            max_entries=config.outbox_max_entries,
+            max_bytes=config.outbox_max_bytes,
+            fsync=config.fsync_flash_writes,
+        )
+        self.journal = PlayJournal(state / "owed-plays.log", fsync=config.fsync_flash_writes)
+        self._inflight: dict[int, tuple[int, float]] = {}  # MQTT mid -> (outbox n, handed at)
+        self._last_progress_mark = 0.0
         self._schedule_wakeup = asyncio.Event()
         self._verifiers = VerifierSet(
             Ed25519Verifier.from_pem(*(k.encode() for k in config.controller_public_keys))
@@ -86,22 +178,27 @@ class EdgeAgent:
         self.normal_volume = config.normal_volume
         self.emergency_volume = config.emergency_volume
         self.telemetry_interval_s = config.telemetry_interval_s
-        self._overrides_path = config.state_dir / "config-overrides.json"
+        self._overrides_path = state / "config-overrides.json"
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, connect_timeout_s: float | None = None) -> None:
         cfg = self.config
-        self._seen.load(self.hw.clock.now_ms())
-        self.schedule.load(self.hw.clock.now_ms())
+        now = self.hw.clock.now_ms()
+        self._seen.load(now)
+        self._completed.load(now)
+        self.schedule.load(now)
         self._pinned.load()
+        self.outbox.load()
+        owed = self.journal.load()
         self._load_config_overrides()
         for sha in self._pinned.refs.keys() | self.schedule.media():
             self.cache.pin(sha)
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         offline = p.DeviceStatus(device_id=cfg.device_id, online=False, at=0)
-        self.mqtt = MqttConnection(
+        self.mqtt = _AckedConnection(
+            on_published=self._on_published,
             client_id=cfg.device_id,
             broker=BrokerAddress.from_url(cfg.broker_url).with_credentials(
                 cfg.mqtt_username, cfg.mqtt_password.get_secret_value()
@@ -123,10 +220,15 @@ class EdgeAgent:
             asyncio.create_task(self._fault_watch_loop(), name=f"{cfg.device_id}-faults"),
             asyncio.create_task(self._schedule_loop(), name=f"{cfg.device_id}-schedule"),
         ]
+        self._recover(owed)
         if self.schedule.items or self._pinned.refs:
             # After a reboot: make sure what must be on flash still is.
             self._spawn(self._prefetch(self._wanted_media()))
         await self.mqtt.start(timeout_s=connect_timeout_s)
+
+    def _session(self) -> aiohttp.ClientSession:
+        assert self._http is not None, "start() first"
+        return self._http
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         """A short-lived background job, cancelled with the agent if still running."""
@@ -136,7 +238,10 @@ class EdgeAgent:
 
     async def stop(self, *, graceful: bool = True) -> None:
         """Graceful: announce offline and disconnect. Not graceful (power cut): the
-        connection just dies and the broker publishes the last will."""
+        connection just dies and the broker publishes the last will. Either way a play
+        that is sounding is cut without a report: the play journal reports it at the
+        next start, as it would after a crash."""
+        self._stopping = True
         tasks = [*self._tasks, *self._jobs]
         if self._play_task is not None:
             tasks.append(self._play_task)
@@ -165,7 +270,10 @@ class EdgeAgent:
         if self._own_http and self._http is not None:
             await self._http.close()
         self._seen.close()
+        self._completed.close()
         self.schedule.close()
+        self.outbox.close()
+        self.journal.close()
 
     @property
     def connected(self) -> bool:
@@ -181,8 +289,72 @@ class EdgeAgent:
             village_id=cfg.village_id,
             township_id=cfg.township_id,
         )
-        self._publish(p.Topics.device_status(cfg.device_id), status, retain=True)
+        assert self.mqtt is not None
+        self.mqtt.publish(
+            p.Topics.device_status(cfg.device_id), status.to_bytes(), qos=1, retain=True
+        )
         self._publish_telemetry()
+        # What MQTT held when the link died it sends again itself, from this callback's
+        # caller; the outbox follows once that is done, so the order holds.
+        now = time.monotonic()
+        self._inflight = {mid: (n, now) for mid, (n, _) in self._inflight.items()}
+        asyncio.get_running_loop().call_soon(self._pump)
+
+    # ------------------------------------------------------------------ after a restart
+
+    def _recover(self, owed: list[OwedPlay]) -> None:
+        """Take up the plays the previous run left open (see edge_agent.journal)."""
+        finals = self._final_reports_pending()
+        now = self.hw.clock.now_ms()
+        for play in owed:
+            bid = play.broadcast_id
+            if (bid, play.body.attempt) in finals or self._completed.seen(bid):
+                # Its end was reported just before the stop; only the journal missed it.
+                self.journal.ended(bid)
+                continue
+            track = _Track(
+                command_id=play.command_id,
+                expires_at=play.expires_at,
+                body=play.body,
+                local=play.local,
+                received_at=now,
+                resumed=True,
+            )
+            self._tracks[bid] = track
+            if play.started_at is not None:
+                # It was sounding when the agent stopped: a crash or a power cut.
+                if now < play.expires_at and play.body.priority is not p.Priority.ROUTINE:
+                    self._report(
+                        track,
+                        p.DeliveryState.PREEMPTED,
+                        p.FAIL_INTERRUPTED,
+                        offset_ms=play.offset_ms,
+                        final=False,
+                    )
+                    self.journal.stopped(bid)  # played again from its start, below
+                else:
+                    self._report(
+                        track, p.DeliveryState.FAILED, p.FAIL_INTERRUPTED, offset_ms=play.offset_ms
+                    )
+                    continue
+            elif now >= play.expires_at:
+                self._report(track, p.DeliveryState.EXPIRED, "expired before it could play")
+                continue
+            self.cache.pin(play.body.media.sha256)
+            track.fetch_task = asyncio.create_task(self._fetch_and_queue(track))
+        self.journal.compact()
+
+    def _final_reports_pending(self) -> set[tuple[str, int]]:
+        """(broadcast id, attempt) of the final delivery reports still in the outbox."""
+        found: set[tuple[str, int]] = set()
+        ack_topic = p.Topics.device_ack(self.config.device_id)
+        for entry in self.outbox.entries():
+            if entry.topic != ack_topic or not entry.keep:
+                continue
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                report = json.loads(entry.payload)
+                found.add((str(report["broadcast_id"]), int(report.get("attempt", 0))))
+        return found
 
     # ------------------------------------------------------------------ commands
 
@@ -243,25 +415,41 @@ class EdgeAgent:
             reason=reason.value,
             command_id=command.id if command is not None else None,
             broadcast_id=broadcast_id,
-            detail={"message": detail},
+            detail={"message": _clip(detail)},
         )
-        self._publish(p.Topics.device_event(self.config.device_id), event)
+        # Droppable when the outbox is full: someone flooding forgeries must not push
+        # out the reports of what was played.
+        self._send(p.Topics.device_event(self.config.device_id), event, keep=False)
         log.warning("%s: rejected command: %s %s", self.config.device_id, reason.value, detail)
 
     def _accept_play(self, command: p.Command, body: p.PlayBody) -> None:
         self._start_track(_Track(command_id=command.id, expires_at=command.expires_at, body=body))
 
     def _start_track(self, track: _Track) -> None:
+        """Take up a broadcast, unless this terminal already has or had it.
+
+        One broadcast (or scheduled occurrence) plays once, whichever path brings it
+        first: the claim is on flash, so a reboot does not play it again. A resend (a
+        higher `attempt` than the claim's) is taken up again, unless this terminal
+        played the broadcast to the end or is still at it."""
         bid = track.body.broadcast_id
-        # One broadcast (or scheduled occurrence) plays once, whichever path brings it
-        # first; the claim is on flash, so a reboot does not play it again.
-        if bid in self._tracks or self.schedule.claimed(bid):
+        if self._completed.seen(bid):
+            self.counters["already_played"] += 1
             return
-        self.schedule.claim(bid, track.expires_at)
+        current = self._tracks.get(bid)
+        if current is not None and not current.finished:
+            return
+        claimed = self.schedule.claimed_attempt(bid)
+        if claimed is not None and track.body.attempt <= claimed:
+            return
+        now = self.hw.clock.now_ms()
+        self.schedule.claim(bid, track.expires_at, track.body.attempt)
+        track.received_at = now
         self._tracks[bid] = track
+        self.journal.accepted(track.command_id, track.expires_at, track.local, track.body, now)
         self._report(track, p.DeliveryState.RECEIVED)
         track.fetch_task = asyncio.create_task(self._fetch_and_queue(track))
-        lead = track.body.start_at - self.hw.clock.now_ms()
+        lead = track.body.start_at - now
         if lead <= self.hw.amplifier.warmup_ms + 2_000 and not self.hw.amplifier.on:
             # Warm the amplifier while the audio is fetched, so a download that ends
             # just before the start instant does not also wait for the warm-up.
@@ -389,15 +577,20 @@ class EdgeAgent:
             return
         self.cache.unpin(sha256)
 
+    # ------------------------------------------------------------------ fetching
+
     async def _prefetch(
         self, refs: tuple[p.MediaRef, ...], report_command: str | None = None
     ) -> None:
         fetched = failed = 0
+        # One window for the batch: a controller that is away costs each later item a
+        # single round of tries, not a window each.
+        deadline = self.hw.clock.now_ms() + PREFETCH_WINDOW_MS
         for ref in refs:
             try:
-                await self._ensure_media(ref, self.hw.clock.now_ms() + 3600_000)
+                await self.fetcher.fetch(ref, deadline, PREFETCH_BACKOFF)
                 fetched += 1
-            except ConnectionError as exc:
+            except (MediaUnavailable, FetchDeadline) as exc:
                 failed += 1
                 log.info(
                     "%s: prefetch of %s failed: %s", self.config.device_id, ref.sha256[:12], exc
@@ -413,25 +606,48 @@ class EdgeAgent:
 
     async def _fetch_and_queue(self, track: _Track) -> None:
         media = track.body.media
+        grace_ms = int(self.config.fetch_grace_s * 1000)
+        # Until the start plus the grace; a command that arrived after its start (a
+        # terminal back from an outage, a restart) gets the grace from its arrival.
+        deadline = min(max(track.body.start_at, track.received_at) + grace_ms, track.expires_at)
         try:
-            path = await self._ensure_media(media, track.expires_at)
+            path = await self.fetcher.fetch(media, deadline)
             if track.cancelled:
                 return
             prepared = await self.hw.speaker.prepare(path, media.sha256)
         except asyncio.CancelledError:
             raise
+        except MediaUnavailable as exc:
+            self._report(track, p.DeliveryState.FAILED, f"media: {exc}")
+            return
+        except FetchDeadline as exc:
+            reason = (
+                f"media: could not fetch before start + grace "
+                f"({self.config.fetch_grace_s:g} s): {exc}"
+            )
+            self._report(track, p.DeliveryState.FAILED, reason)
+            return
         except Exception as exc:
             self._report(track, p.DeliveryState.FAILED, f"media: {exc}")
             return
         if track.cancelled:
             return
-        self._report(track, p.DeliveryState.FETCHED)
+        now = self.hw.clock.now_ms()
+        # A start that passed while fetching moves to the late grid, far enough ahead
+        # to warm the amplifier.
+        lead = 0 if self.hw.amplifier.on else self.hw.amplifier.warmup_ms
+        start = late_slot(track.body.start_at, now + lead + START_MARGIN_MS)
+        if start >= track.expires_at:
+            self._report(track, p.DeliveryState.EXPIRED, "expired before it could play")
+            return
+        if not track.resumed:
+            self._report(track, p.DeliveryState.FETCHED)
         self.cache.pin(media.sha256)
         track.item = Item(
             broadcast_id=track.body.broadcast_id,
             command_id=track.command_id,
             rank=track.body.rank,
-            start_at_ms=track.body.start_at,
+            start_at_ms=start,
             expires_at_ms=track.expires_at,
             replay_after_preemption=track.body.priority is not p.Priority.ROUTINE,
             payload=prepared,
@@ -439,40 +655,12 @@ class EdgeAgent:
         self._arbiter.offer(track.item)
         self._wakeup.set()
 
-    async def _ensure_media(self, media: p.MediaRef, expires_at: int) -> Path:
-        if self.cache.has(media.sha256):
-            return self.cache.path_for(media.sha256)
-        assert self._http is not None
-        url = urljoin(self.config.media_base_url, media.url)
-        last_error: Exception | None = None
-        for attempt in range(self.config.fetch_attempts):
-            if self.hw.clock.now_ms() >= expires_at:
-                break
-            if not self.hw.network.up:
-                last_error = ConnectionError("network down")
-                await asyncio.sleep(min(2.0**attempt, 10))
-                continue
-            try:
-                async with self._http.get(url) as resp:
-                    if resp.status != 200:
-                        raise ConnectionError(f"HTTP {resp.status} for {media.url}")
-                    data = await resp.read()
-                await self.hw.network.transfer_delay(len(data))
-                return self.cache.put(media.sha256, data)
-            except (aiohttp.ClientError, ConnectionError, ValueError, TimeoutError) as exc:
-                last_error = exc
-                await asyncio.sleep(min(0.2 * 2.0**attempt, 5))
-        raise ConnectionError(f"could not fetch {media.sha256[:12]}: {last_error}")
-
     def _cancel(self, broadcast_id: str, expires_at: int) -> None:
+        # Claimed beyond any resend: neither a late play command, a resend nor the local
+        # schedule plays what the controller has cancelled.
+        self.schedule.claim(broadcast_id, expires_at, CANCELLED_CLAIM)
         track = self._tracks.get(broadcast_id)
-        if track is None:
-            # Not started here (yet): claim it, so neither a late command nor the local
-            # schedule plays what the controller has cancelled.
-            if not self.schedule.claimed(broadcast_id):
-                self.schedule.claim(broadcast_id, expires_at)
-            return
-        if track.cancelled:
+        if track is None or track.cancelled or track.finished:
             return
         track.cancelled = True
         if self._playing_item is not None and self._playing_item.broadcast_id == broadcast_id:
@@ -480,6 +668,8 @@ class EdgeAgent:
             assert self._play_task is not None
             self._play_task.cancel()
             return
+        if track.fetch_task is not None and not track.fetch_task.done():
+            track.fetch_task.cancel()
         if self._arbiter.remove(broadcast_id) is not None:
             self._release(track.body.media.sha256)
         self._report(track, p.DeliveryState.CANCELLED, "cancelled by the controller")
@@ -543,16 +733,28 @@ class EdgeAgent:
                 if emergency
                 else self.normal_volume
             )
-            if not self.hw.amplifier.on:
-                await self.hw.amplifier.power_on()
+            # Warm before the first sample: returns at once if it already is, and joins
+            # a warm-up already under way (a prewarm) instead of starting another.
+            await self.hw.amplifier.power_on()
+            start = item.start_at_ms
+            now = self.hw.clock.now_ms()
+            if now - start > LATE_TOLERANCE_MS:
+                # Missed its instant (queued behind another, played again after an
+                # interruption, a slow warm-up): the next step of the late grid.
+                start = late_slot(body.start_at, now + START_MARGIN_MS)
             await self.hw.speaker.play(
                 prepared,
-                start_at_ms=body.start_at,
+                start_at_ms=start,
                 broadcast_id=body.broadcast_id,
-                on_started=lambda: self._report(track, p.DeliveryState.PLAYING),
+                on_started=lambda: self._on_play_started(track, prepared),
+                attempt=body.attempt,
             )
             self._report(track, p.DeliveryState.DONE)
         except asyncio.CancelledError:
+            if self._stopping:
+                # Power cut or shutdown: nothing is said now. The journal still holds
+                # the play, and the next start reports it (as after a crash).
+                raise
             reason = track.stop_reason or p.DeliveryState.CANCELLED
             track.stop_reason = None
             requeued = reason is p.DeliveryState.PREEMPTED and item.replay_after_preemption
@@ -562,18 +764,42 @@ class EdgeAgent:
                 "interrupted by a higher priority broadcast"
                 if reason is p.DeliveryState.PREEMPTED
                 else "stopped",
+                offset_ms=self._offset_ms(track),
+                final=not requeued,
             )
+            if requeued:
+                self.journal.stopped(body.broadcast_id)
             # Not re-raised: the player loop cancelled us deliberately and goes on.
         except HardwareFault as exc:
-            self._report(track, p.DeliveryState.FAILED, str(exc))
+            self._report(track, p.DeliveryState.FAILED, str(exc), offset_ms=self._offset_ms(track))
         finally:
+            track.started_mono = None
             self._arbiter.finished(item)
             if self._playing_item is item:
                 self._playing_item = None
             if not requeued:
                 self._release(body.media.sha256)
-            self._amp_off_task = asyncio.create_task(self._amplifier_off_later())
-            self._wakeup.set()
+            if not self._stopping:
+                self._amp_off_task = asyncio.create_task(self._amplifier_off_later())
+                self._wakeup.set()
+
+    def _on_play_started(self, track: _Track, prepared: PreparedAudio) -> None:
+        now = self.hw.clock.now_ms()
+        track.started_mono = self._last_progress_mark = time.monotonic()
+        track.duration_ms = prepared.duration_ms
+        self.journal.started(track.body.broadcast_id, now, prepared.duration_ms)
+        late = now - track.body.start_at
+        self._report(
+            track, p.DeliveryState.PLAYING, late_ms=late if late >= LATE_TOLERANCE_MS else None
+        )
+
+    @staticmethod
+    def _offset_ms(track: _Track) -> int | None:
+        """How far into the audio the play got, if it sounded at all."""
+        if track.started_mono is None:
+            return None
+        elapsed = int((time.monotonic() - track.started_mono) * 1000)
+        return max(0, min(track.duration_ms, elapsed))
 
     async def _amplifier_off_later(self) -> None:
         await asyncio.sleep(self.config.amplifier_hold_s)
@@ -587,7 +813,18 @@ class EdgeAgent:
         self._seq = max(self._seq + 1, time.time_ns() // 1000)
         return self._seq
 
-    def _report(self, track: _Track, state: p.DeliveryState, reason: str | None = None) -> None:
+    def _report(
+        self,
+        track: _Track,
+        state: p.DeliveryState,
+        reason: str | None = None,
+        *,
+        late_ms: int | None = None,
+        offset_ms: int | None = None,
+        final: bool | None = None,
+    ) -> None:
+        """Report a state change of `track` (through the outbox). `final` (default: the
+        state's own finality) means this terminal is done with the broadcast."""
         report = p.DeliveryReport(
             device_id=self.config.device_id,
             broadcast_id=track.body.broadcast_id,
@@ -595,11 +832,23 @@ class EdgeAgent:
             state=state,
             at=self.hw.clock.now_ms(),
             seq=self._next_seq(),
-            reason=reason,
+            reason=_clip(reason) if reason is not None else None,
             offline=not self.connected,
+            late_ms=late_ms,
+            offset_ms=offset_ms,
+            attempt=track.body.attempt,
         )
         self.counters[f"state_{state.value}"] += 1
-        self._publish(p.Topics.device_ack(self.config.device_id), report)
+        self._send(
+            p.Topics.device_ack(self.config.device_id), report, keep=state not in _PROGRESS_STATES
+        )
+        if final if final is not None else state.final:
+            # After the report is in the outbox: a crash in between leaves the play
+            # owed in the journal, and `_recover` finds its final report pending.
+            track.finished = True
+            self.journal.ended(track.body.broadcast_id)
+            if state is p.DeliveryState.DONE:
+                self._completed.remember(track.body.broadcast_id, track.expires_at)
         if track.local and state is p.DeliveryState.DONE and not self.connected:
             # Queued with the reports; tells the controller this one ran on our own clock.
             self._publish_event(
@@ -609,11 +858,40 @@ class EdgeAgent:
                 detail={"occurrence_id": track.body.broadcast_id, "start_at": track.body.start_at},
             )
 
-    def _publish(self, topic: str, payload: p._Payload, *, retain: bool = False) -> None:
-        if self.mqtt is None:
+    def _send(self, topic: str, payload: p._Payload, *, keep: bool) -> None:
+        """Put a report or event in the outbox and send what the window allows."""
+        self.outbox.add(topic, payload.to_bytes(), keep=keep)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Hand the oldest unsent outbox entries to MQTT while connected."""
+        mqtt = self.mqtt
+        if mqtt is None or not mqtt.connected or self._stopping:
             return
-        # QoS 1: paho queues it while we are offline and sends it on reconnect.
-        self.mqtt.publish(topic, payload.to_bytes(), qos=p.REPORT_QOS, retain=retain)
+        room = OUTBOX_WINDOW - len(self._inflight)
+        if room <= 0:
+            return
+        now = time.monotonic()
+        for entry in self.outbox.take(room):
+            mid = mqtt.publish(entry.topic, entry.payload, qos=p.REPORT_QOS)
+            self._inflight[mid] = (entry.n, now)
+
+    def _on_published(self, mid: int) -> None:
+        handed = self._inflight.pop(mid, None)
+        if handed is None:
+            return  # status, or an entry handed over again meanwhile
+        self.outbox.remove(handed[0])
+        self._pump()
+
+    def _hand_over_again(self) -> None:
+        """Entries whose acknowledgement has not come after a long time connected."""
+        if not self.connected:
+            return
+        now = time.monotonic()
+        stale = [mid for mid, (_, t) in self._inflight.items() if now - t > OUTBOX_ACK_TIMEOUT_S]
+        if stale:
+            self.outbox.unsend(self._inflight.pop(mid)[0] for mid in stale)
+            self._pump()
 
     def telemetry(self) -> p.Telemetry:
         hw = self.hw
@@ -638,6 +916,8 @@ class EdgeAgent:
             faults=tuple(sorted(self._faults)),
             schedule_version=self.schedule.version,
             dropped_messages=self.counters["dropped"],
+            interval_s=self.telemetry_interval_s,
+            outbox=len(self.outbox),
         )
 
     def _publish_telemetry(self) -> None:
@@ -667,6 +947,7 @@ class EdgeAgent:
         return faults
 
     async def _fault_watch_loop(self) -> None:
+        ticks = 0
         while True:
             current = self._current_faults()
             if current != self._faults:
@@ -678,7 +959,20 @@ class EdgeAgent:
                 for fault in sorted(cleared):
                     self._publish_event(p.EventKind.FAULT_CLEARED, fault.value, now)
                 self._publish_telemetry()
+            self._mark_progress()
+            ticks += 1
+            if ticks % 10 == 0:
+                self._hand_over_again()
             await asyncio.sleep(1.0)
+
+    def _mark_progress(self) -> None:
+        item = self._playing_item
+        track = self._tracks.get(item.broadcast_id) if item is not None else None
+        if track is None or track.started_mono is None:
+            return
+        if time.monotonic() - self._last_progress_mark >= PROGRESS_MARK_S:
+            self._last_progress_mark = time.monotonic()
+            self.journal.touch()
 
     def _publish_event(
         self,
@@ -692,8 +986,16 @@ class EdgeAgent:
             device_id=self.config.device_id,
             kind=kind,
             at=at,
-            reason=reason,
+            reason=_clip(reason),
             detail=detail or {},
             command_id=command_id,
         )
-        self._publish(p.Topics.device_event(self.config.device_id), event)
+        # Fault and housekeeping events are superseded by later ones (and telemetry);
+        # a play on the terminal's own clock is not.
+        keep = kind is p.EventKind.PLAYED_OFFLINE
+        self._send(p.Topics.device_event(self.config.device_id), event, keep=keep)
+
+
+def _clip(text: str, limit: int = 500) -> str:
+    """Reasons are bounded on the wire (a URL list can be long)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from dalaba.protocol import check_id
 
@@ -31,7 +32,27 @@ class DeviceConfig(BaseModel):
     normal_volume: int = Field(default=70, ge=0, le=100)
     # Stay powered this long after the last play, so back-to-back items do not click.
     amplifier_hold_s: float = 2.0
-    fetch_attempts: int = 5
+    # A play's audio is fetched (with backoff, from the URL and its mirrors) until the
+    # broadcast's start instant plus this grace, or the moment the command arrived plus
+    # this grace if that is later (a terminal back from an outage), never past expiry.
+    fetch_grace_s: float = Field(default=20.0, ge=0, le=3600)
+    # Reports and events waiting on flash for the broker (see edge_agent/outbox.py).
+    outbox_max_entries: int = Field(default=5000, ge=10)
+    outbox_max_bytes: int = Field(default=2 * 1024 * 1024, ge=64 * 1024)
+    # fsync the outbox and the play journal after every record. Off by default: the
+    # simulator's crashes are killed processes, whose writes the kernel keeps, and it
+    # runs 10,000 agents per machine. A real board without a hold-up capacitor should
+    # turn it on, or a power cut loses up to the filesystem's commit interval.
+    fsync_flash_writes: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired_settings(cls, data: Any) -> Any:
+        # `fetch_attempts` (a fixed number of fetch tries) gave way to `fetch_grace_s`;
+        # device.json files written before still carry it.
+        if isinstance(data, dict) and "fetch_attempts" in data:
+            data = {k: v for k, v in data.items() if k != "fetch_attempts"}
+        return data
 
     def model_post_init(self, _ctx: object) -> None:
         for value in (self.device_id, self.village_id, self.township_id):

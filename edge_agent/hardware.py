@@ -35,10 +35,19 @@ class Amplifier(Protocol):
     warmup_ms: int  # from power-on until it passes sound without cutting the first word
 
     @property
-    def on(self) -> bool: ...
+    def on(self) -> bool:
+        """Powered and warm: it passes sound now (False while still warming up)."""
+        ...
+
     @property
     def ok(self) -> bool: ...
-    async def power_on(self) -> None: ...  # raises HardwareFault when it does not come up
+
+    async def power_on(self) -> None:
+        """Power on and return once warm (at once if it already is). Calls made while
+        it warms up share that one warm-up. Raises HardwareFault when it does not come
+        up, or is switched off or fails before it is warm."""
+        ...
+
     async def power_off(self) -> None: ...
 
 
@@ -57,10 +66,13 @@ class Speaker(Protocol):
         start_at_ms: int,
         broadcast_id: str,
         on_started: Callable[[], None],
+        attempt: int = 0,
     ) -> PlayOutcome:
         """Start at `start_at_ms` on the terminal clock (at once if that has passed) and
-        return when done. Cancelling the awaiting task stops the sound at once; raises
-        HardwareFault when the speaker line is cut."""
+        return when done; `on_started` is called at the first sample. The amplifier
+        must be warm by then (the caller powers it on first). Cancelling the awaiting
+        task stops the sound at once. Raises HardwareFault when the speaker line is cut
+        or the amplifier is not warm or fails, before or during the play."""
         ...
 
 

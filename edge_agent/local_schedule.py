@@ -5,6 +5,10 @@ The controller sends each terminal its occurrences for the next two days or more
 broker cannot be reached. Every occurrence is claimed once, by whichever path gets to it
 first (the controller's command or the local clock), and the claim survives a reboot,
 so an occurrence plays exactly once.
+
+Broadcasts sent by the controller are claimed the same way, with the attempt the claim
+was made for: a resend (a higher attempt) of a broadcast that did not play to the end
+may be accepted again; see `EdgeAgent._start_track`.
 """
 
 from __future__ import annotations
@@ -57,8 +61,12 @@ class LocalSchedule:
     def claimed(self, occurrence_id: str) -> bool:
         return self._claims.seen(occurrence_id)
 
-    def claim(self, occurrence_id: str, expires_at_ms: int) -> None:
-        self._claims.remember(occurrence_id, expires_at_ms)
+    def claimed_attempt(self, occurrence_id: str) -> int | None:
+        """The attempt the id was last claimed for, or None if it is not claimed."""
+        return self._claims.value(occurrence_id)
+
+    def claim(self, occurrence_id: str, expires_at_ms: int, attempt: int = 0) -> None:
+        self._claims.remember(occurrence_id, expires_at_ms, attempt)
 
     def due(self, now_ms: int, lead_ms: int) -> list[p.ScheduledItem]:
         """Unclaimed items whose start is within `lead_ms` and that have not expired."""

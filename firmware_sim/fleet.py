@@ -3,8 +3,10 @@
 Layout of a simulated county on disk, one folder per terminal:
 
     DATA_DIR/sim/<device_id>/device.json     provisioned identity (mode 0600)
-    DATA_DIR/sim/<device_id>/state/          the agent's flash: cache, replay memory
-    DATA_DIR/sim/<device_id>/plays.jsonl     what the speaker really played
+    DATA_DIR/sim/<device_id>/state/          the agent's flash: cache, replay memory,
+                                             outbox, owed plays
+    DATA_DIR/sim/<device_id>/plays-started.jsonl  each play's first sample, as it happens
+    DATA_DIR/sim/<device_id>/plays.jsonl     each play's end: what the speaker really played
     DATA_DIR/sim/<device_id>/plays/*.wav     the samples it output
 """
 

@@ -1,9 +1,11 @@
 """A terminal's hardware in software: amplifier relay, speaker line, power, sensors,
 clock and network, with faults that can be injected one terminal at a time.
 
-The speaker records what was really played: a WAV file of the samples output and one
-JSON line per play in `plays.jsonl`, with true wall-clock times, so tests and
-benchmarks can check sync and content without trusting the agent's own reports.
+The speaker records what was really played: one JSON line per play in
+`plays-started.jsonl` at its first sample, one in `plays.jsonl` when it ends, and a WAV
+file of the samples output, with true wall-clock times, so tests and benchmarks can check
+sync and content without trusting the agent's own reports. The amplifier models its
+warm-up, and the speaker refuses to output a first sample through a cold amplifier.
 """
 
 from __future__ import annotations
@@ -40,45 +42,128 @@ class SimClock:
 
 
 class SimAmplifier:
+    """The amplifier relay and its warm-up: powered on, it passes sound only after
+    `warmup_ms`. Calls to `power_on` made while it warms up share that one warm-up."""
+
     def __init__(self, warmup_ms: int = 300) -> None:
         self.warmup_ms = warmup_ms
-        self.failed = False  # fault: the amplifier does not come up
-        self._on = False
+        self._failed = False
+        self._warm_since_ms: int | None = None  # true wall clock when it became warm
+        self._warming: asyncio.Future[None] | None = None
+        self._warm_timer: asyncio.TimerHandle | None = None
         self.power_cycles = 0
+        self._fault_listeners: list[Callable[[str], None]] = []
+
+    @property
+    def failed(self) -> bool:
+        return self._failed
+
+    @failed.setter
+    def failed(self, failed: bool) -> None:
+        """Fault switch: the amplifier fails (or is repaired). Failing takes effect at
+        once: a warm-up in progress fails and a play that is sounding stops."""
+        self._failed = failed
+        if not failed:
+            return
+        self._stop_warming(HardwareFault("amplifier failed while warming up"))
+        was_on = self._warm_since_ms is not None
+        self._warm_since_ms = None
+        if was_on:
+            for listener in list(self._fault_listeners):
+                listener("amplifier failed during the play")
 
     @property
     def on(self) -> bool:
-        return self._on
+        return self._warm_since_ms is not None
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self._failed
+
+    @property
+    def warming(self) -> bool:
+        return self._warming is not None
+
+    def warm_for_ms(self, at_ms: int) -> int | None:
+        """How long it had been warm at `at_ms` (true wall clock); None if not warm."""
+        return None if self._warm_since_ms is None else at_ms - self._warm_since_ms
+
+    def add_fault_listener(self, listener: Callable[[str], None]) -> None:
+        self._fault_listeners.append(listener)
 
     async def power_on(self) -> None:
-        if self.failed:
+        if self._failed:
             raise HardwareFault("amplifier failed to power on")
-        self._on = True
-        self.power_cycles += 1
-        await asyncio.sleep(self.warmup_ms / 1000)
+        if self._warm_since_ms is not None:
+            return
+        if self._warming is None:
+            loop = asyncio.get_running_loop()
+            self.power_cycles += 1
+            self._warming = loop.create_future()
+            self._warm_timer = loop.call_later(self.warmup_ms / 1000, self._warmed)
+        # Shielded: one caller giving up (cancelled) does not stop the others' warm-up.
+        await asyncio.shield(self._warming)
+
+    def _warmed(self) -> None:
+        warming, self._warming, self._warm_timer = self._warming, None, None
+        self._warm_since_ms = _true_now_ms()
+        if warming is not None and not warming.done():
+            warming.set_result(None)
 
     async def power_off(self) -> None:
-        self._on = False
+        self._stop_warming(HardwareFault("amplifier switched off while warming up"))
+        self._warm_since_ms = None
+
+    def _stop_warming(self, error: HardwareFault) -> None:
+        if self._warm_timer is not None:
+            self._warm_timer.cancel()
+        warming, self._warming, self._warm_timer = self._warming, None, None
+        if warming is not None and not warming.done():
+            warming.set_exception(error)
+            warming.exception()  # retrieved: no "never retrieved" noise if nobody waits
 
 
 class SimSpeaker:
+    """The speaker line and the DAC. Records what really went out: one line per play in
+    `plays-started.jsonl` at its first sample (so a killed simulator still leaves
+    evidence), one line per play in `plays.jsonl` when it ends, and the samples
+    themselves as WAV files."""
+
     def __init__(self, record_dir: Path, clock: SimClock, amplifier: SimAmplifier) -> None:
         self.record_dir = record_dir
         self.clock = clock
         self.amplifier = amplifier
-        self.line_cut = False  # fault: the speaker line is cut
+        self._line_cut = False
         self.record_wav = True
         self._volume = 70
         self.plays_log = record_dir / "plays.jsonl"
+        self.starts_log = record_dir / "plays-started.jsonl"
         self._play_count = 0
+        self._sounding: asyncio.Future[None] | None = None
+        amplifier.add_fault_listener(self._fault)
+
+    @property
+    def line_cut(self) -> bool:
+        return self._line_cut
+
+    @line_cut.setter
+    def line_cut(self, cut: bool) -> None:
+        """Fault switch: the speaker line is cut (or mended). A play that is sounding
+        stops at once."""
+        self._line_cut = cut
+        if cut:
+            self._fault("speaker line cut during the play")
+
+    def _fault(self, reason: str) -> None:
+        # Event-driven rather than polled: the sound stops the instant the fault
+        # happens, and 10,000 simulated speakers cost nothing while nothing fails.
+        sounding = self._sounding
+        if sounding is not None and not sounding.done():
+            sounding.set_exception(HardwareFault(reason))
 
     @property
     def line_ok(self) -> bool:
-        return not self.line_cut
+        return not self._line_cut
 
     @property
     def volume(self) -> int:
@@ -99,26 +184,70 @@ class SimSpeaker:
         start_at_ms: int,
         broadcast_id: str,
         on_started: Callable[[], None],
+        attempt: int = 0,
     ) -> PlayOutcome:
-        if self.line_cut:
-            raise HardwareFault("speaker line cut (no load on the amplifier output)")
-        if not self.amplifier.on:
-            raise HardwareFault("amplifier is off")
+        self._check_ready()
         delay_ms = start_at_ms - self.clock.now_ms()
         if delay_ms > 0:
             await asyncio.sleep(delay_ms / 1000)
+        # The first sample: nothing goes out unless the line is whole and the
+        # amplifier is warm (a cold amplifier cuts the first words).
+        self._check_ready()
         started = _true_now_ms()
-        on_started()
+        warm_ms = self.amplifier.warm_for_ms(started)
+        self._record_start(audio, broadcast_id, started, start_at_ms, attempt, warm_ms)
+        loop = asyncio.get_running_loop()
+        sounding = self._sounding = loop.create_future()
+        timer = loop.call_later(audio.duration_ms / 1000, _settle, sounding)
         completed = False
+        fault: str | None = None
         try:
-            await asyncio.sleep(audio.duration_ms / 1000)
+            on_started()
+            await sounding
             completed = True
+        except HardwareFault as exc:
+            fault = str(exc)
+            raise
         finally:
             # Runs on cancellation too: a cut-off play records exactly what went out.
+            timer.cancel()
+            self._sounding = None
             ended = _true_now_ms()
             played_ms = audio.duration_ms if completed else min(ended - started, audio.duration_ms)
-            self._record(audio, broadcast_id, started, ended, played_ms, completed)
+            self._record(audio, broadcast_id, started, ended, played_ms, completed, warm_ms, fault)
         return PlayOutcome(played_ms=played_ms, completed=completed)
+
+    def _check_ready(self) -> None:
+        if self._line_cut:
+            raise HardwareFault("speaker line cut (no load on the amplifier output)")
+        if not self.amplifier.ok:
+            raise HardwareFault("amplifier failed")
+        if not self.amplifier.on:
+            raise HardwareFault("amplifier not warm at the first sample")
+
+    def _record_start(
+        self,
+        audio: PreparedAudio,
+        broadcast_id: str,
+        started: int,
+        asked_ms: int,
+        attempt: int,
+        warm_ms: int | None,
+    ) -> None:
+        entry = {
+            "broadcast_id": broadcast_id,
+            "media_sha256": audio.sha256,
+            "start": _iso_ms(started),
+            "start_ms": started,
+            # The instant the agent asked for, on the terminal's clock (the signed start,
+            # or a step of the late grid).
+            "start_at_ms": asked_ms,
+            "attempt": attempt,
+            "amplifier_warm_ms": warm_ms,
+        }
+        self.record_dir.mkdir(parents=True, exist_ok=True)
+        with self.starts_log.open("a") as f:  # closed at once: a SIGKILL cannot lose it
+            f.write(json.dumps(entry) + "\n")
 
     def _record(
         self,
@@ -128,8 +257,14 @@ class SimSpeaker:
         ended: int,
         played_ms: int,
         completed: bool,
+        warm_ms: int | None,
+        fault: str | None,
     ) -> None:
         self.record_dir.mkdir(parents=True, exist_ok=True)
+        if self._play_count == 0 and self.plays_log.exists():
+            # A restarted simulator numbers on after the plays it already recorded, so
+            # no earlier WAV file is overwritten.
+            self._play_count = len(self.plays_log.read_text().splitlines())
         self._play_count += 1
         entry: dict[str, object] = {
             "broadcast_id": broadcast_id,
@@ -141,7 +276,10 @@ class SimSpeaker:
             "duration_ms": played_ms,
             "completed": completed,
             "volume": self._volume,
+            "amplifier_warm_ms": warm_ms,
         }
+        if fault is not None:
+            entry["fault"] = fault
         if self.record_wav:
             pcm = audio.handle
             assert isinstance(pcm, bytes)
@@ -158,9 +296,21 @@ class SimSpeaker:
             f.write(json.dumps(entry) + "\n")
 
     def plays(self) -> list[dict[str, object]]:
-        if not self.plays_log.exists():
-            return []
-        return [json.loads(line) for line in self.plays_log.read_text().splitlines()]
+        return _read_json_lines(self.plays_log)
+
+    def plays_started(self) -> list[dict[str, object]]:
+        return _read_json_lines(self.starts_log)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _read_json_lines(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 class SimPower:

@@ -1,4 +1,5 @@
-"""What a terminal keeps on its flash: seen command ids and the media cache."""
+"""What a terminal keeps on its flash: seen command ids, claims, the local schedule and
+the media cache."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from dalaba.protocol import MediaRef, Priority, ScheduleBody, ScheduledItem
 from edge_agent.cache import MediaCache
+from edge_agent.local_schedule import LocalSchedule
 from edge_agent.replay import SeenCommands
 
 NOW = 1_760_000_000_000
@@ -282,3 +285,144 @@ def test_pinned_media_replaces_per_purpose_and_releases_the_rest(tmp_path: Path)
     reloaded = PinnedMedia(tmp_path)  # after a reboot
     reloaded.load()
     assert set(reloaded.refs) == {"b" * 64, "c" * 64}
+
+
+def test_a_tampered_cached_file_is_found_deleted_and_not_served(tmp_path: Path) -> None:
+    cache = MediaCache(tmp_path / "cache", max_bytes=10_000)
+    sha, data = blob("a")
+    cache.put(sha, data)
+    assert cache.lookup(sha) == cache.path_for(sha)
+
+    cache.path_for(sha).write_bytes(b"B" + data[1:])  # same size, other bytes
+    assert cache.lookup(sha) is None
+    assert not cache.path_for(sha).exists()
+    assert cache.corrupt_found == 1
+    cache.put(sha, data)  # fetched again
+    assert cache.lookup(sha) is not None
+
+
+def test_a_file_damaged_while_the_agent_was_off_is_found_at_first_use(tmp_path: Path) -> None:
+    sha, data = blob("a")
+    MediaCache(tmp_path / "cache", max_bytes=10_000).put(sha, data)
+    path = tmp_path / "cache" / f"{sha}.media"
+    path.write_bytes(data[:50])  # truncated on the flash
+
+    rebooted = MediaCache(tmp_path / "cache", max_bytes=10_000)
+    assert not rebooted.has(sha)
+    assert rebooted.usage() == (0, 0)
+
+
+# --------------------------------------------------------------------------- claims
+
+
+def test_seen_ids_can_carry_a_value_that_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "claims.txt"
+    claims = SeenCommands(path)
+    claims.load(NOW)
+    claims.remember("plain", NOW + 60_000)
+    claims.remember("resent", NOW + 60_000, 2)
+    claims.remember("resent", NOW + 60_000, 3)  # raised later: the last line wins
+    assert claims.value("plain") == 0
+    assert claims.value("resent") == 3
+    assert claims.value("never") is None
+    claims.close()
+    # The two-field form is kept for a plain id, as older agents wrote and read it.
+    assert path.read_text().splitlines()[0] == f"plain {NOW + 60_000}"
+
+    rebooted = SeenCommands(path)
+    rebooted.load(NOW)
+    assert rebooted.value("resent") == 3
+    assert rebooted.value("plain") == 0
+    rebooted.close()
+    assert sorted(path.read_text().splitlines()) == [
+        f"plain {NOW + 60_000}",
+        f"resent {NOW + 60_000} 3",
+    ]
+
+
+def _schedule(version: int, *occurrences: str, start: int = NOW + 60_000) -> ScheduleBody:
+    media = MediaRef(sha256="a" * 64, url="a" * 64, size=1, duration_ms=1000)
+    return ScheduleBody(
+        version=version,
+        horizon_until=start + 3_600_000,
+        items=tuple(
+            ScheduledItem(
+                occurrence_id=o,
+                schedule_id="s-1",
+                priority=Priority.NOTICE,
+                category="other",
+                media=media,
+                start_at=start + i * 1000,
+                expires_at=start + 600_000,
+            )
+            for i, o in enumerate(occurrences)
+        ),
+    )
+
+
+def test_local_schedule_takes_only_a_newer_version_and_keeps_it_on_flash(
+    tmp_path: Path,
+) -> None:
+    schedule = LocalSchedule(tmp_path)
+    schedule.load(NOW)
+    assert schedule.version == 0
+    assert schedule.replace(_schedule(5, "o-1", "o-2"))
+    assert not schedule.replace(_schedule(5, "o-other"))  # same version: kept as is
+    assert not schedule.replace(_schedule(4, "o-old"))  # older (a late duplicate)
+    assert set(schedule.items) == {"o-1", "o-2"}
+    schedule.close()
+
+    rebooted = LocalSchedule(tmp_path)
+    rebooted.load(NOW)
+    assert rebooted.version == 5 and set(rebooted.items) == {"o-1", "o-2"}
+    assert not rebooted.replace(_schedule(5, "o-other"))  # the rule holds after a reboot
+    assert rebooted.replace(_schedule(6, "o-3"))
+    assert set(rebooted.items) == {"o-3"}
+    rebooted.close()
+
+
+def test_a_corrupt_schedule_file_counts_as_none(tmp_path: Path) -> None:
+    (tmp_path / "schedule.json").write_text('{"version": 7, "items": [')
+    schedule = LocalSchedule(tmp_path)
+    schedule.load(NOW)
+    assert schedule.version == 0 and schedule.items == {}
+    assert schedule.replace(_schedule(1, "o-1"))  # the controller's resend is taken
+    schedule.close()
+
+
+def test_claimed_occurrences_are_not_due_and_stay_claimed_after_a_reboot(
+    tmp_path: Path,
+) -> None:
+    schedule = LocalSchedule(tmp_path)
+    schedule.load(NOW)
+    schedule.replace(_schedule(1, "o-1", "o-2", start=NOW))
+    assert [i.occurrence_id for i in schedule.due(NOW, lead_ms=5_000)] == ["o-1", "o-2"]
+    schedule.claim("o-1", NOW + 600_000)
+    assert [i.occurrence_id for i in schedule.due(NOW, lead_ms=5_000)] == ["o-2"]
+    schedule.close()
+
+    claims_file = tmp_path / "claimed-occurrences.txt"
+    assert claims_file.read_text() == f"o-1 {NOW + 600_000}\n"
+    rebooted = LocalSchedule(tmp_path)
+    rebooted.load(NOW + 1_000)
+    assert rebooted.claimed("o-1")
+    assert rebooted.claimed_attempt("o-1") == 0
+    assert [i.occurrence_id for i in rebooted.due(NOW + 1_000, lead_ms=5_000)] == ["o-2"]
+    rebooted.close()
+
+
+def test_claims_remember_the_attempt_and_are_forgotten_after_expiry(tmp_path: Path) -> None:
+    schedule = LocalSchedule(tmp_path)
+    schedule.load(NOW)
+    schedule.claim("b-1", NOW + 10_000)
+    schedule.claim("b-1", NOW + 10_000, attempt=2)  # a resend taken up
+    schedule.claim("b-2", NOW + 90_000, attempt=1)
+    assert schedule.claimed_attempt("b-1") == 2
+    assert schedule.claimed_attempt("b-9") is None
+    schedule.close()
+
+    later = LocalSchedule(tmp_path)
+    later.load(NOW + 10_000)  # b-1's command has expired: nothing can bring it back
+    assert not later.claimed("b-1")
+    assert later.claimed_attempt("b-2") == 1
+    later.close()
