@@ -657,7 +657,7 @@ async def test_the_amplifier_is_warm_before_the_first_sample_with_one_warm_up(
     _, hw = await rig.start_agent(rig.config())
     # Close enough to its start that the agent warms the amplifier while fetching;
     # the play then joins that warm-up instead of starting another.
-    body = rig.play("b-1", tones(1.0), start_in_ms=1_200, priority=p.Priority.EMERGENCY)
+    body = rig.play("b-1", tones(1.0), start_in_ms=2_000, priority=p.Priority.EMERGENCY)
     await rig.send("d-1", body)
     await rig.wait_state("d-1", "b-1", S.DONE)
     (start,) = plays_started(hw, "b-1")
