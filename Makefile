@@ -12,7 +12,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy dalaba controller edge_agent firmware_sim
+	$(BIN)/mypy dalaba dalaba_ops controller edge_agent firmware_sim
 	$(BIN)/pytest
 
 setup: system-deps $(VENV)/.installed
@@ -31,7 +31,7 @@ lint:
 	$(BIN)/ruff check .
 
 typecheck:
-	$(BIN)/mypy dalaba controller edge_agent firmware_sim
+	$(BIN)/mypy dalaba dalaba_ops controller edge_agent firmware_sim
 
 bench: setup
 	$(BIN)/python bench/bench_spine.py

@@ -7,7 +7,7 @@ per behaviour, alternating, `--repeats` times:
 - a fresh database seeded with `--terminals` terminals and `--broadcasts` broadcasts,
   one delivery per terminal and broadcast, each `sent`;
 - a fresh private Mosquitto with the product's config, password file and ACL
-  (`dalaba.broker`): the controller's account, and one controller-replica account per
+  (`dalaba_ops.broker`): the controller's account, and one controller-replica account per
   publisher (`dalaba-controller-2`, ... : the only accounts allowed to publish on every
   terminal's topics);
 - the controller's real path in this process: `controller.dispatch.Dispatcher` (its
@@ -70,7 +70,9 @@ with warnings.catch_warnings():
     from controller.ingest import Ingestor
     from controller.models import Broadcast, Delivery, Device, Media, Township, Village
     from dalaba import protocol as p
-    from dalaba.broker import (
+    from dalaba.mqtt import BrokerAddress, MqttConnection
+    from dalaba.signing import Ed25519Signer
+    from dalaba_ops.broker import (
         CONTROLLER_USER,
         ControllerAccount,
         DeviceAccount,
@@ -81,8 +83,6 @@ with warnings.catch_warnings():
         write_broker_config,
         write_password_file,
     )
-    from dalaba.mqtt import BrokerAddress, MqttConnection
-    from dalaba.signing import Ed25519Signer
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()

@@ -3,7 +3,7 @@
 One run of this script, on one machine, per fleet size (default 33 and 1,000 terminals):
 
 - a private Mosquitto with the product's configuration, password file and ACL
-  (`dalaba.broker`), one account per terminal and the controller's;
+  (`dalaba_ops.broker`), one account per terminal and the controller's;
 - the fleet: real `edge_agent`s on simulated hardware (`firmware_sim.fleet.Fleet`, each
   bound to its own 127.0.x.y as the simulator does), in this process and event loop;
 - the controller's MQTT side: `controller.dispatch.Dispatcher` with the controller's
@@ -59,7 +59,9 @@ with warnings.catch_warnings():
 
     from controller.dispatch import Dispatcher
     from dalaba import mqtt as dalaba_mqtt
-    from dalaba.broker import (
+    from dalaba.mqtt import BrokerAddress
+    from dalaba.signing import Ed25519Signer
+    from dalaba_ops.broker import (
         CONTROLLER_USER,
         DeviceAccount,
         MosquittoProcess,
@@ -68,8 +70,6 @@ with warnings.catch_warnings():
         write_broker_config,
         write_password_file,
     )
-    from dalaba.mqtt import BrokerAddress
-    from dalaba.signing import Ed25519Signer
     from edge_agent.agent import EdgeAgent
     from edge_agent.config import DeviceConfig
     from firmware_sim.fleet import Fleet
@@ -318,7 +318,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"- Versions: {facts['mosquitto']}; Python {facts['python']}; paho-mqtt {result['paho']}",
         f"- Command: `{result['command']}` (took {result['took_s']:.0f} s)",
         "- Setup per size: a private Mosquitto with the product's config, password file and "
-        "ACL (`dalaba.broker`); N real `edge_agent`s on simulated hardware "
+        "ACL (`dalaba_ops.broker`); N real `edge_agent`s on simulated hardware "
         "(`firmware_sim.fleet.Fleet`, each bound to its own 127.0.x.y), and the controller's "
         "`Dispatcher` (its account, persistent session, production subscriptions), all in "
         "the benchmark's one process and event loop.",

@@ -73,8 +73,8 @@ with warnings.catch_warnings():
     from controller.schedules.rules import recurrence_from_dict, recurrence_to_dict
     from controller.speech import AnnouncementRenderer, AnnouncementRequest
     from dalaba import protocol as p
-    from dalaba.demo import PreparedCounty, setup_county
     from dalaba.signing import Ed25519Signer
+    from dalaba_ops.demo import PreparedCounty, setup_county
     from firmware_sim.fleet import Fleet
 
 from sqlalchemy import func

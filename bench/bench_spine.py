@@ -7,7 +7,7 @@ One run of this script, on one machine:
    one publisher: publish -> last subscriber receives, over `--messages` messages,
    with the subscribers in this process and in `--fanout-processes` child processes
    (see bench/fanout.py).
-2. **A whole county.** `dalaba.demo.setup_county` (as the tests' `make_county`): private
+2. **A whole county.** `dalaba_ops.demo.setup_county` (as the tests' `make_county`): private
    Mosquitto, the controller (SQLite, espeak-ng, ffmpeg) and the simulated fleet of real
    agents, in this process (or `--fleet-processes` `dalaba sim` processes). Then
    `--runs` county-wide emergency broadcasts of the same short text (**cached**: its
@@ -59,7 +59,7 @@ with warnings.catch_warnings():
     from machine import machine_facts
 
     from controller.app import ControllerServer
-    from dalaba.demo import PreparedCounty, setup_county
+    from dalaba_ops.demo import PreparedCounty, setup_county
     from firmware_sim.fleet import Fleet, find_device_configs, spawn_fleet_processes
 
 from fanout import run_fanout

@@ -1,7 +1,7 @@
 """Raw broker fan-out: one QoS 1 message to N subscribers of one topic, nothing else.
 
 The baseline for bench_spine.py: the same private Mosquitto configuration the product
-uses (`dalaba.broker.write_broker_config`, password file, ACL), N terminal accounts
+uses (`dalaba_ops.broker.write_broker_config`, password file, ACL), N terminal accounts
 subscribed to the county-wide command topic through `dalaba.mqtt.MqttConnection`
 (source addresses spread like the simulated fleet), and one publisher holding the
 controller's account. The payload has the size of a real signed play command. Nothing
@@ -31,7 +31,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dalaba import protocol as p
-from dalaba.broker import (
+from dalaba.mqtt import BrokerAddress, MqttConnection
+from dalaba.signing import Ed25519Signer
+from dalaba_ops.broker import (
     CONTROLLER_USER,
     DeviceAccount,
     MosquittoProcess,
@@ -40,8 +42,6 @@ from dalaba.broker import (
     write_broker_config,
     write_password_file,
 )
-from dalaba.mqtt import BrokerAddress, MqttConnection
-from dalaba.signing import Ed25519Signer
 from firmware_sim.fleet import loopback_address
 
 TOPIC = p.Topics.COMMAND_ALL

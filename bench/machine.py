@@ -7,7 +7,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from dalaba.broker import MosquittoProcess
+from dalaba_ops.broker import MosquittoProcess
 
 
 def machine_facts() -> dict[str, str]:

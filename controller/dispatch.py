@@ -31,7 +31,7 @@ class Dispatcher:
         self._on_report = on_report
         # The broker replaces every client id with the account's username
         # (use_username_as_clientid), so the id is the username: one session per replica,
-        # dalaba-controller, dalaba-controller-2, ... (see dalaba.broker.controller_username).
+        # dalaba-controller, dalaba-controller-2, ... (see dalaba_ops.broker.controller_username).
         self._client_id = broker.username
         self.counters: Counter[str] = Counter()
         self.mqtt: MqttConnection | None = None

@@ -1,7 +1,8 @@
-"""Dalaba (大喇叭): shared pieces of the controller, the edge agent and the simulator.
+"""Dalaba (大喇叭): the wire kernel shared by the controller and the terminals.
 
 `dalaba.protocol` is the one wire contract; `dalaba.signing` the signature schemes;
-`dalaba.mqtt` the thin asyncio adapter over paho-mqtt; `dalaba.cli` the `dalaba` command.
+`dalaba.mqtt` the thin asyncio adapter over paho-mqtt. This package imports nothing of
+ours above it; the `dalaba` command lives in `dalaba_ops`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

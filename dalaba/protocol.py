@@ -112,6 +112,21 @@ class Topics:
             Topics.command_device(device_id),
         ]
 
+    # ACL patterns for the broker (Mosquitto's `%u` is the client's username, which is
+    # its device id): built here so no other module spells a topic.
+    ACL_ALL = f"{TOPIC_ROOT}/#"
+    DEVICE_REPORT_KINDS = ("status", "ack", "telemetry", "event")
+
+    @staticmethod
+    def acl_device_writes() -> list[str]:
+        """What any terminal may publish: its own report topics."""
+        return [f"{TOPIC_ROOT}/device/%u/{kind}" for kind in Topics.DEVICE_REPORT_KINDS]
+
+    @staticmethod
+    def acl_device_reads() -> list[str]:
+        """What any terminal may read regardless of place: its own and the county's."""
+        return [f"{TOPIC_ROOT}/cmd/device/%u", Topics.COMMAND_ALL]
+
     @staticmethod
     def parse_device_topic(topic: str) -> tuple[str, str] | None:
         """`dalaba/v1/device/<id>/<kind>` -> (id, kind), or None for anything else."""

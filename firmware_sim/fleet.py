@@ -175,7 +175,7 @@ def spawn_fleet_processes(
     procs = []
     for i in range(min(processes, total)):
         command = [
-            sys.executable, "-m", "dalaba.cli", "sim",
+            sys.executable, "-m", "dalaba_ops.cli", "sim",
             "--data-dir", str(data_dir), "--share", f"{i}/{processes}",
         ]  # fmt: skip
         if not record_wav:

@@ -20,9 +20,9 @@ import pytest
 from controller.api import keys
 from controller.app import ControllerServer
 from dalaba import protocol as p
-from dalaba.broker import controller_username
-from dalaba.demo import PreparedCounty, setup_county
 from dalaba.mqtt import BrokerAddress, MqttConnection
+from dalaba_ops.broker import controller_username
+from dalaba_ops.demo import PreparedCounty, setup_county
 from firmware_sim.audio import SAMPLE_RATE
 from firmware_sim.fleet import Fleet, device_dir
 from tests.support import throwaway_postgres_url
@@ -428,7 +428,7 @@ ConsoleFactory = Callable[..., Awaitable[ConsoleClient]]
 @pytest.fixture
 async def console_login(make_county: CountyFactory) -> AsyncIterator[ConsoleFactory]:
     """`await console_login(county, "duty1")`: a logged-in ConsoleClient for one of the
-    demo's console users (see dalaba.demo)."""
+    demo's console users (see dalaba_ops.demo)."""
     clients: list[ConsoleClient] = []
 
     async def factory(county: County, name: str, password: str | None = None) -> ConsoleClient:

@@ -1,6 +1,6 @@
 """A county run as separate processes, for fault tests that kill and restart them.
 
-`FaultCounty` prepares a county data directory with `dalaba.demo.setup_county` and runs
+`FaultCounty` prepares a county data directory with `dalaba_ops.demo.setup_county` and runs
 the parts as a user would, each its own process that a test can SIGKILL, pause and
 restart at a chosen instant:
 
@@ -42,8 +42,8 @@ from paho.mqtt.properties import Properties
 from pydantic import SecretStr
 
 from controller.settings import Settings
-from dalaba.broker import BrokerFiles, MosquittoProcess
-from dalaba.demo import PreparedCounty, setup_county
+from dalaba_ops.broker import BrokerFiles, MosquittoProcess
+from dalaba_ops.demo import PreparedCounty, setup_county
 from edge_agent.config import DeviceConfig
 from firmware_sim.fleet import device_dir, find_device_configs
 
@@ -60,7 +60,7 @@ def dalaba_argv(*args: str) -> list[str]:
     script = Path(sys.executable).with_name("dalaba")
     if script.exists():
         return [str(script), *args]
-    return [sys.executable, "-m", "dalaba.cli", *args]
+    return [sys.executable, "-m", "dalaba_ops.cli", *args]
 
 
 def _child_env() -> dict[str, str]:

@@ -31,7 +31,9 @@ from paho.mqtt.properties import Properties
 
 from controller.dispatch import Dispatcher
 from dalaba import protocol as p
-from dalaba.broker import (
+from dalaba.mqtt import BrokerAddress, MqttConnection, WillMessage
+from dalaba.signing import Ed25519Signer, Ed25519Verifier, VerifierSet
+from dalaba_ops.broker import (
     CONTROLLER_USER,
     DeviceAccount,
     MosquittoProcess,
@@ -40,8 +42,6 @@ from dalaba.broker import (
     write_broker_config,
     write_password_file,
 )
-from dalaba.mqtt import BrokerAddress, MqttConnection, WillMessage
-from dalaba.signing import Ed25519Signer, Ed25519Verifier, VerifierSet
 
 pytestmark = pytest.mark.broker
 

@@ -29,7 +29,9 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from dalaba import protocol as p
-from dalaba.broker import (
+from dalaba.mqtt import BrokerAddress, MqttConnection
+from dalaba.signing import Ed25519Signer
+from dalaba_ops.broker import (
     CONTROLLER_USER,
     DeviceAccount,
     MosquittoProcess,
@@ -38,8 +40,6 @@ from dalaba.broker import (
     write_broker_config,
     write_password_file,
 )
-from dalaba.mqtt import BrokerAddress, MqttConnection
-from dalaba.signing import Ed25519Signer
 from edge_agent.agent import LATE_STEP_MS, LATE_TOLERANCE_MS, EdgeAgent
 from edge_agent.cache import MediaCache
 from edge_agent.config import DeviceConfig
@@ -255,7 +255,7 @@ class Rig:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DALABA_")}
         log = (config.state_dir.parent / "agent.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dalaba.cli", "agent", "--config", str(path)],
+            [sys.executable, "-m", "dalaba_ops.cli", "agent", "--config", str(path)],
             cwd=REPO,
             env=env,
             stdout=log,

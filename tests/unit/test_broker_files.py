@@ -14,7 +14,8 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from dalaba.broker import (
+from dalaba.protocol import Topics
+from dalaba_ops.broker import (
     CONTROLLER_USER,
     ControllerAccount,
     DeviceAccount,
@@ -26,7 +27,6 @@ from dalaba.broker import (
     write_broker_config,
     write_password_file,
 )
-from dalaba.protocol import Topics
 
 DEVICES = [
     DeviceAccount("d-001", "v-001", "t-01", password="pw-one"),

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from controller.county import County
-from dalaba.broker import ControllerAccount, DeviceAccount, write_acl, write_password_file
+from dalaba_ops.broker import ControllerAccount, DeviceAccount, write_acl, write_password_file
 from edge_agent.config import DeviceConfig
 from firmware_sim.fleet import device_dir
 

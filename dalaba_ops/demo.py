@@ -27,10 +27,11 @@ from controller.auth import Role, create_user_and_token
 from controller.county import County, seed
 from controller.db import Database
 from controller.groups import TargetGroup
-from controller.provisioning import provision_simulated_county, read_or_create_secret
 from controller.sessions import set_console_password
 from controller.settings import Settings
-from dalaba.broker import (
+from dalaba.protocol import now_ms
+from dalaba.signing import Ed25519Signer
+from dalaba_ops.broker import (
     CONTROLLER_USER,
     ControllerAccount,
     MosquittoProcess,
@@ -38,8 +39,7 @@ from dalaba.broker import (
     free_port,
     write_broker_config,
 )
-from dalaba.protocol import now_ms
-from dalaba.signing import Ed25519Signer
+from dalaba_ops.provisioning import provision_simulated_county, read_or_create_secret
 from firmware_sim.fleet import spawn_fleet_processes
 
 log = logging.getLogger(__name__)

@@ -10,6 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
+from dalaba_ops import db_cli
+
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
@@ -78,7 +80,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from dalaba.demo import run_demo
+    from dalaba_ops.demo import run_demo
 
     processes = args.processes or max(1, min(os.cpu_count() or 1, (args.villages + 999) // 1000))
     asyncio.run(run_demo(Path(args.data_dir), args.villages, args.port, processes))
@@ -183,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="demo-data")
     p.add_argument("--processes", type=int, default=None, help="simulator processes")
     p.set_defaults(func=cmd_demo)
+
+    db_cli.register(sub)
 
     p = sub.add_parser("token", help="API tokens")
     tsub = p.add_subparsers(dest="token_command", required=True)

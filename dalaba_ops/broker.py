@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dalaba.protocol import TOPIC_ROOT, Topics
+from dalaba.protocol import Topics
 
 CONTROLLER_USER = "dalaba-controller"
 # The broker makes every client's id its username (use_username_as_clientid), so each
@@ -95,15 +95,11 @@ def write_acl(
     lines = [
         "# Written by dalaba; regenerated when terminals are added.",
         "# Every device: its own reports, and the county-wide and its own command topic.",
-        f"pattern write {TOPIC_ROOT}/device/%u/status",
-        f"pattern write {TOPIC_ROOT}/device/%u/ack",
-        f"pattern write {TOPIC_ROOT}/device/%u/telemetry",
-        f"pattern write {TOPIC_ROOT}/device/%u/event",
-        f"pattern read {TOPIC_ROOT}/cmd/device/%u",
-        f"pattern read {Topics.COMMAND_ALL}",
+        *(f"pattern write {topic}" for topic in Topics.acl_device_writes()),
+        *(f"pattern read {topic}" for topic in Topics.acl_device_reads()),
     ]
     for username in controllers:
-        lines += ["", f"user {username}", f"topic readwrite {TOPIC_ROOT}/#"]
+        lines += ["", f"user {username}", f"topic readwrite {Topics.ACL_ALL}"]
     for d in devices:
         lines += [
             "",
