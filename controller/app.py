@@ -26,6 +26,7 @@ from controller.events import EventHub
 from controller.ingest import Ingestor
 from controller.live import LiveHub
 from controller.media import MediaStore
+from controller.metrics import Metrics
 from controller.prepositioning import Prepositioner
 from controller.schedules.service import ScheduleService
 from controller.sessions import SessionStore
@@ -74,6 +75,7 @@ def build_app(settings: Settings) -> web.Application:
     live = LiveHub(db, events)  # subscribes when started
     schedules = ScheduleService(db, broadcasts, dispatcher, settings)
     schedules.listen(events)
+    metrics = Metrics(db, ingestor, dispatcher, events)
 
     app = web.Application(
         middlewares=[error_middleware, auth_middleware(TokenAuthenticator(db), sessions)],
@@ -92,6 +94,8 @@ def build_app(settings: Settings) -> web.Application:
     app[keys.SCHEDULES] = schedules
     app[keys.EVENTS] = events
     app.add_routes(routes())
+    # Prometheus scrapes /metrics by convention; counts only, no login (controller.metrics).
+    app.router.add_get("/metrics", metrics.handle)
     if WEB_DIR.is_dir():
         app.router.add_get("/", _index)
         app.router.add_static("/static/", WEB_DIR, show_index=False)
