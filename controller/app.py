@@ -23,6 +23,7 @@ from controller.db import Database
 from controller.dispatch import Dispatcher
 from controller.errors import error_middleware
 from controller.events import EventHub
+from controller.http_security import path_id_guard, security_headers
 from controller.ingest import Ingestor
 from controller.live import LiveHub
 from controller.media import MediaStore
@@ -38,7 +39,18 @@ from dalaba.signing import Ed25519Signer
 
 log = logging.getLogger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+def find_web_dir() -> Path:
+    """The console's files: inside the package in an installed wheel (setup.py ships web/
+    as controller/web), else web/ beside the packages in a checkout or editable install."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "web", here.parent / "web"):
+        if (candidate / "index.html").is_file():
+            return candidate
+    return here.parent / "web"
+
+
+WEB_DIR = find_web_dir()
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 
 
@@ -78,7 +90,11 @@ def build_app(settings: Settings) -> web.Application:
     metrics = Metrics(db, ingestor, dispatcher, events)
 
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware(TokenAuthenticator(db), sessions)],
+        middlewares=[
+            error_middleware,
+            path_id_guard,
+            auth_middleware(TokenAuthenticator(db), sessions),
+        ],
         client_max_size=MAX_UPLOAD_BYTES,
     )
     app[keys.SETTINGS] = settings
@@ -99,6 +115,8 @@ def build_app(settings: Settings) -> web.Application:
     if WEB_DIR.is_dir():
         app.router.add_get("/", _index)
         app.router.add_static("/static/", WEB_DIR, show_index=False)
+    else:
+        log.warning("no console files at %s: serving the API only", WEB_DIR)
 
     async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         db.start()
@@ -116,6 +134,7 @@ def build_app(settings: Settings) -> web.Application:
         await ingestor.stop()
         db.stop()
 
+    app.on_response_prepare.append(security_headers(https=settings.cookie_secure))
     app.cleanup_ctx.append(_lifecycle)
     # Event streams never end by themselves: close them before the server waits on them.
     app.on_shutdown.append(live.close)

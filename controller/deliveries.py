@@ -169,15 +169,23 @@ def new_delivery(
     """A delivery's first state: `scheduled`, `sent` or `offline`, chosen by its creator."""
     if state not in NOT_REACHED:
         raise ValueError(f"a delivery starts scheduled, sent or offline, not {state}")
+    reason = OFFLINE_AT_SEND if state is S.OFFLINE else None
+    first: dict[str, Any] = {"state": state.value, "at": now, "rx": now}
+    if reason:
+        first["reason"] = reason
     return Delivery(
         broadcast_id=broadcast_id,
         device_id=device_id,
         state=state.value,
+        reason=reason,
         updated_ms=now,
         attempt=attempt,
         state_source=Source.CONTROLLER.value,
-        transitions=[{"state": state.value, "at": now, "rx": now}],
+        transitions=[first],
     )
+
+
+OFFLINE_AT_SEND = "the terminal was offline when it was sent; the broker keeps it until expiry"
 
 
 def apply(

@@ -78,9 +78,47 @@ async def read_json(request: web.Request, max_bytes: int = 256 * 1024) -> dict[s
         data = json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad_request("body", f"not valid JSON ({exc})", "malformed_json") from None
+    except RecursionError:
+        raise _too_deep() from None
     if not isinstance(data, dict):
         raise bad_request("body", "must be a JSON object", "malformed_json")
+    _check_plain(data)
     return data
+
+
+# No request of ours nests deeper than a few levels; 3,000-deep JSON is an attack on the
+# parser (and on every recursive walk after it).
+MAX_JSON_DEPTH = 32
+
+
+def _check_plain(data: object) -> None:
+    """Depth within MAX_JSON_DEPTH and text that is valid Unicode (JSON may carry a lone
+    surrogate, `\\ud800`, which no database or response can encode). Iterative, so a
+    deep body cannot exhaust the stack here either."""
+    stack: list[tuple[object, int, str]] = [(data, 1, "body")]
+    while stack:
+        value, depth, where = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise _too_deep()
+        if isinstance(value, str):
+            _check_text(value, where)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key, where)
+                stack.append((item, depth + 1, key if where == "body" else f"{where}.{key}"))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1, where) for item in value)
+
+
+def _too_deep() -> ApiError:
+    return bad_request("body", f"nested deeper than {MAX_JSON_DEPTH} levels", "malformed_json")
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_request(where, "contains an invalid character (a lone surrogate)") from None
 
 
 @web.middleware

@@ -176,13 +176,25 @@ CSV_COLUMNS = (
 )
 
 
+# A cell a spreadsheet would run as a formula (CSV injection): `=`, `+`, `-`, `@`, and
+# tab or carriage return in front. Prefixed with an apostrophe, the program shows the
+# text as typed; a broadcast's text is written by township staff and must stay text.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _csv_response(filename: str, header: tuple[str, ...], rows: list[list[Any]]) -> web.Response:
     out = io.StringIO()
     # The BOM lets spreadsheet programs on county PCs open Chinese text as UTF-8.
     out.write("\ufeff")
     writer = csv.writer(out)
     writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerows([[csv_cell(value) for value in row] for row in rows])
     return web.Response(
         body=out.getvalue().encode("utf-8"),
         content_type="text/csv",

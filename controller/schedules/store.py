@@ -607,7 +607,8 @@ def record_fired(
         .where(Delivery.state == SCHEDULED)
     ):
         fired_to = p.DeliveryState.OFFLINE if d.device_id in offline else p.DeliveryState.SENT
-        dm.apply(d, fired_to, dm.Cause.DISPATCH, now=fired_ms)
+        reason = dm.OFFLINE_AT_SEND if fired_to is p.DeliveryState.OFFLINE else None
+        dm.apply(d, fired_to, dm.Cause.DISPATCH, now=fired_ms, reason=reason)
     if not published:
         settle_played_offline(session, [occurrence_id])
 

@@ -136,7 +136,10 @@ def apply_report(d: Delivery, r: DeliveryReport, received_ms: int = T0) -> bool:
 def test_new_delivery_starts_in_a_controller_state_only() -> None:
     d = dm.new_delivery("b-1", "d-1", S.OFFLINE, T0)
     assert (d.state, d.state_source, d.last_seq) == ("offline", "controller", 0)
-    assert d.transitions == [{"state": "offline", "at": T0, "rx": T0}]
+    assert d.reason == dm.OFFLINE_AT_SEND  # the board says why it waits
+    assert d.transitions == [
+        {"state": "offline", "at": T0, "rx": T0, "reason": dm.OFFLINE_AT_SEND}
+    ]
     with pytest.raises(ValueError):
         dm.new_delivery("b-1", "d-1", S.DONE, T0)
 
