@@ -69,5 +69,10 @@ def media_ref(media: Media, mirrors: tuple[str, ...] = ()) -> p.MediaRef:
         size=media.size,
         duration_ms=media.duration_ms,
         mime=media.mime,
-        mirrors=tuple(base.rstrip("/") + "/" + media.sha256 for base in mirrors[:4]),
+        mirrors=mirror_urls(media.sha256, mirrors),
     )
+
+
+def mirror_urls(sha256: str, mirrors: tuple[str, ...]) -> tuple[str, ...]:
+    """Where else a terminal may fetch the same bytes: each mirror's base URL + hash."""
+    return tuple(base.rstrip("/") + "/" + sha256 for base in mirrors[:4])

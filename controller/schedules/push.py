@@ -116,7 +116,9 @@ class TerminalPusher:
                 select(Device.id).where(col(Device.id).in_(devices)).where(col(Device.online))
             )
             return (
-                store.items_for_devices(session, devices, t0, horizon_until),
+                store.items_for_devices(
+                    session, devices, t0, horizon_until, settings.media_mirrors
+                ),
                 store.terminal_schedules(session, devices),
                 set(online.all()),
             )

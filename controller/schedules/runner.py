@@ -268,7 +268,8 @@ class ScheduleRunner:
         # Read beside the database's write queue (SQLite in WAL lets a reader in while
         # the single writer works): a big reconcile or ingest batch never delays a fire.
         plan = await asyncio.to_thread(
-            self._db.run_sync, lambda s: store.load_fire_plan(s, occurrence_id)
+            self._db.run_sync,
+            lambda s: store.load_fire_plan(s, occurrence_id, settings.media_mirrors),
         )
         if plan is None:
             return

@@ -22,7 +22,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from controller import deliveries as dm
-from controller.media import media_ref
+from controller.media import media_ref, mirror_urls
 from controller.models import Broadcast, Delivery, Device, Media, Township, Village
 from controller.schedules.models import Occurrence, Schedule, SchedulerHeartbeat, TerminalSchedule
 from controller.schedules.plan import (
@@ -503,7 +503,9 @@ class FirePlan:
     cancelled_by: str | None = None  # its broadcast was cancelled: do not fire
 
 
-def load_fire_plan(session: Session, occurrence_id: str) -> FirePlan | None:
+def load_fire_plan(
+    session: Session, occurrence_id: str, mirrors: tuple[str, ...] = ()
+) -> FirePlan | None:
     """The play command of an occurrence still waiting to fire; None when there is
     nothing to fire (already fired, suppressed, gone). Reads only, so the runner can
     read beside the write queue and a long write never delays a fire."""
@@ -523,7 +525,7 @@ def load_fire_plan(session: Session, occurrence_id: str) -> FirePlan | None:
         category=b.category,
         drill=b.drill,
         title=b.title,
-        media=media_ref(media),
+        media=media_ref(media, mirrors),
         start_at=occ.due_ms,
         volume=100 if emergency else None,
     )
@@ -656,7 +658,11 @@ def settle_played_offline(session: Session, occurrence_ids: Iterable[str]) -> li
 
 
 def items_for_devices(
-    session: Session, device_ids: Iterable[str], now: int, horizon_until: int
+    session: Session,
+    device_ids: Iterable[str],
+    now: int,
+    horizon_until: int,
+    mirrors: tuple[str, ...] = (),
 ) -> dict[str, list[p.ScheduledItem]]:
     """Each terminal's coming occurrences (not yet expired, up to the horizon), as the
     items of its local schedule."""
@@ -705,7 +711,14 @@ def items_for_devices(
                 category=cat,
                 title=title,
                 drill=drill,
-                media=p.MediaRef(sha256=sha, url=sha, size=size, duration_ms=dur, mime=mime),
+                media=p.MediaRef(
+                    sha256=sha,
+                    url=sha,
+                    size=size,
+                    duration_ms=dur,
+                    mime=mime,
+                    mirrors=mirror_urls(sha, mirrors),
+                ),
                 start_at=due,
                 expires_at=exp,
                 volume=100 if emergency else None,
