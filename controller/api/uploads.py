@@ -3,7 +3,11 @@
 The format is told from the content, never from the file name; the recording is checked
 (corrupt, truncated, silent, too long, too big) and brought to the announcement format
 (`controller.speech.normalise_upload`) before anything is stored, so a refused upload
-leaves nothing behind. The audio itself is served to terminals at /media/<sha256>.
+leaves nothing behind. Anything that is not plain audio of a known container (a playlist,
+a concat script, an SDP file, a URL) is refused before ffmpeg sees it, and ffmpeg only
+ever reads the upload from a pipe (`controller.speech.sniff`), so an upload cannot make
+the server read another file or fetch a URL. The audio itself is served to terminals at
+/media/<sha256>.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from controller.api import keys
 from controller.auth import principal_of
 from controller.errors import bad_request, not_found
 from controller.models import Media
-from controller.speech import UnsupportedAudio, normalise_upload
+from controller.speech import NotPlainAudio, UnsupportedAudio, normalise_upload
 from controller.timefmt import iso
 
 log = logging.getLogger(__name__)
@@ -95,7 +99,10 @@ async def _read_upload(request: web.Request, limit: int) -> tuple[bytes, str, st
     data: bytes | None = None
     filename = ""
     title = request.query.get("title", "")
-    reader = await request.multipart()
+    try:
+        reader = await request.multipart()
+    except ValueError as exc:  # e.g. "boundary missed": a multipart type with no boundary
+        raise bad_request("body", f"malformed multipart form ({exc})") from None
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):
             raise bad_request("body", "nested multipart is not accepted")
@@ -132,14 +139,17 @@ async def upload(request: web.Request) -> web.Response:
             data, max_duration_s=settings.upload_max_duration_s, max_bytes=limit
         )
     except UnsupportedAudio as exc:
-        log.info(
+        # A playlist or a URL is no mis-tap on a phone: someone probing the server.
+        log.log(
+            logging.WARNING if isinstance(exc, NotPlainAudio) else logging.INFO,
             "upload by %s refused (%d bytes, %r): %s",
             principal.user,
             len(data),
             filename,
             exc.reason,
         )
-        raise bad_request("file", exc.reason, code="unsupported_audio") from None
+        # `not_plain_audio` (a playlist, a URL...) or `unsupported_audio`.
+        raise bad_request("file", exc.reason, code=exc.code) from None
     media = request.app[keys.MEDIA]
     row = await media.put(
         rendered.audio,

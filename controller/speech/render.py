@@ -10,6 +10,11 @@ ffmpeg runs as an asyncio subprocess and pydub's pure-Python work runs in a work
 so a render never blocks the controller's event loop. The output is bit-exact for the
 same input (`-fflags +bitexact` fixes the Ogg stream serial), so the same announcement
 always hashes the same.
+
+Every ffmpeg and ffprobe run here reads its input from stdin with its format forced and
+`pipe` as the only protocol allowed: our own PCM as `s16le`, anything from outside
+(uploads, the edge-tts stream) in the container `sniff` found. No run is ever given a
+path, a URL or a list of files, so no input can make it open anything else.
 """
 
 from __future__ import annotations
@@ -19,13 +24,25 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
-from collections.abc import AsyncIterator, Sequence
+import struct
+from collections.abc import Sequence
 
 from pydub import AudioSegment
 
+from controller.speech.sniff import (
+    MP3,
+    MP4,
+    OGG,
+    WAV,
+    Container,
+    UnsupportedAudio,
+    after_id3,
+    ffmpeg_input,
+    mpeg_frame_length,
+    sniff,
+    streamable_mp4,
+)
 from controller.speech.types import RenderedAnnouncement
 
 # Bump whenever anything that changes the sound changes (tones, timings, filters, codec
@@ -63,14 +80,6 @@ MAX_UPLOAD_BYTES = 20_000_000
 MAX_UPLOAD_DURATION_S = 600.0
 # Uploads shorter than this are almost always a mis-tap on the record button.
 MIN_UPLOAD_DURATION_MS = 300
-
-
-class UnsupportedAudio(ValueError):
-    """An uploaded recording was refused; the message says why, for the person uploading."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class FFmpegError(RuntimeError):
@@ -186,7 +195,10 @@ _SHAPING = (
 
 
 def _pcm_input(rate: int = SAMPLE_RATE) -> list[str]:
-    return ["-f", "s16le", "-ar", str(rate), "-ch_layout", "mono", "-i", "pipe:0"]
+    return [
+        "-f", "s16le", "-ar", str(rate), "-ch_layout", "mono",
+        "-format_whitelist", "s16le", "-protocol_whitelist", "pipe", "-i", "pipe:0",
+    ]  # fmt: skip
 
 
 async def measure_loudness(pcm: bytes) -> float:
@@ -251,87 +263,56 @@ def rendered(audio: bytes, duration_ms: int, voices: tuple[str, ...]) -> Rendere
 # --- decoding ---------------------------------------------------------------------------
 
 
-def sniff_format(data: bytes) -> str | None:
-    """Name the container from its first bytes, or None if it is not audio we accept."""
-    head = data[:16]
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        return "wav"
-    if head[:3] == b"ID3":
-        return "mp3"
-    if head[:4] == b"OggS":
-        return "ogg"
-    if head[4:8] == b"ftyp":
-        return "mp4"
-    if head[:4] == b"\x1a\x45\xdf\xa3":
-        # EBML: WebM/Matroska, what browsers' MediaRecorder produces (Opus inside).
-        return "webm"
-    if head.startswith(b"#!AMR-WB\n"):
-        return "amr-wb"
-    if head.startswith(b"#!AMR\n"):
-        return "amr"
-    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
-        layer = (head[1] >> 1) & 0x03
-        # 0xFFF with layer bits 00 is an ADTS (AAC) header; non-zero layer is MPEG audio.
-        if head[1] & 0xF6 == 0xF0:
-            return "aac"
-        if layer != 0:
-            return "mp3"
-    return None
+async def decode_audio(
+    data: bytes, *, container: Container | None = None, limit_s: float | None = None
+) -> AudioSegment:
+    """Decode audio from outside into 16 kHz mono PCM.
 
-
-async def decode_audio(data: bytes, *, limit_s: float | None = None) -> AudioSegment:
-    """Decode any container ffmpeg reads into 16 kHz mono PCM.
-
-    ffmpeg is told to stop at the first decoding error, which catches most corrupt and
-    truncated files instead of half-playing them. Raises ValueError with ffmpeg's reason.
+    The container is sniffed unless the caller already did (`UnsupportedAudio` if it is
+    not plain audio). ffmpeg is told to stop at the first decoding error, which catches
+    most corrupt and truncated files instead of half-playing them. Raises ValueError with
+    ffmpeg's reason.
     """
-    async with _temporary_file(data) as path:
-        limit = ["-t", f"{limit_s:.3f}"] if limit_s is not None else []
-        args = [
-            FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-xerror",
-            "-err_detect", "crccheck+bitstream+buffer+explode",
-            "-i", path, *limit, "-map", "0:a:0", "-vn",
-            "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "pipe:1",
-        ]  # fmt: skip
-        rc, out, err = await _run(args)
+    container = container or sniff(data)
+    limit = ["-t", f"{limit_s:.3f}"] if limit_s is not None else []
+    args = [
+        FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-xerror",
+        "-err_detect", "crccheck+bitstream+buffer+explode",
+        *ffmpeg_input(container), *limit, "-map", "0:a:0", "-vn",
+        "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "pipe:1",
+    ]  # fmt: skip
+    rc, out, err = await _run(args, stdin=_streamable(container, data))
     if rc != 0 or err.strip():
-        raise ValueError(_reason(err, path) or f"ffmpeg exited with {rc}")
+        raise ValueError(_reason(err) or f"ffmpeg exited with {rc}")
     return await asyncio.to_thread(
         lambda: AudioSegment(data=out, sample_width=2, frame_rate=SAMPLE_RATE, channels=1)
     )
 
 
-def _reason(stderr: bytes, path: str) -> str:
-    """ffmpeg's last complaint, without its internal addresses or our temporary path."""
+def _streamable(container: Container, data: bytes) -> bytes:
+    return streamable_mp4(data) if container is MP4 else data
+
+
+def _reason(stderr: bytes) -> str:
+    """ffmpeg's last complaint, without its internal addresses or the name of its input."""
     lines = stderr.decode(errors="replace").strip().splitlines()
     if not lines:
         return ""
     line = re.sub(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*", "", lines[-1])
-    return line.replace(f"{path}: ", "").replace(path, "the file")
+    return line.replace("pipe:0: ", "").replace("pipe:0", "the file")
 
 
-@contextlib.asynccontextmanager
-async def _temporary_file(data: bytes) -> AsyncIterator[str]:
-    """The data as a file: MP4/M4A from phones keep their index at the end, so ffmpeg
-    cannot read them from a (non-seekable) pipe."""
-    fd, path = await asyncio.to_thread(tempfile.mkstemp, prefix="dalaba-audio-")
-    try:
-        await asyncio.to_thread(_write_all, fd, data)
-        yield path
-    finally:
-        await asyncio.to_thread(os.unlink, path)
-
-
-async def probe_duration_s(data: bytes) -> float | None:
-    """The duration the container declares (None if it declares none)."""
-    async with _temporary_file(data) as path:
-        args = [
-            "ffprobe", "-v", "error", "-select_streams", "a:0",
-            "-show_entries", "format=duration:stream=codec_type", "-of", "json", path,
-        ]  # fmt: skip
-        rc, out, err = await _run(args)
+async def probe_duration_s(data: bytes, container: Container) -> float | None:
+    """The duration the container declares (None if it declares none, or if it can only
+    be found by seeking, which a pipe cannot: see `wav_declared_s`)."""
+    args = [
+        "ffprobe", "-hide_banner", "-v", "error", *ffmpeg_input(container),
+        "-select_streams", "a:0", "-show_entries", "format=duration:stream=codec_type",
+        "-of", "json",
+    ]  # fmt: skip
+    rc, out, err = await _run(args, stdin=_streamable(container, data))
     if rc != 0:
-        raise ValueError(_reason(err, path) or f"ffprobe exited with {rc}")
+        raise ValueError(_reason(err) or f"ffprobe exited with {rc}")
     info = json.loads(out or b"{}")
     if not info.get("streams"):
         raise ValueError("no audio stream")
@@ -339,6 +320,27 @@ async def probe_duration_s(data: bytes) -> float | None:
         return float(info["format"]["duration"])
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def wav_declared_s(data: bytes) -> float | None:
+    """The duration a WAV header declares (its data size over its byte rate).
+
+    ffprobe reading a pipe has no file size and reports none, yet this is what catches a
+    WAV cut off in transfer. A size of 0 or 0xFFFFFFFF means "unknown" (written by
+    streaming encoders), and so does a byte rate of 0.
+    """
+    byte_rate = 0
+    pos = 12
+    while pos + 8 <= len(data):
+        kind, size = struct.unpack_from("<4sI", data, pos)
+        if kind == b"fmt " and size >= 16 and pos + 24 <= len(data):
+            (byte_rate,) = struct.unpack_from("<I", data, pos + 16)
+        elif kind == b"data":
+            if size in (0, 0xFFFFFFFF) or byte_rate == 0:
+                return None
+            return size / byte_rate
+        pos += 8 + size + (size & 1)
+    return None
 
 
 def ogg_is_complete(data: bytes) -> bool:
@@ -358,59 +360,18 @@ def ogg_is_complete(data: bytes) -> bool:
     return bool(header_type & 0x04) and pos + 27 + segments + sum(table) == len(data)
 
 
-_MP3_BITRATES_KBPS = {
-    # (MPEG-1?, layer) -> bitrate table indexed 1..14
-    (True, 1): (32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
-    (True, 2): (32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
-    (True, 3): (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
-    (False, 1): (32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
-    (False, 2): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
-    (False, 3): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
-}
-_MP3_SAMPLE_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
-
-
 def mp3_is_complete(data: bytes) -> bool:
     """Whether the last MPEG audio frame is whole.
 
     A constant-bitrate MP3 without a Xing header declares no length, so a file cut off
     at the end decodes without complaint; its last frame is short, though.
     """
-    pos = 0
-    if data[:3] == b"ID3" and len(data) >= 10:
-        size = (data[6] << 21) | (data[7] << 14) | (data[8] << 7) | data[9]
-        pos = 10 + size + (10 if data[5] & 0x10 else 0)
-    while pos + 4 <= len(data):
-        b1, b2 = data[pos + 1], data[pos + 2]
-        version, layer_bits = (b1 >> 3) & 0x03, (b1 >> 1) & 0x03
-        bitrate_index, rate_index = b2 >> 4, (b2 >> 2) & 0x03
-        if (
-            data[pos] != 0xFF
-            or b1 & 0xE0 != 0xE0
-            or version == 1
-            or layer_bits == 0
-            or bitrate_index in (0, 15)
-            or rate_index == 3
-        ):
-            break  # a tag (ID3v1, APE) or trailing junk: not ours to judge
-        layer = 4 - layer_bits
-        mpeg1 = version == 3
-        bitrate = _MP3_BITRATES_KBPS[(mpeg1, layer)][bitrate_index - 1] * 1000
-        rate = _MP3_SAMPLE_RATES[version][rate_index]
-        padding = (b2 >> 1) & 0x01
-        if layer == 1:
-            length = (12 * bitrate // rate + padding) * 4
-        else:
-            length = (144 if mpeg1 or layer == 2 else 72) * bitrate // rate + padding
+    pos = after_id3(data)
+    while (length := mpeg_frame_length(data, pos)) is not None:
         if pos + length > len(data):
             return False
         pos += length
-    return True
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    return True  # the end, or a tag (ID3v1, APE) or trailing junk: not ours to judge
 
 
 async def normalise_upload(
@@ -421,9 +382,10 @@ async def normalise_upload(
 ) -> RenderedAnnouncement:
     """Check an uploaded recording and bring it to the announcement format.
 
-    Accepts WAV, MP3, Ogg (Vorbis/Opus), M4A/MP4 and raw AAC (ADTS), AMR-NB/AMR-WB (what
-    feature phones record). Raises `UnsupportedAudio` for anything empty, too big, not
-    audio, corrupt or truncated, too short or too long.
+    Accepts WAV, MP3, Ogg (Vorbis/Opus), WebM, M4A/MP4 and raw AAC (ADTS), AMR-NB/AMR-WB
+    (what feature phones record). Raises `UnsupportedAudio` for anything empty, too big,
+    not audio, corrupt or truncated, too short or too long, and its `NotPlainAudio` for
+    playlists, concat scripts, session descriptions and references to files or URLs.
     """
     if not data:
         raise UnsupportedAudio("the file is empty")
@@ -431,26 +393,23 @@ async def normalise_upload(
         raise UnsupportedAudio(
             f"the file is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB"
         )
-    kind = sniff_format(data)
-    if kind is None:
-        raise UnsupportedAudio(
-            "not a recognised audio file (accepted: WAV, MP3, OGG, M4A/AAC, AMR)"
-        )
-    damaged = f"the {kind.upper()} file is corrupt or incomplete"
-    if (kind == "ogg" and not ogg_is_complete(data)) or (
-        kind == "mp3" and not mp3_is_complete(data)
-    ):
+    container = sniff(data)
+    damaged = f"the {container.label} file is corrupt or incomplete"
+    complete = {OGG: ogg_is_complete, MP3: mp3_is_complete}
+    if container in complete and not complete[container](data):
         raise UnsupportedAudio(f"{damaged} (it ends in the middle of the audio)")
     try:
-        declared_s = await probe_duration_s(data)
+        declared_s = await probe_duration_s(data, container)
     except ValueError as exc:
         raise UnsupportedAudio(f"{damaged} ({exc})") from exc
+    if container is WAV:
+        declared_s = wav_declared_s(data)
     too_long = f"the recording is longer than the limit of {max_duration_s:g} seconds"
     if declared_s is not None and declared_s > max_duration_s + 0.5:
         raise UnsupportedAudio(too_long)
     try:
         # Decode a little past the limit so "too long" is detected without decoding hours.
-        segment = await decode_audio(data, limit_s=max_duration_s + 1)
+        segment = await decode_audio(data, container=container, limit_s=max_duration_s + 1)
     except ValueError as exc:
         raise UnsupportedAudio(f"{damaged} ({exc})") from exc
     decoded_s = len(segment) / 1000
