@@ -1,23 +1,58 @@
-"""`dalaba`: the one command. Subcommands: controller, agent, sim, demo, token, user."""
+"""`dalaba`: the one command. Subcommands: controller, agent, sim, demo, db, county,
+token, user, provision, check.
+
+A mistake is one line on stderr and an exit code from `cli_support` (README, "The dalaba
+command"); a traceback only with -v. Everything above the wire kernel is imported inside
+the subcommand that needs it: a terminal has the agent installed, not the controller.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import getpass
+import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
+import traceback
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
+from dalaba import __version__
 from dalaba_ops import db_cli
+from dalaba_ops.cli_support import (
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CliError,
+    add_config_argument,
+    add_location_arguments,
+    config_file,
+    describe,
+    first_line,
+    load_settings,
+    validation_summary,
+    with_database,
+)
+
+# Subcommands that run until stopped log what they do; the others print their answer
+# and log only warnings, so their stderr is an error line or nothing.
+LONG_RUNNING = frozenset({"controller", "agent", "sim", "demo"})
+# Where `dalaba provision` tells a board to keep the CA of an mqtts:// broker.
+BOARD_CA_FILE = "/etc/dalaba/broker-ca.pem"
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _setup_logging(verbose: bool, long_running: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO if long_running else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A fleet logs every rejected or dropped message; keep the library chatter down.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # APScheduler logs every run of every job at INFO (a heartbeat every 2 s); the
@@ -25,23 +60,61 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
+# ------------------------------------------------------------------ running things
+
+
 def cmd_controller(args: argparse.Namespace) -> int:
     from controller.app import serve_forever
-    from controller.settings import Settings
+    from dalaba.mqtt import BrokerAddress
 
-    settings = Settings(_env_file=args.config) if args.config else Settings()  # type: ignore[call-arg]
-    asyncio.run(serve_forever(settings))
-    return 0
+    settings = load_settings(args, strict=True)
+    try:
+        asyncio.run(serve_forever(settings))
+    except TimeoutError as exc:
+        # The only wait at start is for the broker's first CONNACK (controller/dispatch.py).
+        address = BrokerAddress.from_url(settings.broker_url)
+        raise CliError(EXIT_UNREACHABLE, _broker_diagnosis(address.host, address.port)) from exc
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise CliError(
+                EXIT_USAGE,
+                f"cannot listen on {settings.http_host}:{settings.http_port}: address already "
+                "in use (another controller? DALABA_HTTP_PORT)",
+            ) from exc
+        raise
+    return EXIT_OK
+
+
+def _broker_diagnosis(host: str, port: int) -> str:
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            pass
+    except OSError as exc:
+        return f"broker {host}:{port}: not reachable ({exc.strerror or exc}); is it running?"
+    return (
+        f"broker {host}:{port}: reachable, but it did not accept the controller's login: "
+        "check DALABA_BROKER_USERNAME/PASSWORD against its password file and ACL"
+    )
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
     """Run one agent. On a real board the hardware is the board's own; only the
     simulated hardware ships in this repository."""
+    from pydantic import ValidationError
+
     from edge_agent.agent import EdgeAgent
     from edge_agent.config import DeviceConfig
     from firmware_sim.hardware import SimHardware
 
-    config = DeviceConfig.load(Path(args.config))
+    path = config_file(args)
+    if path is None:
+        raise CliError(EXIT_USAGE, "give --config DEVICE_JSON (the terminal's device file)")
+    try:
+        config = DeviceConfig.load(path)
+    except ValidationError as exc:
+        raise CliError(EXIT_USAGE, f"device file {path}: {validation_summary(exc)}") from exc
+    except ValueError as exc:  # not JSON
+        raise CliError(EXIT_USAGE, f"device file {path}: not JSON ({first_line(exc)})") from exc
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -57,172 +130,587 @@ def cmd_agent(args: argparse.Namespace) -> int:
             await agent.stop()
 
     asyncio.run(run())
-    return 0
+    return EXIT_OK
+
+
+def _data_dir(args: argparse.Namespace, default: str) -> Path:
+    """--data-dir, else DALABA_DATA_DIR of --config, else `default`."""
+    if args.data_dir:
+        return Path(args.data_dir)
+    if args.config:
+        return load_settings(args).data_dir
+    return Path(default)
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
     from firmware_sim.fleet import Fleet, find_device_configs, run_fleet
 
-    data_dir = Path(args.data_dir)
+    data_dir = _data_dir(args, "demo-data")
+    if not data_dir.is_dir():
+        raise CliError(EXIT_NOT_FOUND, f"data directory {data_dir}: not found")
     if not find_device_configs(data_dir):
-        print(
+        raise CliError(
+            EXIT_NOT_FOUND,
             f"no terminals under {data_dir}/sim; run `dalaba demo` or set one up first",
-            file=sys.stderr,
         )
-        return 2
     share = None
     if args.share:
-        index, total = (int(x) for x in args.share.split("/"))
+        try:
+            index, total = (int(x) for x in args.share.split("/"))
+        except ValueError as exc:
+            raise CliError(EXIT_USAGE, f"--share {args.share}: write it i/n, e.g. 0/4") from exc
         share = (index, total)
     fleet = Fleet.from_data_dir(data_dir, args.villages, share=share, record_wav=not args.no_wav)
     asyncio.run(run_fleet(fleet))
-    return 0
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from dalaba_ops.demo import run_demo
 
+    data_dir = _data_dir(args, "demo-data")
+    port = args.port
+    if port is None:
+        port = load_settings(args).http_port if args.config else 8080
     processes = args.processes or max(1, min(os.cpu_count() or 1, (args.villages + 999) // 1000))
-    asyncio.run(run_demo(Path(args.data_dir), args.villages, args.port, processes))
-    return 0
+    asyncio.run(run_demo(data_dir, args.villages, port, processes))
+    return EXIT_OK
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    from controller.auth import Role, create_user_and_token
-    from controller.db import Database
-    from controller.settings import Settings
+# ------------------------------------------------------------------ the county
 
-    settings = (
-        Settings(data_dir=Path(args.data_dir), demo=True) if args.data_dir else Settings(demo=True)
-    )
-    db = Database(args.database_url or settings.db_url)
-    db.start()
+
+def cmd_county_import(args: argparse.Namespace) -> int:
+    from controller.county import County, seed
+
+    settings = load_settings(args, require_location=True)
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(EXIT_NOT_FOUND, f"county file {path}: not found")
     try:
-        token = db.run_sync(
-            lambda s: create_user_and_token(
-                s, args.user, Role(args.role), args.township, label=args.label
-            )
-        )
+        county = County.load(path)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CliError(EXIT_USAGE, f"county file {path}: missing or wrong field {exc}") from exc
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        db.stop()
+        raise CliError(EXIT_USAGE, f"county file {path}: not JSON ({first_line(exc)})") from exc
+    added = with_database(settings, lambda s: seed(s, county))
+    terminals = sum(v.terminals for v in county.villages)
+    print(
+        f"{len(county.townships)} townships, {len(county.villages)} villages, {terminals} "
+        f"terminals in {path}: {added} new terminals added (rows already there are left as "
+        "they are)"
+    )
+    if added:
+        print(
+            "Restart the controller so it accepts their reports, then provision them: "
+            "dalaba provision --village VILLAGE ..."
+        )
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ tokens and users
+
+
+def _role(value: str | None) -> Any:
+    from controller.auth import Role
+
+    if value is None:
+        return None
+    try:
+        return Role(value)
+    except ValueError:
+        roles = ", ".join(r.value for r in Role)
+        raise CliError(EXIT_USAGE, f"--role {value}: not a role (one of {roles})") from None
+
+
+def _check_township(session: Any, township_id: str | None) -> None:
+    from controller.models import Township
+
+    if township_id is not None and session.get(Township, township_id) is None:
+        raise CliError(EXIT_NOT_FOUND, f"township {township_id}: not in the database")
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from controller.auth import create_user_and_token
+
+    role = _role(args.role)
+    settings = load_settings(args, require_location=True)
+
+    def create(session: Any) -> str:
+        _check_township(session, args.township)
+        return create_user_and_token(session, args.user, role, args.township, label=args.label)
+
+    token = with_database(settings, create)
     # The only time the token is ever shown; only its hash is stored.
     print(token)
-    return 0
+    return EXIT_OK
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    from zoneinfo import ZoneInfo
+
+    from controller.auth import list_tokens
+
+    settings = load_settings(args, require_location=True)
+    tokens = with_database(settings, lambda s: list_tokens(s, args.user))
+    zone = ZoneInfo(settings.timezone)
+    rows = [("ID", "PREFIX", "USER", "ROLE", "LABEL", "CREATED", "LAST USED", "STATE")]
+    rows += [
+        (
+            str(t.id),
+            t.prefix,
+            t.user,
+            t.role,
+            t.label or "-",
+            _local(t.created_ms, zone),
+            _local(t.last_used_ms, zone) if t.last_used_ms else "never",
+            "revoked" if t.revoked else "live",
+        )
+        for t in tokens
+        if args.all or not t.revoked
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def _local(ms: int | None, zone: Any) -> str:
+    from datetime import datetime
+
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, zone).strftime("%Y-%m-%d %H:%M")
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    from controller.auth import TokenAuthenticator, revoke_token
+
+    settings = load_settings(args, require_location=True)
+    actor = f"cli:{_os_user()}"
+    info, was_live = with_database(settings, lambda s: revoke_token(s, args.token, actor))
+    what = f"token {info.id} ({info.prefix}…, user {info.user}, label {info.label or '-'})"
+    if not was_live:
+        print(f"{what} was already revoked")
+    else:
+        print(
+            f"revoked {what}; a running controller refuses it within "
+            f"{TokenAuthenticator.CACHE_S:.0f} s"
+        )
+    return EXIT_OK
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
 
 
 def _read_password() -> str:
     """From the terminal (asked twice) or the first line of stdin; never from argv,
     which other users of the machine can read in the process list."""
-    import getpass
-
     if sys.stdin.isatty():
         first = getpass.getpass("password: ")
         if getpass.getpass("again: ") != first:
-            raise ValueError("the two passwords differ")
+            raise CliError(EXIT_USAGE, "the two passwords differ")
         return first
     return sys.stdin.readline().rstrip("\r\n")
 
 
 def cmd_user(args: argparse.Namespace) -> int:
-    from controller.auth import Role
-    from controller.db import Database
-    from controller.errors import ApiError
-    from controller.sessions import set_console_password
-    from controller.settings import Settings
+    from sqlmodel import select
 
-    settings = (
-        Settings(data_dir=Path(args.data_dir), demo=True) if args.data_dir else Settings(demo=True)
+    from controller.models import User
+    from controller.sessions import set_console_password
+
+    creating = args.user_command == "create"
+    role = _role(args.role)
+    settings = load_settings(args, require_location=True)
+
+    def precheck(session: Any) -> None:
+        # Before the password is asked for: a wrong name or township is said at once.
+        exists = session.exec(select(User.id).where(User.name == args.name)).first()
+        if creating and exists is not None:
+            raise CliError(EXIT_USAGE, f"user {args.name} already exists (use `user passwd`)")
+        if not creating and exists is None:
+            raise CliError(EXIT_NOT_FOUND, f"user {args.name}: no such console user")
+        if creating:
+            _check_township(session, args.township)
+
+    with_database(settings, precheck)
+    password = _read_password()
+    user = with_database(
+        settings,
+        lambda s: set_console_password(
+            s,
+            args.name,
+            role,
+            args.township,
+            password,
+            create_only=creating,
+            must_exist=not creating,
+        ),
     )
-    db = Database(args.database_url or settings.db_url)
-    db.start()
-    try:
-        password = _read_password()
-        db.run_sync(
-            lambda s: set_console_password(
-                s,
-                args.name,
-                Role(args.role),
-                args.township,
-                password,
-                create_only=args.user_command == "create",
+    verb = "created" if creating else "has a new password; its open sessions are ended"
+    print(f"console user {user.name} ({user.role}) {verb}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ provisioning
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    from sqlmodel import col, select
+
+    from controller.models import Device, Village
+    from dalaba_ops.provisioning import Terminal, controller_trust_pem, provision_terminals
+
+    if not args.terminals and not args.village:
+        raise CliError(EXIT_USAGE, "name the terminals: TERMINAL ... or --village VILLAGE")
+    settings = load_settings(args, require_location=True)
+
+    def load(session: Any) -> list[Terminal]:
+        rows = list(session.exec(select(Device).where(col(Device.id).in_(args.terminals))))
+        unknown = sorted(set(args.terminals) - {d.id for d in rows})
+        if unknown:
+            raise CliError(
+                EXIT_NOT_FOUND,
+                f"not in the database: {', '.join(unknown)} (add terminals with "
+                "`dalaba county import`)",
             )
+        for village in args.village or []:
+            in_village = list(session.exec(select(Device).where(Device.village_id == village)))
+            if not in_village:
+                if session.get(Village, village) is None:
+                    raise CliError(EXIT_NOT_FOUND, f"village {village}: not in the database")
+                raise CliError(EXIT_NOT_FOUND, f"village {village}: has no terminals")
+            rows += in_village
+        unique = {d.id: Terminal(d.id, d.village_id, d.township_id) for d in rows}
+        return sorted(unique.values(), key=lambda t: t.device_id)
+
+    terminals = with_database(settings, load)
+    key_path = settings.signing_key_path
+    if not key_path.exists():
+        raise CliError(
+            EXIT_NOT_FOUND,
+            f"signing key {key_path}: not found (run this on the controller's machine, with "
+            "its --config; the controller makes the key when it first starts)",
         )
-    except (ValueError, ApiError) as exc:
-        print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
-        return 2
-    finally:
-        db.stop()
-    print(f"console user {args.name} ({args.role}) is ready")
-    return 0
+    trusted = [controller_trust_pem(getattr(settings, "signing_scheme", "ed25519"), key_path)]
+    for extra in args.also_trust or []:
+        try:
+            pem = Path(extra).read_text()
+        except OSError as exc:
+            raise CliError(EXIT_NOT_FOUND, f"--also-trust {extra}: {exc.strerror}") from exc
+        if "-----BEGIN " not in pem:
+            raise CliError(EXIT_USAGE, f"--also-trust {extra}: not a PEM public key")
+        trusted.append(pem)
+    broker_url = args.broker_url or settings.broker_url
+    # An mqtts:// broker with the county's own CA: each board needs that CA too.
+    server_ca: Path | None = getattr(settings, "broker_ca_file", None)
+    board_ca = Path(args.ca_file) if args.ca_file else None
+    if board_ca is None and server_ca is not None and urlsplit(broker_url).scheme == "mqtts":
+        board_ca = Path(BOARD_CA_FILE)
+    provisioning = settings.data_dir / "provisioning"
+    out_dir = Path(args.out) if args.out else provisioning / "terminals"
+    broker_dir = Path(args.broker_dir) if args.broker_dir else provisioning
+    password = settings.broker_password.get_secret_value()
+    from controller.settings import PLACEHOLDER_SECRETS
+
+    done, files = provision_terminals(
+        terminals,
+        out_dir=out_dir,
+        broker_dir=broker_dir,
+        broker_url=broker_url,
+        media_url=settings.media_url,
+        public_key_pems=trusted,
+        controller_password=None if password in PLACEHOLDER_SECRETS else password,
+        state_dir=Path(args.state_dir),
+        ca_file=board_ca,
+        rotate=args.rotate,
+    )
+    for item in done:
+        t = item.terminal
+        note = "new password" if item.new_password else "password kept"
+        print(f"{t.device_id}  village {t.village_id}, township {t.township_id}  {note}")
+        print(f"    {item.device_file}")
+    print(
+        "\nOn each board: copy its device.json to /etc/dalaba/device.json (owner: the "
+        "agent's user, mode 0600), then `systemctl restart dalaba-agent`."
+    )
+    print(
+        f"Broker: {files.password_file} and {files.acl_file} now hold {files.accounts} "
+        "accounts. Install them where Mosquitto reads them and reload it, e.g.\n"
+        f"    install -o mosquitto -g mosquitto -m 0600 {files.password_file} "
+        f"{files.acl_file} /etc/mosquitto/dalaba/ && systemctl reload mosquitto"
+    )
+    if board_ca is not None:
+        source = server_ca or "the CA that signed the broker's certificate"
+        print(f"Each board also needs {source} as {board_ca} (it checks the broker with it).")
+    if any(item.new_password for item in done):
+        print(
+            "A terminal with a new password stays offline until the broker is reloaded and "
+            "its board has the new device.json."
+        )
+    if _is_loopback(urlsplit(broker_url).hostname or ""):
+        print(
+            f"warning: {broker_url} is this machine's loopback address; a board elsewhere "
+            "cannot reach it (give --broker-url as the terminals reach the broker)",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# ------------------------------------------------------------------ check
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from dalaba_ops.check import FAIL, Context, run_checks
+
+    problem = None
+    try:
+        load_settings(args, strict=True)
+    except CliError as exc:
+        if exc.message.startswith("--config"):
+            raise  # a missing config file: nothing to check
+        problem = exc.message
+    settings = load_settings(args)
+    ctx = Context(
+        settings=settings,
+        config=config_file(args),
+        settings_problem=problem,
+        broker_login=args.broker_login,
+    )
+    failed = 0
+    for result in run_checks(ctx):
+        print(result.line(), flush=True)
+        failed += result.status == FAIL
+    if failed:
+        print(f"{failed} check(s) failed", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ the parser
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (argparse prints the usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _common() -> Parser:
+    """-v accepted after the subcommand too; SUPPRESS keeps `dalaba -v sub` working."""
+    common = Parser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+        help="log more, and show the traceback of an error",
+    )  # fmt: skip
+    return common
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dalaba", description="Dalaba (大喇叭) broadcast control")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="dalaba", description="Dalaba (大喇叭) broadcast control")
+    parser.add_argument("--version", action="version", version=f"dalaba {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log more, and show the traceback of an error"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = [_common()]
 
-    p = sub.add_parser("controller", help="run the county controller (API, console, dispatch)")
-    p.add_argument("--config", help="a DALABA_* env file (see config/dalaba.example.env)")
+    p = sub.add_parser(
+        "controller", parents=common, help="run the county controller (API, console, dispatch)"
+    )
+    add_config_argument(p)
     p.set_defaults(func=cmd_controller)
 
-    p = sub.add_parser("agent", help="run one terminal agent from its device.json")
-    p.add_argument("--config", required=True)
+    p = sub.add_parser("agent", parents=common, help="run one terminal agent from its device.json")
+    p.add_argument("--config", metavar="DEVICE_JSON", required=True, help="the device file")
     p.set_defaults(func=cmd_agent)
 
-    p = sub.add_parser("sim", help="run simulated terminals (real agents) from DATA_DIR/sim")
-    p.add_argument("--data-dir", default="demo-data")
+    p = sub.add_parser(
+        "sim", parents=common, help="run simulated terminals (real agents) from DATA_DIR/sim"
+    )
+    add_config_argument(p)
+    p.add_argument("--data-dir", help="default: DALABA_DATA_DIR of --config, else demo-data")
     p.add_argument("--villages", type=int, default=None, help="at most this many terminals")
     p.add_argument("--share", default=None, help="i/n: run every n-th terminal from the i-th")
     p.add_argument("--no-wav", action="store_true", help="log plays but do not write WAV files")
     p.set_defaults(func=cmd_sim)
 
-    p = sub.add_parser("demo", help="broker + controller + a simulated county, until Ctrl-C")
+    p = sub.add_parser(
+        "demo", parents=common, help="broker + controller + a simulated county, until Ctrl-C"
+    )
+    add_config_argument(p)
     p.add_argument("--villages", type=int, default=164)
-    p.add_argument("--port", type=int, default=8080, help="HTTP port of the console/API")
-    p.add_argument("--data-dir", default="demo-data")
+    p.add_argument("--port", type=int, default=None, help="HTTP port of the console/API (8080)")
+    p.add_argument("--data-dir", help="default: DALABA_DATA_DIR of --config, else demo-data")
     p.add_argument("--processes", type=int, default=None, help="simulator processes")
     p.set_defaults(func=cmd_demo)
 
     db_cli.register(sub)
 
-    p = sub.add_parser("token", help="API tokens")
-    tsub = p.add_subparsers(dest="token_command", required=True)
-    c = tsub.add_parser("create", help="create a user's API token (printed once)")
+    p = sub.add_parser("county", parents=common, help="the county's townships, villages, terminals")
+    csub = p.add_subparsers(dest="county_command", required=True, metavar="COMMAND")
+    c = csub.add_parser(
+        "import",
+        parents=common,
+        help="add the townships, villages and terminals of a county file that are missing",
+    )
+    c.add_argument("file", metavar="COUNTY_JSON", help="shaped like controller/data/county.json")
+    add_location_arguments(c)
+    c.set_defaults(func=cmd_county_import)
+
+    p = sub.add_parser("token", parents=common, help="API tokens")
+    tsub = p.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
+    c = tsub.add_parser("create", parents=common, help="create a user's API token (printed once)")
     c.add_argument("--user", required=True)
     c.add_argument(
-        "--role", required=True, choices=["admin", "duty_officer", "township_staff", "viewer"]
+        "--role", required=True, help="admin, duty_officer, township_staff, technician, viewer"
     )
-    c.add_argument("--township", default=None)
+    c.add_argument("--township", default=None, help="required for township_staff")
     c.add_argument("--label", default="")
-    c.add_argument("--data-dir", default=None)
-    c.add_argument("--database-url", default=None)
-    c.set_defaults(func=cmd_token)
+    add_location_arguments(c)
+    c.set_defaults(func=cmd_token_create)
+    c = tsub.add_parser(
+        "list", parents=common, help="list tokens (prefix, user, label, use); never the token"
+    )
+    c.add_argument("--user", default=None, help="only this user's tokens")
+    c.add_argument("--all", action="store_true", help="revoked tokens too")
+    add_location_arguments(c)
+    c.set_defaults(func=cmd_token_list)
+    c = tsub.add_parser("revoke", parents=common, help="revoke a token by its id or prefix")
+    c.add_argument("token", metavar="PREFIX_OR_ID", help="as `token list` shows it")
+    add_location_arguments(c)
+    c.set_defaults(func=cmd_token_revoke)
 
-    p = sub.add_parser("user", help="console users (password from stdin or prompted)")
-    usub = p.add_subparsers(dest="user_command", required=True)
-    for name, text in (
-        ("create", "create a console user with a password"),
-        ("passwd", "set an existing console user's password"),
-    ):
-        c = usub.add_parser(name, help=text)
-        c.add_argument("--name", required=True)
-        c.add_argument(
-            "--role", required=True, choices=["admin", "duty_officer", "township_staff", "viewer"]
-        )
-        c.add_argument("--township", default=None, help="required for township_staff")
-        c.add_argument("--data-dir", default=None)
-        c.add_argument("--database-url", default=None)
-        c.set_defaults(func=cmd_user)
+    p = sub.add_parser(
+        "user", parents=common, help="console users (password from stdin or prompted)"
+    )
+    usub = p.add_subparsers(dest="user_command", required=True, metavar="COMMAND")
+    c = usub.add_parser("create", parents=common, help="create a console user with a password")
+    c.add_argument("--name", required=True)
+    c.add_argument(
+        "--role", required=True, help="admin, duty_officer, township_staff, technician, viewer"
+    )
+    c.add_argument("--township", default=None, help="required for township_staff")
+    add_location_arguments(c)
+    c.set_defaults(func=cmd_user)
+    c = usub.add_parser(
+        "passwd", parents=common, help="set an existing console user's password (never creates)"
+    )
+    c.add_argument("--name", required=True)
+    c.add_argument("--role", default=None, help="if given, must be the user's role")
+    c.add_argument("--township", default=None, help="if given, must be the user's township")
+    add_location_arguments(c)
+    c.set_defaults(func=cmd_user)
+
+    p = sub.add_parser(
+        "provision",
+        parents=common,
+        help="write terminals' device files and broker accounts from the database",
+        description="Write each terminal's device.json (mode 0600) into OUT/<device_id>/ and "
+        "add or update its account and ACL entries in the broker's passwd and acl files, "
+        "keeping every other account. A terminal keeps its password unless --rotate.",
+    )
+    p.add_argument("terminals", nargs="*", metavar="TERMINAL", help="device ids")
+    p.add_argument(
+        "--village", action="append", metavar="VILLAGE", help="every terminal of a village"
+    )
+    p.add_argument("--out", metavar="DIR", help="default: DATA_DIR/provisioning/terminals")
+    p.add_argument(
+        "--broker-dir",
+        metavar="DIR",
+        help="where the broker's passwd and acl are merged (default: DATA_DIR/provisioning)",
+    )
+    p.add_argument(
+        "--broker-url",
+        metavar="URL",
+        help="the broker as the terminals reach it (default: DALABA_BROKER_URL)",
+    )
+    p.add_argument(
+        "--state-dir",
+        default="/var/lib/dalaba-agent/state",
+        metavar="DIR",
+        help="the board's persistent flash directory (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ca-file",
+        metavar="PATH",
+        help="for an mqtts:// broker: where the board keeps the broker's CA (default "
+        f"{BOARD_CA_FILE} when DALABA_BROKER_CA_FILE is set; unset: the system's CAs)",
+    )
+    p.add_argument(
+        "--also-trust",
+        action="append",
+        metavar="PEM",
+        help="a further public key (or certificate) terminals trust beside the "
+        "controller's: the next key, during a key rotation",
+    )
+    p.add_argument(
+        "--rotate",
+        action="store_true",
+        help="issue new passwords (re-flashed board, leaked password); the old ones stop "
+        "working when the broker reloads",
+    )
+    add_location_arguments(p)
+    p.set_defaults(func=cmd_provision)
+
+    p = sub.add_parser(
+        "check",
+        parents=common,
+        help="verify a deployment: database, schema, broker, signing key, media, clock",
+        description="One line per check, ok or FAIL; exit 0 only if none failed.",
+    )
+    add_location_arguments(p)
+    p.add_argument(
+        "--broker-login",
+        action="store_true",
+        help="also log in to the broker with the controller's account. The broker binds "
+        "client ids to usernames, so this login IS the controller's client: it takes over "
+        "a running controller's connection for a moment (its session and queued reports "
+        "are kept). Use it with the controller stopped. Without it, only TCP is tried",
+    )
+    p.set_defaults(func=cmd_check)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
-    return int(args.func(args))
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.command in LONG_RUNNING)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.error(f"{args.command}: give a subcommand")
+    try:
+        return int(func(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # every failure: one line and a code
+        code, message = describe(exc)
+        if args.verbose:
+            traceback.print_exc()
+        print(f"{_command_name(args)}: error: {message}", file=sys.stderr)
+        return code if code != EXIT_OK else EXIT_FAILED
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    """`dalaba token revoke`, as typed: the error line says which command failed."""
+    words = ["dalaba", args.command]
+    words += [v for k, v in sorted(vars(args).items()) if k.endswith("_command") and v]
+    return " ".join(words)
 
 
 if __name__ == "__main__":
