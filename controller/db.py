@@ -1,20 +1,32 @@
-"""The database: one engine, and one place where blocking ORM work leaves the event loop."""
+"""The database: one engine, and one place where blocking ORM work leaves the event loop.
+
+The schema is Alembic's (controller/migrations): `start()` creates a new database at the
+newest revision, upgrades an older one when allowed, and otherwise refuses to run on it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
-T = TypeVar("T")
+from controller import migrations
+from controller.migrations import SchemaError
 
-# Every module that defines tables, imported so that create_all() sees them all.
+__all__ = ["TABLE_MODULES", "Database", "SchemaError", "make_engine", "table_metadata"]
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+# Every module that defines tables, imported so that create_all() and the migrations
+# see them all. A new table or column also needs a revision (controller/migrations).
 TABLE_MODULES: tuple[str, ...] = (
     "controller.models",
     "controller.sessions",
@@ -23,7 +35,19 @@ TABLE_MODULES: tuple[str, ...] = (
     "controller.templates",
     "controller.prepositioning",
     "controller.schedules.models",
+    "controller.idempotency",
 )
+
+
+def table_metadata() -> MetaData:
+    """Every table of the controller (what the newest revision must describe)."""
+    for module in TABLE_MODULES:
+        importlib.import_module(module)
+    return SQLModel.metadata
+
+
+def is_memory_url(url: str) -> bool:
+    return url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
 
 
 def make_engine(url: str) -> Engine:
@@ -49,8 +73,11 @@ class Database:
     """Runs ORM work in worker threads. SQLite gets one thread, so writes are serialised
     in-process instead of fighting over the file lock; PostgreSQL gets a few."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, auto_migrate: bool = True) -> None:
         self.url = url
+        # False: a database behind this release's schema is refused (SchemaError)
+        # instead of upgraded, for operators who upgrade by hand after a backup.
+        self.auto_migrate = auto_migrate
         self.engine: Engine | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -59,13 +86,33 @@ class Database:
         return self.url.startswith("sqlite")
 
     def start(self) -> None:
-        for module in TABLE_MODULES:
-            importlib.import_module(module)
-        self.engine = make_engine(self.url)
-        SQLModel.metadata.create_all(self.engine)
+        """Open the database at this release's schema; SchemaError (one line for the
+        operator) when it cannot be used as it is."""
+        metadata = table_metadata()
+        if is_memory_url(self.url):
+            self.engine = make_engine(self.url)
+            # Lives and dies with this process: never older than this release.
+            metadata.create_all(self.engine)
+        else:
+            self._prepare_schema(metadata)
+            self.engine = make_engine(self.url)
         self._executor = ThreadPoolExecutor(
             max_workers=1 if self.is_sqlite else 4, thread_name_prefix="db"
         )
+
+    def _prepare_schema(self, metadata: MetaData) -> None:
+        # Schema work on its own engine: real transactions, a lock against a second
+        # migrator, foreign keys checked at the end (controller.migrations).
+        engine = migrations.migration_engine(self.url)
+        try:
+            with migrations.locked(engine) as conn:
+                outcome = migrations.prepare(
+                    conn, metadata, auto_migrate=self.auto_migrate, url=self.url
+                )
+        finally:
+            engine.dispose()
+        if outcome.action != "none":
+            log.info("%s", outcome.message)
 
     def stop(self) -> None:
         if self._executor is not None:
