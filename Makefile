@@ -1,13 +1,18 @@
-# The README's commands. `make demo` runs the product, `make test` the whole suite;
-# both install what they need on a fresh Debian machine first.
+# The README's commands. `make demo` runs the product, `make test` the whole suite; each
+# first installs what it needs, and only that, on a fresh Debian or Ubuntu machine:
+# the demo the broker, audio tools and the controller and agent extras; the tests also the
+# browser, CJK fonts, PostgreSQL and SM2 packages and the development tools.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO_ARGS ?=
+# Extras of pyproject.toml; every version comes from requirements.lock.
+DEMO_EXTRAS := controller,agent
+TEST_EXTRAS := controller,agent,postgres,sm2,dev
 
-.PHONY: demo test setup system-deps lint typecheck bench clean
+.PHONY: demo test setup setup-demo system-deps system-deps-demo lint typecheck bench dist clean
 
-demo: setup
+demo: setup-demo
 	$(BIN)/dalaba demo $(DEMO_ARGS)
 
 test: setup
@@ -15,17 +20,30 @@ test: setup
 	$(BIN)/mypy dalaba dalaba_ops controller edge_agent firmware_sim
 	$(BIN)/pytest
 
-setup: system-deps $(VENV)/.installed
+setup: system-deps $(VENV)/.installed-test
+
+setup-demo: system-deps-demo $(VENV)/.installed-demo
 
 system-deps:
-	@scripts/ensure-system-deps.sh
+	@PYTHON=$(PYTHON) scripts/ensure-system-deps.sh test
+
+system-deps-demo:
+	@PYTHON=$(PYTHON) scripts/ensure-system-deps.sh demo
+
+# A venv left half made (no ensurepip) would pass for a made one next time: remove it.
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
+	$(BIN)/pip install -q --upgrade pip
 
 # Pinned: pyproject.toml pins the direct dependencies, requirements.lock everything.
-$(VENV)/.installed: pyproject.toml requirements.lock
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+$(VENV)/.installed-demo: pyproject.toml setup.py requirements.lock | $(BIN)/python
+	$(BIN)/pip install -q -c requirements.lock -e '.[$(DEMO_EXTRAS)]'
 	touch $@
+
+# The test extras include the demo's, so the demo needs nothing more afterwards.
+$(VENV)/.installed-test: pyproject.toml setup.py requirements.lock | $(BIN)/python
+	$(BIN)/pip install -q -c requirements.lock -e '.[$(TEST_EXTRAS)]'
+	touch $@ $(VENV)/.installed-demo
 
 lint:
 	$(BIN)/ruff check .
@@ -33,8 +51,15 @@ lint:
 typecheck:
 	$(BIN)/mypy dalaba dalaba_ops controller edge_agent firmware_sim
 
-bench: setup
+bench: system-deps-demo $(VENV)/.installed-test
 	$(BIN)/python bench/bench_spine.py
 
+# A wheel for servers and terminals (`pip install 'dalaba-….whl[controller]'` or
+# `[agent]`); it carries the console (web/) as package data. Built from a clean build/.
+dist: $(VENV)/.installed-test
+	rm -rf build
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
+	rm -rf build
+
 clean:
-	rm -rf $(VENV) demo-data .pytest_cache
+	rm -rf $(VENV) demo-data .pytest_cache build dist
