@@ -407,6 +407,10 @@ class SignedEnvelope(_Payload):
     kid: str
     payload: str  # base64 of the exact Command JSON bytes that were signed
     sig: str  # base64
+    # Serial (upper-case hex) of the certificate that vouches for the signing key, when
+    # the key has one (the national standards name the signer by it). Not signed, so it
+    # names, never proves: the terminal trusts the key by `kid` alone.
+    cert_sn: Annotated[str, Field(max_length=128)] | None = None
 
 
 class DeviceStatus(_Payload):
@@ -530,6 +534,7 @@ def seal(command: Command, signer: Signer) -> bytes:
         kid=signer.kid,
         payload=base64.b64encode(data).decode(),
         sig=base64.b64encode(signer.sign(data)).decode(),
+        cert_sn=signer.cert_sn,
     )
     return envelope.to_bytes()
 
