@@ -23,10 +23,11 @@ one starts at once (equal emergencies would queue behind each other).
 
 Target (the design brief): every terminal playing within 1 s of the push, cached audio.
 
-Run: .venv/bin/python bench/bench_spine.py [--villages 164] [--runs 5]
+Run: .venv/bin/python bench/bench_spine.py [--villages 164] [--runs 5] [--tls]
 Writes bench/results/spine-<date>.md and .json (spine-<date>-<N>villages.* for other
-sizes, ...-fleet<K>p.* with the terminals in K processes). Everything runs under a
-temporary directory that is removed afterwards.
+sizes, ...-fleet<K>p.* with the terminals in K processes, ...-tls.* with `--tls`: the
+county's broker, controller and terminals on MQTT over TLS, the raw fan-out still plain).
+Everything runs under a temporary directory that is removed afterwards.
 """
 
 from __future__ import annotations
@@ -107,9 +108,15 @@ def med_max(values: list[float]) -> dict[str, float | None]:
 
 class CountyBench:
     def __init__(
-        self, work: Path, villages: int, fleet_processes: int, poll_s: float = POLL_S
+        self,
+        work: Path,
+        villages: int,
+        fleet_processes: int,
+        poll_s: float = POLL_S,
+        tls: bool = False,
     ) -> None:
         self.work = work
+        self.tls = tls
         self.poll_s = poll_s
         self.villages = villages
         self.fleet_processes = fleet_processes
@@ -127,7 +134,10 @@ class CountyBench:
     async def start(self) -> None:
         t0 = time.monotonic()
         self.prepared = setup_county(
-            self.work / "county", villages=self.villages, speech_backends=("espeak-ng",)
+            self.work / "county",
+            villages=self.villages,
+            speech_backends=("espeak-ng",),
+            tls=self.tls,
         )
         self.startup["setup_s"] = time.monotonic() - t0
         data_dir = self.prepared.data_dir
@@ -378,13 +388,19 @@ class CountyBench:
 
 
 async def run_county(
-    work: Path, villages: int, runs: int, fleet_processes: int, poll_s: float = POLL_S
+    work: Path,
+    villages: int,
+    runs: int,
+    fleet_processes: int,
+    poll_s: float = POLL_S,
+    tls: bool = False,
 ) -> dict[str, Any]:
-    bench = CountyBench(work, villages, fleet_processes, poll_s)
+    bench = CountyBench(work, villages, fleet_processes, poll_s, tls)
     result: dict[str, Any] = {
         "villages": villages,
         "fleet_processes": fleet_processes,
         "poll_ms": poll_s * 1000,
+        "tls": tls,
     }
     try:
         log(f"county: setting up {villages} villages ...")
@@ -480,7 +496,14 @@ def render_report(data: dict[str, Any]) -> str:
             else "in the benchmark's own process and event loop, beside the controller"
         )
         + "); controller with SQLite and espeak-ng; private Mosquitto with the product's "
-        "config, password file and ACL.",
+        "config, password file and ACL"
+        + (
+            "; **MQTT over TLS** (the broker's TLS-only listener, TLS 1.2+, an ECDSA P-256 "
+            "certificate of the county's CA; controller and every terminal verify it). "
+            "The raw fan-out below stays plain MQTT."
+            if county.get("tls")
+            else "; plain MQTT."
+        ),
         "- Broadcast: county-wide (`targets.all`), priority emergency level I, `repeat: 1`, "
         f"{len(cached)} runs each. **Cached**: `{CACHED_TEXT}` again after a warm-up push "
         "(audio rendered and on every terminal; controller lead `sync_lead_ms` 600). "
@@ -697,7 +720,7 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             logging.getLogger(__name__).exception("fan-out failed")
             data["fanout"][key] = {"error": f"{type(exc).__name__}: {exc}"}
     data["county"] = await run_county(
-        work, args.villages, args.runs, args.fleet_processes, args.poll_ms / 1000
+        work, args.villages, args.runs, args.fleet_processes, args.poll_ms / 1000, args.tls
     )
     return data
 
@@ -724,6 +747,11 @@ def main() -> None:
         type=float,
         default=POLL_S * 1000,
         help="interval between GET /api/broadcasts/{id} polls",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="the county (broker, controller, terminals) on MQTT over TLS; fan-out stays plain",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     parser.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
@@ -755,6 +783,8 @@ def main() -> None:
     stem = f"spine-{date}" + ("" if args.villages == 164 else f"-{args.villages}villages")
     if args.fleet_processes:
         stem += f"-fleet{args.fleet_processes}p"
+    if args.tls:
+        stem += "-tls"
     (out_dir / f"{stem}.md").write_text(report)
     (out_dir / f"{stem}.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     print(report)

@@ -15,8 +15,10 @@ import contextlib
 import logging
 import random
 import socket
+import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,24 +42,117 @@ RECONNECT_MAX_S = 5.0
 PORT_PROBE_INTERVAL_S = 1.0
 
 
+PLAIN_SCHEMES = ("mqtt", "tcp")
+TLS_SCHEMES = ("mqtts", "ssl")
+MQTT_PORT = 1883
+MQTTS_PORT = 8883
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """MQTT over TLS. The broker's certificate is always verified, host name included:
+    against `ca_file` (a private CA) or, without one, the system's trusted CAs. With
+    `cert_file` and `key_file` the client also shows a certificate of its own (a
+    broker with certificate identity takes its common name as the username)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs both cert_file and key_file")
+
+    def context(self) -> ssl.SSLContext:
+        """Read the files now: a missing or wrong file stops the caller at start, with
+        the file named, rather than in every reconnect."""
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file) if self.ca_file else None
+        )
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        # create_default_context sets both already; said again because nothing below
+        # may ever turn them off (paho's tls_insecure_set is never called).
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.check_hostname = True
+        if self.cert_file is not None and self.key_file is not None:
+            context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        return context
+
+
 @dataclass(frozen=True)
 class BrokerAddress:
     host: str
     port: int
     username: str | None = None
     password: str | None = field(default=None, repr=False)  # never in logs
+    tls: TlsSettings | None = None  # None: plain MQTT
 
     @classmethod
-    def from_url(cls, url: str) -> BrokerAddress:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+    ) -> BrokerAddress:
+        """`mqtt://host[:1883]` or `mqtts://host[:8883]` (also `tcp://`, `ssl://`). TLS
+        files with a plain URL are refused: whoever gave a CA expects encryption, and
+        would otherwise send the password in clear without noticing."""
         parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "tcp"):
-            raise ValueError(f"broker url: unsupported scheme {parts.scheme!r} (use mqtt://)")
+        if parts.scheme in TLS_SCHEMES:
+            tls: TlsSettings | None = TlsSettings(ca_file, cert_file, key_file)
+        elif parts.scheme in PLAIN_SCHEMES:
+            if ca_file or cert_file or key_file:
+                raise ValueError(
+                    f"broker url: {parts.scheme}:// is plain MQTT but TLS files were given "
+                    "(use mqtts://)"
+                )
+            tls = None
+        else:
+            raise ValueError(
+                f"broker url: unsupported scheme {parts.scheme!r} (use mqtt:// or mqtts://)"
+            )
+        try:
+            port = parts.port
+        except ValueError as exc:  # a port that is no number, or out of range
+            raise ValueError(f"broker url: {exc}") from exc
         return cls(
-            parts.hostname or "127.0.0.1", parts.port or 1883, parts.username, parts.password
+            parts.hostname or "127.0.0.1",
+            port or (MQTTS_PORT if tls else MQTT_PORT),
+            parts.username,
+            parts.password,
+            tls,
         )
 
-    def with_credentials(self, username: str, password: str) -> BrokerAddress:
-        return BrokerAddress(self.host, self.port, username, password)
+    def with_credentials(self, username: str, password: str | None) -> BrokerAddress:
+        """`password` empty or None: none is sent (certificate identity)."""
+        return replace(self, username=username, password=password or None)
+
+    @property
+    def url(self) -> str:
+        """Where, for messages: no credentials."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
+
+
+class _Client(paho.Client):
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        """paho's own, minus its leak: a failed handshake (wrong CA, a plain-MQTT port)
+        left the wrapped socket open until the garbage collector found it. The host
+        name is checked by the context (check_hostname), in the handshake."""
+        assert self._ssl_context is not None and self._ssl_context.check_hostname
+        ssl_sock = self._ssl_context.wrap_socket(
+            tcp_sock, server_hostname=self._host, do_handshake_on_connect=False
+        )
+        try:
+            # Blocking, as paho's TCP connect before it: bounded by the connect timeout.
+            ssl_sock.settimeout(self._connect_timeout)
+            ssl_sock.do_handshake()
+        except BaseException:
+            ssl_sock.close()
+            raise
+        return ssl_sock
 
 
 @dataclass(frozen=True)
@@ -116,6 +211,7 @@ class MqttConnection:
         self._reconnect_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._pending_acks: dict[int, asyncio.Future[None]] = {}
+        self._last_tls_failure = ""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -124,7 +220,7 @@ class MqttConnection:
         (None: do not wait; the connection comes up in the background)."""
         self._loop = asyncio.get_running_loop()
         self._stopping = False
-        client = paho.Client(
+        client = _Client(
             paho.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=paho.MQTTv5,
@@ -133,6 +229,11 @@ class MqttConnection:
         )
         if self._broker.username is not None:
             client.username_pw_set(self._broker.username, self._broker.password)
+        if self._broker.tls is not None:
+            # paho wraps the socket and verifies the broker (certificate, host name)
+            # in connect(), before any MQTT packet, so a password never leaves
+            # unencrypted or to an impostor.
+            client.tls_set_context(self._broker.tls.context())
         if self._will is not None:
             client.will_set(self._will.topic, self._will.payload, self._will.qos, self._will.retain)
         client.max_inflight_messages_set(self._max_inflight)
@@ -179,6 +280,12 @@ class MqttConnection:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def tls_version(self) -> str | None:
+        """The TLS version of the live connection ("TLSv1.3"), None when plain or down."""
+        sock = self._sock()
+        return sock.version() if isinstance(sock, ssl.SSLSocket) else None
 
     async def wait_connected(self, timeout_s: float) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout_s)
@@ -238,6 +345,12 @@ class MqttConnection:
             delay = min(max(delay * 2, RECONNECT_MIN_S), RECONNECT_MAX_S)
             try:
                 self._connect_once()
+            except ssl.SSLError as exc:
+                # A wrong CA, host name or client certificate does not heal by retrying,
+                # but the operator may fix the broker's side: keep trying, and say why
+                # (once per reason, not once per backoff).
+                self._log_tls_failure(exc)
+                continue
             except OSError as exc:
                 log.debug("%s: connect failed: %s", self.client_id, exc)
                 continue
@@ -282,6 +395,14 @@ class MqttConnection:
             await writer.wait_closed()
         return True
 
+    def _log_tls_failure(self, exc: ssl.SSLError) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        if reason == self._last_tls_failure:
+            log.debug("%s: TLS to %s failed again: %s", self.client_id, self._broker.url, reason)
+        else:
+            log.warning("%s: TLS to %s failed: %s", self.client_id, self._broker.url, reason)
+        self._last_tls_failure = reason
+
     def _connect_once(self) -> None:
         assert self._client is not None
         props = Properties(PacketTypes.CONNECT)
@@ -324,6 +445,7 @@ class MqttConnection:
         if reason.is_failure:
             log.warning("%s: connection refused: %s", self.client_id, reason)
             return
+        self._last_tls_failure = ""
         self._generation += 1
         if self._subscriptions:
             client.subscribe(self._subscriptions)
@@ -369,9 +491,22 @@ class MqttConnection:
 
     def _on_socket_open(self, client: paho.Client, _u: Any, sock: Any) -> None:
         assert self._loop is not None
-        self._loop.add_reader(sock, client.loop_read)
+        self._loop.add_reader(sock, self._read, client)
         if self._misc_task is None or self._misc_task.done():
             self._misc_task = self._loop.create_task(self._misc_loop(client))
+
+    @staticmethod
+    def _read(client: paho.Client) -> None:
+        client.loop_read()
+        # Over TLS, one record read off the socket may hold several MQTT packets, and
+        # paho reads one packet per call: the rest waits decrypted inside the SSL
+        # object, where the event loop cannot see it (the socket is not readable
+        # again). Read until nothing is left, or a report would wait for the next one.
+        sock = client.socket()
+        while isinstance(sock, ssl.SSLSocket) and sock.pending():
+            client.loop_read()
+            if client.socket() is not sock:
+                break
 
     def _on_socket_close(self, _client: paho.Client, _u: Any, sock: Any) -> None:
         assert self._loop is not None

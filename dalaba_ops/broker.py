@@ -18,6 +18,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections import Counter
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dalaba.protocol import Topics
+from dalaba_ops.pki import LOCAL_NAMES, CertificateAuthority
 
 CONTROLLER_USER = "dalaba-controller"
 # The broker makes every client's id its username (use_username_as_clientid), so each
@@ -74,12 +76,36 @@ class ControllerAccount:
 
 
 @dataclass(frozen=True)
+class BrokerTls:
+    """The TLS material of a private broker: its CA (which clients trust, and which
+    issues client certificates) and its server certificate."""
+
+    ca: CertificateAuthority
+    cert_file: Path
+    key_file: Path
+    # Clients must show a certificate of this CA, whose common name is their account;
+    # passwords are then not used on the listener (use_identity_as_username).
+    require_certificate: bool = False
+
+    @property
+    def ca_file(self) -> Path:
+        return self.ca.cert_file
+
+    def client_context(self) -> ssl.SSLContext:
+        """What a client of this broker verifies: this CA, and the host name it dials."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+
+@dataclass(frozen=True)
 class BrokerFiles:
     config: Path
     password_file: Path
     acl_file: Path
     data_dir: Path
     log_file: Path
+    tls: BrokerTls | None = None
 
 
 def write_acl(
@@ -139,7 +165,32 @@ def _controller_usernames(
     return controllers
 
 
-def write_broker_config(base_dir: Path, port: int, *, bind: str = "127.0.0.1") -> BrokerFiles:
+def write_broker_tls(
+    base_dir: Path, *, names: Sequence[str] = LOCAL_NAMES, require_certificate: bool = False
+) -> BrokerTls:
+    """A CA of the broker's own under `base_dir`/tls (made once, then kept) and a server
+    certificate for `names`, the host names and addresses clients dial."""
+    tls_dir = base_dir / "tls"
+    ca = CertificateAuthority.load_or_create(tls_dir)
+    tls = BrokerTls(ca, tls_dir / "server.pem", tls_dir / "server.key", require_certificate)
+    ca.issue_server(tls.cert_file, tls.key_file, names)
+    return tls
+
+
+def write_broker_config(
+    base_dir: Path,
+    port: int,
+    *,
+    bind: str = "127.0.0.1",
+    tls: bool = False,
+    client_certs: bool = False,
+    server_names: Sequence[str] = LOCAL_NAMES,
+) -> BrokerFiles:
+    """With `tls`, the one listener speaks MQTT over TLS only (see write_broker_tls);
+    with `client_certs` as well, a client is the account its certificate names and no
+    password is asked (certificate identity, the alternative to passwords)."""
+    if client_certs and not tls:
+        raise ValueError("client_certs: needs tls (client certificates are a TLS feature)")
     base_dir.mkdir(parents=True, exist_ok=True)
     files = BrokerFiles(
         config=base_dir / "mosquitto.conf",
@@ -147,6 +198,11 @@ def write_broker_config(base_dir: Path, port: int, *, bind: str = "127.0.0.1") -
         acl_file=base_dir / "acl",
         data_dir=base_dir / "data",
         log_file=base_dir / "mosquitto.log",
+        tls=(
+            write_broker_tls(base_dir, names=server_names, require_certificate=client_certs)
+            if tls
+            else None
+        ),
     )
     files.data_dir.mkdir(exist_ok=True)
     user = pwd.getpwuid(os.getuid()).pw_name
@@ -159,7 +215,7 @@ listener {port} {bind}
 # follow every listener line; before the first it would open a default listener on
 # port 1883 of every interface.
 use_username_as_clientid true
-allow_anonymous false
+{_tls_lines(files.tls)}allow_anonymous false
 password_file {files.password_file}
 acl_file {files.acl_file}
 # Queued commands for offline terminals survive a broker restart.
@@ -189,6 +245,25 @@ connection_messages false
 """
     _write_private(files.config, conf)
     return files
+
+
+def _tls_lines(tls: BrokerTls | None) -> str:
+    if tls is None:
+        return ""
+    lines = f"""# TLS only on this listener: a plain MQTT client is refused before it can send a
+# password. The CA also vouches for client certificates when they are required.
+cafile {tls.ca_file}
+certfile {tls.cert_file}
+keyfile {tls.key_file}
+tls_version tlsv1.2
+"""
+    if tls.require_certificate:
+        lines += """# Certificate identity: no connection without a certificate of this CA, and its
+# common name is the username (so, above, the client id); passwords are not used.
+require_certificate true
+use_identity_as_username true
+"""
+    return lines
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -234,12 +309,34 @@ class MosquittoProcess:
             if self._proc.poll() is not None:
                 err = self._proc.stderr.read().decode() if self._proc.stderr else ""
                 raise RuntimeError(f"mosquitto exited: {err}{self.log_tail()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
+            if self._answers():
+                return
+            time.sleep(0.05)
         raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.log_tail()}")
+
+    def _answers(self) -> bool:
+        """The listener is up: it accepts a connection and, with TLS, completes a
+        handshake showing a certificate of our CA for the host we dial."""
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=0.5)
+        except OSError:
+            return False
+        with sock:
+            tls = self.files.tls
+            if tls is None:
+                return True
+            try:
+                with tls.client_context().wrap_socket(sock, server_hostname=self.host):
+                    return True
+            except ssl.SSLCertVerificationError as exc:
+                # Up, but not as its clients will accept it: say so now, not as a
+                # fleet that never connects.
+                raise RuntimeError(f"mosquitto on {self.port}: TLS certificate: {exc}") from exc
+            except ssl.SSLError:
+                # It speaks TLS and refused us (no client certificate): up.
+                return True
+            except OSError:
+                return False
 
     async def start_async(self, timeout_s: float = 10.0) -> None:
         await asyncio.to_thread(self.start, timeout_s)

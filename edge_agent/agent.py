@@ -31,8 +31,8 @@ import aiohttp
 import paho.mqtt.client as paho
 
 from dalaba import protocol as p
-from dalaba.mqtt import BrokerAddress, MqttConnection, WillMessage
-from dalaba.signing import Ed25519Verifier, VerifierSet
+from dalaba.mqtt import MqttConnection, WillMessage
+from dalaba.signing import verifier_set_from_pem
 from edge_agent.arbiter import Arbiter, Item
 from edge_agent.cache import MediaCache
 from edge_agent.config import FIRMWARE_VERSION, DeviceConfig
@@ -170,9 +170,8 @@ class EdgeAgent:
         self._inflight: dict[int, tuple[int, float]] = {}  # MQTT mid -> (outbox n, handed at)
         self._last_progress_mark = 0.0
         self._schedule_wakeup = asyncio.Event()
-        self._verifiers = VerifierSet(
-            Ed25519Verifier.from_pem(*(k.encode() for k in config.controller_public_keys))
-        )
+        # Whatever the key file holds: Ed25519 or SM2 keys, or certificates for them.
+        self._verifiers = verifier_set_from_pem(config.controller_public_keys)
         self.mqtt: MqttConnection | None = None
         # Remotely adjustable (ConfigBody); start from the provisioned values.
         self.normal_volume = config.normal_volume
@@ -200,9 +199,7 @@ class EdgeAgent:
         self.mqtt = _AckedConnection(
             on_published=self._on_published,
             client_id=cfg.device_id,
-            broker=BrokerAddress.from_url(cfg.broker_url).with_credentials(
-                cfg.mqtt_username, cfg.mqtt_password.get_secret_value()
-            ),
+            broker=cfg.broker_address(),
             on_message=self._on_message,
             subscriptions=[
                 (t, p.COMMAND_QOS)

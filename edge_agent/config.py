@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from dalaba.mqtt import BrokerAddress
 from dalaba.protocol import check_id
 
 FIRMWARE_VERSION = "dalaba-agent/0.1.0"
@@ -20,11 +21,23 @@ class DeviceConfig(BaseModel):
     device_id: str
     village_id: str
     township_id: str
-    broker_url: str  # mqtt://host:port, no credentials (those are below)
+    # mqtts://host:port (MQTT over TLS, port 8883 by default) or mqtt://host:port on a
+    # network nobody else can read; no credentials here (those are below).
+    broker_url: str
     mqtt_username: str
-    mqtt_password: SecretStr
+    # Empty with certificate identity: the broker takes the account from cert_file.
+    mqtt_password: SecretStr = SecretStr("")
+    # TLS (mqtts:// only). The CA that signed the broker's certificate, the terminal's
+    # pinned trust; unset, the system's trusted CAs. The broker's host name is checked.
+    ca_file: Path | None = None
+    # This terminal's own certificate (common name = device id) and its key, mode 0600:
+    # certificate identity, on a broker that requires client certificates.
+    cert_file: Path | None = None
+    key_file: Path | None = None
     media_base_url: str  # the controller's /media/ endpoint
-    controller_public_keys: list[str]  # PEM; several while a key is being rotated
+    # PEM, each an Ed25519 or SM2 public key or a certificate for one (whatever the
+    # county signs with); several while a key is being rotated.
+    controller_public_keys: list[str]
     state_dir: Path  # cache, replay memory; survives restarts
     cache_max_bytes: int = 64 * 1024 * 1024
     telemetry_interval_s: float = 60.0
@@ -57,6 +70,25 @@ class DeviceConfig(BaseModel):
     def model_post_init(self, _ctx: object) -> None:
         for value in (self.device_id, self.village_id, self.township_id):
             check_id(value)
+
+    @model_validator(mode="after")
+    def _broker_settings_agree(self) -> DeviceConfig:
+        self._broker_url()  # a plain URL with TLS files, half a client cert: refused
+        return self
+
+    def _broker_url(self) -> BrokerAddress:
+        return BrokerAddress.from_url(
+            self.broker_url, ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file
+        )
+
+    def broker_address(self) -> BrokerAddress:
+        """The broker as this terminal reaches it: URL, TLS files and its account. A
+        terminal with neither a password nor a certificate is refused here, at start,
+        rather than by the broker on every reconnect."""
+        password = self.mqtt_password.get_secret_value()
+        if not password and self.cert_file is None:
+            raise ValueError("mqtt_password: empty, and no cert_file to log in with instead")
+        return self._broker_url().with_credentials(self.mqtt_username, password)
 
     @classmethod
     def load(cls, path: Path) -> DeviceConfig:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import pwd
 import re
+import ssl
 import stat
 import time
 from collections.abc import Iterator
@@ -13,10 +16,13 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from dalaba.protocol import Topics
 from dalaba_ops.broker import (
     CONTROLLER_USER,
+    BrokerFiles,
     ControllerAccount,
     DeviceAccount,
     MosquittoProcess,
@@ -27,6 +33,7 @@ from dalaba_ops.broker import (
     write_broker_config,
     write_password_file,
 )
+from dalaba_ops.pki import CertificateAuthority
 
 DEVICES = [
     DeviceAccount("d-001", "v-001", "t-01", password="pw-one"),
@@ -290,7 +297,7 @@ def test_production_config_example_binds_client_ids_on_every_listener() -> None:
     settings = settings_of(uncommented)
     keys = [words[0] for words in settings]
     listeners = [i for i, key in enumerate(keys) if key == "listener"]
-    assert len(listeners) == 3
+    assert len(listeners) == 2
     for i in listeners:
         assert settings[i + 1] == ["use_username_as_clientid", "true"], settings[i]
     assert keys.count("use_username_as_clientid") == len(listeners)
@@ -305,7 +312,244 @@ def test_broker_config_bind_address(tmp_path: Path) -> None:
     assert "listener 1884 0.0.0.0" in files.config.read_text().splitlines()
 
 
+# --------------------------------------------------------------------------- TLS
+
+
+def listener_blocks(settings: list[list[str]]) -> list[dict[str, str]]:
+    """Each listener's settings up to the next listener or the next general section."""
+    blocks: list[dict[str, str]] = []
+    for words in settings:
+        if words[0] == "listener":
+            blocks.append({"listener": " ".join(words[1:])})
+        elif blocks and words[0] in LISTENER_OPTIONS:
+            blocks[-1][words[0]] = " ".join(words[1:])
+    return blocks
+
+
+LISTENER_OPTIONS = {
+    "use_username_as_clientid",
+    "cafile",
+    "certfile",
+    "keyfile",
+    "tls_version",
+    "require_certificate",
+    "use_identity_as_username",
+    "crlfile",
+}
+
+
+def test_broker_config_with_tls_has_one_tls_only_listener(tmp_path: Path) -> None:
+    files = write_broker_config(tmp_path / "broker", 18_884, tls=True)
+    assert files.tls is not None
+    settings = settings_of(files.config.read_text())
+    [block] = listener_blocks(settings)
+    assert block == {
+        "listener": "18884 127.0.0.1",
+        "use_username_as_clientid": "true",  # the identity binding stays
+        "cafile": str(files.tls.ca_file),
+        "certfile": str(files.tls.cert_file),
+        "keyfile": str(files.tls.key_file),
+        "tls_version": "tlsv1.2",
+    }
+    keys = [words[0] for words in settings]
+    assert keys[keys.index("listener") + 1] == "use_username_as_clientid"
+    single = [k for k in keys if k != "log_type"]
+    assert len(single) == len(set(single))
+    # The private keys are the broker's alone; the certificates are public.
+    assert mode(files.tls.key_file) == 0o600
+    assert mode(files.tls.ca.key_file) == 0o600
+    assert mode(files.tls.cert_file) == 0o644
+    assert files.tls.ca.key_file.parent == tmp_path / "broker" / "tls"
+
+
+def test_broker_config_with_client_certificates_takes_identity_from_them(
+    tmp_path: Path,
+) -> None:
+    files = write_broker_config(tmp_path, 18_885, tls=True, client_certs=True)
+    [block] = listener_blocks(settings_of(files.config.read_text()))
+    assert block["require_certificate"] == "true"
+    assert block["use_identity_as_username"] == "true"
+    assert block["use_username_as_clientid"] == "true"
+    with_passwords = write_broker_config(tmp_path / "pw", 18_886, tls=True)
+    assert (
+        "require_certificate"
+        not in listener_blocks(settings_of(with_passwords.config.read_text()))[0]
+    )
+    with pytest.raises(ValueError, match="client_certs"):
+        write_broker_config(tmp_path / "plain", 18_887, client_certs=True)
+
+
+def test_broker_ca_is_made_once_and_the_server_certificate_names_the_loopback(
+    tmp_path: Path,
+) -> None:
+    first = write_broker_config(tmp_path, 18_888, tls=True).tls
+    again = write_broker_config(tmp_path, 18_888, tls=True).tls
+    assert first is not None and again is not None
+    # Written again, the config keeps its CA (clients trust it) and its certificate.
+    assert again.ca_file.read_bytes() == first.ca_file.read_bytes()
+    server = x509.load_pem_x509_certificate(first.cert_file.read_bytes())
+    assert server.issuer == first.ca.certificate().subject
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in names.get_values_for_type(x509.DNSName)
+    assert {str(a) for a in names.get_values_for_type(x509.IPAddress)} >= {"127.0.0.1"}
+    usage = server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
+
+
+def test_client_certificate_names_its_account_and_only_logs_in(tmp_path: Path) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path)
+    ca.issue_client("d-001", tmp_path / "d.pem", tmp_path / "d.key")
+    cert = x509.load_pem_x509_certificate((tmp_path / "d.pem").read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "d-001"
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]  # it cannot pose as a broker
+    assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert mode(tmp_path / "d.key") == 0o600
+
+
+def test_production_config_example_is_tls_only() -> None:
+    """Every listener of the documented config, live or commented out, speaks TLS 1.2+
+    only; the certificate-identity one also requires a certificate and reads the
+    identity from it."""
+    example = Path(__file__).resolve().parents[2] / "deploy/mosquitto/dalaba.conf.example"
+    uncommented = "\n".join(
+        line[1:] if line.startswith("#") and not line.startswith("# ") else line
+        for line in example.read_text().splitlines()
+    )
+    blocks = listener_blocks(settings_of(uncommented))
+    assert len(blocks) == 2
+    for block in blocks:
+        assert block["certfile"] and block["keyfile"], block
+        assert block["tls_version"] == "tlsv1.2", block
+    live, by_certificate = blocks
+    assert "require_certificate" not in live
+    assert by_certificate["require_certificate"] == "true"
+    assert by_certificate["use_identity_as_username"] == "true"
+    assert by_certificate["cafile"]
+
+
 # --------------------------------------------------------------------------- real broker
+
+
+def production_config(
+    tmp_path: Path, port: int, *, by_certificate: bool, crl: Path | None = None
+) -> BrokerFiles:
+    """The documented config as Mosquitto would read it here: its paths pointed at files
+    made in `tmp_path`, its listener at a free loopback port and, with `by_certificate`,
+    its commented-out certificate-identity listener uncommented in place of the live one."""
+    example = Path(__file__).resolve().parents[2] / "deploy/mosquitto/dalaba.conf.example"
+    tls = write_broker_config(tmp_path, port, tls=True).tls  # a CA and a server certificate
+    assert tls is not None
+    lines = example.read_text().splitlines()
+    live_start = lines.index("listener 8883")
+    live = lines[live_start : lines.index("tls_version tlsv1.2", live_start) + 1]
+    alt_start = lines.index("#listener 8883")
+    alt_end = lines.index("#use_identity_as_username true") + 1
+    alternative = [line[1:] for line in lines[alt_start:alt_end]]
+    if crl is not None:  # the documented line, as the operator would add it
+        documented_crl = lines.index("# crlfile /etc/mosquitto/certs/dalaba-clients.crl")
+        alternative.append(lines[documented_crl].removeprefix("# "))
+    text = "\n".join(
+        lines[:live_start] + (alternative if by_certificate else live) + lines[alt_end:]
+    )
+    for documented, here in [
+        ("listener 8883", f"listener {port} 127.0.0.1"),
+        ("/etc/mosquitto/certs/broker.crt", str(tls.cert_file)),
+        ("/etc/mosquitto/certs/broker.key", str(tls.key_file)),
+        ("/etc/mosquitto/dalaba/passwd", str(tmp_path / "passwd")),
+        ("/etc/mosquitto/dalaba/acl", str(tmp_path / "acl")),
+        *([("/etc/mosquitto/certs/dalaba-clients.crl", str(crl))] if crl else []),
+    ] + (
+        [("/etc/mosquitto/certs/dalaba-clients-ca.crt", str(tls.ca_file))] if by_certificate else []
+    ):
+        assert documented in text, documented
+        text = text.replace(documented, here)
+    files = BrokerFiles(
+        config=tmp_path / "production.conf",
+        password_file=tmp_path / "passwd",
+        acl_file=tmp_path / "acl",
+        data_dir=tmp_path / "data",
+        log_file=tmp_path / "mosquitto.log",
+        tls=tls,
+    )
+    # What Debian's main mosquitto.conf adds around conf.d, here for a private process.
+    user = pwd.getpwuid(os.getuid()).pw_name
+    files.config.write_text(f"{text}\nlog_dest file {files.log_file}\nuser {user}\n")
+    write_password_file(files.password_file, "controller-secret", DEVICES)
+    write_acl(files.acl_file, DEVICES)
+    return files
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("by_certificate", [False, True], ids=["passwords", "certificates"])
+def test_real_mosquitto_runs_the_documented_tls_only_config(
+    tmp_path: Path, by_certificate: bool
+) -> None:
+    """Mosquitto 2.0.11 starts with the documented config and its listener is TLS only:
+    with passwords, a device logs in over TLS and a plain client is refused; with
+    certificates, a device logs in with its certificate and no password, and a client
+    without one is refused."""
+    port = free_port()
+    files = production_config(tmp_path, port, by_certificate=by_certificate)
+    assert files.tls is not None
+    process = MosquittoProcess(files, port)
+    process.start()
+    try:
+        context = ssl.create_default_context(cafile=str(files.tls.ca_file))
+        if by_certificate:
+            files.tls.ca.issue_client("d-001", tmp_path / "d.pem", tmp_path / "d.key")
+            with_cert = ssl.create_default_context(cafile=str(files.tls.ca_file))
+            with_cert.load_cert_chain(tmp_path / "d.pem", tmp_path / "d.key")
+            # No username or password at all: the certificate says who it is.
+            device = BlockingClient(port, None, None, tls=with_cert, client_id="")
+            refused = BlockingClient(port, "d-001", "pw-one", tls=context)
+        else:
+            device = BlockingClient(port, "d-001", "pw-one", tls=context, client_id="")
+            refused = BlockingClient(port, "d-001", "pw-one")  # plain MQTT
+        try:
+            assert not device.connect().is_failure
+            assert device.assigned_client_id == "d-001"
+        finally:
+            device.close()
+        try:
+            assert refused.connect_refused()
+        finally:
+            refused.close()
+    finally:
+        process.stop()
+
+
+@pytest.mark.broker
+def test_real_mosquitto_refuses_a_revoked_terminal_certificate(tmp_path: Path) -> None:
+    """Certificate identity with the documented crlfile: a board whose certificate is in
+    the CA's revocation list is refused; the others still log in."""
+    port = free_port()
+    ca = CertificateAuthority.load_or_create(tmp_path / "tls")  # what production_config uses
+    for device in ("d-001", "d-002"):
+        ca.issue_client(device, tmp_path / f"{device}.pem", tmp_path / f"{device}.key")
+    ca.write_crl(tmp_path / "revoked.crl", [tmp_path / "d-002.pem"])
+    files = production_config(tmp_path, port, by_certificate=True, crl=tmp_path / "revoked.crl")
+    assert files.tls is not None and files.tls.ca == ca
+    process = MosquittoProcess(files, port)
+    process.start()
+    try:
+        outcomes = {}
+        for device in ("d-001", "d-002"):
+            context = ssl.create_default_context(cafile=str(ca.cert_file))
+            context.load_cert_chain(tmp_path / f"{device}.pem", tmp_path / f"{device}.key")
+            client = BlockingClient(port, None, None, tls=context, client_id="")
+            try:
+                outcomes[device] = "refused" if client.connect_refused() else "accepted"
+            finally:
+                client.close()
+        assert outcomes == {"d-001": "accepted", "d-002": "refused"}
+    finally:
+        process.stop()
+
+    stranger = CertificateAuthority.load_or_create(tmp_path / "stranger")
+    stranger.issue_client("d-003", tmp_path / "d-003.pem", tmp_path / "d-003.key")
+    with pytest.raises(ValueError, match="not issued by this CA"):
+        ca.write_crl(tmp_path / "bad.crl", [tmp_path / "d-003.pem"])
 
 
 @pytest.fixture
@@ -328,15 +572,27 @@ def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
 class BlockingClient:
     """paho driven by hand from the test thread: no background threads."""
 
-    def __init__(self, port: int, username: str, password: str) -> None:
+    def __init__(
+        self,
+        port: int,
+        username: str | None,
+        password: str | None,
+        *,
+        tls: ssl.SSLContext | None = None,
+        client_id: str | None = None,
+    ) -> None:
         self.port = port
         self.client = paho.Client(
             paho.CallbackAPIVersion.VERSION2,
-            client_id=f"test-{username}-{time.monotonic_ns()}",
+            client_id=f"test-{username}-{time.monotonic_ns()}" if client_id is None else client_id,
             protocol=paho.MQTTv5,
         )
-        self.client.username_pw_set(username, password)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if tls is not None:
+            self.client.tls_set_context(tls)
         self.connack: Any = None
+        self.connack_properties: Any = None
         self.suback: list[Any] | None = None
         self.messages: list[tuple[str, bytes]] = []
         self.acked: set[int] = set()
@@ -345,8 +601,9 @@ class BlockingClient:
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
 
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, properties: Any) -> None:
         self.connack = reason
+        self.connack_properties = properties
 
     def _on_subscribe(self, _c: Any, _u: Any, _mid: int, reasons: list[Any], _p: Any) -> None:
         self.suback = reasons
@@ -367,6 +624,20 @@ class BlockingClient:
         self.client.connect("127.0.0.1", self.port, keepalive=10)
         self.run_until(lambda: self.connack is not None)
         return self.connack
+
+    def connect_refused(self) -> bool:
+        """True when the broker hangs up or refuses instead of accepting the login."""
+        try:
+            self.client.connect("127.0.0.1", self.port, keepalive=10)
+        except (ssl.SSLError, ConnectionError):
+            return True
+        self.run_until(lambda: self.connack is not None or self.client.socket() is None)
+        return self.connack is None or self.connack.is_failure
+
+    @property
+    def assigned_client_id(self) -> str | None:
+        value = getattr(self.connack_properties, "AssignedClientIdentifier", None)
+        return str(value) if value is not None else None
 
     def subscribe(self, topic: str) -> Any:
         self.suback = None
