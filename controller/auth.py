@@ -1,7 +1,11 @@
 """Who is calling, and what their role lets them reach.
 
-Roles: `admin` (everything), `duty_officer` (broadcast anywhere, read everything),
-`township_staff` (act and read only within their own township), `viewer` (read only).
+Roles and what they may do are one table, `ROLE_PERMISSIONS` (the role matrix; the
+console and docs/architecture.md follow it): `admin` (everything), `duty_officer`
+(broadcast anywhere, approve another officer's request, terminal control, read
+everything), `township_staff` (broadcast, terminal control and read, only within their own
+township), `technician` (terminal control and health: volume, test tone, diagnostics,
+resending to unreached terminals; reads everything; never broadcasts), `viewer` (read only).
 Machines use bearer tokens; the console uses a session cookie (controller/sessions.py)
 on the same roles, with a CSRF token required on every state-changing request.
 """
@@ -14,15 +18,15 @@ import hmac
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from aiohttp import web
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from controller.db import Database
 from controller.errors import ApiError, forbidden
-from controller.models import ApiToken, User
+from controller.models import ApiToken, AuditEntry, User
 from dalaba.protocol import now_ms
 
 TOKEN_PREFIX = "dlb_"
@@ -32,7 +36,34 @@ class Role(enum.StrEnum):
     ADMIN = "admin"
     DUTY_OFFICER = "duty_officer"
     TOWNSHIP_STAFF = "township_staff"
+    TECHNICIAN = "technician"
     VIEWER = "viewer"
+
+
+class Permission(enum.StrEnum):
+    READ = "read"
+    # Send, schedule, cancel, preview, upload audio, edit groups and templates.
+    BROADCAST = "broadcast"
+    # Be the second officer of the two-person rule.
+    APPROVE = "approve"
+    # Volume, test tone, diagnostics, resend to a broadcast's unreached terminals.
+    TERMINAL_CONTROL = "terminal_control"
+    MANAGE_USERS = "manage_users"
+
+
+# The role matrix. Township staff hold theirs only within their township
+# (`Principal.township_scope`); everyone else county-wide.
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.ADMIN: frozenset(Permission),
+    Role.DUTY_OFFICER: frozenset(
+        {Permission.READ, Permission.BROADCAST, Permission.APPROVE, Permission.TERMINAL_CONTROL}
+    ),
+    Role.TOWNSHIP_STAFF: frozenset(
+        {Permission.READ, Permission.BROADCAST, Permission.TERMINAL_CONTROL}
+    ),
+    Role.TECHNICIAN: frozenset({Permission.READ, Permission.TERMINAL_CONTROL}),
+    Role.VIEWER: frozenset({Permission.READ}),
+}
 
 
 @dataclass(frozen=True)
@@ -40,14 +71,21 @@ class Principal:
     user: str
     role: Role
     township_id: str | None = None
+    # Set only through `for_test_tone` (controller/api/device_control.py): a test tone is
+    # a routine broadcast to one terminal, sent through the same path as any other so it
+    # proves that path, and a technician may send exactly that without broadcast rights.
+    test_tone: bool = field(default=False, compare=False)
+
+    def can(self, permission: Permission) -> bool:
+        return permission in ROLE_PERMISSIONS[self.role]
 
     @property
     def can_broadcast(self) -> bool:
-        return self.role is not Role.VIEWER
+        return self.can(Permission.BROADCAST) or self.test_tone
 
     @property
     def county_wide(self) -> bool:
-        return self.role in (Role.ADMIN, Role.DUTY_OFFICER, Role.VIEWER)
+        return self.role is not Role.TOWNSHIP_STAFF
 
     def township_scope(self) -> str | None:
         """None: the whole county; else the only township this principal may see."""
@@ -56,6 +94,15 @@ class Principal:
     def require_broadcast(self) -> None:
         if not self.can_broadcast:
             raise forbidden(f"role {self.role.value} may not broadcast")
+
+    def require_terminal_control(self) -> None:
+        if not self.can(Permission.TERMINAL_CONTROL):
+            raise forbidden(f"role {self.role.value} may not control terminals")
+
+    def for_test_tone(self) -> Principal:
+        """This principal, allowed to send the one routine test-tone broadcast."""
+        self.require_terminal_control()
+        return replace(self, test_tone=True)
 
 
 def hash_token(token: str) -> str:
@@ -87,6 +134,79 @@ def create_user_and_token(
         )
     )
     return token
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What may be shown about an API token: never the token or its hash."""
+
+    id: int
+    prefix: str
+    user: str
+    role: str
+    label: str
+    created_ms: int
+    last_used_ms: int | None
+    revoked: bool
+
+
+def _token_info(token: ApiToken, user: User) -> TokenInfo:
+    assert token.id is not None
+    return TokenInfo(
+        token.id,
+        token.prefix,
+        user.name,
+        user.role,
+        token.label,
+        token.created_ms,
+        token.last_used_ms,
+        token.revoked,
+    )
+
+
+def list_tokens(session: Session, user_name: str | None = None) -> list[TokenInfo]:
+    """Every API token (or one user's), oldest first, revoked ones included."""
+    query = select(ApiToken, User).where(ApiToken.user_id == User.id).order_by(col(ApiToken.id))
+    if user_name is not None:
+        query = query.where(User.name == user_name)
+    return [_token_info(token, user) for token, user in session.exec(query)]
+
+
+def revoke_token(session: Session, prefix_or_id: str, actor: str) -> tuple[TokenInfo, bool]:
+    """Revoke the token named by its id, its listed prefix or the whole token. Returns
+    it and whether it was live until now. LookupError when nothing matches,
+    ValueError when a prefix matches several (then the id tells them apart)."""
+    key = prefix_or_id.strip()
+    query = select(ApiToken, User).where(ApiToken.user_id == User.id)
+    if key.isdigit():
+        query = query.where(ApiToken.id == int(key))
+    elif key.startswith(TOKEN_PREFIX) and len(key) > len(TOKEN_PREFIX) + 20:
+        query = query.where(ApiToken.token_hash == hash_token(key))  # the whole token
+    else:
+        query = query.where(ApiToken.prefix == key)
+    rows = session.exec(query).all()
+    if not rows:
+        raise LookupError(f"token {key}: no such token (see `dalaba token list`)")
+    if len(rows) > 1:
+        ids = ", ".join(str(token.id) for token, _ in rows)
+        raise ValueError(f"token {key}: {len(rows)} tokens match (ids {ids}): give the id")
+    token, user = rows[0]
+    was_live = not token.revoked
+    if was_live:
+        token.revoked = True
+        session.add(token)
+        session.add(
+            AuditEntry(
+                at_ms=now_ms(),
+                actor=actor,
+                # Whoever can open the database from the server's shell: not a role.
+                role="cli",
+                action="token.revoke",
+                target=user.name,
+                detail={"token_id": token.id, "prefix": token.prefix, "label": token.label},
+            )
+        )
+    return _token_info(token, user), was_live
 
 
 class TokenAuthenticator:

@@ -22,8 +22,10 @@ from controller import deliveries as dm
 from controller.approvals import (
     ApprovalRequired,
     PendingBroadcast,
-    needs_second_person,
+    Reach,
+    counted,
     new_id,
+    officer_reach,
     pending_view,
 )
 from controller.auth import Principal
@@ -301,29 +303,38 @@ class BroadcastService:
     async def _hold_for_second_person(
         self, principal: Principal, body: BroadcastIn, resolved: Any
     ) -> None:
+        """Raise `ApprovalRequired` when this request, with the same officer's counted
+        sends around its start (controller/approvals.py), reaches the threshold."""
         settings = self._settings
-        if body.drill or body.priority != "emergency" or not settings.two_person_levels:
+        if not counted(settings, priority=body.priority, level=body.level, drill=body.drill):
             return
+        around = parse_instant(body.start_at, "start_at") if body.start_at else p.now_ms()
 
-        def reach(session: Session) -> tuple[list[str], int]:
+        def reach(session: Session) -> Reach:
             everyone = sorted(session.exec(select(Township.id)).all())
             if resolved.target.all:
-                return everyone, len(everyone)
-            reached = session.exec(
-                select(Device.township_id).where(col(Device.id).in_(resolved.device_ids)).distinct()
-            ).all()
-            return sorted(reached), len(everyone)
+                own = everyone
+            else:
+                own = list(
+                    session.exec(
+                        select(Device.township_id)
+                        .where(col(Device.id).in_(resolved.device_ids))
+                        .distinct()
+                    ).all()
+                )
+            return officer_reach(
+                session,
+                settings,
+                user=principal.user,
+                own=own,
+                total=len(everyone),
+                around_ms=around,
+            )
 
-        townships, total = await self._db.run(reach)
-        if not needs_second_person(
-            settings,
-            priority=body.priority,
-            level=body.level,
-            drill=body.drill,
-            townships_reached=len(townships),
-            townships_total=total,
-        ):
+        counted_reach = await self._db.run(reach)
+        if not counted_reach.held:
             return
+        townships = list(counted_reach.own)
         media, voices = await self._media_for(body)
         now = p.now_ms()
 
@@ -340,6 +351,7 @@ class BroadcastService:
                 voices=voices,
                 device_count=len(resolved.device_ids),
                 townships=townships,
+                why=counted_reach.view(),
             )
             session.add(row)
             audit.record(
@@ -352,6 +364,8 @@ class BroadcastService:
                 targets=body.targets.model_dump(),
                 devices=len(resolved.device_ids),
                 text=(body.text or "")[:200],
+                townships=counted_reach.together,
+                counted_sends=list(counted_reach.sends),
             )
             return pending_view(row)
 
@@ -533,8 +547,9 @@ class BroadcastService:
     async def resend(self, principal: Principal, broadcast_id: str) -> dict[str, Any]:
         """Send the same announcement again, as a new signed command, to the terminals
         it did not reach: deliveries that ended failed, expired or unknown. Within the
-        broadcast's expiry; the terminals that played it are not asked again."""
-        principal.require_broadcast()
+        broadcast's expiry; the terminals that played it are not asked again. A
+        technician may resend (it reaches only terminals already targeted)."""
+        principal.require_terminal_control()
         scope = principal.township_scope()
         now = p.now_ms()
 

@@ -1,10 +1,13 @@
-"""/api/devices/{id}/volume and /api/devices/{id}/test-tone: what a technician does to
-one terminal from the console.
+"""/api/devices/{id}/volume, /test-tone and /diagnostics: what a technician does to one
+terminal from the console (terminal control: technicians, duty officers, admins, and
+township staff within their township; never a broadcast right).
 
 Volume goes out as a signed `ConfigBody` on the terminal's own command topic; the
 terminal answers with a `config_applied` event and fresh telemetry. The test tone is a
 short real broadcast to that one terminal, so it proves the whole path (command, fetch,
-amplifier, speaker line) and shows up in its deliveries like anything else.
+amplifier, speaker line) and shows up in its deliveries like anything else. Diagnostics
+send an empty signed `ConfigBody` (optionally a new telemetry interval): the terminal
+answers with `config_applied` and fresh telemetry at once, instead of at its next interval.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from pydub.generators import Sine
 from sqlmodel import Session
 
 from controller import audit
+from controller import schemas as s
 from controller.api import keys
 from controller.auth import Principal, principal_of
 from controller.broadcasts import BroadcastIn
-from controller.errors import forbidden, not_found, parse_body, read_json
+from controller.errors import forbidden, not_found, parse_body, read_json, read_optional_json
 from controller.models import Device, Media
+from controller.openapi import describe
 from controller.speech import tones
 from controller.speech.render import concat, encode_ogg_opus, silence
 from dalaba import protocol as p
@@ -45,7 +50,7 @@ class VolumeIn(BaseModel):
 
 
 async def _device_in_reach(request: web.Request, principal: Principal) -> Device:
-    principal.require_broadcast()
+    principal.require_terminal_control()
     device_id = request.match_info["id"]
     scope = principal.township_scope()
     device = await request.app[keys.DB].run(lambda s: s.get(Device, device_id))
@@ -57,6 +62,13 @@ async def _device_in_reach(request: web.Request, principal: Principal) -> Device
 
 
 @routes.post("/api/devices/{id}/volume")
+@describe(
+    "Set a terminal's normal and/or emergency volume (a signed config command; the "
+    "terminal confirms with a config_applied event)",
+    tag="devices",
+    body=VolumeIn,
+    responses={202: s.VolumeSent},
+)
 async def set_volume(request: web.Request) -> web.Response:
     principal = principal_of(request)
     device = await _device_in_reach(request, principal)
@@ -81,10 +93,8 @@ async def set_volume(request: web.Request) -> web.Response:
         )
 
     await request.app[keys.DB].run(record)
-    return web.json_response(
-        {"command_id": command.id, "published": published, **body.model_dump(exclude_none=True)},
-        status=202,
-    )
+    sent = {"command_id": command.id, "published": published, **body.model_dump(exclude_none=True)}
+    return s.respond(s.VolumeSent, sent, status=202)
 
 
 async def _test_tone_media(request: web.Request) -> Media:
@@ -110,6 +120,11 @@ async def _test_tone_media(request: web.Request) -> Media:
 
 
 @routes.post("/api/devices/{id}/test-tone")
+@describe(
+    "Play a test tone on one terminal: a short real broadcast that proves the whole path",
+    tag="devices",
+    responses={201: s.TestToneCreated},
+)
 async def test_tone(request: web.Request) -> web.Response:
     principal = principal_of(request)
     device = await _device_in_reach(request, principal)
@@ -122,7 +137,59 @@ async def test_tone(request: web.Request) -> web.Response:
         targets={"devices": [device.id]},  # type: ignore[arg-type]
         expires_in_s=120,
     )
-    broadcast = await request.app[keys.BROADCASTS].create(principal, body)
-    return web.json_response(
-        {"id": broadcast.id, "device_id": device.id, "media_id": media.sha256}, status=201
+    broadcast = await request.app[keys.BROADCASTS].create(principal.for_test_tone(), body)
+    created = {"id": broadcast.id, "device_id": device.id, "media_id": media.sha256}
+    return s.respond(
+        s.TestToneCreated, created, status=201, location=f"/api/broadcasts/{broadcast.id}"
     )
+
+
+class DiagnosticsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Optionally report more often while someone is looking into it (5 s to 1 h).
+    telemetry_interval_s: float | None = Field(default=None, ge=5, le=3600)
+
+
+class DiagnosticsSent(BaseModel):
+    command_id: str
+    published: bool = Field(description="false: the broker is unreachable; nothing was sent")
+    telemetry_interval_s: float | None = None
+
+
+@routes.post("/api/devices/{id}/diagnostics")
+@describe(
+    "Ask one terminal for a health report now (a signed config command that changes "
+    "nothing, or only its telemetry interval); it answers with config_applied and fresh "
+    "telemetry, seen on the terminal's page",
+    tag="devices",
+    body=DiagnosticsIn,
+    body_required=False,
+    responses={202: DiagnosticsSent},
+)
+async def diagnostics(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    device = await _device_in_reach(request, principal)
+    body = parse_body(DiagnosticsIn, await read_optional_json(request, max_bytes=4096))
+    config = p.ConfigBody(telemetry_interval_s=body.telemetry_interval_s)
+    command = p.Command.new(
+        config, p.Target(devices=(device.id,)), p.now_ms() + CONFIG_VALID_S * 1000
+    )
+    published = await request.app[keys.DISPATCHER].send(
+        command, (p.Topics.command_device(device.id),)
+    )
+
+    def record(session: Session) -> None:
+        audit.record(
+            session,
+            principal,
+            "device.diagnostics",
+            device.id,
+            command=command.id,
+            published=published,
+            **body.model_dump(exclude_none=True),
+        )
+
+    await request.app[keys.DB].run(record)
+    sent = {"command_id": command.id, "published": published, **body.model_dump()}
+    return s.respond(DiagnosticsSent, sent, status=202)

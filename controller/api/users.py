@@ -1,4 +1,5 @@
-"""/api/users: console users and their roles, managed by an admin."""
+"""/api/users: console users and their roles, managed by an admin; an admin also clears
+a user's log-in back-off (`POST /api/users/{name}/unlock`)."""
 
 from __future__ import annotations
 
@@ -11,22 +12,24 @@ from sqlmodel import Session, col, select
 
 from controller import audit
 from controller.api import keys
-from controller.auth import Principal, Role, principal_of
+from controller.auth import Permission, Principal, Role, principal_of
 from controller.errors import (
     ApiError,
     bad_request,
     forbidden,
+    json_response,
     not_found,
     parse_body,
     read_json,
 )
 from controller.models import Township, User
-from controller.sessions import hash_password
+from controller.openapi import describe
+from controller.sessions import Backoff, hash_password
 from controller.timefmt import iso
 
 routes = web.RouteTableDef()
 
-RoleName = Literal["admin", "duty_officer", "township_staff", "viewer"]
+RoleName = Literal["admin", "duty_officer", "township_staff", "technician", "viewer"]
 
 
 class UserIn(BaseModel):
@@ -48,11 +51,11 @@ class UserPatch(BaseModel):
 
 
 def require_admin(principal: Principal) -> None:
-    if principal.role is not Role.ADMIN:
+    if not principal.can(Permission.MANAGE_USERS):
         raise forbidden("only an admin manages users")
 
 
-def user_view(u: User) -> dict[str, object]:
+def user_view(u: User, blocked: list[Backoff] | None = None) -> dict[str, object]:
     return {
         "id": u.id,
         "name": u.name,
@@ -61,6 +64,17 @@ def user_view(u: User) -> dict[str, object]:
         "disabled": u.disabled,
         "has_password": bool(u.password_hash),
         "created_at": iso(u.created_ms),
+        # Addresses slowed down after failed logins for this name (see controller/sessions.py).
+        "login_backoff": [
+            {
+                "client": b.client,
+                "failures": b.failures,
+                "refused": b.refused,
+                "last_failure_at": iso(b.last_failure_ms),
+                "blocked_until": iso(b.blocked_until_ms),
+            }
+            for b in blocked or []
+        ],
     }
 
 
@@ -78,10 +92,10 @@ def _check_township(session: Session, role: str, township_id: str | None) -> str
 async def list_users(request: web.Request) -> web.Response:
     require_admin(principal_of(request))
 
-    def load(session: Session) -> list[dict[str, object]]:
-        return [user_view(u) for u in session.exec(select(User).order_by(col(User.name)))]
-
-    return web.json_response({"users": await request.app[keys.DB].run(load)})
+    db = request.app[keys.DB]
+    users = await db.run(lambda s: list(s.exec(select(User).order_by(col(User.name)))))
+    blocked = await request.app[keys.SESSIONS].blocked([u.name for u in users])
+    return json_response({"users": [user_view(u, blocked.get(u.name)) for u in users]})
 
 
 @routes.post("/api/users")
@@ -89,7 +103,7 @@ async def create_user(request: web.Request) -> web.Response:
     principal = principal_of(request)
     require_admin(principal)
     body = parse_body(UserIn, await read_json(request))
-    password_hash = await asyncio.to_thread(hash_password, body.password)
+    password_hash = await asyncio.to_thread(hash_password, body.password, body.name)
 
     def create(session: Session) -> dict[str, object]:
         from dalaba.protocol import now_ms
@@ -111,7 +125,8 @@ async def create_user(request: web.Request) -> web.Response:
         )
         return user_view(user)
 
-    return web.json_response(await request.app[keys.DB].run(create), status=201)
+    created = await request.app[keys.DB].run(create)
+    return json_response(created, status=201, location=f"/api/users/{created['id']}")
 
 
 @routes.patch("/api/users/{id}")
@@ -123,8 +138,14 @@ async def update_user(request: web.Request) -> web.Response:
     except ValueError:
         raise bad_request("id", "must be a number") from None
     body = parse_body(UserPatch, await read_json(request))
-    password_hash = await asyncio.to_thread(hash_password, body.password) if body.password else None
     sessions = request.app[keys.SESSIONS]
+    password_hash = None
+    if body.password is not None:
+        db = request.app[keys.DB]
+        existing = await db.run(lambda s: s.get(User, user_id))
+        if existing is None:
+            raise not_found(f"user {user_id}")
+        password_hash = await asyncio.to_thread(hash_password, body.password, existing.name)
 
     def update(session: Session) -> dict[str, object]:
         user = session.get(User, user_id)
@@ -155,4 +176,29 @@ async def update_user(request: web.Request) -> web.Response:
         audit.record(session, principal, "user.update", user.name, **changes)
         return user_view(user)
 
-    return web.json_response(await request.app[keys.DB].run(update))
+    return json_response(await request.app[keys.DB].run(update))
+
+
+class Unlocked(BaseModel):
+    name: str
+    cleared: list[str] = Field(description="the addresses whose back-off was cleared")
+
+
+@routes.post("/api/users/{name}/unlock")
+@describe(
+    "Clear a user's log-in back-off from every address (admins)",
+    tag="users",
+    responses={200: Unlocked},
+)
+async def unlock_user(request: web.Request) -> web.Response:
+    """Clear the log-in back-off of every address for this user name (an officer who
+    mistyped, or the address an attacker used, once dealt with)."""
+    principal = principal_of(request)
+    require_admin(principal)
+    name = request.match_info["name"]
+    db = request.app[keys.DB]
+    exists = await db.run(lambda s: s.exec(select(User.id).where(User.name == name)).first())
+    if exists is None:
+        raise not_found(f"user {name}")
+    cleared = await request.app[keys.SESSIONS].unlock(name, principal)
+    return json_response({"name": name, "cleared": cleared})

@@ -25,7 +25,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from controller import audit
-from controller.approvals import needs_second_person
+from controller.approvals import Reach, TwoPersonRefused, counted, officer_reach
 from controller.auth import Principal
 from controller.broadcasts import BroadcastIn, BroadcastService
 from controller.db import Database
@@ -151,9 +151,11 @@ class ScheduleService:
 
     # ------------------------------------------------------------------ validation
 
-    async def _prepare(self, principal: Principal, data: dict[str, Any]) -> _Prepared:
+    async def _prepare(
+        self, principal: Principal, data: dict[str, Any], schedule_id: str | None = None
+    ) -> _Prepared:
         """Everything a schedule body must pass before it is stored; 400 naming the
-        field, 403 outside the caller's reach."""
+        field, 403 outside the caller's reach (`schedule_id`: the one being edited)."""
         own = {k: v for k, v in data.items() if k in SCHEDULE_KEYS}
         rest = {k: v for k, v in data.items() if k not in SCHEDULE_KEYS}
         if "start_at" in rest:
@@ -184,30 +186,35 @@ class ScheduleService:
             raise ApiError(503, "speech_unavailable", message, "text") from None
         assert filled.priority is not None and filled.category is not None
 
-        def reach(session: Session) -> tuple[list[str], int]:
-            townships = session.exec(
-                select(Device.township_id).where(col(Device.id).in_(resolved.device_ids)).distinct()
-            ).all()
-            total = len(session.exec(select(Township.id)).all())
-            return sorted(townships), total
-
-        township_ids, total = await self._db.run(reach)
-        if needs_second_person(
-            self._settings,
-            priority=filled.priority,
-            level=filled.level,
-            drill=filled.drill,
-            townships_reached=len(township_ids),
-            townships_total=total,
-        ):
-            raise ApiError(
-                403,
-                "two_person_rule",
-                "priority: a real emergency of this level and reach needs a second duty "
-                "officer's approval, which a schedule cannot wait for; send it as a "
-                "broadcast, or schedule it as a drill",
-                "priority",
+        def reach(session: Session) -> tuple[list[str], Reach | None]:
+            townships = sorted(
+                session.exec(
+                    select(Device.township_id)
+                    .where(col(Device.id).in_(resolved.device_ids))
+                    .distinct()
+                ).all()
             )
+            if not counted(
+                self._settings, priority=filled.priority, level=filled.level, drill=filled.drill
+            ):
+                return townships, None
+            # The two-person rule counts what one officer sends: this schedule with their
+            # other real-emergency schedules and their sends around now. A schedule cannot
+            # wait for a second officer, so one that would need one is refused.
+            return townships, officer_reach(
+                session,
+                self._settings,
+                user=principal.user,
+                own=townships,
+                total=len(session.exec(select(Township.id)).all()),
+                around_ms=now,
+                with_schedules=True,
+                except_schedule=schedule_id,
+            )
+
+        township_ids, counted_reach = await self._db.run(reach)
+        if counted_reach is not None and counted_reach.held:
+            raise TwoPersonRefused(counted_reach)
         expires_in_s = fields.expires_in_s or self._settings.schedule_expiry_s[filled.priority]
         grace = fields.misfire_grace_s
         return _Prepared(
@@ -318,7 +325,7 @@ class ScheduleService:
             if "template" not in patch:
                 base.pop("params", None)
         request = {k: v for k, v in {**base, **patch}.items() if v is not None}
-        prep = await self._prepare(principal, request)
+        prep = await self._prepare(principal, request, schedule_id)
         before = _comparable(row)
         self._apply(row, prep, request)
         changed = sorted(k for k, v in _comparable(row).items() if before[k] != v)

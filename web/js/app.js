@@ -40,7 +40,11 @@ const ctx = {
     return ctx.villages.find((x) => x.id === id);
   },
   isOfficer() {
-    return ctx.me && (ctx.me.role === "admin" || ctx.me.role === "duty_officer");
+    return Boolean(ctx.me && ctx.me.can_approve);
+  },
+  // The approvals queue: the county's officers and viewers; a technician has no part in it.
+  seesApprovals() {
+    return Boolean(ctx.me && ctx.me.county_wide && ctx.me.role !== "technician");
   },
 };
 
@@ -49,7 +53,7 @@ let cleanup = null;
 function navItems(me) {
   const items = [["#/", "nav.home"]];
   if (me.can_broadcast) items.push(["#/emergency", "nav.emergency", "nav-emergency"]);
-  if (me.county_wide) items.push(["#/approvals", "nav.approvals"]);
+  if (ctx.seesApprovals()) items.push(["#/approvals", "nav.approvals"]);
   if (me.can_broadcast) items.push(["#/schedules", "nav.schedules"]);
   items.push(["#/terminals", "nav.terminals"], ["#/records", "nav.records"], ["#/audit", "nav.audit"]);
   if (me.can_broadcast) items.push(["#/groups", "nav.groups"]);
@@ -76,7 +80,7 @@ function renderNav() {
 }
 
 async function refreshApprovals() {
-  if (!ctx.me || !ctx.me.county_wide) return;
+  if (!ctx.seesApprovals()) return;
   try {
     const data = await get("/api/approvals");
     ctx.pendingApprovals = data.approvals.length;

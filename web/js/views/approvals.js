@@ -35,6 +35,16 @@ export async function render(main, ctx, [approvalId]) {
     }
   }
 
+  // Why it waits: this request with the same officer's other real alerts around it.
+  function why(item) {
+    const w = item.why || {};
+    if (!w.of) return null;
+    const vars = { who: item.requested_by, min: Math.round((w.window_s || 600) / 60), n: w.townships, of: w.of, threshold: w.threshold };
+    const text = [t(w.sends?.length || w.schedules?.length ? "ap.why" : "ap.why.single", vars)];
+    if (w.earlier?.length) text.push(t("ap.why.earlier", { places: w.earlier.map((id) => ctx.township(id)?.name || id).join(t("sep")) }));
+    return h("p", { class: "approval-why", "data-why": w.townships }, icon("wait"), " ", text.join(" "));
+  }
+
   function card(item) {
     const mine = item.requested_by === ctx.me.user;
     const el = h("section", { class: `card approval status-${item.status}`, "data-approval": item.id });
@@ -52,6 +62,7 @@ export async function render(main, ctx, [approvalId]) {
         h("div", { class: "fact" }, h("span", { class: "fact-label" }, t("em.fact.area")), h("strong", { class: "fact-value" }, areaOf(item)), h("small", {}, `${item.device_count}${t("unit.terminal")}`)),
         h("div", { class: "fact" }, h("span", { class: "fact-label" }, t("ap.status")), h("strong", { class: "fact-value", "data-status": item.status }, t(`ap.st.${item.status}`))),
       ),
+      why(item),
       h("p", { class: "spoken" }, item.text),
     );
     const audio = h("audio", { controls: true, src: item.media_url, preload: "auto", class: "approval-audio" });

@@ -274,7 +274,7 @@ export async function render(main, ctx, [broadcastId]) {
       row.lastChild.addEventListener("click", onCancel);
     }
     const resendable = Number(view.resendable) || 0;
-    if (ctx.me.can_broadcast && resendable > 0 && view.status !== "cancelled" && !expired()) {
+    if (ctx.me.can_control_terminals && resendable > 0 && view.status !== "cancelled" && !expired()) {
       const btn = h(
         "button",
         { type: "button", class: "btn btn-resend", id: "resend-btn", "data-resendable": resendable, disabled: resending },

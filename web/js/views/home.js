@@ -26,8 +26,15 @@ export async function render(main, ctx) {
             h("span", {}, h("strong", {}, t("home.emergency")), h("small", {}, t("home.emergency.sub"))),
           )
         : null,
-      me.county_wide
+      ctx.seesApprovals()
         ? queue
+        : me.role === "technician"
+        ? h(
+            "a",
+            { class: "card home-link", href: "#/terminals", id: "home-terminals" },
+            h("strong", {}, t("home.tech")),
+            h("span", { class: "muted" }, t("home.tech.sub")),
+          )
         : h(
             "a",
             { class: "card home-link", href: "#/schedules", id: "home-schedules" },
@@ -83,7 +90,7 @@ export async function render(main, ctx) {
   }
 
   async function loadQueue() {
-    if (!me.county_wide) return;
+    if (!ctx.seesApprovals()) return;
     const data = await get("/api/approvals");
     clear(queue).append(h("h2", {}, t("ap.title"), data.approvals.length ? h("span", { class: "badge" }, data.approvals.length) : null));
     if (!data.approvals.length) queue.append(h("p", { class: "muted" }, t("ap.none")));

@@ -31,6 +31,34 @@ export async function render(main, ctx) {
   );
   main.append(h("div", { class: "login-wrap" }, form));
 
+  let holding = null;
+  function holdSubmit(seconds) {
+    let left = seconds;
+    submit.disabled = true;
+    const label = t("login.submit");
+    const tick = () => {
+      if (left <= 0 || !submit.isConnected) {
+        clearInterval(holding);
+        holding = null;
+        submit.disabled = false;
+        submit.textContent = label;
+        return;
+      }
+      submit.textContent = `${label} (${left})`;
+      left -= 1;
+    };
+    tick();
+    holding = setInterval(tick, 1000);
+  }
+  // The wait is for that name from here: another name may try at once.
+  name.addEventListener("input", () => {
+    if (!holding) return;
+    clearInterval(holding);
+    holding = null;
+    submit.disabled = false;
+    submit.textContent = t("login.submit");
+  });
+
   async function onSubmit(e) {
     e.preventDefault();
     error.textContent = "";
@@ -40,10 +68,14 @@ export async function render(main, ctx) {
       await ctx.loggedIn(data);
     } catch (err) {
       password.value = "";
-      error.textContent =
-        err.code === "locked_out" ? t("login.locked", { msg: err.message }) : err.code === "invalid_credentials" ? t("login.wrong") : err.message;
+      const wait = Number(err.info?.retry_after_s) || 0;
+      if (err.code === "login_backoff") error.textContent = t("login.backoff", { n: wait });
+      else if (err.code === "invalid_credentials") error.textContent = wait ? t("login.wrong_wait", { n: wait }) : t("login.wrong");
+      else error.textContent = err.message;
+      // The server refuses tries from here for that long anyway: say so on the button.
+      if (wait) return holdSubmit(wait);
     } finally {
-      submit.disabled = false;
+      if (!holding) submit.disabled = false;
     }
   }
 }

@@ -437,7 +437,16 @@ export async function render(main, ctx) {
               drawEditor(null);
               refresh();
             } catch (err) {
-              error.textContent = err instanceof ApiError && err.field ? `${err.field}: ${err.message}` : err.message;
+              if (err instanceof ApiError && err.code === "two_person_rule" && err.info.why) {
+                const why = err.info.why;
+                error.textContent = t("err.two_person_rule", {
+                  why: t("err.two_person_rule.why", {
+                    n: why.townships, of: why.of, min: Math.round(why.window_s / 60),
+                  }),
+                });
+              } else {
+                error.textContent = err instanceof ApiError && err.field ? `${err.field}: ${err.message}` : err.message;
+              }
             } finally {
               save.disabled = false;
             }

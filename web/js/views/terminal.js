@@ -1,5 +1,6 @@
 // One terminal: state and faults (with when they started), telemetry and its history,
-// the last deliveries, volume and a test tone.
+// the last deliveries; for whoever may control terminals (technicians, officers, township
+// staff in their township): volume, a test tone and a health check.
 import { api, get, onLive } from "../api.js";
 import { icon, clear, fmtAgo, fmtTime, h, levelChip, modeBadge, svg, toast } from "../dom.js";
 import { faultName, t } from "../i18n.js";
@@ -95,7 +96,7 @@ export async function render(main, ctx, [deviceId]) {
         ),
       ),
     );
-    if (ctx.me.can_broadcast) root.append(controls(d, tel));
+    if (ctx.me.can_control_terminals) root.append(controls(d, tel));
     root.append(
       h(
         "section",
@@ -151,12 +152,28 @@ export async function render(main, ctx, [deviceId]) {
         tone.disabled = false;
       }
     });
+    const interval = h("input", { type: "number", min: 5, max: 3600, step: 1, id: "diag-interval", placeholder: t("dev.diag.interval") });
+    const diag = h("button", { type: "button", class: "btn", id: "diagnostics" }, icon("wait"), " ", t("dev.diag"));
+    diag.addEventListener("click", async () => {
+      diag.disabled = true;
+      try {
+        const body = interval.value ? { telemetry_interval_s: Number(interval.value) } : {};
+        await api("POST", `/api/devices/${deviceId}/diagnostics`, body);
+        toast(t("dev.diag.sent"));
+      } catch (e) {
+        toast(e.message, "error");
+      } finally {
+        diag.disabled = false;
+      }
+    });
     return h(
       "section",
       { class: "card controls" },
       h("h2", {}, t("dev.controls")),
+      ctx.me.can_broadcast ? null : h("p", { class: "muted" }, t("dev.controls.tech")),
       h("div", { class: "control-row" }, h("label", { class: "field" }, h("span", { class: "field-label" }, t("dev.volume.normal")), h("span", { class: "range" }, slider, out)), apply),
       h("div", { class: "control-row" }, tone, h("small", { class: "muted" }, t("dev.tone.hint"))),
+      h("div", { class: "control-row" }, diag, h("label", { class: "field" }, h("span", { class: "field-label" }, t("dev.diag.interval")), interval), h("small", { class: "muted" }, t("dev.diag.hint"))),
     );
   }
 

@@ -3,7 +3,13 @@ import { api, get } from "../api.js";
 import { clear, h, select, toast } from "../dom.js";
 import { t } from "../i18n.js";
 
-const ROLES = ["admin", "duty_officer", "township_staff", "viewer"];
+const ROLES = ["admin", "duty_officer", "township_staff", "technician", "viewer"];
+const PASSWORD_CODES = ["password_too_short", "password_too_long", "password_common", "password_contains_name", "password_too_simple"];
+
+// A password the policy refused, in the user's language; anything else as the server said it.
+function errorText(e) {
+  return PASSWORD_CODES.includes(e.code) ? t(`err.${e.code}`) : e.message;
+}
 
 export async function render(main, ctx) {
   await ctx.loadPlaces();
@@ -16,6 +22,28 @@ export async function render(main, ctx) {
   }
   function townshipSelect(value) {
     return select([["", "—"], ...ctx.townships.map((x) => [x.id, x.name])], value || "", { name: "township_id" });
+  }
+
+  // Addresses slowed down after failed logins for this name, and the admin's way out.
+  function backoff(u) {
+    if (!u.login_backoff?.length) return null;
+    const unlock = h("button", { type: "button", class: "btn", "data-action": "unlock" }, t("users.unlock"));
+    unlock.addEventListener("click", async () => {
+      try {
+        const { data } = await api("POST", `/api/users/${encodeURIComponent(u.name)}/unlock`);
+        toast(t("users.unlocked", { clients: data.cleared.join(", ") }));
+        load();
+      } catch (e) {
+        toast(e.message, "error");
+      }
+    });
+    return h(
+      "div",
+      { class: "login-backoff", "data-backoff": u.login_backoff.length },
+      h("span", { class: "status-pill dst-fault" }, t("users.backoff")),
+      h("ul", { class: "muted small" }, u.login_backoff.map((b) => h("li", {}, t("users.backoff.item", b)))),
+      unlock,
+    );
   }
 
   async function load() {
@@ -35,10 +63,10 @@ export async function render(main, ctx) {
           toast(t("common.saved"));
           load();
         } catch (e) {
-          toast(e.message, "error");
+          toast(errorText(e), "error");
         }
       });
-      body.append(h("tr", { "data-user": u.name }, h("td", {}, h("strong", {}, u.name)), h("td", {}, role), h("td", {}, tw), h("td", {}, h("label", { class: "inline" }, disabled, " ", t("users.disabled"))), h("td", {}, pw), h("td", {}, save)));
+      body.append(h("tr", { "data-user": u.name }, h("td", {}, h("strong", {}, u.name), backoff(u)), h("td", {}, role), h("td", {}, tw), h("td", {}, h("label", { class: "inline" }, disabled, " ", t("users.disabled"))), h("td", {}, pw), h("td", {}, save)));
     }
     clear(list).append(
       h("h2", {}, t("users.list")),
@@ -49,7 +77,7 @@ export async function render(main, ctx) {
   const name = h("input", { name: "name", required: true, autocomplete: "off" });
   const role = roleSelect("duty_officer");
   const tw = townshipSelect("");
-  const pw = h("input", { type: "password", name: "password", required: true, minlength: 8, autocomplete: "new-password" });
+  const pw = h("input", { type: "password", name: "password", required: true, minlength: ctx.me.password_min_chars || 10, autocomplete: "new-password" });
   form.append(
     h("h2", {}, t("users.new")),
     h(
@@ -63,12 +91,12 @@ export async function render(main, ctx) {
             name.value = pw.value = "";
             load();
           } catch (err) {
-            toast(err.message, "error");
+            toast(errorText(err), "error");
           }
         },
       },
       h("label", { class: "field" }, h("span", { class: "field-label" }, t("users.name")), name),
-      h("label", { class: "field" }, h("span", { class: "field-label" }, t("users.role")), role),
+      h("label", { class: "field" }, h("span", { class: "field-label" }, t("users.role")), role, h("small", { class: "muted" }, t("users.role.technician_hint"))),
       h("label", { class: "field" }, h("span", { class: "field-label" }, t("rec.township")), tw, h("small", { class: "muted" }, t("users.township_hint"))),
       h("label", { class: "field" }, h("span", { class: "field-label" }, t("login.password")), pw, h("small", { class: "muted" }, t("users.password_hint"))),
       h("button", { class: "btn btn-primary", type: "submit" }, t("users.create")),
