@@ -17,6 +17,7 @@ from aiohttp import web
 
 from controller import pronunciations
 from controller.api import keys, routes
+from controller.api.docs import public_docs_middleware
 from controller.auth import TokenAuthenticator, auth_middleware
 from controller.broadcasts import BroadcastService
 from controller.db import Database
@@ -24,6 +25,7 @@ from controller.dispatch import Dispatcher
 from controller.errors import error_middleware
 from controller.events import EventHub
 from controller.http_security import path_id_guard, security_headers
+from controller.idempotency import IdempotencyStore, idempotency_middleware
 from controller.ingest import Ingestor
 from controller.live import LiveHub
 from controller.media import MediaStore
@@ -34,8 +36,7 @@ from controller.sessions import SessionStore
 from controller.settings import Settings
 from controller.speech import AnnouncementRenderer
 from controller.templates import seed_builtin_templates
-from dalaba.mqtt import BrokerAddress
-from dalaba.signing import Ed25519Signer
+from dalaba.signing import load_or_create_signer
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 
 def build_app(settings: Settings) -> web.Application:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.db_url)
+    db = Database(settings.db_url, auto_migrate=settings.auto_migrate)
     media = MediaStore(settings.media_dir, db)
     renderer = AnnouncementRenderer(
         cache_dir=settings.data_dir / "speech-cache",
@@ -66,7 +67,7 @@ def build_app(settings: Settings) -> web.Application:
             pronunciations.load_custom(settings.data_dir / "pronunciations.json")
         ),
     )
-    signer = Ed25519Signer.load_or_create(settings.signing_key_path)
+    signer = load_or_create_signer(settings.signing_scheme, settings.signing_key_path)
     # Services tell each other what happened through typed events on this one hub.
     events = EventHub()
     ingestor = Ingestor(
@@ -77,10 +78,7 @@ def build_app(settings: Settings) -> web.Application:
         liveness_intervals=settings.liveness_intervals,
         default_telemetry_interval_s=settings.default_telemetry_interval_s,
     )
-    broker = BrokerAddress.from_url(settings.broker_url).with_credentials(
-        settings.broker_username, settings.broker_password.get_secret_value()
-    )
-    dispatcher = Dispatcher(broker, signer, ingestor.submit)
+    dispatcher = Dispatcher(settings.broker_address(), signer, ingestor.submit)
     broadcasts = BroadcastService(db, media, renderer, dispatcher, settings, events)
     prepositioner = Prepositioner(db, broadcasts, dispatcher, settings)
     sessions = SessionStore(db, settings)
@@ -88,12 +86,15 @@ def build_app(settings: Settings) -> web.Application:
     schedules = ScheduleService(db, broadcasts, dispatcher, settings)
     schedules.listen(events)
     metrics = Metrics(db, ingestor, dispatcher, events)
+    idempotency = IdempotencyStore(db)
 
     app = web.Application(
         middlewares=[
             error_middleware,
             path_id_guard,
+            public_docs_middleware,
             auth_middleware(TokenAuthenticator(db), sessions),
+            idempotency_middleware(idempotency),
         ],
         client_max_size=MAX_UPLOAD_BYTES,
     )

@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dalaba.mqtt import BrokerAddress
+from dalaba.signing import SigningScheme
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password"})
 
@@ -17,13 +21,28 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     # sqlite:///... (embedded default) or postgresql+psycopg://user@host/db (scale-out)
     database_url: str | None = None
+    # How commands are signed: "ed25519", or "sm2" (SM2 with SM3, the national scheme
+    # county procurement asks for). Each has its own key file (signing_key_path), and
+    # terminals must hold the matching public key or certificate.
+    signing_scheme: SigningScheme = "ed25519"
+    # At start, bring an older database's schema to this release's (controller/migrations).
+    # False: refuse to start on it instead, for operators who run `dalaba db upgrade`
+    # themselves after a backup.
+    auto_migrate: bool = True
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     # The URL terminals use to fetch media; defaults to http://<http_host>:<http_port>/media/
     public_media_url: str | None = None
+    # mqtts://host:port (MQTT over TLS, port 8883 by default) or mqtt://host:port.
     broker_url: str = "mqtt://127.0.0.1:1883"
     broker_username: str = "dalaba-controller"
     broker_password: SecretStr = SecretStr("")
+    # TLS (mqtts:// only): the CA that signed the broker's certificate (unset: the
+    # system's trusted CAs; the host name is always checked), and the controller's own
+    # certificate and key where the broker takes identities from certificates.
+    broker_ca_file: Path | None = None
+    broker_cert_file: Path | None = None
+    broker_key_file: Path | None = None
     # Demo mode allows generated/placeholder secrets and prints credentials.
     demo: bool = False
 
@@ -61,13 +80,28 @@ class Settings(BaseSettings):
     # wherever the console is served over HTTPS (it should be, outside a county LAN).
     session_ttl_s: int = Field(default=12 * 3600, ge=60)
     cookie_secure: bool = False
-    login_max_failures: int = Field(default=5, ge=1)
-    login_lockout_s: int = Field(default=15 * 60, ge=1)
+    # Log-in defence, per (user name, client address): after `login_free_failures`
+    # wrong passwords in a row from one address, that address waits
+    # `login_backoff_base_s` before its next try for that name, doubling with every
+    # further failure up to `login_backoff_max_s`. Other addresses are not slowed, so an
+    # attacker cannot lock the duty room out; an admin can clear it (users page).
+    login_free_failures: int = Field(default=3, ge=1, le=100)
+    login_backoff_base_s: float = Field(default=1.0, gt=0, le=3600)
+    login_backoff_max_s: int = Field(default=15 * 60, ge=1, le=24 * 3600)
+    # A failure count with no new failure for this long starts again from zero.
+    login_forget_s: int = Field(default=24 * 3600, ge=60)
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For is believed; from
+    # anyone else the header is ignored and the connection's own address is the client.
+    trusted_proxies: tuple[str, ...] = ()
     # Two-person rule (Hawaii, 2018): a real (not drill) emergency at one of these levels
     # that reaches the whole county, or at least `two_person_min_townships` townships
     # when that is above 0, waits for a second duty officer. Empty: no second person.
     two_person_levels: tuple[int, ...] = (1, 2)
     two_person_min_townships: int = Field(default=0, ge=0)
+    # ... counting, for one officer, every real emergency at those levels they sent
+    # within this many seconds of this one: twelve one-township sends are the county.
+    # At least a minute: the rule must not be switched back to counting one request.
+    two_person_window_s: int = Field(default=600, ge=60, le=7 * 24 * 3600)
     approval_timeout_s: int = Field(default=30 * 60, ge=60)
 
     # The county's local time: schedules are written in it, quiet hours are read in it.
@@ -89,14 +123,48 @@ class Settings(BaseSettings):
     schedule_push_debounce_ms: int = Field(default=300, ge=0, le=60_000)
     schedule_heartbeat_s: float = Field(default=2.0, gt=0, le=60)
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+        return value
+
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
-        if not self.demo and self.broker_password.get_secret_value() in PLACEHOLDER_SECRETS:
+        # With a client certificate the broker takes the account from it, not a password.
+        if (
+            not self.demo
+            and self.broker_cert_file is None
+            and self.broker_password.get_secret_value() in PLACEHOLDER_SECRETS
+        ):
             raise ValueError(
                 "broker_password: set DALABA_BROKER_PASSWORD (placeholder secrets are only "
                 "allowed with DALABA_DEMO=true)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _broker_tls_agrees(self) -> Settings:
+        try:
+            self.broker_address()
+        except ValueError as exc:
+            raise ValueError(
+                f"broker_url, broker_ca_file, broker_cert_file, broker_key_file: {exc}"
+            ) from exc
+        return self
+
+    def broker_address(self) -> BrokerAddress:
+        """The broker as the controller reaches it: URL, TLS files and its account."""
+        return BrokerAddress.from_url(
+            self.broker_url,
+            ca_file=self.broker_ca_file,
+            cert_file=self.broker_cert_file,
+            key_file=self.broker_key_file,
+        ).with_credentials(self.broker_username, self.broker_password.get_secret_value())
 
     @property
     def db_url(self) -> str:
@@ -112,4 +180,6 @@ class Settings(BaseSettings):
 
     @property
     def signing_key_path(self) -> Path:
-        return self.data_dir / "keys" / "controller-ed25519.pem"
+        """The controller's private key; its certificate, if it has one, is beside it
+        with the suffix .crt (controller-sm2.crt)."""
+        return self.data_dir / "keys" / f"controller-{self.signing_scheme}.pem"

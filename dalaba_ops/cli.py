@@ -173,7 +173,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if port is None:
         port = load_settings(args).http_port if args.config else 8080
     processes = args.processes or max(1, min(os.cpu_count() or 1, (args.villages + 999) // 1000))
-    asyncio.run(run_demo(data_dir, args.villages, port, processes))
+    asyncio.run(
+        run_demo(
+            data_dir,
+            args.villages,
+            port,
+            processes,
+            tls=args.tls or args.client_certs,
+            client_certs=args.client_certs,
+        )
+    )
     return EXIT_OK
 
 
@@ -558,6 +567,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="HTTP port of the console/API (8080)")
     p.add_argument("--data-dir", help="default: DALABA_DATA_DIR of --config, else demo-data")
     p.add_argument("--processes", type=int, default=None, help="simulator processes")
+    p.add_argument(
+        "--tls", action="store_true", help="MQTT over TLS only, with a CA made for the demo"
+    )
+    p.add_argument(
+        "--client-certs",
+        action="store_true",
+        help="terminals log in with certificates instead of passwords (implies --tls)",
+    )
     p.set_defaults(func=cmd_demo)
 
     db_cli.register(sub)

@@ -8,6 +8,7 @@ from controller.api import (
     county,
     device_control,
     devices,
+    docs,
     groups,
     live,
     media,
@@ -44,4 +45,5 @@ def routes() -> list[web.RouteDef]:
         *uploads.routes,
         *schedules.routes,
         *pronunciations.routes,
+        *docs.routes,
     ]

@@ -1,8 +1,9 @@
 """/api/approvals: real county-wide emergencies waiting for a second officer.
 
-A request is created by POST /api/broadcasts (answered 202, see controller/approvals.py).
-Any other duty officer or admin approves it (the broadcast is created and dispatched,
-with the audio both officers heard) or rejects it; the requester may withdraw it.
+A request is created by POST /api/broadcasts (answered 202 with why it waits, see
+controller/approvals.py). Any other duty officer or admin approves it (the broadcast is
+created and dispatched, with the audio both officers heard) or rejects it; the requester
+may withdraw it.
 """
 
 from __future__ import annotations
@@ -16,21 +17,20 @@ from sqlmodel import Session, col, select
 from controller import audit
 from controller.api import keys
 from controller.approvals import PendingBroadcast, pending_view
-from controller.auth import Principal, Role, principal_of
+from controller.auth import Permission, Principal, Role, principal_of
 from controller.broadcasts import BroadcastIn, broadcast_summary
 from controller.errors import (
     ApiError,
     forbidden,
+    json_response,
     not_found,
     parse_body,
-    read_json,
+    read_optional_json,
 )
 from controller.events import ApprovalRequested
 from dalaba.protocol import now_ms
 
 routes = web.RouteTableDef()
-
-OFFICERS = (Role.ADMIN, Role.DUTY_OFFICER)
 
 
 class DecisionIn(BaseModel):
@@ -66,7 +66,7 @@ async def list_approvals(request: web.Request) -> web.Response:
             query = query.where(PendingBroadcast.status == status)
         return [pending_view(r) for r in session.exec(query.limit(200))]
 
-    return web.json_response({"approvals": await request.app[keys.DB].run(load)})
+    return json_response({"approvals": await request.app[keys.DB].run(load)})
 
 
 @routes.get("/api/approvals/{id}")
@@ -81,13 +81,11 @@ async def get_approval(request: web.Request) -> web.Response:
             raise not_found(f"approval {approval_id}")
         return pending_view(row)
 
-    return web.json_response(await request.app[keys.DB].run(load))
+    return json_response(await request.app[keys.DB].run(load))
 
 
 async def _decision(request: web.Request) -> DecisionIn:
-    if not request.can_read_body:
-        return DecisionIn()
-    return parse_body(DecisionIn, await read_json(request, max_bytes=8192))
+    return parse_body(DecisionIn, await read_optional_json(request, max_bytes=8192))
 
 
 def _claim(
@@ -119,7 +117,7 @@ def _claim(
 @routes.post("/api/approvals/{id}/approve")
 async def approve(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    if principal.role not in OFFICERS:
+    if not principal.can(Permission.APPROVE):
         raise forbidden(f"role {principal.role.value} may not approve emergencies")
     approval_id = request.match_info["id"]
     decision = await _decision(request)
@@ -152,9 +150,10 @@ async def approve(request: web.Request) -> web.Response:
 
     view = await db.run(link)
     request.app[keys.EVENTS].emit(ApprovalRequested(request_id=approval_id, change="approved"))
-    return web.json_response(
+    return json_response(
         {**broadcast_summary(broadcast), "approval": view},
         status=201,
+        location=f"/api/broadcasts/{broadcast.id}",
     )
 
 
@@ -170,11 +169,11 @@ async def reject(request: web.Request) -> web.Response:
         if row is None:
             raise not_found(f"approval {approval_id}")
         own = row.requested_by == principal.user
-        if principal.role not in OFFICERS and not own:
+        if not principal.can(Permission.APPROVE) and not own:
             raise forbidden(f"role {principal.role.value} may not reject emergencies")
         status = "withdrawn" if own else "rejected"
         return pending_view(_claim(session, approval_id, principal, status, decision.reason))
 
     view = await db.run(decide)
     request.app[keys.EVENTS].emit(ApprovalRequested(request_id=approval_id, change=view["status"]))
-    return web.json_response(view)
+    return json_response(view)

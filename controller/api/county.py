@@ -5,14 +5,17 @@ from __future__ import annotations
 from aiohttp import web
 from sqlmodel import Session, col, select
 
+from controller import schemas as s
 from controller.api import keys
 from controller.auth import principal_of
 from controller.models import Device, Township, Village
+from controller.openapi import Param, describe
 
 routes = web.RouteTableDef()
 
 
 @routes.get("/api/townships")
+@describe("The townships in the caller's reach", tag="county", responses={200: s.TownshipList})
 async def list_townships(request: web.Request) -> web.Response:
     scope = principal_of(request).township_scope()
 
@@ -22,10 +25,16 @@ async def list_townships(request: web.Request) -> web.Response:
             query = query.where(Township.id == scope)
         return [t.model_dump() for t in session.exec(query)]
 
-    return web.json_response({"townships": await request.app[keys.DB].run(load)})
+    return s.respond(s.TownshipList, {"townships": await request.app[keys.DB].run(load)})
 
 
 @routes.get("/api/villages")
+@describe(
+    "The villages in the caller's reach, with how many terminals each has",
+    tag="county",
+    responses={200: s.VillageList},
+    query=(Param("township", "only this township's villages"),),
+)
 async def list_villages(request: web.Request) -> web.Response:
     scope = principal_of(request).township_scope()
     township = request.query.get("township")
@@ -43,4 +52,4 @@ async def list_villages(request: web.Request) -> web.Response:
             {**v.model_dump(), "device_count": counts.get(v.id, 0)} for v in session.exec(query)
         ]
 
-    return web.json_response({"villages": await request.app[keys.DB].run(load)})
+    return s.respond(s.VillageList, {"villages": await request.app[keys.DB].run(load)})

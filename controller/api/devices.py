@@ -5,10 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 from sqlmodel import Session, col, select
 
+from controller import schemas as s
 from controller.api import keys
+from controller.api.paging import limit_param, query_int
 from controller.auth import principal_of
-from controller.errors import bad_request, forbidden, not_found
+from controller.errors import forbidden, not_found
 from controller.models import Broadcast, Delivery, Device, TelemetrySample
+from controller.openapi import Param, describe
 from controller.timefmt import iso, parse_instant
 from dalaba import protocol as p
 
@@ -33,6 +36,15 @@ def device_view(d: Device) -> dict[str, object]:
 
 
 @routes.get("/api/devices")
+@describe(
+    "Every terminal in reach: liveness, what it plays, faults, latest telemetry",
+    tag="devices",
+    responses={200: s.DeviceList},
+    query=(
+        Param("township", "only this township's terminals"),
+        Param("village", "only this village's terminals"),
+    ),
+)
 async def list_devices(request: web.Request) -> web.Response:
     scope = principal_of(request).township_scope()
     village = request.query.get("village")
@@ -50,10 +62,12 @@ async def list_devices(request: web.Request) -> web.Response:
 
     devices = await request.app[keys.DB].run(load)
     online = sum(1 for d in devices if d["online"])
-    return web.json_response({"devices": devices, "online": online, "total": len(devices)})
+    view = {"devices": devices, "online": online, "total": len(devices)}
+    return s.respond(s.DeviceList, view, bulk="devices")
 
 
 @routes.get("/api/devices/{id}")
+@describe("One terminal", tag="devices", responses={200: s.DeviceOut})
 async def get_device(request: web.Request) -> web.Response:
     scope = principal_of(request).township_scope()
     device_id = request.match_info["id"]
@@ -66,7 +80,7 @@ async def get_device(request: web.Request) -> web.Response:
             raise forbidden(f"device {device_id} is outside your township")
         return device_view(d)
 
-    return web.json_response(await request.app[keys.DB].run(load))
+    return s.respond(s.DeviceOut, await request.app[keys.DB].run(load))
 
 
 def _device_in_scope(session: Session, device_id: str, scope: str | None) -> Device:
@@ -78,21 +92,23 @@ def _device_in_scope(session: Session, device_id: str, scope: str | None) -> Dev
     return d
 
 
-def _limit(request: web.Request, default: int, maximum: int) -> int:
-    try:
-        return max(1, min(maximum, int(request.query.get("limit", default))))
-    except ValueError:
-        raise bad_request("limit", "must be a whole number") from None
-
-
 @routes.get("/api/devices/{id}/telemetry")
+@describe(
+    "Sampled telemetry history, oldest first",
+    tag="devices",
+    responses={200: s.TelemetryList},
+    query=(
+        Param("since", "ISO 8601 time or epoch ms (default: 7 days ago)"),
+        limit_param(2000, 10_000),
+    ),
+)
 async def telemetry_history(request: web.Request) -> web.Response:
     """Sampled telemetry (one sample per `telemetry_history_interval_s`), oldest first."""
     scope = principal_of(request).township_scope()
     device_id = request.match_info["id"]
     since = request.query.get("since")
     since_ms = parse_instant(since, "since") if since else p.now_ms() - 7 * 24 * 3600 * 1000
-    limit = _limit(request, 2000, 10_000)
+    limit = query_int(request, "limit", 2000, 1, 10_000)
 
     def load(session: Session) -> list[dict[str, object]]:
         _device_in_scope(session, device_id, scope)
@@ -103,16 +119,25 @@ async def telemetry_history(request: web.Request) -> web.Response:
             .order_by(col(TelemetrySample.at_ms).desc())
             .limit(limit)
         ).all()
-        return [{"at": iso(r.at_ms), **r.data} for r in reversed(rows)]
+        # `at` is when the sample was taken, as an ISO time like every time on the API
+        # (the terminal's own field of that name is epoch ms).
+        return [{**r.data, "at": iso(r.at_ms)} for r in reversed(rows)]
 
-    return web.json_response({"samples": await request.app[keys.DB].run(load)})
+    samples = await request.app[keys.DB].run(load)
+    return s.respond(s.TelemetryList, {"samples": samples}, bulk="samples")
 
 
 @routes.get("/api/devices/{id}/deliveries")
+@describe(
+    "The terminal's latest deliveries, newest broadcast first",
+    tag="devices",
+    responses={200: s.DeviceDeliveries},
+    query=(limit_param(20, 200),),
+)
 async def last_deliveries(request: web.Request) -> web.Response:
     scope = principal_of(request).township_scope()
     device_id = request.match_info["id"]
-    limit = _limit(request, 20, 200)
+    limit = query_int(request, "limit", 20, 1, 200)
 
     def load(session: Session) -> list[dict[str, object]]:
         _device_in_scope(session, device_id, scope)
@@ -140,4 +165,4 @@ async def last_deliveries(request: web.Request) -> web.Response:
             for d, b in rows
         ]
 
-    return web.json_response({"deliveries": await request.app[keys.DB].run(load)})
+    return s.respond(s.DeviceDeliveries, {"deliveries": await request.app[keys.DB].run(load)})

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
 from controller import audit
+from controller import schemas as s
 from controller.api import keys
 from controller.auth import Principal, principal_of
 from controller.errors import (
@@ -24,6 +25,7 @@ from controller.errors import (
 )
 from controller.groups import TargetGroup
 from controller.models import Village
+from controller.openapi import describe
 from controller.timefmt import iso
 from dalaba.protocol import now_ms
 
@@ -90,6 +92,7 @@ async def _body(request: web.Request) -> GroupIn:
 
 
 @routes.get("/api/groups")
+@describe("Saved target groups in the caller's reach", tag="groups", responses={200: s.GroupList})
 async def list_groups(request: web.Request) -> web.Response:
     scope = principal_of(request).township_scope()
 
@@ -100,10 +103,11 @@ async def list_groups(request: web.Request) -> web.Response:
         known = _villages(session)
         return [group_view(g, known) for g in session.exec(query)]
 
-    return web.json_response({"groups": await request.app[keys.DB].run(load)})
+    return s.respond(s.GroupList, {"groups": await request.app[keys.DB].run(load)})
 
 
 @routes.post("/api/groups")
+@describe("Save a target group", tag="groups", body=GroupIn, responses={201: s.GroupOut})
 async def create_group(request: web.Request) -> web.Response:
     principal = principal_of(request)
     body = await _body(request)
@@ -125,10 +129,12 @@ async def create_group(request: web.Request) -> web.Response:
         audit.record(session, principal, "group.create", str(row.id), name=row.name)
         return group_view(row, _villages(session))
 
-    return web.json_response(await request.app[keys.DB].run(create), status=201)
+    view = await request.app[keys.DB].run(create)
+    return s.respond(s.GroupOut, view, status=201, location=f"/api/groups/{view['id']}")
 
 
 @routes.put("/api/groups/{id}")
+@describe("Replace a target group", tag="groups", body=GroupIn, responses={200: s.GroupOut})
 async def update_group(request: web.Request) -> web.Response:
     principal = principal_of(request)
     body = await _body(request)
@@ -143,10 +149,11 @@ async def update_group(request: web.Request) -> web.Response:
         audit.record(session, principal, "group.update", str(row.id), name=row.name)
         return group_view(row, _villages(session))
 
-    return web.json_response(await request.app[keys.DB].run(update))
+    return s.respond(s.GroupOut, await request.app[keys.DB].run(update))
 
 
 @routes.delete("/api/groups/{id}")
+@describe("Delete a target group", tag="groups", responses={200: s.Deleted})
 async def delete_group(request: web.Request) -> web.Response:
     principal = principal_of(request)
     principal.require_broadcast()
@@ -157,4 +164,4 @@ async def delete_group(request: web.Request) -> web.Response:
         session.delete(row)
 
     await request.app[keys.DB].run(delete)
-    return web.json_response({"deleted": True})
+    return s.respond(s.Deleted, {"deleted": True})

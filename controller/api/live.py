@@ -17,6 +17,7 @@ from aiohttp import web
 
 from controller.api import keys
 from controller.auth import principal_of
+from controller.openapi import Content, describe
 
 routes = web.RouteTableDef()
 
@@ -28,6 +29,12 @@ def _frame(kind: str, data: dict[str, Any]) -> bytes:
 
 
 @routes.get("/api/live")
+@describe(
+    "Server-sent events for live views: delivery, device, event, broadcast, approval, "
+    "resync (reload what you show)",
+    tag="live",
+    responses={200: Content("text/event-stream", {"type": "string"})},
+)
 async def live(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     hub = request.app[keys.LIVE]

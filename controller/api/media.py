@@ -13,6 +13,7 @@ from aiohttp import web
 
 from controller.api import keys
 from controller.errors import bad_request, not_found
+from controller.openapi import Content, describe
 
 routes = web.RouteTableDef()
 
@@ -20,6 +21,12 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @routes.get("/media/{sha256}")
+@describe(
+    "The audio terminals fetch: content-addressed, immutable, public",
+    tag="media",
+    responses={200: Content("audio/ogg", {"type": "string", "format": "binary"})},
+    public=True,
+)
 async def get_media(request: web.Request) -> web.StreamResponse:
     sha256 = request.match_info["sha256"]
     if not _SHA256.match(sha256):

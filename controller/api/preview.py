@@ -13,10 +13,12 @@ import logging
 
 from aiohttp import web
 
+from controller import schemas as s
 from controller.api import keys
 from controller.auth import principal_of
 from controller.broadcasts import BroadcastIn
 from controller.errors import bad_request, parse_body, read_json
+from controller.openapi import Content, Param, describe
 from controller.targets import resolve
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,21 @@ routes = web.RouteTableDef()
 
 
 @routes.post("/api/preview")
+@describe(
+    "Render without broadcasting: what the villages would hear (`targets` optional)",
+    tag="broadcasts",
+    body=BroadcastIn,
+    responses={
+        200: (s.PreviewOut, Content("audio/ogg", {"type": "string", "format": "binary"})),
+    },
+    query=(
+        Param(
+            "format",
+            "json (default): the description; audio: the Ogg/Opus audio itself",
+            {"type": "string", "enum": ["json", "audio"], "default": "json"},
+        ),
+    ),
+)
 async def preview(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     principal.require_broadcast()
@@ -53,7 +70,8 @@ async def preview(request: web.Request) -> web.StreamResponse:
                 "Cache-Control": "no-store",
             },
         )
-    return web.json_response(
+    return s.respond(
+        s.PreviewOut,
         {
             "media_id": media.sha256,
             "url": f"/media/{media.sha256}",
@@ -70,5 +88,5 @@ async def preview(request: web.Request) -> web.StreamResponse:
             "languages": filled.languages if filled.media_id is None else [],
             "repeat": filled.repeat,
             "template": body.template,
-        }
+        },
     )

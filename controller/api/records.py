@@ -17,11 +17,15 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from sqlmodel import Session, col, func, select
 
+from controller import schemas as s
 from controller.api import keys
-from controller.auth import principal_of
+from controller.api.paging import offset_param
+from controller.auth import Principal, principal_of
 from controller.broadcasts import broadcast_summary
 from controller.errors import bad_request
 from controller.models import AuditEntry, Broadcast, Delivery, Device, Township, Village
+from controller.openapi import Content, Param, describe, integer
+from controller.sessions import redact_audit_entry
 from controller.timefmt import iso, parse_instant
 
 routes = web.RouteTableDef()
@@ -48,7 +52,7 @@ def _bound(value: str | None, field: str, tz: ZoneInfo, end: bool) -> int | None
     return int(((start + timedelta(days=1)) if end else start).timestamp() * 1000)
 
 
-def _int(request: web.Request, name: str, default: int, maximum: int) -> int:
+def _int(request: web.Request, name: str, default: int, maximum: int, minimum: int = 0) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -56,8 +60,8 @@ def _int(request: web.Request, name: str, default: int, maximum: int) -> int:
         value = int(raw)
     except ValueError:
         raise bad_request(name, "must be a whole number") from None
-    if not 0 <= value <= maximum:
-        raise bad_request(name, f"must be between 0 and {maximum}")
+    if not minimum <= value <= maximum:
+        raise bad_request(name, f"must be between {minimum} and {maximum}")
     return value
 
 
@@ -65,6 +69,32 @@ def _local(ms: int | None, tz: ZoneInfo) -> str:
     if ms is None:
         return ""
     return datetime.fromtimestamp(ms / 1000, tz).strftime("%Y-%m-%d %H:%M:%S")
+
+
+MAX_OFFSET = 10_000_000
+_CSV = Content("text/csv", {"type": "string"}, "UTF-8 with a BOM, for spreadsheets")
+_BROADCAST_FILTERS = (
+    Param("from", "first local day (YYYY-MM-DD) or an ISO instant"),
+    Param("to", "last local day, included (YYYY-MM-DD), or an ISO instant"),
+    Param("category", "only this category"),
+    Param("priority", "only this priority"),
+    Param(
+        "drill",
+        "true: drills only; false: real only",
+        {"type": "string", "enum": ["true", "false"]},
+    ),
+    Param("q", "text in the title or body"),
+    Param("township", "only broadcasts that reached this township"),
+)
+# limit=0: only the total.
+_LIMIT = Param("limit", "at most this many items (0: only `total`)", integer(0, MAX_PAGE, 100))
+_AUDIT_FILTERS = (
+    Param("from", "first local day (YYYY-MM-DD) or an ISO instant"),
+    Param("to", "last local day, included (YYYY-MM-DD), or an ISO instant"),
+    Param("actor", "only this user's actions"),
+    Param("action", "actions starting with this (e.g. `broadcast.`)"),
+    Param("target", "only actions on this id"),
+)
 
 
 class BroadcastFilter:
@@ -114,10 +144,16 @@ class BroadcastFilter:
 
 
 @routes.get("/api/records/broadcasts")
+@describe(
+    "The broadcast log, newest first, with outcomes per state in the caller's reach",
+    tag="records",
+    responses={200: s.BroadcastRecordPage},
+    query=(*_BROADCAST_FILTERS, _LIMIT, offset_param(MAX_OFFSET)),
+)
 async def broadcast_log(request: web.Request) -> web.Response:
     flt = BroadcastFilter(request)
     limit = _int(request, "limit", 100, MAX_PAGE)
-    offset = _int(request, "offset", 0, 10_000_000)
+    offset = _int(request, "offset", 0, MAX_OFFSET)
 
     def load(session: Session) -> dict[str, Any]:
         base = flt.query()
@@ -151,7 +187,7 @@ async def broadcast_log(request: web.Request) -> web.Response:
         ]
         return {"broadcasts": items, "total": total, "limit": limit, "offset": offset}
 
-    return web.json_response(await request.app[keys.DB].run(load))
+    return s.respond(s.BroadcastRecordPage, await request.app[keys.DB].run(load))
 
 
 CSV_COLUMNS = (
@@ -204,6 +240,12 @@ def _csv_response(filename: str, header: tuple[str, ...], rows: list[list[Any]])
 
 
 @routes.get("/api/records/broadcasts.csv")
+@describe(
+    "The broadcast log as CSV: one row per terminal per broadcast",
+    tag="records",
+    responses={200: _CSV},
+    query=_BROADCAST_FILTERS,
+)
 async def broadcast_log_csv(request: web.Request) -> web.Response:
     """One row per terminal per broadcast: the outcome in every village."""
     flt = BroadcastFilter(request)
@@ -277,8 +319,8 @@ def _audit_query(request: web.Request) -> tuple[Any, ZoneInfo]:
     return query, tz
 
 
-def _audit_view(e: AuditEntry) -> dict[str, Any]:
-    return {
+def _audit_view(e: AuditEntry, principal: Principal) -> dict[str, Any]:
+    view = {
         "id": e.id,
         "at": iso(e.at_ms),
         "actor": e.actor,
@@ -287,42 +329,58 @@ def _audit_view(e: AuditEntry) -> dict[str, Any]:
         "target": e.target,
         "detail": e.detail,
     }
+    return redact_audit_entry(view, principal)
 
 
 @routes.get("/api/audit")
+@describe(
+    "The audit log, newest first (township staff: their own actions)",
+    tag="records",
+    responses={200: s.AuditPage},
+    query=(*_AUDIT_FILTERS, _LIMIT, offset_param(MAX_OFFSET)),
+)
 async def audit_log(request: web.Request) -> web.Response:
     query, _ = _audit_query(request)
+    principal = principal_of(request)
     limit = _int(request, "limit", 100, MAX_PAGE)
-    offset = _int(request, "offset", 0, 10_000_000)
+    offset = _int(request, "offset", 0, MAX_OFFSET)
 
     def load(session: Session) -> dict[str, Any]:
         total = session.exec(select(func.count()).select_from(query.subquery())).one()
         rows = session.exec(
             query.order_by(col(AuditEntry.id).desc()).offset(offset).limit(limit)
         ).all()
-        return {"entries": [_audit_view(e) for e in rows], "total": total}
+        return {
+            "entries": [_audit_view(e, principal) for e in rows],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
 
-    return web.json_response(await request.app[keys.DB].run(load))
+    return s.respond(s.AuditPage, await request.app[keys.DB].run(load))
 
 
 @routes.get("/api/audit.csv")
+@describe("The audit log as CSV", tag="records", responses={200: _CSV}, query=_AUDIT_FILTERS)
 async def audit_log_csv(request: web.Request) -> web.Response:
     import json
 
     query, tz = _audit_query(request)
+    principal = principal_of(request)
 
     def load(session: Session) -> list[list[Any]]:
         rows = session.exec(query.order_by(col(AuditEntry.id).desc()).limit(MAX_CSV_ROWS))
+        views = [(e.at_ms, _audit_view(e, principal)) for e in rows]
         return [
             [
-                _local(e.at_ms, tz),
-                e.actor,
-                e.role,
-                e.action,
-                e.target,
-                json.dumps(e.detail, ensure_ascii=False),
+                _local(at_ms, tz),
+                v["actor"],
+                v["role"],
+                v["action"],
+                v["target"],
+                json.dumps(v["detail"], ensure_ascii=False),
             ]
-            for e in rows
+            for at_ms, v in views
         ]
 
     rows = await request.app[keys.DB].run(load)

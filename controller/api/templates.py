@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from controller import schemas as s
 from controller.api import keys
 from controller.auth import Principal, Role, principal_of
-from controller.errors import bad_request, forbidden, parse_body, read_json
+from controller.errors import bad_request, forbidden, json_response, parse_body, read_json
+from controller.openapi import GENERIC, Param, describe
 from controller.prepositioning import PrepositionIn
 from controller.templates import (
     TemplateIn,
@@ -38,47 +40,73 @@ def require_editor(principal: Principal) -> None:
 
 # Registered before /api/templates/{id} so "preposition" is not taken for an id.
 @routes.post("/api/templates/preposition")
+@describe(
+    "Push rendered emergency templates to terminals ahead of need",
+    tag="templates",
+    body=PrepositionIn,
+    responses={201: GENERIC},
+)
 async def preposition(request: web.Request) -> web.Response:
     principal = principal_of(request)
     require_editor(principal)
     body = parse_body(PrepositionIn, await read_json(request))
     view = await request.app[keys.PREPOSITIONER].preposition(principal, body)
-    return web.json_response(view, status=201)
+    return json_response(view, status=201, location="/api/templates/preposition")
 
 
 @routes.get("/api/templates/preposition")
+@describe(
+    "Which terminals hold which pre-positioned templates", tag="templates", responses={200: GENERIC}
+)
 async def preposition_status(request: web.Request) -> web.Response:
     view = await request.app[keys.PREPOSITIONER].status(principal_of(request))
-    return web.json_response(view)
+    return json_response(view)
 
 
 @routes.get("/api/templates")
+@describe(
+    "Announcement templates (disabled ones too unless ?enabled=1)",
+    tag="templates",
+    responses={200: s.TemplateList},
+    query=(
+        Param("category", "only this category"),
+        Param("enabled", "1: only enabled templates", {"type": "string", "enum": ["1", "true"]}),
+    ),
+)
 async def list_all(request: web.Request) -> web.Response:
     category = request.query.get("category")
     include_disabled = request.query.get("enabled") not in ("1", "true")
     items = await request.app[keys.DB].run(
         lambda s: list_templates(s, category=category, include_disabled=include_disabled)
     )
-    return web.json_response({"templates": items})
+    return s.respond(s.TemplateList, {"templates": items})
 
 
 @routes.post("/api/templates")
+@describe("Create a template", tag="templates", body=TemplateIn, responses={201: s.TemplateOut})
 async def create(request: web.Request) -> web.Response:
     principal = principal_of(request)
     require_editor(principal)
     body = parse_body(TemplateIn, await read_json(request))
-    view = await request.app[keys.DB].run(lambda s: create_template(s, principal, body))
-    return web.json_response(view, status=201)
+    view = await request.app[keys.DB].run(lambda ses: create_template(ses, principal, body))
+    return s.respond(s.TemplateOut, view, status=201, location=f"/api/templates/{view['id']}")
 
 
 @routes.get("/api/templates/{id}")
+@describe("One template", tag="templates", responses={200: s.TemplateOut})
 async def get_one(request: web.Request) -> web.Response:
     template_id = request.match_info["id"]
-    view = await request.app[keys.DB].run(lambda s: template_view(get_template(s, template_id)))
-    return web.json_response(view)
+    view = await request.app[keys.DB].run(lambda ses: template_view(get_template(ses, template_id)))
+    return s.respond(s.TemplateOut, view)
 
 
 @routes.put("/api/templates/{id}")
+@describe(
+    "Replace a template (every field; `version`, if given, must be the current one)",
+    tag="templates",
+    body=TemplateReplace,
+    responses={200: s.TemplateOut},
+)
 async def replace(request: web.Request) -> web.Response:
     principal = principal_of(request)
     require_editor(principal)
@@ -86,12 +114,18 @@ async def replace(request: web.Request) -> web.Response:
     body = parse_body(TemplateReplace, await read_json(request))
     changes = body.model_dump()
     view = await request.app[keys.DB].run(
-        lambda s: update_template(s, principal, template_id, changes)
+        lambda ses: update_template(ses, principal, template_id, changes)
     )
-    return web.json_response(view)
+    return s.respond(s.TemplateOut, view)
 
 
 @routes.patch("/api/templates/{id}")
+@describe(
+    "Change some of a template's fields",
+    tag="templates",
+    body=TemplatePatch,
+    responses={200: s.TemplateOut},
+)
 async def patch(request: web.Request) -> web.Response:
     principal = principal_of(request)
     require_editor(principal)
@@ -102,24 +136,32 @@ async def patch(request: web.Request) -> web.Response:
         if value is None and name not in _NULLABLE:
             raise bad_request(name, "must not be null")
     view = await request.app[keys.DB].run(
-        lambda s: update_template(s, principal, template_id, changes)
+        lambda ses: update_template(ses, principal, template_id, changes)
     )
-    return web.json_response(view)
+    return s.respond(s.TemplateOut, view)
 
 
 @routes.delete("/api/templates/{id}")
+@describe(
+    "Delete a county template (built-in ones can only be disabled)",
+    tag="templates",
+    responses={200: s.Deleted},
+)
 async def delete(request: web.Request) -> web.Response:
     principal = principal_of(request)
     require_editor(principal)
     template_id = request.match_info["id"]
-    await request.app[keys.DB].run(lambda s: delete_template(s, principal, template_id))
-    return web.json_response({"deleted": template_id})
+    await request.app[keys.DB].run(lambda ses: delete_template(ses, principal, template_id))
+    return s.respond(s.Deleted, {"deleted": template_id})
 
 
 @routes.post("/api/templates/{id}/reset")
+@describe(
+    "Put a built-in template back as shipped", tag="templates", responses={200: s.TemplateOut}
+)
 async def reset(request: web.Request) -> web.Response:
     principal = principal_of(request)
     require_editor(principal)
     template_id = request.match_info["id"]
-    view = await request.app[keys.DB].run(lambda s: reset_template(s, principal, template_id))
-    return web.json_response(view)
+    view = await request.app[keys.DB].run(lambda ses: reset_template(ses, principal, template_id))
+    return s.respond(s.TemplateOut, view)

@@ -9,14 +9,20 @@ from sqlmodel import Session, col, select
 from controller.api import keys
 from controller.api.templates import require_editor
 from controller.auth import principal_of
-from controller.errors import parse_body, read_json
+from controller.errors import json_response, parse_body, read_json
 from controller.models import Township
+from controller.openapi import GENERIC, describe
 from controller.templates import LanguagesIn, set_township_languages, township_language_settings
 
 routes = web.RouteTableDef()
 
 
 @routes.get("/api/township-languages")
+@describe(
+    "The languages each township hears (null: not set)",
+    tag="speech",
+    responses={200: GENERIC},
+)
 async def list_languages(request: web.Request) -> web.Response:
     scope = principal_of(request).township_scope()
 
@@ -31,10 +37,16 @@ async def list_languages(request: web.Request) -> web.Response:
             for t in session.exec(query)
         ]
 
-    return web.json_response({"townships": await request.app[keys.DB].run(load)})
+    return json_response({"townships": await request.app[keys.DB].run(load)})
 
 
 @routes.put("/api/township-languages/{township_id}")
+@describe(
+    "Set the languages a township hears, in order",
+    tag="speech",
+    body=LanguagesIn,
+    responses={200: GENERIC},
+)
 async def set_languages(request: web.Request) -> web.Response:
     principal = principal_of(request)
     require_editor(principal)
@@ -44,10 +56,13 @@ async def set_languages(request: web.Request) -> web.Response:
     view = await request.app[keys.DB].run(
         lambda s: set_township_languages(s, principal, township_id, languages)
     )
-    return web.json_response(view)
+    return json_response(view)
 
 
 @routes.delete("/api/township-languages/{township_id}")
+@describe(
+    "Clear a township's languages (back to the default)", tag="speech", responses={200: GENERIC}
+)
 async def clear_languages(request: web.Request) -> web.Response:
     principal = principal_of(request)
     require_editor(principal)
@@ -55,4 +70,4 @@ async def clear_languages(request: web.Request) -> web.Response:
     view = await request.app[keys.DB].run(
         lambda s: set_township_languages(s, principal, township_id, None)
     )
-    return web.json_response(view)
+    return json_response(view)

@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 from controller import audit
 from controller.api import keys
 from controller.auth import principal_of
-from controller.errors import bad_request, not_found
+from controller.errors import bad_request, json_response, not_found
 from controller.models import Media
 from controller.speech import NotPlainAudio, UnsupportedAudio, normalise_upload
 from controller.timefmt import iso
@@ -174,7 +174,7 @@ async def upload(request: web.Request) -> web.Response:
         )
 
     await request.app[keys.DB].run(record)
-    return web.json_response(media_view(row), status=201)
+    return json_response(media_view(row), status=201, location=f"/api/media/{row.sha256}")
 
 
 @routes.get("/api/media")
@@ -191,7 +191,7 @@ async def list_media(request: web.Request) -> web.Response:
             query = query.where(Media.source == source)
         return [media_view(m) for m in session.exec(query)]
 
-    return web.json_response({"media": await request.app[keys.DB].run(load)})
+    return json_response({"media": await request.app[keys.DB].run(load)})
 
 
 @routes.get("/api/media/{id}")
@@ -204,4 +204,4 @@ async def get_media_info(request: web.Request) -> web.Response:
             raise not_found(f"media {media_id}")
         return media_view(row)
 
-    return web.json_response(await request.app[keys.DB].run(load))
+    return json_response(await request.app[keys.DB].run(load))

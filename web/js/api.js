@@ -1,3 +1,5 @@
+import { t } from "./i18n.js";
+
 // The console's only way to the server: same-origin fetch with the session cookie, the
 // CSRF token on every state-changing request, and the API's one error envelope.
 let csrfToken = null;
@@ -6,13 +8,22 @@ export function setCsrf(token) {
   csrfToken = token;
 }
 
+// Server messages the console words in the reader's language, by error code; any
+// other error shows the server's own message, which names the field.
+const TRANSLATED = new Set([
+  "not_plain_audio", "unsupported_audio", "too_large", "malformed_json", "unauthenticated",
+  "csrf", "idempotency_key_in_flight", "idempotency_key_reused", "idempotency_key_unfinished",
+]);
+
 export class ApiError extends Error {
   constructor(status, body) {
     const err = (body && body.error) || {};
-    super(err.message || `HTTP ${status}`);
+    super(TRANSLATED.has(err.code) ? t(`err.${err.code}`) : err.message || `HTTP ${status}`);
     this.status = status;
     this.code = err.code || "http_error";
     this.field = err.field || null;
+    // Anything else the error says (retry_after_s, why): the console words it itself.
+    this.info = err;
   }
 }
 
