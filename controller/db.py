@@ -36,6 +36,7 @@ TABLE_MODULES: tuple[str, ...] = (
     "controller.prepositioning",
     "controller.schedules.models",
     "controller.idempotency",
+    "controller.history",
 )
 
 

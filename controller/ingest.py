@@ -17,6 +17,10 @@ Three promises, each with its reason:
 - **Liveness from silence too.** A terminal is online while it talks; one silent for
   `liveness_intervals` of its telemetry intervals is shown offline even when the broker
   never delivered its last will (it died while the broker was down).
+
+Each change of a terminal's online state and each fault raised or cleared is also kept
+as history (`controller.history`: online intervals, fault episodes), in the same
+transaction as the change on `Device`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from sqlmodel import Session, col, select
 from controller import deliveries as dm
 from controller.db import Database
 from controller.events import DeliveryChanged, DeviceLiveness, DeviceReported, Event, EventHub
+from controller.history import FaultBook, IntervalBook, repair
 from controller.models import Broadcast, Delivery, Device, SecurityEvent, TelemetrySample
 from controller.prepositioning import record_preload_report
 from dalaba import protocol as p
@@ -97,6 +102,11 @@ class Ingestor:
 
     async def start(self) -> None:
         self._started_ms = p.now_ms()
+        # Before the first report: every terminal shown online has its one open
+        # interval, every fault shown its episode (a restart closes nothing).
+        repaired = await self._db.run(lambda s: repair(s, self._started_ms))
+        if repaired:
+            log.warning("history mended at start: %s", repaired)
         self._task = asyncio.create_task(self._flush_loop())
         self._liveness_task = asyncio.create_task(self._liveness_loop())
 
@@ -262,6 +272,8 @@ class Ingestor:
             deliveries = {(d.broadcast_id, d.device_id): d for d in rows}
         issued = self._issued_command_ids(session, batch)
         came_online: list[Device] = []
+        intervals = IntervalBook(session, device_ids)
+        faults = FaultBook(session, device_ids)
 
         # Arrival order: the broker keeps each terminal's messages in order, and a stale
         # report is caught by its sequence number anyway.
@@ -278,7 +290,7 @@ class Ingestor:
             device.last_seen_ms = rx
             if isinstance(message, p.DeviceStatus):
                 why = "will" if not message.online and message.at == 0 else "status"
-                changed = self._set_online(device, message.online, rx, why, events)
+                changed = self._set_online(intervals, device, message.online, rx, why, events)
                 if changed and message.online:
                     came_online.append(device)
                 if message.firmware:
@@ -286,7 +298,7 @@ class Ingestor:
                 continue
             # Anything else it sends proves it is alive (its "online" status may have
             # been lost with a broker that died, or shadowed by a stale will).
-            if not device.online and self._set_online(device, True, rx, "heard", events):
+            if not device.online and self._set_online(intervals, device, True, rx, "heard", events):
                 came_online.append(device)
             if isinstance(message, p.DeliveryReport):
                 delivery = deliveries.get((message.broadcast_id, message.device_id))
@@ -320,7 +332,10 @@ class Ingestor:
                     device.playing_broadcast_id = None
                 events.append(_delivery_event(applied, device))
             elif isinstance(message, p.DeviceEvent):
-                for applied in self._apply_event(session, device, message, rx, issued, deliveries):
+                applied_events = self._apply_event(
+                    session, device, message, rx, issued, deliveries, faults
+                )
+                for applied in applied_events:
                     events.append(_delivery_event(applied, device))
                 events.append(
                     DeviceReported(
@@ -337,12 +352,27 @@ class Ingestor:
         return events
 
     def _set_online(
-        self, device: Device, online: bool, rx: int, why: str, events: list[Event]
+        self,
+        intervals: IntervalBook,
+        device: Device,
+        online: bool,
+        rx: int,
+        why: str,
+        events: list[Event],
+        last_heard: int | None = None,
     ) -> bool:
         if device.online == online:
             return False
         device.online = online
         device.status_changed_ms = rx
+        if online:
+            intervals.opened(device, rx)
+        else:
+            # Said goodbye, or its will: offline now (the broker sends the will when the
+            # connection breaks, or at most 1.5 keepalives later). Silent: we notice after
+            # several telemetry intervals; it was last known online when last heard.
+            ended = last_heard if why == "silent" and last_heard is not None else rx
+            intervals.closed(device, ended, why)
         events.append(
             DeviceLiveness(
                 device_id=device.id,
@@ -373,12 +403,15 @@ class Ingestor:
         rx: int,
         issued: set[str],
         deliveries: dict[tuple[str, str], Delivery],
+        faults: FaultBook | None = None,
     ) -> list[dm.Applied]:
-        if event.kind is p.EventKind.FAULT_RAISED and event.reason:
-            device.faults = {**device.faults, event.reason[:64]: event.at}
-            return []
-        if event.kind is p.EventKind.FAULT_CLEARED and event.reason:
-            device.faults = {k: v for k, v in device.faults.items() if k != event.reason}
+        if event.kind in (p.EventKind.FAULT_RAISED, p.EventKind.FAULT_CLEARED) and event.reason:
+            # Device.faults (the latest state) and the fault's episode change together.
+            book = faults or FaultBook(session)
+            if event.kind is p.EventKind.FAULT_RAISED:
+                book.raised(device, event.reason[:64], event.at, rx, event.detail)
+            else:
+                book.cleared(device, event.reason[:64], event.at, rx)
             return []
         if event.kind is p.EventKind.PRELOADED:
             record_preload_report(session, device.id, event, rx)
@@ -436,6 +469,8 @@ class Ingestor:
 
     def _apply_telemetry(self, session: Session, device: Device, t: p.Telemetry, rx: int) -> None:
         data = t.model_dump(mode="json", exclude={"v", "device_id"})
+        # The safety net for fault events that were lost (history.FaultBook.telemetry).
+        FaultBook(session).telemetry(device, data["faults"], t.at, rx, device.telemetry)
         device.telemetry = data
         device.volume = t.volume
         device.firmware = t.firmware
@@ -474,7 +509,7 @@ class Ingestor:
             heard = max(device.last_seen_ms or 0, device.status_changed_ms or 0, self._started_ms)
             if now - heard < window_ms:
                 continue
-            self._set_online(device, False, now, "silent", events)
+            self._set_online(IntervalBook(session), device, False, now, "silent", events, heard)
             for delivery in session.exec(
                 select(Delivery)
                 .where(Delivery.device_id == device.id)
