@@ -56,6 +56,7 @@ PURGE_EVERY_S = 600.0
 IDEMPOTENT_ROUTES: frozenset[tuple[str, str]] = frozenset(
     {
         ("POST", "/api/broadcasts"),
+        ("POST", "/api/workorders/{id}/notes"),
         ("POST", "/api/broadcasts/{id}/cancel"),
         ("POST", "/api/broadcasts/{id}/resend"),
         ("POST", "/api/approvals/{id}/approve"),

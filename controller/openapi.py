@@ -416,6 +416,7 @@ TAGS = (
     ("broadcasts", "push, watch, cancel and resend announcements; preview them"),
     ("approvals", "real emergencies waiting for a second duty officer"),
     ("devices", "the terminals: state, telemetry, volume, test tone, diagnostics"),
+    ("workorders", "technicians' jobs opened by faults that last"),
     ("schedules", "township programmes, their occurrences, quiet hours"),
     ("templates", "announcement templates and their pre-positioning on terminals"),
     ("county", "townships and villages"),
