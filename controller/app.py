@@ -17,6 +17,7 @@ from aiohttp import web
 
 from controller import pronunciations
 from controller.api import keys, routes
+from controller.api import workorders as workorders_api
 from controller.api.docs import public_docs_middleware
 from controller.auth import TokenAuthenticator, auth_middleware
 from controller.broadcasts import BroadcastService
@@ -31,11 +32,13 @@ from controller.live import LiveHub
 from controller.media import MediaStore
 from controller.metrics import Metrics
 from controller.prepositioning import Prepositioner
+from controller.retention import RetentionJob
 from controller.schedules.service import ScheduleService
 from controller.sessions import SessionStore
 from controller.settings import Settings
 from controller.speech import AnnouncementRenderer
 from controller.templates import seed_builtin_templates
+from controller.workorders import WorkOrderService
 from dalaba.signing import load_or_create_signer
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,9 @@ def build_app(settings: Settings) -> web.Application:
     schedules.listen(events)
     metrics = Metrics(db, ingestor, dispatcher, events)
     idempotency = IdempotencyStore(db)
+    retention = RetentionJob.from_settings(db, settings)  # daily, when started
+    workorders = WorkOrderService(db, settings)  # sweeps when started
+    workorders.listen(events)
 
     app = web.Application(
         middlewares=[
@@ -110,6 +116,7 @@ def build_app(settings: Settings) -> web.Application:
     app[keys.LIVE] = live
     app[keys.SCHEDULES] = schedules
     app[keys.EVENTS] = events
+    app[workorders_api.SERVICE] = workorders
     app.add_routes(routes())
     # Prometheus scrapes /metrics by convention; counts only, no login (controller.metrics).
     app.router.add_get("/metrics", metrics.handle)
@@ -127,8 +134,12 @@ def build_app(settings: Settings) -> web.Application:
         await dispatcher.start()
         await broadcasts.start()
         await schedules.start()
+        await retention.start()
+        await workorders.start()
         log.info("controller up: http://%s:%d/", settings.http_host, settings.http_port)
         yield
+        await retention.stop()
+        await workorders.stop()
         await schedules.stop()
         await broadcasts.stop()
         await dispatcher.stop()

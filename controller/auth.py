@@ -48,6 +48,8 @@ class Permission(enum.StrEnum):
     APPROVE = "approve"
     # Volume, test tone, diagnostics, resend to a broadcast's unreached terminals.
     TERMINAL_CONTROL = "terminal_control"
+    # Assign, annotate and close work orders (controller/workorders.py).
+    WORK_ORDERS = "work_orders"
     MANAGE_USERS = "manage_users"
 
 
@@ -61,7 +63,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.TOWNSHIP_STAFF: frozenset(
         {Permission.READ, Permission.BROADCAST, Permission.TERMINAL_CONTROL}
     ),
-    Role.TECHNICIAN: frozenset({Permission.READ, Permission.TERMINAL_CONTROL}),
+    Role.TECHNICIAN: frozenset(
+        {Permission.READ, Permission.TERMINAL_CONTROL, Permission.WORK_ORDERS}
+    ),
     Role.VIEWER: frozenset({Permission.READ}),
 }
 

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     # A delivery `playing` for its audio's length plus this long, without a word from
     # the terminal, is shown `unknown` (it may have played; nobody can say).
     unknown_after_s: float = Field(default=30.0, ge=1, le=3600)
+    # A fault still open this long opens a work order for a technician
+    # (controller/workorders.py); a fault that returns before it is closed reopens it.
+    work_order_after_s: float = Field(default=3600, ge=0, le=30 * 24 * 3600)
 
     # Console logins. A session lasts one duty shift; cookie_secure must be true
     # wherever the console is served over HTTPS (it should be, outside a county LAN).
@@ -106,6 +109,9 @@ class Settings(BaseSettings):
 
     # The county's local time: schedules are written in it, quiet hours are read in it.
     timezone: str = "Asia/Shanghai"
+    # The county's name as its year-end report is headed (controller/report.py); empty:
+    # "本县" / "the county".
+    county_name: str = Field(default="", max_length=100)
     # Schedules. Each occurrence is fired this long before its due time, so the signed
     # play command reaches the terminals before the instant they start together.
     schedule_fire_lead_ms: int = Field(default=3000, ge=1000, le=60_000)
@@ -123,6 +129,20 @@ class Settings(BaseSettings):
     schedule_push_debounce_ms: int = Field(default=300, ge=0, le=60_000)
     schedule_heartbeat_s: float = Field(default=2.0, gt=0, le=60)
 
+    # Retention (controller/retention.py; docs/operations.md, "Retention"): a daily job at
+    # this local hour rolls telemetry up as it ages and deletes what is kept no longer.
+    # Periods in days; 0 keeps for ever. Records a county reports on (broadcasts, history,
+    # audit) are kept at least a year when a period is set.
+    retention_enabled: bool = True
+    retention_hour: int = Field(default=3, ge=0, le=23)
+    retention_raw_telemetry_days: int = Field(default=7, ge=1, le=366)
+    retention_hourly_telemetry_days: int = Field(default=90, ge=1, le=3660)
+    retention_daily_telemetry_days: int = Field(default=1826, ge=0)
+    retention_broadcast_days: int = Field(default=1826, ge=0)
+    retention_audit_days: int = Field(default=0, ge=0)
+    retention_security_days: int = Field(default=1096, ge=0)
+    retention_history_days: int = Field(default=1826, ge=0)
+
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies_are_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -132,6 +152,24 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{entry!r} is not an IP address or network") from None
         return value
+
+    @model_validator(mode="after")
+    def _retention_holds_together(self) -> Settings:
+        if self.retention_hourly_telemetry_days < self.retention_raw_telemetry_days:
+            raise ValueError(
+                "retention_hourly_telemetry_days: at least retention_raw_telemetry_days"
+            )
+        daily = self.retention_daily_telemetry_days
+        if 0 < daily < self.retention_hourly_telemetry_days:
+            raise ValueError(
+                "retention_daily_telemetry_days: 0 (for ever) or at least "
+                "retention_hourly_telemetry_days"
+            )
+        for name in ("broadcast", "audit", "security", "history"):
+            days = getattr(self, f"retention_{name}_days")
+            if 0 < days < 365:
+                raise ValueError(f"retention_{name}_days: 0 (for ever) or at least 365")
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

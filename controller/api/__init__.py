@@ -17,11 +17,13 @@ from controller.api import (
     records,
     schedules,
     session,
+    stats,
     system,
     templates,
     township_languages,
     uploads,
     users,
+    workorders,
 )
 
 
@@ -46,4 +48,6 @@ def routes() -> list[web.RouteDef]:
         *schedules.routes,
         *pronunciations.routes,
         *docs.routes,
+        *stats.routes,
+        *workorders.routes,
     ]

@@ -417,6 +417,23 @@ async def test_real_answers_match_their_schemas(make_county) -> None:
     await api.call("GET", "/api/audit", path="/api/audit?limit=5", expect=200)
     await api.call("GET", "/api/audit.csv", expect=200)
     await api.call("GET", "/api/security-events", expect=200)
+    # Statistics and the year-end report (its PDF and XLSX are checked in test_stats.py).
+    await api.call("GET", "/api/stats/summary", path="/api/stats/summary?period=year", expect=200)
+    await api.call(
+        "GET", "/api/stats/online", path="/api/stats/online?period=month&bucket=day", expect=200
+    )
+    await api.call("GET", "/api/stats/report", path="/api/stats/report?year=2026", expect=200)
+    # Work orders: success answers are schema-checked in test_workorders.py (they need a
+    # lasting fault); here every route is called once.
+    await api.call("GET", "/api/workorders", path="/api/workorders?status=all", expect=200)
+    for action, body in (("assign", {"user": "tech1"}), ("notes", {"text": "x"}), ("close", {})):
+        await api.call(
+            "POST",
+            f"/api/workorders/{{id}}/{action}",
+            path=f"/api/workorders/999/{action}",
+            json_body=body,
+            expect=404,
+        )
     await api.call("GET", "/api/metrics", expect=200)
 
     # Users and the console session (bearer tokens reach these too).

@@ -12,10 +12,12 @@ const VIEWS = {
   terminals: () => import("./views/terminals.js"),
   terminal: () => import("./views/terminal.js"),
   records: () => import("./views/records.js"),
+  stats: () => import("./views/stats.js"),
   audit: () => import("./views/audit.js"),
   schedules: () => import("./views/schedules.js"),
   groups: () => import("./views/groups.js"),
   users: () => import("./views/users.js"),
+  workorders: () => import("./views/workorders.js"),
 };
 
 const ctx = {
@@ -55,7 +57,7 @@ function navItems(me) {
   if (me.can_broadcast) items.push(["#/emergency", "nav.emergency", "nav-emergency"]);
   if (ctx.seesApprovals()) items.push(["#/approvals", "nav.approvals"]);
   if (me.can_broadcast) items.push(["#/schedules", "nav.schedules"]);
-  items.push(["#/terminals", "nav.terminals"], ["#/records", "nav.records"], ["#/audit", "nav.audit"]);
+  items.push(["#/terminals", "nav.terminals"], ["#/workorders", "nav.workorders"], ["#/records", "nav.records"], ["#/stats", "nav.stats"], ["#/audit", "nav.audit"]);
   if (me.can_broadcast) items.push(["#/groups", "nav.groups"]);
   if (me.role === "admin") items.push(["#/users", "nav.users"]);
   return items;

@@ -4,10 +4,12 @@
 // end here: a terminal offline at dispatch shows "offline (waiting)", a play nobody
 // reported on shows "unknown" (never "done"), and the board stops saying "on air" once
 // nothing is left but terminals waiting offline. Reach and done rates are the server's;
-// the unreached can be sent the same broadcast again with one button.
+// the unreached can be sent the same broadcast again with one button. Beside the list,
+// the county map colours each village the same way as its tile, event by event.
 import { api, get, onLive } from "../api.js";
 import { append, icon, clear, confirmDialog, fmtDuration, fmtTime, h, levelChip, modeBanner, toast } from "../dom.js";
 import { categoryName, t } from "../i18n.js";
+import { countyMap } from "../map.js";
 import { BUCKETS, FINAL, PROBLEMS, bucketOf, deliveryName, reasonText } from "../states.js";
 
 // Progress of a village, least advanced first: a village is as far as its least
@@ -48,6 +50,17 @@ export async function render(main, ctx, [broadcastId]) {
   let refreshTimer = null;
   let lastRefresh = 0;
   let resending = false;
+  // Built once and re-attached on every draw, so a delivery event only recolours marks.
+  const map = countyMap(ctx, {
+    label: t("board.map"),
+    kind: "map-delivery",
+    dotR: 7,
+    minDotPx: 12,
+    showNames: ctx.villages.length <= 60,
+    onOpen: (href) => ctx.go(href),
+  });
+  const mapCard = h("section", { class: "card board-map", id: "board-map" }, map.el);
+  const mapNote = h("p", { class: "board-map-note muted", id: "board-map-note" });
 
   async function load() {
     view = await get(`/api/broadcasts/${broadcastId}`);
@@ -219,7 +232,7 @@ export async function render(main, ctx, [broadcastId]) {
       actions(),
       resendHistory(),
       legend(c),
-      villagesGrid(),
+      places(),
       attention(),
     ]);
   }
@@ -327,28 +340,64 @@ export async function render(main, ctx, [broadcastId]) {
     );
   }
 
-  function villagesGrid() {
-    const byVillage = new Map();
+  function byVillage() {
+    const found = new Map();
     for (const d of devices.values()) {
-      if (!byVillage.has(d.village_id)) byVillage.set(d.village_id, []);
-      byVillage.get(d.village_id).push(d);
+      if (!found.has(d.village_id)) found.set(d.village_id, []);
+      found.get(d.village_id).push(d);
     }
+    return found;
+  }
+
+  // A village's colour, its name for that colour, and the terminal a click opens: the one
+  // that decided the colour (the failed one, say), so the click leads to what needs seeing.
+  function villageLook(ds) {
+    const st = villageBucket(ds);
+    const decider = ds.find((d) => (d.state === "preempted" ? "preempted" : bucketOf(d.state, d.reason)) === st);
+    const label = decider ? deliveryName(decider.state, decider.reason) : t(`state.${st}`);
+    return { st, label, device: (decider || ds[0]).device_id };
+  }
+
+  // The village list and, beside it (above it on a phone), the map.
+  function places() {
+    const grouped = byVillage();
+    const specs = ctx.villages.map((v) => {
+      const ds = grouped.get(v.id);
+      if (!ds) return { key: v.id, village: v.id, state: "none", title: `${v.name}: ${t("board.map.untargeted")}`, data: { village: v.id } };
+      const look = villageLook(ds);
+      const doneN = ds.filter((d) => d.state === "done").length;
+      return {
+        key: v.id,
+        village: v.id,
+        state: look.st,
+        title: `${v.name}: ${look.label}${ds.length > 1 ? ` · ${doneN}/${ds.length}` : ""}`,
+        href: `#/terminal/${look.device}`,
+        data: { village: v.id },
+      };
+    });
+    map.setMarks(specs);
+    const untargeted = specs.filter((x) => x.state === "none").length;
+    clear(mapNote);
+    if (untargeted) mapNote.append(h("span", { class: "swatch st-none" }), " ", t("board.map.untargeted_n", { n: untargeted }));
+    if (!mapNote.parentNode) mapCard.append(mapNote);
+    return h("div", { class: "board-places" }, mapCard, villagesGrid(grouped));
+  }
+
+  function villagesGrid(grouped) {
     const wrap = h("div", { class: "village-board" });
-    const townships = [...new Set([...byVillage.keys()].map((v) => ctx.village(v)?.township_id || "?"))].sort();
+    const townships = [...new Set([...grouped.keys()].map((v) => ctx.village(v)?.township_id || "?"))].sort();
     for (const tid of townships) {
-      const vids = [...byVillage.keys()].filter((v) => (ctx.village(v)?.township_id || "?") === tid).sort();
+      const vids = [...grouped.keys()].filter((v) => (ctx.village(v)?.township_id || "?") === tid).sort();
       const tiles = vids.map((vid) => {
-        const ds = byVillage.get(vid);
-        const st = villageBucket(ds);
+        const ds = grouped.get(vid);
         const doneN = ds.filter((d) => d.state === "done").length;
         // Named by the terminal that decided the colour, so "interrupted" or "expired
         // (never reached)" reads as such and not as a bare "failed".
-        const decider = ds.find((d) => (d.state === "preempted" ? "preempted" : bucketOf(d.state, d.reason)) === st);
-        const label = decider ? deliveryName(decider.state, decider.reason) : t(`state.${st}`);
+        const { st, label, device } = villageLook(ds);
         const reason = ds.filter((d) => d.reason && !["done", "cancelled"].includes(d.state)).map((d) => reasonText(d.reason));
         return h(
-          "div",
-          { class: `tile st-${st}`, "data-village": vid, "data-state": st, title: [label, ...new Set(reason)].join(" · ") },
+          "a",
+          { class: `tile st-${st}`, href: `#/terminal/${device}`, "data-village": vid, "data-state": st, title: [label, ...new Set(reason)].join(" · ") },
           h("span", { class: "tile-name" }, ctx.village(vid)?.name || vid),
           h("span", { class: "tile-state" }, st === "done" ? "✓ " : st === "unknown" ? "? " : "", label, ds.length > 1 ? ` · ${doneN}/${ds.length}` : ""),
         );
@@ -482,5 +531,6 @@ export async function render(main, ctx, [broadcastId]) {
     clearInterval(timer);
     clearTimeout(refreshTimer);
     stop();
+    map.destroy();
   };
 }

@@ -1,9 +1,22 @@
 // 首页: the one obvious emergency entry, what waits for a second officer, what is on air
-// and how the terminals are.
+// and how the terminals are, village by village on the county map.
 import { get, onLive } from "../api.js";
-import { icon, clear, fmtTime, h, levelChip, modeBadge } from "../dom.js";
+import { append, icon, clear, fmtTime, h, levelChip, modeBadge } from "../dom.js";
 import { stateName, t } from "../i18n.js";
+import { countyMap } from "../map.js";
 import { settled } from "../states.js";
+import { deviceState } from "./terminals.js";
+
+// A village is as well as its worst terminal: a fault first (someone must go), then a
+// terminal offline, then one playing.
+const WORST = ["fault", "offline", "playing", "online"];
+
+function villageHealth(ds) {
+  const states = ds.map(deviceState);
+  const st = WORST.find((s) => states.includes(s)) || "online";
+  const worst = ds[states.indexOf(st)];
+  return { st, worst, online: ds.filter((d) => d.online).length };
+}
 
 export async function render(main, ctx) {
   await ctx.loadPlaces();
@@ -12,6 +25,18 @@ export async function render(main, ctx) {
   main.append(root);
   const recent = h("section", { class: "card" });
   const health = h("section", { class: "card" });
+  const map = countyMap(ctx, {
+    label: t("home.map"),
+    kind: "map-health",
+    dotR: 7,
+    minDotPx: 12,
+    showNames: ctx.villages.length <= 40,
+    onOpen: (href) => ctx.go(href),
+  });
+  const mapCard = h("section", { class: "card home-map", id: "home-map" }, h("h2", {}, t("home.map"), me.township_name ? ` · ${me.township_name}` : ""), map.el);
+  const mapLegend = h("div", { class: "board-legend map-legend", id: "home-map-legend" });
+  mapCard.append(mapLegend);
+  let devices = [];
   const queue = h("section", { class: "card", id: "home-approvals" });
 
   root.append(
@@ -42,7 +67,7 @@ export async function render(main, ctx) {
             h("span", { class: "muted" }, t("home.schedules.sub")),
           ),
     ),
-    h("div", { class: "home-grid" }, recent, health),
+    h("div", { class: "home-grid" }, recent, h("div", { class: "home-side" }, health, mapCard)),
   );
 
   async function loadRecent() {
@@ -73,8 +98,41 @@ export async function render(main, ctx) {
     recent.append(list);
   }
 
+  function drawMap() {
+    const grouped = new Map();
+    for (const d of devices) {
+      if (!grouped.has(d.village_id)) grouped.set(d.village_id, []);
+      grouped.get(d.village_id).push(d);
+    }
+    const counts = { online: 0, playing: 0, fault: 0, offline: 0 };
+    const specs = [];
+    for (const [vid, ds] of grouped) {
+      const v = ctx.village(vid);
+      const { st, worst, online } = villageHealth(ds);
+      counts[st] += 1;
+      const faults = ds.flatMap((d) => Object.keys(d.faults || {}));
+      specs.push({
+        key: vid,
+        village: vid,
+        state: st,
+        title: `${v ? v.name : vid}: ${t(`dstate.${st}`)} · ${t("home.map.online_n", { n: online, total: ds.length })}${faults.length ? ` · ${[...new Set(faults)].map((f) => t(`fault.${f}`)).join(t("sep"))}` : ""}`,
+        href: `#/terminal/${worst.id}`,
+        data: { village: vid },
+      });
+    }
+    map.setMarks(specs);
+    append(clear(mapLegend), [
+      ["online", "playing", "fault", "offline"].map((s) =>
+        h("span", { class: "legend-key", "data-legend": s }, h("span", { class: `dot st-${s}` }), `${t(`dstate.${s}`)} ${counts[s]}`),
+      ),
+      h("span", { class: "muted" }, t("home.map.unit")),
+    ]);
+  }
+
   async function loadHealth() {
     const data = await get("/api/devices");
+    devices = data.devices;
+    drawMap();
     const faults = data.devices.filter((d) => Object.keys(d.faults || {}).length).length;
     const playing = data.devices.filter((d) => d.playing).length;
     clear(health).append(
@@ -109,7 +167,16 @@ export async function render(main, ctx) {
   }
 
   let timer = null;
-  const stop = onLive((kind) => {
+  const stop = onLive((kind, data) => {
+    if (kind === "delivery") {
+      // Playing or not follows every delivery event, as on the terminals page.
+      const d = devices.find((x) => x.id === data.device_id);
+      if (!d) return;
+      if (data.state === "playing") d.playing = data.broadcast_id;
+      else if (d.playing === data.broadcast_id) d.playing = null;
+      drawMap();
+      return;
+    }
     if (kind === "approval") loadQueue();
     if (kind === "broadcast") loadRecent();
     if (kind === "device" || kind === "event") {
@@ -121,5 +188,6 @@ export async function render(main, ctx) {
   return () => {
     stop();
     clearTimeout(timer);
+    map.destroy();
   };
 }
