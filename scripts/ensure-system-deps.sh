@@ -71,7 +71,10 @@ if [ "$what" = test ] && [ "${DALABA_SKIP_BROWSER:-0}" != "1" ]; then
       *) need+=(chromium) ;;
     esac
   fi
-  fc-list 2>/dev/null | grep -qi "Noto Sans CJK" || need+=(fonts-noto-cjk)
+  # Output captured first: with pipefail, `fc-list | grep -q` fails at random when grep
+  # exits on the first match and fc-list dies of SIGPIPE.
+  fonts=$(fc-list 2>/dev/null || true)
+  [[ "$fonts" == *"Noto Sans CJK"* ]] || need+=(fonts-noto-cjk)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
@@ -99,7 +102,8 @@ if [ ${#need[@]} -gt 0 ]; then
   # whole apt-get run.
   available=()
   for pkg in "${need[@]}"; do
-    if apt-cache policy "$pkg" 2>/dev/null | grep -q 'Candidate: [^(]'; then
+    policy=$(apt-cache policy "$pkg" 2>/dev/null || true)  # not piped: see fc-list above
+    if [[ "$policy" =~ Candidate:\ [^\(] ]]; then
       available+=("$pkg")
     else
       problems+=("apt has no package '$pkg' on ${os_id} ${os_version}: install it another way (supported: Debian 12, 13; Ubuntu 22.04, 24.04)")
