@@ -270,13 +270,17 @@ def build(data: dict[str, Any], *, lang: Lang, area: str, tz: ZoneInfo, now_ms: 
     one_township = data["scope"]["township"] is not None
     real, plays, reach = data["broadcasts"]["real"], data["plays"], data["reach"]
     at = datetime.fromtimestamp(now_ms / 1000, tz).strftime("%Y-%m-%d %H:%M")
+
+    def num(n: int) -> str:
+        return cell_text(n, "int", lang)  # 7,809 in English, 7809 in Chinese
+
     paragraphs = [
         w["headline"].format(
             year=year,
             area=area,
-            real=real,
-            drill=data["broadcasts"]["drill"],
-            plays=plays["total"],
+            real=num(real),
+            drill=num(data["broadcasts"]["drill"]),
+            plays=num(plays["total"]),
             hours=cell_text(plays["airtime_s"], "hours", lang),
             reach=_pct(reach["rate"], lang),
         )
@@ -289,9 +293,9 @@ def build(data: dict[str, Any], *, lang: Lang, area: str, tz: ZoneInfo, now_ms: 
         paragraphs.append(
             template.format(
                 phrase=phrases.get(c["category"], c["category"]),
-                n=c["broadcasts"],
-                t=c["townships"],
-                v=c["villages"],
+                n=num(c["broadcasts"]),
+                t=num(c["townships"]),
+                v=num(c["villages"]),
             )
         )
     timeliness = data["timeliness"]
@@ -300,7 +304,7 @@ def build(data: dict[str, Any], *, lang: Lang, area: str, tz: ZoneInfo, now_ms: 
             w["timeliness"].format(
                 median=cell_text(timeliness["median_ms"], "seconds", lang),
                 p95=cell_text(timeliness["p95_ms"], "seconds", lang),
-                samples=timeliness["samples"],
+                samples=num(timeliness["samples"]),
             )
         )
     else:
@@ -309,26 +313,28 @@ def build(data: dict[str, Any], *, lang: Lang, area: str, tz: ZoneInfo, now_ms: 
         paragraphs.append(w["no_online"])
     else:
         paragraphs.append(
-            w["online"].format(rate=_pct(data["online_rate"], lang), terminals=data["terminals"])
+            w["online"].format(
+                rate=_pct(data["online_rate"], lang), terminals=num(data["terminals"])
+            )
         )
     outcomes = {k: v for k, v in data["schedules"].items() if v}
     if outcomes:
         sep = "，" if lang == "zh" else ", "
         parts = sep.join(
-            f"{OUTCOME_NAMES[lang].get(k, k)} {v} {'次' if lang == 'zh' else ''}".rstrip()
+            f"{OUTCOME_NAMES[lang].get(k, k)} {num(v)} {'次' if lang == 'zh' else ''}".rstrip()
             for k, v in outcomes.items()
         )
-        paragraphs.append(w["schedules"].format(total=sum(outcomes.values()), parts=parts))
+        paragraphs.append(w["schedules"].format(total=num(sum(outcomes.values())), parts=parts))
     if data["broadcasts"]["drill"]:
         paragraphs.append(
             w["drills"].format(
-                n=data["broadcasts"]["drill"],
-                plays=data["drill"]["plays"]["total"],
-                v=data["coverage"]["drill_villages"],
+                n=num(data["broadcasts"]["drill"]),
+                plays=num(data["drill"]["plays"]["total"]),
+                v=num(data["coverage"]["drill_villages"]),
             )
         )
     if plays["cut_without_offset"]:
-        paragraphs.append(w["cut"].format(n=plays["cut_without_offset"]))
+        paragraphs.append(w["cut"].format(n=num(plays["cut_without_offset"])))
 
     def category_rows(items: list[dict[str, Any]]) -> list[list[Any]]:
         return [

@@ -28,6 +28,9 @@ from dalaba.protocol import now_ms
 
 routes = web.RouteTableDef()
 
+# Dates outside these years are typos (and a year 9999 period would end past the calendar).
+FIRST_YEAR, LAST_YEAR = 2000, 2999
+
 # ---------------------------------------------------------------------- response shapes
 
 
@@ -146,6 +149,8 @@ def _period(request: web.Request, tz: ZoneInfo) -> stats.Period:
             day = date.fromisoformat(raw)
         except ValueError:
             raise bad_request("date", f"{raw!r} is not a day (YYYY-MM-DD)") from None
+        if not FIRST_YEAR <= day.year <= LAST_YEAR:
+            raise bad_request("date", f"a day from {FIRST_YEAR} to {LAST_YEAR}")
     else:
         day = datetime.now(tz).date()
     return stats.period_of(kind, day, tz)
@@ -185,7 +190,7 @@ _VILLAGE = Param("village", "only this village")
 @describe(
     "Broadcasts, plays, airtime, reach, timeliness, schedule outcomes and the online rate "
     "of one period, per township",
-    tag="records",
+    tag="stats",
     responses={200: StatsSummary},
     query=(_PERIOD, _DATE, _TOWNSHIP, _VILLAGE),
 )
@@ -202,7 +207,7 @@ async def summary(request: web.Request) -> web.Response:
 @routes.get("/api/stats/online")
 @describe(
     "The terminals' online rate over a period, point by point",
-    tag="records",
+    tag="stats",
     responses={200: OnlineSeries},
     query=(
         _PERIOD,
@@ -240,14 +245,12 @@ _FORMATS = {
     "pdf": "application/pdf",
     "xlsx": report.XLSX_TYPE,
 }
-# A report is a year of the past (or this one so far); earlier than this is a typo.
-FIRST_YEAR = 2000
 
 
 @routes.get("/api/stats/report")
 @describe(
     "The year-end report: a printable page (default), a PDF or a spreadsheet",
-    tag="records",
+    tag="stats",
     responses={
         200: (
             Content("text/html", {"type": "string"}, "printable, self-contained page"),

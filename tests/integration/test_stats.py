@@ -757,6 +757,7 @@ async def _figures_agree(c: Running) -> None:
     for query, field_name in (
         ("period=decade", "period"),
         ("date=2025-02-30", "date"),
+        ("period=year&date=9999-12-31", "date"),
         ("township=nowhere", "township"),
         (f"township=t01&village={village}", "village"),
     ):

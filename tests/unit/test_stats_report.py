@@ -176,6 +176,8 @@ def test_the_sentences_read_as_the_media_centre_writes_them() -> None:
         "164 villages." in en.paragraphs
     )
     assert en.tables[2].rows[0][0] == "Chengguan"
+    assert "played them 6,000 times" in en.paragraphs[0]  # and 6000 in Chinese
+    assert "终端累计播放 6000 次" in doc.paragraphs[0]
     # One township's report speaks of its villages only.
     one = build(scope={"township": "t01", "village": None})
     assert "全年通过应急广播播发森林防火提醒 37 次，覆盖 164 个行政村。" in one.paragraphs
