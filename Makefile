@@ -18,7 +18,10 @@ demo: setup-demo
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy dalaba dalaba_ops controller edge_agent firmware_sim
-	$(BIN)/pytest
+	# Two processes: most integration tests wait on brokers, fleets and audio, so two
+	# run side by side in about the time of one. loadfile keeps a module's tests (and its
+	# module-scoped fixtures, such as the fault tests' processes) in one worker.
+	$(BIN)/pytest -n 2 --dist loadfile --durations=15
 
 setup: system-deps $(VENV)/.installed-test
 
