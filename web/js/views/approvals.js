@@ -8,11 +8,19 @@ export async function render(main, ctx, [approvalId]) {
   await ctx.loadPlaces();
   const root = h("div", { class: "approvals" });
   main.append(root);
+  // Requests this officer has listened to: a redraw (a live event for another request,
+  // or for this one arriving late) must neither lock the approve button again nor cut
+  // off the audio being heard.
+  const heard = new Set();
+  let shown = null;
 
   async function load() {
     let items;
     if (approvalId) items = [await get(`/api/approvals/${approvalId}`)];
     else items = (await get("/api/approvals")).approvals;
+    const signature = JSON.stringify(items.map((i) => [i.id, i.status, i.broadcast_id]));
+    if (signature === shown) return; // nothing a person would see has changed
+    shown = signature;
     draw(items);
   }
 
@@ -76,10 +84,13 @@ export async function render(main, ctx, [approvalId]) {
         row.append(withdraw);
       } else if (ctx.isOfficer()) {
         const approve = h("button", { type: "button", class: "btn btn-real btn-big", disabled: true, "data-action": "approve" }, t("ap.listen_first"));
-        audio.addEventListener("play", () => {
+        const unlock = () => {
+          heard.add(item.id);
           approve.disabled = false;
           approve.textContent = t("ap.approve");
-        });
+        };
+        if (heard.has(item.id)) unlock();
+        audio.addEventListener("play", unlock);
         approve.addEventListener("click", () => decide(item, "approve"));
         const reject = h("button", { type: "button", class: "btn btn-big", "data-action": "reject" }, t("ap.reject"));
         reject.addEventListener("click", () => decide(item, "reject"));
