@@ -21,7 +21,7 @@ import datetime as dt
 import itertools
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import JSON, BigInteger, Column, Index, func
@@ -29,6 +29,9 @@ from sqlmodel import Field, Session, SQLModel, col, select
 
 from controller.models import Device
 from dalaba import protocol as p
+
+K = TypeVar("K")
+R = TypeVar("R")
 
 
 def _ms(nullable: bool = False, index: bool = False) -> Any:
@@ -135,17 +138,24 @@ PROTOCOL_FAULTS = frozenset(f.value for f in p.Fault)
 _BELIEVED_AGE_MS = 24 * 3600 * 1000
 
 
-class IntervalBook:
-    """Online intervals written inside one transaction. The open intervals of the
-    terminals named at construction are loaded with one query the first time one is
-    needed (a batch of ten thousand reports costs one query, not ten thousand)."""
+class _OpenRows(Generic[K, R]):
+    """The open rows (no `end_ms`) of a history table for the terminals of one
+    transaction, by key. Those named at construction are loaded with one query the
+    first time one is needed (a batch of ten thousand reports costs one query, not ten
+    thousand); another terminal adds a query of its own. Queries are autoflushed, so
+    what another book of the same transaction wrote is seen."""
+
+    model: Any  # OnlineInterval | FaultEpisode: device_id, start_ms, end_ms
 
     def __init__(self, session: Session, device_ids: Collection[str] = ()) -> None:
         self._session = session
         self._ids = set(device_ids)
-        self._open: dict[str, OnlineInterval] | None = None
+        self._open: dict[K, R] | None = None
 
-    def _book(self, device_id: str) -> dict[str, OnlineInterval]:
+    def _key(self, row: R) -> K:
+        raise NotImplementedError
+
+    def _book(self, device_id: str) -> dict[K, R]:
         if self._open is None:
             self._open = {}
             self._load(self._ids | {device_id})
@@ -157,14 +167,25 @@ class IntervalBook:
         assert self._open is not None
         self._ids |= ids
         rows = self._session.exec(
-            select(OnlineInterval)
-            .where(col(OnlineInterval.device_id).in_(ids))
-            .where(col(OnlineInterval.end_ms).is_(None))
-            .order_by(col(OnlineInterval.start_ms))
+            select(self.model)
+            .where(col(self.model.device_id).in_(ids))
+            .where(col(self.model.end_ms).is_(None))
+            .order_by(col(self.model.start_ms))
         ).all()
         for row in rows:
             # The earliest, should there ever be two (`repair` closes the others).
-            self._open.setdefault(row.device_id, row)
+            self._open.setdefault(self._key(row), row)
+
+
+class IntervalBook(_OpenRows[str, OnlineInterval]):
+    """Online intervals written inside one transaction. The open intervals of the
+    terminals named at construction are loaded with one query the first time one is
+    needed (a batch of ten thousand reports costs one query, not ten thousand)."""
+
+    model = OnlineInterval
+
+    def _key(self, row: OnlineInterval) -> str:
+        return row.device_id
 
     def opened(self, device: Device, at_ms: int) -> None:
         """`device` was just shown online at `at_ms`."""
@@ -193,7 +214,7 @@ class IntervalBook:
 # ------------------------------------------------------------------ writing fault episodes
 
 
-class FaultBook:
+class FaultBook(_OpenRows[tuple[str, str], FaultEpisode]):
     """Fault episodes written inside one transaction, kept in step with `Device.faults`.
 
     Events open and close episodes (`raised`, `cleared`). Telemetry's `faults` list is
@@ -209,31 +230,10 @@ class FaultBook:
       after it would close a fault that is there.
     """
 
-    def __init__(self, session: Session, device_ids: Collection[str] = ()) -> None:
-        self._session = session
-        self._ids = set(device_ids)
-        self._open: dict[tuple[str, str], FaultEpisode] | None = None
+    model = FaultEpisode
 
-    def _book(self, device_id: str) -> dict[tuple[str, str], FaultEpisode]:
-        if self._open is None:
-            self._open = {}
-            self._load(self._ids | {device_id})
-        elif device_id not in self._ids:
-            self._load({device_id})
-        return self._open
-
-    def _load(self, ids: set[str]) -> None:
-        assert self._open is not None
-        self._ids |= ids
-        # Autoflushed: what another book of the same transaction wrote is seen.
-        rows = self._session.exec(
-            select(FaultEpisode)
-            .where(col(FaultEpisode.device_id).in_(ids))
-            .where(col(FaultEpisode.end_ms).is_(None))
-            .order_by(col(FaultEpisode.start_ms))
-        ).all()
-        for row in rows:
-            self._open.setdefault((row.device_id, row.fault), row)
+    def _key(self, row: FaultEpisode) -> tuple[str, str]:
+        return (row.device_id, row.fault)
 
     def raised(
         self,

@@ -12,11 +12,9 @@ from pydantic import ValidationError
 from dalaba import protocol as p
 from dalaba.protocol import (
     MAX_REPORT_BYTES,
-    Command,
     DeliveryReport,
     DeliveryState,
     MediaRef,
-    PlayBody,
     Priority,
     ProtocolError,
     RejectReason,
@@ -26,38 +24,11 @@ from dalaba.protocol import (
     parse_report,
     priority_rank,
 )
-
-NOW = 1_760_000_000_000  # a fixed "terminal clock" instant, epoch ms
-SHA = "ab" * 32
-
+from tests.support import NOW, SHA, play_body
 
 # --------------------------------------------------------------------------- helpers
 
 
-def play_body(**overrides: Any) -> PlayBody:
-    fields: dict[str, Any] = {
-        "broadcast_id": "b-flood-1",
-        "priority": Priority.EMERGENCY,
-        "level": 2,
-        "category": "flood",
-        "title": "山洪预警",
-        "media": MediaRef(sha256=SHA, url="media/x.ogg", size=1234, duration_ms=5000),
-        "start_at": NOW + 2_000,
-    }
-    fields.update(overrides)
-    return PlayBody(**fields)
-
-
-def command(
-    *, issued_at: int = NOW, expires_at: int = NOW + 600_000, body: PlayBody | None = None
-) -> Command:
-    return Command(
-        id="c0ffee",
-        issued_at=issued_at,
-        expires_at=expires_at,
-        target=Target(villages=("v-001",)),
-        body=body or play_body(),
-    )
 
 
 # --------------------------------------------------------------------------- topics and ids

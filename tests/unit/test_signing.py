@@ -30,9 +30,7 @@ from dalaba.protocol import (
     PROTOCOL_VERSION,
     Command,
     CommandRejected,
-    MediaRef,
     PlayBody,
-    Priority,
     ProtocolError,
     RejectReason,
     Target,
@@ -53,9 +51,8 @@ from dalaba.signing import (
     load_trusted,
     verifier_set_from_pem,
 )
+from tests.support import NOW, command
 
-NOW = 1_760_000_000_000  # a fixed "terminal clock" instant, epoch ms
-SHA = "ab" * 32
 SCHEMES = sorted(SIGNERS)  # Settings.signing_scheme values
 ALG = {"ed25519": ED25519, "sm2": SM2_SM3}
 OPENSSL = shutil.which("openssl")
@@ -82,30 +79,6 @@ def verifiers(signer: KeyFileSigner) -> VerifierSet:
     return verifier_set_from_pem([signer.trust_pem().decode()])
 
 
-def play_body(**overrides: Any) -> PlayBody:
-    fields: dict[str, Any] = {
-        "broadcast_id": "b-flood-1",
-        "priority": Priority.EMERGENCY,
-        "level": 2,
-        "category": "flood",
-        "title": "山洪预警",
-        "media": MediaRef(sha256=SHA, url="media/x.ogg", size=1234, duration_ms=5000),
-        "start_at": NOW + 2_000,
-    }
-    fields.update(overrides)
-    return PlayBody(**fields)
-
-
-def command(
-    *, issued_at: int = NOW, expires_at: int = NOW + 600_000, body: PlayBody | None = None
-) -> Command:
-    return Command(
-        id="c0ffee",
-        issued_at=issued_at,
-        expires_at=expires_at,
-        target=Target(villages=("v-001",)),
-        body=body or play_body(),
-    )
 
 
 def envelope_dict(raw: bytes) -> dict[str, Any]:
