@@ -64,7 +64,8 @@ def check_installed(data_dir: pathlib.Path) -> None:
         import pypinyin  # noqa: F401
     except ImportError as exc:
         raise NeuralVoiceUnavailable(
-            f"the neural voice needs the extra dalaba[neural-voice] ({exc.name} is missing)"
+            f"the neural voice needs the extra: pip install 'dalaba[neural-voice]' "
+            f"({exc.name} is missing)"
         ) from None
     bad = missing_or_damaged(model_dir(data_dir))
     if bad:
