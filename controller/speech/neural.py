@@ -52,6 +52,10 @@ VOCODER_WINDOW = 200
 VOCODER_CONTEXT = 32
 
 
+class RenderCancelled(Exception):
+    """The render was given up (timeout) while the worker thread was still busy."""
+
+
 class NeuralVoiceUnavailable(RuntimeError):
     """The extra is not installed or the model files are missing or damaged."""
 
@@ -87,9 +91,12 @@ class NeuralVoice:
         self._vocoder = Interpreter(model_path=str(directory / VOCODER), num_threads=threads)
         self._lock = threading.Lock()
 
-    def synthesize(self, text: str, *, rate: int = 0) -> np.ndarray:
+    def synthesize(
+        self, text: str, *, rate: int = 0, cancelled: threading.Event | None = None
+    ) -> np.ndarray:
         """16-bit PCM at 24 kHz for normalised Mandarin `text`; FrontEndError if the
-        text holds something the voice cannot say. `rate` as in backends.py."""
+        text holds something the voice cannot say. `rate` as in backends.py. Once
+        `cancelled` is set, RenderCancelled is raised at the next phrase."""
         import numpy as np
 
         phrases = split_phrases(text)
@@ -99,6 +106,8 @@ class NeuralVoice:
         pieces: list[np.ndarray] = []
         with self._lock:
             for phrase, phrase_ids in zip(phrases, ids, strict=True):
+                if cancelled is not None and cancelled.is_set():
+                    raise RenderCancelled("render cancelled")
                 pieces.append(self._vocode(self._mel(phrase_ids, speed)))
                 pieces.append(np.zeros(round(phrase.pause_s * SAMPLE_RATE), np.float32))
         audio = np.concatenate(pieces[:-1])
@@ -177,10 +186,10 @@ class NeuralBackend:
                     raise SynthesisError(f"neural voice cannot load: {exc}") from exc
             return self._voice
 
-    def _render(self, text: str, rate: int) -> AudioSegment:
+    def _render(self, text: str, rate: int, cancelled: threading.Event) -> AudioSegment:
         voice = self._loaded()
         try:
-            pcm = voice.synthesize(text, rate=rate)
+            pcm = voice.synthesize(text, rate=rate, cancelled=cancelled)
         except FrontEndError as exc:
             raise SynthesisError(f"neural voice cannot read this text: {exc}") from exc
         except (RuntimeError, ValueError) as exc:  # the interpreter reports errors so
@@ -191,6 +200,12 @@ class NeuralBackend:
 
     async def synthesize(self, text: str, *, lang: str, rate: int) -> AudioSegment:
         self.voice_for(lang)
-        # A cancelled render (timeout) lets the thread finish its phrase; the lock keeps
-        # the next render from touching the interpreters meanwhile.
-        return await asyncio.to_thread(self._render, text, rate)
+        # A thread cannot be stopped: a cancelled render (the renderer's timeout, under
+        # heavy load) tells it to stop after its current phrase, so it does not keep the
+        # interpreters (and a core) busy with a long text nobody waits for any more.
+        cancelled = threading.Event()
+        try:
+            return await asyncio.to_thread(self._render, text, rate, cancelled)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise

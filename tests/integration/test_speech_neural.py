@@ -21,7 +21,7 @@ pytest.importorskip("pypinyin", reason="the extra dalaba[neural-voice] is not in
 
 from controller.speech import AnnouncementRenderer, AnnouncementRequest
 from controller.speech.backends import EspeakBackend, SynthesisError
-from controller.speech.neural import VOICE, NeuralBackend, NeuralVoice
+from controller.speech.neural import VOICE, NeuralBackend, NeuralVoice, RenderCancelled
 from controller.speech.neural_model import (
     ACOUSTIC,
     FLEX_RANDOM_UNIFORM,
@@ -128,6 +128,17 @@ def test_the_seed_is_what_fixes_the_audio(
     other = NeuralVoice(reseeded).synthesize(text)
     assert other.tobytes() != voice.synthesize(text).tobytes()
     assert other.tobytes() == NeuralVoice(reseeded).synthesize(text).tobytes()
+
+
+def test_a_given_up_render_stops_at_the_next_phrase(voice: NeuralVoice) -> None:
+    """The renderer's timeout cannot stop the worker thread; the flag it sets does."""
+    import threading
+
+    cancelled = threading.Event()
+    cancelled.set()
+    with pytest.raises(RenderCancelled):
+        voice.synthesize(FIFTY, cancelled=cancelled)
+    assert len(voice.synthesize("请注意。", cancelled=threading.Event())) > 0
 
 
 def make_renderer(data_dir: pathlib.Path, cache: pathlib.Path) -> AnnouncementRenderer:
