@@ -106,3 +106,17 @@ def test_naming_the_neural_voice_without_installing_it_stops_the_start(
 
     with pytest.raises(NeuralVoiceUnavailable, match="install"):
         standard_backends(("edge-tts", "neural", "espeak-ng"), data_dir=tmp_path)
+
+
+def test_dalaba_check_looks_at_the_neural_voice_only_where_it_is_named(
+    tmp_path: pathlib.Path,
+) -> None:
+    from dalaba_ops.check import FAIL, Context, _neural_voice
+
+    def context(order: tuple[str, ...]) -> Context:
+        settings = Settings(_env_file=None, demo=True, data_dir=tmp_path, speech_backends=order)  # type: ignore[call-arg]
+        return Context(settings=settings, config=None, settings_problem=None, broker_login=False)
+
+    assert _neural_voice(context(("edge-tts", "espeak-ng"))) == []
+    (result,) = _neural_voice(context(("neural", "espeak-ng")))
+    assert result.status == FAIL and "install" in result.detail
