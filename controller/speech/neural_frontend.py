@@ -37,7 +37,8 @@ MAX_PHRASE_CHARS = 120
 # Pauses after a phrase, by the mark that ended it (seconds).
 PAUSE_S = {"sentence": 0.35, "clause": 0.2}
 SENTENCE_MARKS = "。！？!?；;…"
-CLAUSE_MARKS = "，、：,:—－-"
+# A slash the normaliser leaves stands between words ("村委会/文化礼堂"): a short pause.
+CLAUSE_MARKS = "，、：,:—－-/／"
 # Read as nothing and not a pause: quotes, brackets, spaces.
 SILENT_MARKS = frozenset("“”‘’\"'《》〈〉「」『』（）()【】[] \t\r\n·")
 _HAN = re.compile(r"[\u3007\u3400-\u4dbf\u4e00-\u9fff]")
