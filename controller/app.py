@@ -37,6 +37,7 @@ from controller.schedules.service import ScheduleService
 from controller.sessions import SessionStore
 from controller.settings import Settings
 from controller.speech import AnnouncementRenderer
+from controller.speech.service import standard_backends
 from controller.templates import seed_builtin_templates
 from controller.workorders import WorkOrderService
 from dalaba.signing import load_or_create_signer
@@ -65,6 +66,11 @@ def build_app(settings: Settings) -> web.Application:
     renderer = AnnouncementRenderer(
         cache_dir=settings.data_dir / "speech-cache",
         backend_order=settings.speech_backends,
+        backends=standard_backends(
+            settings.speech_backends,
+            data_dir=settings.data_dir,
+            edge_timeout_s=settings.edge_tts_timeout_s,
+        ),
         edge_timeout_s=settings.edge_tts_timeout_s,
         dictionary=pronunciations.effective(
             pronunciations.load_custom(settings.data_dir / "pronunciations.json")

@@ -85,6 +85,7 @@ def _snapshot(session: Session, now: int) -> _Snapshot:
     first_voice = case(
         (col(Media.voices).like("edge-tts%"), "edge-tts"),
         (col(Media.voices).like("espeak-ng%"), "espeak-ng"),
+        (col(Media.voices).like("neural%"), "neural"),
         else_="other",
     )
     for backend, n in session.exec(
@@ -180,7 +181,7 @@ class _ScrapeCollector(Collector):
             "Rendered announcements stored, by the backend that spoke their first language.",
             labels=["backend"],
         )
-        for backend in ("edge-tts", "espeak-ng", "other"):
+        for backend in ("edge-tts", "neural", "espeak-ng", "other"):
             speech.add_metric([backend], snap.speech.get(backend, 0))
         yield speech
         yield GaugeMetricFamily(

@@ -72,6 +72,7 @@ def run_checks(ctx: Context) -> Iterator[Result]:
         ("signing key", _signing_key),
         ("media", _media),
         ("clock", _clock),
+        ("neural voice", _neural_voice),
     ]
     try:
         for name, check in checks:
@@ -266,6 +267,20 @@ def _media(ctx: Context) -> Result:
     if probe_dir != media:
         detail = f"{media} not there yet; {probe_dir} writable, {free / 1e9:.1f} GB free"
     return Result("media", OK, detail)
+
+
+def _neural_voice(ctx: Context) -> list[Result]:
+    """Only where DALABA_SPEECH_BACKENDS names it (it is opt-in): the extra and the model
+    files the controller would refuse to start without."""
+    if "neural" not in ctx.settings.speech_backends:
+        return []
+    from controller.speech.neural import NeuralVoiceUnavailable, check_installed
+
+    try:
+        check_installed(ctx.settings.data_dir)
+    except NeuralVoiceUnavailable as exc:
+        return [Result("neural voice", FAIL, str(exc))]
+    return [Result("neural voice", OK, "extra and model files installed, hashes as pinned")]
 
 
 def _clock(ctx: Context) -> list[Result]:

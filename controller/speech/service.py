@@ -61,6 +61,25 @@ DRILL_END: dict[str, str] = {"cmn": "以上是演练。", "yue": "以上係演�
 DEFAULT_RATE = -5  # percent; loudspeakers on poles echo between houses, a touch slower helps
 
 
+def standard_backends(
+    order: Sequence[str], *, data_dir: pathlib.Path, edge_timeout_s: float = 3.0
+) -> list[SpeechBackend]:
+    """The backends a controller offers: edge-tts and espeak-ng always; the neural voice
+    only where `order` names it (opt-in: its corpus is non-commercial), and then it must
+    be installed, or the controller refuses to start (NeuralVoiceUnavailable) rather than
+    quietly speak with espeak-ng."""
+    backends: list[SpeechBackend] = [
+        EdgeTTSBackend(silence_timeout_s=edge_timeout_s),
+        EspeakBackend(),
+    ]
+    if "neural" in order:
+        from controller.speech.neural import NeuralBackend, check_installed
+
+        check_installed(data_dir)
+        backends.append(NeuralBackend(data_dir=data_dir))
+    return backends
+
+
 class SpeechUnavailable(RuntimeError):
     """No configured backend could speak a language; the message lists why each failed."""
 
