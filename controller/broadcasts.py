@@ -334,7 +334,31 @@ class BroadcastService:
         counted_reach = await self._db.run(reach)
         if not counted_reach.held:
             return
-        townships = list(counted_reach.own)
+        view = await self.request_approval(
+            principal,
+            body,
+            resolved,
+            reaches=list(counted_reach.own),
+            why=counted_reach.view(),
+            townships=counted_reach.together,
+            counted_sends=list(counted_reach.sends),
+        )
+        log.info("emergency %s by %s waits for a second officer", view["id"], principal.user)
+        raise ApprovalRequired(view)
+
+    async def request_approval(
+        self,
+        principal: Principal,
+        body: BroadcastIn,
+        resolved: Any,
+        *,
+        reaches: list[str],
+        why: dict[str, Any],
+        **audit_detail: Any,
+    ) -> dict[str, Any]:
+        """Render `body` and put it in the approvals queue (what `why` says is shown to
+        the officer). The two-person rule and warnings in review mode come here."""
+        settings = self._settings
         media, voices = await self._media_for(body)
         now = p.now_ms()
 
@@ -350,8 +374,8 @@ class BroadcastService:
                 media_sha256=media.sha256,
                 voices=voices,
                 device_count=len(resolved.device_ids),
-                townships=townships,
-                why=counted_reach.view(),
+                townships=reaches,
+                why=why,
             )
             session.add(row)
             audit.record(
@@ -364,15 +388,13 @@ class BroadcastService:
                 targets=body.targets.model_dump(),
                 devices=len(resolved.device_ids),
                 text=(body.text or "")[:200],
-                townships=counted_reach.together,
-                counted_sends=list(counted_reach.sends),
+                **audit_detail,
             )
             return pending_view(row)
 
         view = await self._db.run(record)
-        log.info("emergency %s by %s waits for a second officer", view["id"], principal.user)
         self._emit(ApprovalRequested(request_id=view["id"]))
-        raise ApprovalRequired(view)
+        return view
 
     async def preview(
         self, body: BroadcastIn, target: p.Target | None

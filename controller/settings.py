@@ -107,6 +107,16 @@ class Settings(BaseSettings):
     two_person_window_s: int = Field(default=600, ge=60, le=7 * 24 * 3600)
     approval_timeout_s: int = Field(default=30 * 60, ge=60)
 
+    # Warnings from upstream (controller/warnings; docs/upstream.md). CAP severity ->
+    # emergency level (1 = I red ... 4 = IV blue, as GB/T 35965 pairs them); a severity
+    # not listed (Unknown), an urgency in cap_notice_urgencies or a certainty in
+    # cap_notice_certainties makes a notice without level instead.
+    cap_severity_levels: dict[str, int] = {"Extreme": 1, "Severe": 2, "Moderate": 3, "Minor": 4}
+    cap_notice_urgencies: tuple[str, ...] = ("Past",)
+    cap_notice_certainties: tuple[str, ...] = ("Unlikely",)
+    # Largest CAP message accepted (bytes); XML beyond it is refused unread.
+    cap_max_bytes: int = Field(default=512 * 1024, ge=4096, le=16 * 1024 * 1024)
+
     # The county's local time: schedules are written in it, quiet hours are read in it.
     timezone: str = "Asia/Shanghai"
     # The county's name as its year-end report is headed (controller/report.py); empty:
@@ -142,6 +152,14 @@ class Settings(BaseSettings):
     retention_audit_days: int = Field(default=0, ge=0)
     retention_security_days: int = Field(default=1096, ge=0)
     retention_history_days: int = Field(default=1826, ge=0)
+
+    @field_validator("cap_severity_levels")
+    @classmethod
+    def _levels_1_to_4(cls, value: dict[str, int]) -> dict[str, int]:
+        for severity, level in value.items():
+            if level not in (1, 2, 3, 4):
+                raise ValueError(f"{severity}: level 1-4, not {level}")
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -124,6 +124,9 @@ async def approve(request: web.Request) -> web.Response:
     db = request.app[keys.DB]
     row = await db.run(lambda s: _claim(s, approval_id, principal, "approved", decision.reason))
     requester = Principal(row.requested_by, Role(row.requested_role), row.requested_township)
+    if requester.role is Role.UPSTREAM:
+        # A warning held for review (controller/warnings/intake.py) is sent as its source.
+        requester = requester.for_warning_intake()
     body_data = dict(row.body)
     # A start time that passed while the request waited means "as soon as approved".
     body_data["start_at"] = None
