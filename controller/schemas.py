@@ -96,6 +96,16 @@ class TwoPersonReach(ApiModel):
     sends: list[Any] | None = None
     schedules: list[Any] | None = None
     message: str | None = Field(default=None, description="the reason in one sentence")
+    # A warning from upstream held for review (controller/warnings/intake.py).
+    upstream: str | None = Field(default=None, description="the upstream message held")
+    source: str | None = Field(default=None, description="the warning source")
+    source_name: str | None = None
+    reason: str | None = Field(default=None, description="review_mode, source_hold_level")
+    identifier: str | None = None
+    sender: str | None = None
+    sent: str | None = None
+    cap_text: str | None = Field(default=None, description="the CAP XML as received")
+    village_ids: list[str] | None = None
 
 
 class ErrorOut(ApiModel):
@@ -272,6 +282,9 @@ class DeviceOut(ApiModel):
     name: str
     village_id: str
     township_id: str
+    resource_code: str | None = Field(
+        default=None, description="18 digits: type, subtype, 12-digit area, extension"
+    )
     online: bool
     last_seen: Instant | None
     status_changed_at: Instant | None
@@ -350,6 +363,7 @@ class TownshipOut(ApiModel):
     id: str
     name: str
     name_en: str
+    code: str | None = Field(default=None, description="9-digit administrative code")
     lat: float
     lon: float
     quiet_start: str | None
@@ -364,6 +378,7 @@ class VillageOut(ApiModel):
     id: str
     township_id: str
     name: str
+    code: str | None = Field(default=None, description="12-digit administrative code")
     lat: float
     lon: float
     device_count: int

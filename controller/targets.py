@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlmodel import Session, col, select
 
+from controller.areas import AREA_CODE, smallest_target, villages_by_codes
 from controller.auth import Principal
 from controller.errors import bad_request, forbidden
 from controller.models import Device, Township, Village
@@ -23,13 +24,20 @@ class TargetsIn(BaseModel):
     townships: list[str] = Field(default_factory=list, max_length=MAX_IDS)
     villages: list[str] = Field(default_factory=list, max_length=MAX_IDS)
     devices: list[str] = Field(default_factory=list, max_length=MAX_IDS)
+    # Administrative codes (controller/areas.py): a code shorter than 12 digits is a
+    # prefix covering every village under it.
+    areas: list[str] = Field(default_factory=list, max_length=MAX_IDS)
 
     @model_validator(mode="after")
     def _not_empty(self) -> TargetsIn:
-        if not (self.all or self.townships or self.villages or self.devices):
-            raise ValueError("give all: true or at least one township, village or device")
-        if self.all and (self.townships or self.villages or self.devices):
+        lists = self.townships or self.villages or self.devices or self.areas
+        if not (self.all or lists):
+            raise ValueError("give all: true or at least one township, village, device or area")
+        if self.all and lists:
             raise ValueError("all: true cannot be combined with lists")
+        for i, code in enumerate(self.areas):
+            if not AREA_CODE.match(code):
+                raise ValueError(f"areas[{i}]: an administrative code of 2-12 digits")
         return self
 
 
@@ -50,6 +58,8 @@ def resolve(session: Session, requested: TargetsIn, principal: Principal) -> Res
         everyone = session.exec(select(Device.id)).all()
         return Resolved(Target(all=True), (Topics.COMMAND_ALL,), tuple(sorted(everyone)))
 
+    if requested.areas:
+        requested = _areas_expanded(session, requested)
     all_townships = set(session.exec(select(Township.id)).all())
     for i, tid in enumerate(requested.townships):
         if tid not in all_townships:
@@ -99,6 +109,29 @@ def resolve(session: Session, requested: TargetsIn, principal: Principal) -> Res
     device_ids = tuple(sorted(session.exec(query).all()))
     target = Target(townships=tuple(t_set), villages=tuple(v_set), devices=tuple(d_set))
     return Resolved(target, tuple(topics), device_ids)
+
+
+def _areas_expanded(session: Session, requested: TargetsIn) -> TargetsIn:
+    """The same request with its area codes turned into whole townships and villages,
+    so that the checks below (existence, the caller's reach) apply to them as to ids."""
+    covered = villages_by_codes(session, requested.areas)
+    villages: set[str] = set()
+    for i, code in enumerate(requested.areas):
+        if not covered[code]:
+            raise bad_request(f"targets.areas[{i}]", f"{code} covers no village of the county")
+        villages |= covered[code]
+    areas = smallest_target(session, villages)
+    townships = areas.get("townships") if not areas.get("all") else None
+    if townships is None:  # the whole county: every township, checked like any list
+        townships = sorted(session.exec(select(Township.id)).all())
+    extra_villages = list(areas.get("villages") or [])  # type: ignore[call-overload]
+    return requested.model_copy(
+        update={
+            "areas": [],
+            "townships": [*requested.townships, *townships],  # type: ignore[misc]
+            "villages": [*requested.villages, *extra_villages],
+        }
+    )
 
 
 def topics_for(target: Target) -> tuple[str, ...]:
