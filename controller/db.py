@@ -38,6 +38,7 @@ TABLE_MODULES: tuple[str, ...] = (
     "controller.idempotency",
     "controller.history",
     "controller.warnings.models",
+    "controller.upstream.models",
 )
 
 

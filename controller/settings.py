@@ -117,6 +117,24 @@ class Settings(BaseSettings):
     # Largest CAP message accepted (bytes); XML beyond it is refused unread.
     cap_max_bytes: int = Field(default=512 * 1024, ge=4096, le=16 * 1024 * 1024)
 
+    # --- upper-level platform link (controller/upstream; docs/upstream.md, "EBM") ---
+    # This county platform's 18-digit resource code (SRC of what it sends, DEST of what it
+    # accepts) and the upper platform's (SRC of what is accepted; empty: not checked).
+    upstream_resource_code: str = Field(default="", pattern=r"^([0-9]{18})?$")
+    upstream_platform_resource_code: str = Field(default="", pattern=r"^([0-9]{18})?$")
+    # Where reports go up (the platform's package endpoint, http(s)); empty: none sent.
+    upstream_url: str | None = Field(default=None, pattern=r"^https?://")
+    # Keys (PEM public keys or certificates) of the upper platform: a package is obeyed
+    # only when one of them signed it. None configured: every package is refused.
+    upstream_trusted_keys: tuple[Path, ...] = ()
+    # The scheme of the county's own package signatures (unset: signing_scheme); sm2 is
+    # what the standards ask for and needs the sm2 extra (tongsuopy).
+    upstream_signing_scheme: SigningScheme | None = None
+    # Reports up every this many seconds (incremental since the last); 0: on request only.
+    upstream_report_interval_s: int = Field(default=3600, ge=0, le=7 * 24 * 3600)
+    upstream_package_max_bytes: int = Field(default=30_000_000, ge=10_000, le=200_000_000)
+    upstream_http_timeout_s: float = Field(default=30.0, gt=0, le=600)
+
     # The county's local time: schedules are written in it, quiet hours are read in it.
     timezone: str = "Asia/Shanghai"
     # The county's name as its year-end report is headed (controller/report.py); empty:
@@ -239,3 +257,10 @@ class Settings(BaseSettings):
         """The controller's private key; its certificate, if it has one, is beside it
         with the suffix .crt (controller-sm2.crt)."""
         return self.data_dir / "keys" / f"controller-{self.signing_scheme}.pem"
+
+    @property
+    def upstream_key_path(self) -> Path:
+        """The key that signs packages sent up (its own file: it is given to the upper
+        platform, and never signs terminal commands)."""
+        scheme = self.upstream_signing_scheme or self.signing_scheme
+        return self.data_dir / "keys" / f"upstream-{scheme}.pem"

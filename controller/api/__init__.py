@@ -9,6 +9,7 @@ from controller.api import (
     device_control,
     devices,
     docs,
+    ebd,
     groups,
     live,
     media,
@@ -50,4 +51,5 @@ def routes() -> list[web.RouteDef]:
         *docs.routes,
         *stats.routes,
         *workorders.routes,
+        *ebd.routes,
     ]

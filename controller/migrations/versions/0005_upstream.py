@@ -100,8 +100,38 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("code", sa.String(), nullable=True))
         batch_op.create_index(batch_op.f("ix_village_code"), ["code"], unique=False)
 
+    # --- upstream reports (controller/upstream/models.py; helper 11B) ---
+    op.create_table(
+        "upstreamreport",
+        sa.Column("ebd_id", sa.String(), nullable=False),
+        sa.Column("ebd_type", sa.String(), nullable=False),
+        sa.Column("trigger", sa.String(), nullable=False),
+        sa.Column("created_ms", sa.BigInteger(), nullable=False),
+        sa.Column("period_start_ms", sa.BigInteger(), nullable=False),
+        sa.Column("period_end_ms", sa.BigInteger(), nullable=False),
+        sa.Column("items", sa.Integer(), nullable=False),
+        sa.Column("status", sa.String(), nullable=False),
+        sa.Column("http_status", sa.Integer(), nullable=True),
+        sa.Column("result_code", sa.Integer(), nullable=True),
+        sa.Column("error", sa.String(), nullable=False),
+        sa.Column("detail", sa.JSON(), nullable=True),
+        sa.PrimaryKeyConstraint("ebd_id"),
+    )
+    with op.batch_alter_table("upstreamreport", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_upstreamreport_created_ms"), ["created_ms"], unique=False
+        )
+        batch_op.create_index(batch_op.f("ix_upstreamreport_ebd_type"), ["ebd_type"], unique=False)
+    # --- end upstream reports ---
+
 
 def downgrade() -> None:
+    # --- upstream reports (helper 11B) ---
+    with op.batch_alter_table("upstreamreport", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_upstreamreport_ebd_type"))
+        batch_op.drop_index(batch_op.f("ix_upstreamreport_created_ms"))
+    op.drop_table("upstreamreport")
+    # --- end upstream reports ---
     with op.batch_alter_table("village", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_village_code"))
         batch_op.drop_column("code")

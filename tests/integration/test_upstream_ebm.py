@@ -1,0 +1,204 @@
+"""The upper-level platform's link with a real broker, controller and fleet, and a
+stand-in of the platform (tests/upstream_standin.py): an EBM package in is played on the
+terminals of its area code, the state request is answered with the state and coverage,
+the broadcast log goes up; refused packages get their result code and store nothing."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import func, select
+
+from controller.api import keys
+from controller.api.ebd import LINK
+from controller.auth import Role, create_user_and_token
+from controller.models import Device, Township
+from controller.upstream import fields as f
+from controller.upstream.package import tar_of, text_of
+from controller.upstream.signature import PackageSigner
+from controller.warnings.models import UpstreamMessage, UpstreamSource
+from dalaba.protocol import now_ms
+from tests.upstream_standin import PlatformStandIn, ebm_id
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+COUNTY_ID = "030000000000000001"  # this county platform's resource code
+
+
+@pytest.fixture
+async def platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    key_dir = tmp_path / "platform"
+    key_dir.mkdir()
+    standin = PlatformStandIn(key_dir, COUNTY_ID)
+    await standin.start()
+    # The county's settings come from the environment like any install's.
+    monkeypatch.setenv("DALABA_UPSTREAM_TRUSTED_KEYS", json.dumps([str(standin.public_key_file)]))
+    monkeypatch.setenv("DALABA_UPSTREAM_RESOURCE_CODE", COUNTY_ID)
+    monkeypatch.setenv("DALABA_UPSTREAM_PLATFORM_RESOURCE_CODE", "010000000000000001")
+    monkeypatch.setenv("DALABA_UPSTREAM_URL", standin.url)
+    monkeypatch.setenv("DALABA_UPSTREAM_REPORT_INTERVAL_S", "0")
+    try:
+        yield standin
+    finally:
+        await standin.stop()
+
+
+async def post_package(county: Any, token: str, data: bytes) -> tuple[int, bytes, str]:
+    async with county.http.post(
+        county.url + "/api/ebd",
+        data=data,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/x-tar"},
+    ) as resp:
+        return resp.status, await resp.read(), resp.headers.get("X-EBD-Result-Code", "")
+
+
+async def upstream_messages(county: Any) -> int:
+    db = county.controller.app[keys.DB]
+    return int(
+        await db.run(lambda s: s.exec(select(func.count()).select_from(UpstreamMessage)).one())
+    )
+
+
+async def test_ebm_in_played_state_answered_log_reported_and_bad_packages_refused(
+    make_county: Any, platform: PlatformStandIn
+) -> None:
+    county = await make_county(villages=4)
+    db = county.controller.app[keys.DB]
+    platform.trust_county(county.controller.app[LINK].public_pem())
+
+    def provision(session: Any) -> tuple[str, str, list[str]]:
+        token = create_user_and_token(session, "province-ebm", Role.UPSTREAM, None)
+        session.add(
+            UpstreamSource(
+                id="province-ebm",
+                name="省平台",
+                mode="automatic",
+                created_ms=now_ms(),
+                updated_ms=now_ms(),
+            )
+        )
+        township = session.exec(select(Township).order_by(Township.id)).first()
+        devices = session.exec(select(Device.id).where(Device.township_id == township.id)).all()
+        return token, township.code, sorted(devices)
+
+    token, township_code, township_devices = await db.run(provision)
+    assert township_code and len(township_code) == 9
+    assert township_devices
+
+    # --- an EBM in: received, parsed (result code 1) and played where its area code says.
+    the_id = ebm_id(1)
+    status, body, code = await post_package(
+        county, token, platform.ebm(the_id, area_codes=township_code)
+    )
+    assert (status, code) == (200, "1"), body[:200]
+    receipt = platform.open(body)  # signed by the county's key
+    assert receipt.ebd_type is f.EbdType.EBD_RESPONSE
+    assert text_of(receipt.body, f.RESULT_CODE) == "1"
+
+    def played(session: Any) -> UpstreamMessage:
+        return session.exec(
+            select(UpstreamMessage).where(UpstreamMessage.identifier == the_id)
+        ).one()
+
+    message = await db.run(played)
+    assert message.outcome == "played", (message.outcome, message.reason)
+    assert message.broadcast_id
+    await county.wait_states(message.broadcast_id, {d: "done" for d in township_devices}, 90)
+    assert set(county.all_plays(message.broadcast_id)) == set(township_devices)
+
+    # --- the state request: succeeded (3), coverage 1.0 over the township's terminals.
+    status, body, _ = await post_package(county, token, platform.state_request(the_id))
+    assert status == 200
+    state = platform.open(body)
+    assert state.ebd_type is f.EbdType.EBM_STATE_RESPONSE
+    assert text_of(state.body, f.STATE_CODE) == str(int(f.BroadcastState.SUCCEEDED))
+    assert text_of(state.body, f"{f.COVERAGE}/{f.COVERAGE_RATE}") == "1.0000"
+    assert text_of(state.body, f"{f.COVERAGE}/{f.TARGETED}") == str(len(township_devices))
+
+    # --- reporting up on request: the log names the EBM for every terminal that played.
+    _, sent = await county.api("POST", "/api/upstream/reports", json_body={}, expect=200)
+    types = sorted(r["type"] for r in sent["reports"])
+    assert types == ["EBMBrdLog", "EBRDTState", "EBRPSState"]
+    assert all(r["status"] == "sent" and r["result_code"] == 1 for r in sent["reports"])
+    by_type = {p.ebd_type: p for p in platform.received}
+    log_items = by_type[f.EbdType.BROADCAST_LOG].body.findall(f.LOG_ITEM)
+    ours = [i for i in log_items if text_of(i, f.EBM_ID) == the_id]
+    assert len(ours) == len(township_devices)
+    assert {text_of(i, f.LOG_RESULT) for i in ours} == {"1"}
+    platform_state = by_type[f.EbdType.PLATFORM_STATE].body.find(f.PLATFORM_ITEM)
+    assert platform_state is not None
+    assert text_of(platform_state, f.TERMINALS_TOTAL) == str(len(county.fleet.agents))
+    assert 0.0 < float(text_of(platform_state, f.ONLINE_RATE)) <= 1.0
+    _, listed = await county.api("GET", "/api/upstream/reports", expect=200)
+    assert len(listed["reports"]) == 3
+
+    # --- refusals: each answered with its result code, nothing stored.
+    before = await upstream_messages(county)
+    stranger = PackageSigner.load_or_create("ed25519", county.data_dir / "stranger.pem")
+    good = platform.ebm(ebm_id(2), area_codes=township_code)
+    members = _members(good)
+    message_name = next(n for n in members if n.startswith("EBDB_"))
+    traversal = dict(members)
+    traversal["../" + message_name] = traversal.pop(message_name)
+    cases = {
+        "bad signature": (platform.ebm(ebm_id(3), area_codes=township_code, signer=stranger), 4),
+        "content missing": (platform.ebm(ebm_id(4), area_codes=""), 3),
+        "malformed tar": (b"this is not a tar" * 40, 2),
+        "malformed xml": (_replace(members, message_name, b"<EBD><EBDID>"), 2),
+        "xml bomb": (_replace(members, message_name, BOMB), 2),
+        "path traversal": (tar_of(traversal, now_ms()), 2),
+        "symlink": (_with_symlink(good), 2),
+    }
+    for name, (data, expected) in cases.items():
+        status, body, code = await post_package(county, token, data)
+        assert (status, code) == (400, str(expected)), (name, status, code)
+        assert text_of(platform.open(body).body, f.RESULT_CODE) == str(expected), name
+    assert await upstream_messages(county) == before
+
+    # --- only a warning source may post packages; a source may not read reports.
+    status, _, _ = await post_package(county, county.prepared.admin_token, good)
+    assert status == 403
+    async with county.http.get(
+        county.url + "/api/upstream/reports", headers={"Authorization": f"Bearer {token}"}
+    ) as resp:
+        assert resp.status == 403
+
+
+BOMB = (
+    b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+    b'<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]><EBD>&lol2;</EBD>'
+)
+
+
+def _members(data: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        out = {}
+        for m in tar:
+            stream = tar.extractfile(m)
+            assert stream is not None
+            out[m.name] = stream.read()
+        return out
+
+
+def _replace(members: dict[str, bytes], name: str, data: bytes) -> bytes:
+    return tar_of({**members, name: data}, now_ms())
+
+
+def _with_symlink(data: bytes) -> bytes:
+    members = _members(data)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        link = tarfile.TarInfo("EBDB_link.xml")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc/passwd"
+        tar.addfile(link)
+        for name, body in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    return out.getvalue()
