@@ -436,6 +436,16 @@ async def test_real_answers_match_their_schemas(make_county) -> None:
         )
     await api.call("GET", "/api/metrics", expect=200)
 
+    # The upper-level platform's link (controller/upstream): a package that is no tar is
+    # answered with a signed receipt (result code 2); no platform URL set, no report up.
+    source = await db.run(
+        lambda s: create_user_and_token(s, "platform-openapi", Role.UPSTREAM, None)
+    )
+    status, _, got = await api.call("POST", "/api/ebd", token=source, expect=400)
+    assert got["X-EBD-Result-Code"] == "2"
+    await api.call("POST", "/api/upstream/reports", json_body={}, expect=409)
+    await api.call("GET", "/api/upstream/reports", expect=200)
+
     # Users and the console session (bearer tokens reach these too).
     await api.call("GET", "/api/users", expect=200)
     _, user, _ = await api.call(
