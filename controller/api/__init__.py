@@ -23,6 +23,7 @@ from controller.api import (
     templates,
     township_languages,
     uploads,
+    upstream,
     users,
     workorders,
 )
@@ -52,4 +53,5 @@ def routes() -> list[web.RouteDef]:
         *stats.routes,
         *workorders.routes,
         *ebd.routes,
+        *upstream.routes,
     ]
