@@ -185,9 +185,7 @@ async def test_cap_warnings_from_the_weather_bureau(make_county: Any) -> None:
     assert len(listing["broadcasts"]) == broadcasts_before
 
     # --- review mode: waits for one officer, who sees the CAP text, then plays
-    await county.api(
-        "PATCH", "/api/upstream/sources/qxj", json_body={"mode": "review"}, expect=200
-    )
+    await county.api("PATCH", "/api/upstream/sources/qxj", json_body={"mode": "review"}, expect=200)
     held_alert = fixture("cn_rainstorm.xml", identifier="rv-1")
     status, held = await post_cap(county, token, held_alert)
     assert status == 202 and (held["outcome"], held["reason"]) == ("review", "review_mode")

@@ -66,7 +66,12 @@ def test_the_thunderstorm_example() -> None:
         "KSTO@NWS.NOAA.GOV",
         "2003-06-17T14:57:00-07:00",
     )
-    assert (w.status, w.msg_type, w.severity, w.urgency) == ("actual", "alert", "Severe", "Immediate")
+    assert (w.status, w.msg_type, w.severity, w.urgency) == (
+        "actual",
+        "alert",
+        "Severe",
+        "Immediate",
+    )
     assert w.polygons == [
         [(38.47, -120.14), (38.34, -119.95), (38.52, -119.74), (38.62, -119.89), (38.47, -120.14)]
     ]
