@@ -18,6 +18,9 @@ from typing import Any
 
 import pytest
 
+from controller.api import keys
+from controller.auth import Role, create_user_and_token
+
 FIXTURES = Path(__file__).parent.parent / "cap_fixtures"
 BEIJING = timezone(timedelta(hours=8))
 SENDER = "qxj.430131@cma.gov.cn"
@@ -62,7 +65,7 @@ async def message_count(county: Any) -> int:
 @pytest.mark.broker
 @pytest.mark.slow
 async def test_cap_warnings_from_the_weather_bureau(make_county: Any) -> None:
-    county = await make_county(villages=45)
+    county = await make_county(villages=45, two_person_levels=(1, 2))
     t01, t02, t03 = (terminals_of(county, t) for t in ("t01", "t02", "t03"))
     assert t01 and t02 and t03
 
@@ -73,6 +76,10 @@ async def test_cap_warnings_from_the_weather_bureau(make_county: Any) -> None:
         expect=201,
     )
     token = source["token"]
+    db = county.controller.app[keys.DB]
+    duty_token = await db.run(
+        lambda s: create_user_and_token(s, "duty-cap", Role.DUTY_OFFICER, None, label="test")
+    )
     # Least privilege: the source's token posts warnings, nothing else, not even reads.
     await county.api("GET", "/api/broadcasts", token=token, expect=403)
     await county.api("GET", "/api/upstream/messages", token=token, expect=403)
@@ -204,6 +211,43 @@ async def test_cap_warnings_from_the_weather_bureau(make_county: Any) -> None:
     assert newest["identifier"] == "rv-1" and newest["mode"] == "review"
     assert newest["broadcast_id"] == released["id"]
     assert newest["approval_status"] == "approved"
+
+    # The officer may release a held warning to another area, here by its code (河口镇).
+    await county.api("POST", f"/api/broadcasts/{released['id']}/cancel", expect=200)
+    status, held = await post_cap(county, token, fixture("cn_rainstorm.xml", identifier="rv-2"))
+    assert status == 202, held
+    _, narrowed = await county.api(
+        "POST",
+        f"/api/approvals/{held['approval_id']}/approve",
+        json_body={"targets": {"areas": ["430131102"]}},
+        expect=201,
+    )
+    assert narrowed["device_count"] == len(t02)
+    await county.wait_started(narrowed["id"], t02, timeout_s=60)
+    assert set(county.all_started(narrowed["id"])) == t02
+    # An officer's own emergency keeps the area it was asked for (only warnings move).
+    status, own = await county.api(
+        "POST",
+        "/api/broadcasts",
+        json_body={
+            "text": "演练通知",
+            "category": "flood",
+            "priority": "emergency",
+            "level": 1,
+            "targets": {"all": True},
+        },
+    )
+    assert status == 202, own
+    _, err = await county.api(
+        "POST",
+        f"/api/approvals/{own['approval_id']}/approve",
+        token=duty_token,
+        json_body={"targets": {"townships": ["t01"]}},
+        expect=400,
+    )
+    assert err["error"]["field"] == "targets"
+
+    _, inbox = await county.api("GET", "/api/upstream/messages", expect=200)
     outcomes = [m["outcome"] for m in reversed(inbox["messages"])]
     assert outcomes == [
         "recorded",
@@ -215,5 +259,6 @@ async def test_cap_warnings_from_the_weather_bureau(make_county: Any) -> None:
         "cancelled",
         "played",
         "recorded",
+        "review",
         "review",
     ]
