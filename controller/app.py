@@ -121,7 +121,7 @@ def build_app(settings: Settings) -> web.Application:
     app[keys.EVENTS] = events
     app[workorders_api.SERVICE] = workorders
     # The upper-level platform's link hands EBMs to the one warning intake.
-    upstream = UpstreamLink.from_settings(settings, lambda: IntakeContext.from_app(app))
+    upstream = UpstreamLink.from_settings(settings, lambda: IntakeContext.from_app(app), media)
     app[ebd_api.LINK] = upstream
     app.add_routes(routes())
     # Prometheus scrapes /metrics by convention; counts only, no login (controller.metrics).

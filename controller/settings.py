@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     # Reports up every this many seconds (incremental since the last); 0: on request only.
     upstream_report_interval_s: int = Field(default=3600, ge=0, le=7 * 24 * 3600)
     upstream_package_max_bytes: int = Field(default=30_000_000, ge=10_000, le=200_000_000)
+    # An EBM's audio by URL is fetched only over http(s) from the platform's own origin
+    # (that of upstream_url) or one of these ("https://media.example.gov.cn"); never
+    # redirected, at most upload_max_bytes, and checked like any upload.
+    upstream_audio_origins: tuple[str, ...] = ()
     upstream_http_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
     # The county's local time: schedules are written in it, quiet hours are read in it.

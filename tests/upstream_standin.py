@@ -36,6 +36,8 @@ class PlatformStandIn:
     key_dir: Path
     county_id: str
     received: list[Package] = field(default_factory=list)
+    # Recordings it serves at /audio/<name>, as a platform serves an EBM's audio file.
+    audio: dict[str, bytes] = field(default_factory=dict)
     answer_code: f.ResultCode = f.ResultCode.PARSED
     _runner: web.AppRunner | None = None
     _verifier: PackageVerifier | None = None
@@ -56,6 +58,7 @@ class PlatformStandIn:
     async def start(self) -> None:
         app = web.Application(client_max_size=50_000_000)
         app.router.add_post("/ebd", self._receive)
+        app.router.add_get("/audio/{name}", self._audio)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -63,6 +66,13 @@ class PlatformStandIn:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+    def audio_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/audio/{name}"
+
+    async def _audio(self, request: web.Request) -> web.Response:
+        data = self.audio.get(request.match_info["name"])
+        return web.Response(body=data) if data is not None else web.Response(status=404)
 
     async def _receive(self, request: web.Request) -> web.Response:
         assert self._verifier is not None, "trust_county first"
@@ -113,6 +123,8 @@ class PlatformStandIn:
         severity: str = "2",
         end_in_s: int = 1800,
         signer: PackageSigner | None = None,
+        aux: tuple[int, str] | None = None,
+        files: dict[str, bytes] | None = None,
     ) -> bytes:
         now = now_ms()
         basic = element(
@@ -135,8 +147,20 @@ class PlatformStandIn:
             element(f.DESC, desc),
             element(f.AREA_CODE, area_codes),
         )
+        if aux is not None:
+            aux_type, aux_desc = aux
+            size = len((files or {}).get(aux_desc, b""))
+            content.append(
+                element(
+                    f.AUXILIARY,
+                    None,
+                    element(f.AUX_TYPE, aux_type),
+                    element(f.AUX_DESC, aux_desc),
+                    element(f.AUX_SIZE, size),
+                )
+            )
         body = element(f.EBM, None, element(f.EBM_ID, ebm_id), basic, content)
-        return self.package(f.EbdType.EBM, body, signer=signer)
+        return self.package(f.EbdType.EBM, body, signer=signer, files=files)
 
     def state_request(self, ebm_id: str) -> bytes:
         body = element(

@@ -22,14 +22,17 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import aiohttp
 from sqlmodel import Session, col, func, select
 
 from controller import history
+from controller.media import MediaStore
 from controller.models import Broadcast, Delivery, Device
 from controller.settings import Settings
+from controller.speech import UnsupportedAudio, normalise_upload
 from controller.upstream import fields as f
 from controller.upstream.models import UpstreamReport
 from controller.upstream.package import (
@@ -53,6 +56,19 @@ CONTENT_TYPE = "application/x-tar"
 MAX_LOG_ITEMS = 5000  # per broadcast-log package; an older remainder goes in the next
 
 
+class AudioRefused(Exception):
+    def __init__(self, code: f.ResultCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
 @dataclass(frozen=True)
 class Answer:
     """A package to send back, and what the county made of the one received."""
@@ -70,8 +86,10 @@ class UpstreamLink:
         intake_context: Callable[[], IntakeContext],
         signer: PackageSigner,
         verifier: PackageVerifier,
+        media: MediaStore,
     ) -> None:
         self._settings = settings
+        self._media = media
         self._context = intake_context
         self._signer = signer
         self._verifier = verifier
@@ -82,7 +100,7 @@ class UpstreamLink:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, intake_context: Callable[[], IntakeContext]
+        cls, settings: Settings, intake_context: Callable[[], IntakeContext], media: MediaStore
     ) -> UpstreamLink:
         signer = PackageSigner.load_or_create(
             settings.upstream_signing_scheme or settings.signing_scheme,
@@ -93,6 +111,7 @@ class UpstreamLink:
             intake_context,
             signer,
             PackageVerifier.from_files(settings.upstream_trusted_keys),
+            media,
         )
 
     def public_pem(self) -> bytes:
@@ -169,6 +188,10 @@ class UpstreamLink:
                 f.ResultCode.CONTENT_MISSING,
                 f"{f.AUX_DESC}: {audio.ref} is not in the package",
             )
+        try:
+            media_id = await self._audio(audio, package) if audio is not None else None
+        except AudioRefused as exc:
+            return self._receipt(package.ebd_id, exc.code, str(exc))
         warning = IncomingWarning(
             source_id=source_id,
             protocol="ebm",
@@ -186,6 +209,7 @@ class UpstreamLink:
             headline=order.title,
             description=ebm.description,
             audio_url=order.audio.ref if order.audio else None,
+            media_id=media_id,
             area_codes=list(order.area_codes),
             starts_at_ms=order.starts_ms,
             expires_at_ms=order.ends_ms,
@@ -196,6 +220,50 @@ class UpstreamLink:
         # recorded, outside the county) is what the state request answers.
         answer = self._receipt(package.ebd_id, f.ResultCode.PARSED, outcome.reason)
         return Answer(answer.body, answer.result, answer.reason, outcome)
+
+    async def _audio(self, audio: f.Audio, package: Package) -> str:
+        """The EBM's recording, from the package or fetched from the platform, through
+        the same checks and normalisation as an upload; its media id."""
+        settings = self._settings
+        limit = settings.upload_max_bytes
+        if audio.kind is f.AuxType.FILE:
+            data = package.files[audio.ref]
+        else:
+            data = await self._fetch(audio.ref, limit)
+        if len(data) > limit:
+            raise AudioRefused(f.ResultCode.OTHER, f"audio larger than {limit} bytes")
+        try:
+            rendered = await normalise_upload(
+                data, max_duration_s=settings.upload_max_duration_s, max_bytes=limit
+            )
+        except UnsupportedAudio as exc:
+            raise AudioRefused(f.ResultCode.PARSE_FAILED, f"audio: {exc.reason}") from None
+        row = await self._media.put(
+            rendered.audio,
+            mime=rendered.mime,
+            duration_ms=rendered.duration_ms,
+            source="upstream",
+            text=f"EBM {package.ebd_id}",
+        )
+        return row.sha256
+
+    async def _fetch(self, url: str, limit: int) -> bytes:
+        allowed = {_origin(o) for o in self._settings.upstream_audio_origins}
+        if self._settings.upstream_url:
+            allowed.add(_origin(self._settings.upstream_url))
+        if _origin(url) not in allowed:
+            raise AudioRefused(f.ResultCode.OTHER, "audio URL: not the platform's origin")
+        assert self._http is not None, "started"
+        try:
+            async with self._http.get(url, allow_redirects=False) as response:
+                if response.status != 200:
+                    raise AudioRefused(f.ResultCode.OTHER, f"audio URL: HTTP {response.status}")
+                data = await response.content.read(limit + 1)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AudioRefused(f.ResultCode.OTHER, f"audio URL: {type(exc).__name__}") from None
+        if len(data) > limit:
+            raise AudioRefused(f.ResultCode.OTHER, f"audio larger than {limit} bytes")
+        return data
 
     async def _state(self, package: Package) -> Answer:
         ebm_id = text_of(package.body, f"{f.STATE_EBM}/{f.EBM_ID}")

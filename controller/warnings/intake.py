@@ -113,6 +113,9 @@ class IncomingWarning:
     description: str = ""
     instruction: str = ""
     audio_url: str | None = None  # not played yet: spoken from the text (docs/upstream.md)
+    # Audio the front end already fetched, checked and stored (the EBM's own recording,
+    # controller/upstream): played instead of the spoken text.
+    media_id: str | None = None
     area_codes: list[str] = field(default_factory=list)
     polygons: list[list[Point]] = field(default_factory=list)
     circles: list[Circle] = field(default_factory=list)
@@ -316,7 +319,7 @@ async def _decide(
     row.priority, row.level = priority, level
     text = spoken_text(warning, ctx.settings.max_text_chars)
     row.text = text
-    if not text:
+    if not text and warning.media_id is None:
         return done("refused", "broadcast_refused", detail="no text to speak", cancelled=cancelled)
     targets = await ctx.db.run(lambda s: smallest_target(s, village_ids))
     now = now_ms()
@@ -327,7 +330,8 @@ async def _decide(
             10, min(MAX_EXPIRY_S, (warning.expires_at_ms - (start_at or now)) // 1000)
         )
     body = BroadcastIn(
-        text=text,
+        text=None if warning.media_id else text,
+        media_id=warning.media_id,
         title=(warning.headline or text)[:100],
         category=category_of(warning),
         priority=priority,  # type: ignore[arg-type]

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import struct
 import tarfile
+import wave
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ from sqlmodel import func, select
 from controller.api import keys
 from controller.api.ebd import LINK
 from controller.auth import Role, create_user_and_token
-from controller.models import Device, Township
+from controller.models import Broadcast, Device, Media, Township
 from controller.upstream import fields as f
 from controller.upstream.package import tar_of, text_of
 from controller.upstream.signature import PackageSigner
@@ -137,6 +140,35 @@ async def test_ebm_in_played_state_answered_log_reported_and_bad_packages_refuse
     _, listed = await county.api("GET", "/api/upstream/reports", expect=200)
     assert len(listed["reports"]) == 3
 
+    # --- the EBM's own recording: in the package, or by URL from the platform only.
+    tone = _tone_wav()
+    platform.audio["alarm.wav"] = tone
+    with_file = platform.ebm(
+        ebm_id(5), area_codes=township_code, aux=(2, "alarm.wav"), files={"alarm.wav": tone}
+    )
+    by_url = platform.ebm(
+        ebm_id(6), area_codes=township_code, aux=(61, platform.audio_url("alarm.wav"))
+    )
+    for data, the_audio_id in ((with_file, ebm_id(5)), (by_url, ebm_id(6))):
+        status, body, code = await post_package(county, token, data)
+        assert (status, code) == (200, "1"), body[:300]
+        media = await db.run(lambda s, i=the_audio_id: _media_of(s, i))
+        assert media.source == "upstream" and media.mime.startswith("audio/ogg")
+        assert 1000 <= media.duration_ms <= 2500  # the 1.5 s tone, normalised
+    elsewhere = platform.ebm(
+        ebm_id(7), area_codes=township_code, aux=(61, "http://127.0.0.1:9/a.wav")
+    )
+    status, _, code = await post_package(county, token, elsewhere)
+    assert (status, code) == (400, "5")
+    not_audio = platform.ebm(
+        ebm_id(8),
+        area_codes=township_code,
+        aux=(2, "alarm.wav"),
+        files={"alarm.wav": b"#EXTM3U\nhttp://x/y\n" * 20},
+    )
+    status, _, code = await post_package(county, token, not_audio)
+    assert (status, code) == (400, "2")
+
     # --- refusals: each answered with its result code, nothing stored.
     before = await upstream_messages(county)
     stranger = PackageSigner.load_or_create("ed25519", county.data_dir / "stranger.pem")
@@ -167,6 +199,31 @@ async def test_ebm_in_played_state_answered_log_reported_and_bad_packages_refuse
         county.url + "/api/upstream/reports", headers={"Authorization": f"Bearer {token}"}
     ) as resp:
         assert resp.status == 403
+
+
+def _media_of(session: Any, identifier: str) -> Any:
+    message = session.exec(
+        select(UpstreamMessage).where(UpstreamMessage.identifier == identifier)
+    ).one()
+    assert message.outcome == "played", (message.outcome, message.reason, message.detail)
+    broadcast = session.get(Broadcast, message.broadcast_id)
+    return session.get(Media, broadcast.media_sha256)
+
+
+def _tone_wav() -> bytes:
+    """1.5 s of a 440 Hz tone, 16 kHz mono: audio a platform might send."""
+    rate = 16000
+    frames = b"".join(
+        struct.pack("<h", int(12000 * math.sin(2 * math.pi * 440 * n / rate)))
+        for n in range(int(rate * 1.5))
+    )
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(frames)
+    return out.getvalue()
 
 
 BOMB = (
