@@ -170,6 +170,17 @@ class PlatformStandIn:
         )
         return self.package(f.EbdType.EBM_STATE_REQUEST, body)
 
+    def omd_request(self, start_ms: int, end_ms: int, kind: str, only: str) -> bytes:
+        body = element(
+            f.EbdType.OMD_REQUEST.value,
+            None,
+            element(f.REPORT_TYPE, kind),
+            element(f.REPORT_START, f.format_time(start_ms, ZONE)),
+            element(f.REPORT_END, f.format_time(end_ms, ZONE)),
+            element(f.OMD_TYPE, only),
+        )
+        return self.package(f.EbdType.OMD_REQUEST, body)
+
 
 def ebm_id(seq: int) -> str:
     return f"{PLATFORM_ID}{f.format_time(now_ms(), ZONE)[:10].replace('-', '')}{seq:04d}"

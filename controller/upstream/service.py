@@ -529,10 +529,10 @@ def _snapshot(session: Session, start_ms: int, end_ms: int, full: bool, zone: Zo
     query = select(Delivery, Broadcast, Device).where(
         Delivery.broadcast_id == Broadcast.id, Delivery.device_id == Device.id
     )
-    if not full:  # incremental: what changed in the period
-        query = query.where(col(Delivery.updated_ms) >= start_ms).where(
-            col(Delivery.updated_ms) < end_ms
-        )
+    # Full: every delivery of the broadcasts started in the period; incremental: the
+    # deliveries that changed in it.
+    moment = col(Broadcast.start_at_ms) if full else col(Delivery.updated_ms)
+    query = query.where(moment >= start_ms).where(moment < end_ms)
     query = query.order_by(col(Delivery.updated_ms).desc()).limit(MAX_LOG_ITEMS)
     ebm_of = _ebm_ids(session)
     log_rows = []

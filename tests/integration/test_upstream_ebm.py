@@ -140,6 +140,22 @@ async def test_ebm_in_played_state_answered_log_reported_and_bad_packages_refuse
     _, listed = await county.api("GET", "/api/upstream/reports", expect=200)
     assert len(listed["reports"]) == 3
 
+    # --- the platform asks for a Full broadcast log of the last hour: sent up at once.
+    platform.received.clear()
+    omd = platform.omd_request(now_ms() - 3_600_000, now_ms() + 1000, "Full", "EBMBrdLog")
+    status, body, code = await post_package(county, token, omd)
+    assert (status, code) == (200, "1")
+
+    async def omd_report_arrived() -> bool:
+        return bool(platform.received)
+
+    await county.wait_for(omd_report_arrived, 30, "the requested report")
+    (asked,) = platform.received
+    assert asked.ebd_type is f.EbdType.BROADCAST_LOG
+    assert text_of(asked.body, f.REPORT_TYPE) == "Full"
+    full_items = [i for i in asked.body.findall(f.LOG_ITEM) if text_of(i, f.EBM_ID) == the_id]
+    assert len(full_items) == len(township_devices)
+
     # --- the EBM's own recording: in the package, or by URL from the platform only.
     tone = _tone_wav()
     platform.audio["alarm.wav"] = tone
