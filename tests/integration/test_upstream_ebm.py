@@ -275,3 +275,29 @@ def _with_symlink(data: bytes) -> bytes:
             info.size = len(body)
             tar.addfile(info, io.BytesIO(body))
     return out.getvalue()
+
+
+async def test_reports_go_up_on_schedule_and_a_refusal_is_logged(
+    make_county: Any, platform: PlatformStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DALABA_UPSTREAM_REPORT_INTERVAL_S", "1")
+    platform.answer_code = f.ResultCode.OTHER  # the platform refuses what it gets
+    county = await make_county(villages=2)
+    platform.trust_county(county.controller.app[LINK].public_pem())
+
+    async def logged() -> bool:
+        _, listed = await county.api("GET", "/api/upstream/reports", expect=200)
+        return len(listed["reports"]) >= 6  # two rounds of three
+
+    await county.wait_for(logged, 60, "two scheduled rounds")
+    _, listed = await county.api("GET", "/api/upstream/reports", expect=200)
+    rows = listed["reports"]
+    assert {r["trigger"] for r in rows} == {"schedule"}
+    assert {r["status"] for r in rows} == {"refused"}
+    assert {r["result_code"] for r in rows} == {5}
+    # Each round starts where the last scheduled one ended: no gap, no overlap.
+    ends = sorted({r["period"]["end"] for r in rows})
+    starts = {r["period"]["start"] for r in rows}
+    assert set(ends[:-1]) <= starts
+    states = [p for p in platform.received if p.ebd_type is f.EbdType.TERMINAL_STATE]
+    assert len(states[0].body.findall(f.DEVICE_ITEM)) == len(county.fleet.agents)
