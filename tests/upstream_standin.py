@@ -8,7 +8,9 @@ county's signatures and framing, not the standards' guessed field names (docs/up
 
 from __future__ import annotations
 
+import io
 import socket
+import tarfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +182,17 @@ class PlatformStandIn:
             element(f.OMD_TYPE, only),
         )
         return self.package(f.EbdType.OMD_REQUEST, body)
+
+
+def members_of(data: bytes) -> dict[str, bytes]:
+    """A package's files by name (for tests that take one apart)."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        out = {}
+        for m in tar:
+            stream = tar.extractfile(m)
+            assert stream is not None
+            out[m.name] = stream.read()
+        return out
 
 
 def ebm_id(seq: int) -> str:

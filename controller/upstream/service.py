@@ -288,7 +288,7 @@ class UpstreamLink:
             ),
         )
         return Answer(
-            self._package(f.EbdType.EBM_STATE_RESPONSE, body, related=package.ebd_id),
+            self._package(f.EbdType.EBM_STATE_RESPONSE, body, related=package.ebd_id)[1],
             f.ResultCode.PARSED,
             state.code.name.lower(),
         )
@@ -323,10 +323,13 @@ class UpstreamLink:
             element(f.RESULT_DESC, reason[:200]),
         )
         return Answer(
-            self._package(f.EbdType.EBD_RESPONSE, body, related=related or None), code, reason
+            self._package(f.EbdType.EBD_RESPONSE, body, related=related or None)[1], code, reason
         )
 
-    def _package(self, ebd_type: f.EbdType, body: ET.Element, related: str | None = None) -> bytes:
+    def _package(
+        self, ebd_type: f.EbdType, body: ET.Element, related: str | None = None
+    ) -> tuple[str, bytes]:
+        """A signed package for the platform: (its EBDID, the tar)."""
         return build_package(
             ebd_type,
             body,
@@ -336,7 +339,7 @@ class UpstreamLink:
             zone=self._zone,
             now_ms=now_ms(),
             related=related,
-        )[1]
+        )
 
     # ------------------------------------------------------------------ reports up
 
@@ -367,15 +370,7 @@ class UpstreamLink:
         for ebd_type, body, items in _report_bodies(snapshot, self.own_id, self._zone):
             if only and only != ebd_type.value:
                 continue
-            ebd_id, data = build_package(
-                ebd_type,
-                body,
-                own_id=self.own_id,
-                dest_id=self.platform_id,
-                signer=self._signer,
-                zone=self._zone,
-                now_ms=now_ms(),
-            )
+            ebd_id, data = self._package(ebd_type, body)
             row = UpstreamReport(
                 ebd_id=ebd_id,
                 ebd_type=ebd_type.value,

@@ -26,7 +26,7 @@ from controller.upstream.package import tar_of, text_of
 from controller.upstream.signature import PackageSigner
 from controller.warnings.models import UpstreamMessage, UpstreamSource
 from dalaba.protocol import now_ms
-from tests.upstream_standin import PlatformStandIn, ebm_id
+from tests.upstream_standin import PlatformStandIn, ebm_id, members_of
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -189,7 +189,7 @@ async def test_ebm_in_played_state_answered_log_reported_and_bad_packages_refuse
     before = await upstream_messages(county)
     stranger = PackageSigner.load_or_create("ed25519", county.data_dir / "stranger.pem")
     good = platform.ebm(ebm_id(2), area_codes=township_code)
-    members = _members(good)
+    members = members_of(good)
     message_name = next(n for n in members if n.startswith("EBDB_"))
     traversal = dict(members)
     traversal["../" + message_name] = traversal.pop(message_name)
@@ -248,22 +248,12 @@ BOMB = (
 )
 
 
-def _members(data: bytes) -> dict[str, bytes]:
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        out = {}
-        for m in tar:
-            stream = tar.extractfile(m)
-            assert stream is not None
-            out[m.name] = stream.read()
-        return out
-
-
 def _replace(members: dict[str, bytes], name: str, data: bytes) -> bytes:
     return tar_of({**members, name: data}, now_ms())
 
 
 def _with_symlink(data: bytes) -> bytes:
-    members = _members(data)
+    members = members_of(data)
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         link = tarfile.TarInfo("EBDB_link.xml")

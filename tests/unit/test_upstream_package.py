@@ -20,6 +20,7 @@ from controller.upstream.package import (
     tar_of,
 )
 from controller.upstream.signature import PackageSigner, PackageVerifier
+from tests.upstream_standin import members_of
 
 ZONE = ZoneInfo("Asia/Shanghai")
 NOW = 1795996800000
@@ -50,16 +51,6 @@ def ebm_package(s: PackageSigner, **kw: object) -> bytes:
     )[1]
 
 
-def members(data: bytes) -> dict[str, bytes]:
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        out = {}
-        for m in tar:
-            stream = tar.extractfile(m)
-            assert stream is not None
-            out[m.name] = stream.read()
-    return out
-
-
 @pytest.mark.parametrize("scheme", ["ed25519", "sm2"])
 def test_round_trip(tmp_path: Path, scheme: str) -> None:
     if scheme == "sm2":
@@ -70,7 +61,7 @@ def test_round_trip(tmp_path: Path, scheme: str) -> None:
     assert (package.src, package.dest) == ("1" * 18, "2" * 18)
     ebm = read_ebm(package.body)
     assert (ebm.msg_type, ebm.title, ebm.area_codes) == ("1", "暴雨", "500101")
-    signature = members(ebm_package(s))
+    signature = members_of(ebm_package(s))
     sig_name = next(n for n in signature if n.startswith("EBDS_"))
     assert (b"SM2-SM3" if scheme == "sm2" else b"ed25519") in signature[sig_name]
 
@@ -84,7 +75,7 @@ def refused(data: bytes, verifier: PackageVerifier) -> PackageRefused:
 def test_refusals_carry_their_result_code(tmp_path: Path) -> None:
     s = signer(tmp_path)
     trust = PackageVerifier([s.public_pem()])
-    good = members(ebm_package(s))
+    good = members_of(ebm_package(s))
     msg = next(n for n in good if n.startswith("EBDB_"))
     sig = next(n for n in good if n.startswith("EBDS_"))
     other = signer(tmp_path, name="other")
@@ -135,7 +126,7 @@ def test_refusals_carry_their_result_code(tmp_path: Path) -> None:
 
 def test_links_directories_and_devices_are_refused(tmp_path: Path) -> None:
     s = signer(tmp_path)
-    good = members(ebm_package(s))
+    good = members_of(ebm_package(s))
     for kind in (
         tarfile.SYMTYPE,
         tarfile.LNKTYPE,
