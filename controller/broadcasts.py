@@ -173,7 +173,11 @@ class BroadcastService:
         category, priority = body.category, body.priority
 
         if approval is None:
-            await self._hold_for_second_person(principal, body, resolved)
+            # A warning source's own thresholds (its mode and held levels, applied by
+            # controller/warnings/intake.py) stand in for the officers' rule: a source
+            # is not an officer whose sends add up across the county.
+            if not principal.warning_intake:
+                await self._hold_for_second_person(principal, body, resolved)
             media, voices = await self._media_for(body)
         else:
             approved = await self._db.run(lambda s: s.get(Media, approval.media_sha256))

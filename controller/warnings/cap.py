@@ -82,7 +82,7 @@ def parse_alert(raw: bytes) -> Element:
     error = next(schema().iter_errors(root), None)
     if error is not None:
         where = (error.path or "alert").strip("/").replace("/", ".")
-        where = where.replace("cap:", "").replace(f"{{{NS}}}", "")
+        where = where.replace(f"{{{NS}}}", "").replace("cap:", "")
         reason = (error.reason or str(error.message)).splitlines()[0][:300]
         raise cap_error("cap_invalid", where, reason)
     return root

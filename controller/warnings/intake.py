@@ -11,8 +11,9 @@ packages) parse and validate what they received, refuse malformed input with a 4
   are cancelled (a referenced warning still waiting for review is rejected);
 - alert / update -> area codes, polygons and circles become villages (none of the
   county's: `no_area`); an update first cancels what it references, then sends anew;
-- the source's mode: `automatic` sends at once (the county's two-person rule and the
-  source's `hold_levels` may still hold it), `review` puts it in the approvals queue.
+- the source's mode: `automatic` sends at once unless the source's `hold_levels` (its
+  own two-person threshold, in place of the officers' rule) holds it for one officer;
+  `review` puts every warning in the approvals queue.
 
 A front end calls, e.g.::
 
@@ -37,7 +38,6 @@ from aiohttp import web
 from sqlmodel import Session, col, select
 
 from controller import audit
-from controller.api import keys
 from controller.approvals import ApprovalRequired, PendingBroadcast
 from controller.areas import Circle, Point, smallest_target, villages_by_codes, villages_in_shapes
 from controller.auth import Principal, Role
@@ -159,6 +159,9 @@ class IntakeContext:
 
     @classmethod
     def from_app(cls, app: web.Application) -> IntakeContext:
+        # Here, not at the top: controller.api imports the front ends, which import this.
+        from controller.api import keys
+
         return cls(app[keys.DB], app[keys.BROADCASTS], app[keys.SETTINGS], app[keys.EVENTS])
 
 

@@ -15,11 +15,13 @@ class UpstreamSource(SQLModel, table=True):
 
     id: str = Field(primary_key=True)
     name: str = ""  # shown in the console, e.g. 县气象局
-    # automatic: plays at once (subject to `hold_levels` and the county's two-person
-    # rule); review: every message waits in the approvals queue for one officer.
+    # automatic: plays at once (unless `hold_levels` holds it); review: every message
+    # waits in the approvals queue for one officer.
     mode: str = "review"
-    # Real warnings at these levels wait for an officer even in automatic mode (the
-    # per-source two-person threshold). Empty: none beyond the county-wide rule.
+    # Real warnings at these levels wait for one officer even in automatic mode: the
+    # source's own two-person threshold, which replaces the officers' rule (whose
+    # counting of one person's sends across townships does not fit a source). Empty:
+    # nothing held in automatic mode.
     hold_levels: list[int] = Field(default_factory=list, sa_column=Column(JSON))
     # PEM certificate whose key must have signed each CAP message (XML Signature,
     # enveloped, RSA/ECDSA with SHA-256; controller/warnings/signature.py). None: no check.

@@ -262,3 +262,26 @@ async def test_cap_warnings_from_the_weather_bureau(make_county: Any) -> None:
         "review",
         "review",
     ]
+
+    # --- automatic mode with the source's own threshold: level II waits for one officer;
+    # without it, a county-wide level II plays at once (the officers' two-person rule,
+    # on in this county for levels I and II, does not count a source's warnings).
+    await county.api(
+        "PATCH",
+        "/api/upstream/sources/qxj",
+        json_body={"mode": "automatic", "hold_levels": [2]},
+        expect=200,
+    )
+    await county.api("POST", f"/api/broadcasts/{narrowed['id']}/cancel", expect=200)
+    status, held = await post_cap(county, token, fixture("cn_rainstorm.xml", identifier="hl-1"))
+    assert status == 202 and held["reason"] == "source_hold_level", held
+    await county.api(
+        "PATCH", "/api/upstream/sources/qxj", json_body={"hold_levels": []}, expect=200
+    )
+    whole = fixture("cn_rainstorm.xml", identifier="all-1").replace(
+        b"</polygon>",
+        b"</polygon><geocode><valueName>code</valueName><value>430131</value></geocode>",
+    )
+    status, everywhere = await post_cap(county, token, whole)
+    assert status == 201 and everywhere["villages"] == 45, everywhere
+    assert (await county.get_broadcast(everywhere["broadcast_id"]))["target"]["all"] is True

@@ -149,7 +149,12 @@ def test_hostile_and_broken_xml_is_refused_naming_the_problem() -> None:
     assert (error.code, error.field) == ("cap_missing", "alert.identifier")
     bad_status = good.replace(b"<status>Actual</status>", b"<status>Real</status>")
     error = refused(bad_status)
-    assert error.code == "cap_invalid" and "status" in error.field
+    assert (error.code, error.field) == ("cap_invalid", "alert.status")
+    misplaced = good.replace(
+        b"<polygon>", b"<geocode><valueName>x</valueName><value>1</value></geocode><polygon>"
+    )
+    error = refused(misplaced)
+    assert error.code == "cap_invalid" and error.field.startswith("alert.info"), error.field
     open_ring = good.replace(b" 38.47,-120.14</polygon>", b"</polygon>")
     with pytest.raises(ApiError) as caught:
         parsed(open_ring)
