@@ -37,6 +37,7 @@ def _free_port() -> int:
 class PlatformStandIn:
     key_dir: Path
     county_id: str
+    scheme: str = "ed25519"  # of the platform's own key: ed25519 or sm2
     received: list[Package] = field(default_factory=list)
     # Recordings it serves at /audio/<name>, as a platform serves an EBM's audio file.
     audio: dict[str, bytes] = field(default_factory=dict)
@@ -45,7 +46,9 @@ class PlatformStandIn:
     _verifier: PackageVerifier | None = None
 
     def __post_init__(self) -> None:
-        self.signer = PackageSigner.load_or_create("ed25519", self.key_dir / "platform.pem")
+        self.signer = PackageSigner.load_or_create(
+            self.scheme, self.key_dir / f"platform-{self.scheme}.pem"
+        )
         self.public_key_file = self.key_dir / "platform.pub.pem"
         self.public_key_file.write_bytes(self.signer.public_pem())
         self.port = _free_port()

@@ -17,7 +17,7 @@ from controller.openapi import Content, describe
 from controller.timefmt import parse_instant
 from controller.upstream import fields as f
 from controller.upstream.models import UpstreamReport
-from controller.upstream.service import CONTENT_TYPE, UpstreamLink, report_view
+from controller.upstream.service import CONTENT_TYPE, UpstreamLink, read_at_most, report_view
 from dalaba.protocol import now_ms
 
 routes = web.RouteTableDef()
@@ -75,8 +75,8 @@ async def receive(request: web.Request) -> web.Response:
     limit = request.app[keys.SETTINGS].upstream_package_max_bytes
     if (request.content_length or 0) > limit:
         return _answer(413, link.refuse(f.ResultCode.OTHER, f"larger than {limit} bytes"))
-    data = await request.content.read(limit + 1)
-    if len(data) > limit:
+    data = await read_at_most(request.content, limit)
+    if data is None:
         return _answer(413, link.refuse(f.ResultCode.OTHER, f"larger than {limit} bytes"))
     answer = await link.receive(data, principal.user)
     status = 200 if answer.result in (f.ResultCode.RECEIVED, f.ResultCode.PARSED) else 400

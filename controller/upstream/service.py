@@ -56,6 +56,19 @@ CONTENT_TYPE = "application/x-tar"
 MAX_LOG_ITEMS = 5000  # per broadcast-log package; an older remainder goes in the next
 
 
+async def read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """A whole body, or None as soon as it is longer than `limit` (a stream's `read(n)`
+    returns what has arrived, not necessarily all of it)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await stream.read(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class AudioRefused(Exception):
     def __init__(self, code: f.ResultCode, reason: str) -> None:
         super().__init__(reason)
@@ -258,10 +271,10 @@ class UpstreamLink:
             async with self._http.get(url, allow_redirects=False) as response:
                 if response.status != 200:
                     raise AudioRefused(f.ResultCode.OTHER, f"audio URL: HTTP {response.status}")
-                data = await response.content.read(limit + 1)
+                data = await read_at_most(response.content, limit)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AudioRefused(f.ResultCode.OTHER, f"audio URL: {type(exc).__name__}") from None
-        if len(data) > limit:
+        if data is None:
             raise AudioRefused(f.ResultCode.OTHER, f"audio larger than {limit} bytes")
         return data
 
@@ -394,9 +407,14 @@ class UpstreamLink:
                 url, data=data, headers={"Content-Type": CONTENT_TYPE}
             ) as response:
                 row.http_status = response.status
-                answer = await response.content.read(self._settings.upstream_package_max_bytes)
+                answer = await read_at_most(
+                    response.content, self._settings.upstream_package_max_bytes
+                )
         except (aiohttp.ClientError, TimeoutError) as exc:
             row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"[:300]
+            return
+        if answer is None:
+            row.status, row.error = "failed", "the receipt is too large"
             return
         if row.http_status != 200:
             row.status, row.error = "failed", f"HTTP {row.http_status}"

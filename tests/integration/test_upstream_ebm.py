@@ -271,9 +271,18 @@ async def test_reports_go_up_on_schedule_and_a_refusal_is_logged(
     make_county: Any, platform: PlatformStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DALABA_UPSTREAM_REPORT_INTERVAL_S", "1")
+    monkeypatch.setenv("DALABA_UPSTREAM_PACKAGE_MAX_BYTES", "20000")
     platform.answer_code = f.ResultCode.OTHER  # the platform refuses what it gets
     county = await make_county(villages=2)
     platform.trust_county(county.controller.app[LINK].public_pem())
+
+    # A package over the limit is refused unread (413, result code 5).
+    token = await county.controller.app[keys.DB].run(
+        lambda s: create_user_and_token(s, "province-big", Role.UPSTREAM, None)
+    )
+    status, body, code = await post_package(county, token, b"\0" * 300_000)
+    assert (status, code) == (413, "5")
+    assert text_of(platform.open(body).body, f.RESULT_CODE) == "5"
 
     async def logged() -> bool:
         _, listed = await county.api("GET", "/api/upstream/reports", expect=200)
