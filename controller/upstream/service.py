@@ -29,6 +29,7 @@ import aiohttp
 from sqlmodel import Session, col, func, select
 
 from controller import history
+from controller.approvals import PendingBroadcast
 from controller.media import MediaStore
 from controller.models import Broadcast, Delivery, Device
 from controller.settings import Settings
@@ -473,25 +474,35 @@ class EbmState:
 
 
 def ebm_state(session: Session, ebm_id: str) -> EbmState:
-    """What became of an EBM: its play message's outcome and broadcast, and its cancel."""
+    """What became of an EBM: its play message's outcome and broadcast (directly, or once
+    an officer released it from review), and its cancel."""
     messages = session.exec(
         select(UpstreamMessage)
         .where(UpstreamMessage.protocol == "ebm")
         .where(UpstreamMessage.identifier == ebm_id)
         .order_by(col(UpstreamMessage.received_ms))
     ).all()
-    play = next((m for m in messages if m.msg_type == "alert" and m.outcome != "duplicate"), None)
-    if play is None:
+    plays = [m for m in messages if m.msg_type == "alert" and m.outcome != "duplicate"]
+    # A sender may resend after a refusal: the copy that was acted on counts.
+    acted = [m for m in plays if m.outcome not in ("refused", "failed")]
+    if not plays:
         return EbmState(f.BroadcastState.NOT_PROCESSED, 0.0, 0, 0, ())
+    play = (acted or plays)[-1]
     codes = _area_codes(play)
-    if play.broadcast_id is None:
-        cancelled = any(m.msg_type == "cancel" for m in messages)
-        code = {
-            "review": f.BroadcastState.CANCELLED if cancelled else f.BroadcastState.WAITING,
-            "recorded": f.BroadcastState.NOT_PROCESSED,
-        }.get(play.outcome, f.BroadcastState.FAILED)
+    broadcast_id = play.broadcast_id
+    if broadcast_id is None and play.approval_id is not None:
+        request = session.get(PendingBroadcast, play.approval_id)
+        if request is not None and request.broadcast_id is None:
+            waiting = request.status == "pending"
+            code = f.BroadcastState.WAITING if waiting else f.BroadcastState.CANCELLED
+            return EbmState(code, 0.0, 0, 0, codes)
+        broadcast_id = request.broadcast_id if request is not None else None
+    if broadcast_id is None:
+        code = {"recorded": f.BroadcastState.NOT_PROCESSED}.get(
+            play.outcome, f.BroadcastState.FAILED
+        )
         return EbmState(code, 0.0, 0, 0, codes)
-    broadcast = session.get(Broadcast, play.broadcast_id)
+    broadcast = session.get(Broadcast, broadcast_id)
     if broadcast is None:  # removed by retention
         return EbmState(f.BroadcastState.NOT_PROCESSED, 0.0, 0, 0, codes)
     by_state = dict(

@@ -208,6 +208,29 @@ async def test_ebm_in_played_state_answered_log_reported_and_bad_packages_refuse
         assert text_of(platform.open(body).body, f.RESULT_CODE) == str(expected), name
     assert await upstream_messages(county) == before
 
+    # --- a source in review mode: waiting (1) until an officer acts; its cancel: 5.
+    def review_source(session: Any) -> str:
+        session.add(
+            UpstreamSource(id="city-ebm", mode="review", created_ms=now_ms(), updated_ms=now_ms())
+        )
+        return create_user_and_token(session, "city-ebm", Role.UPSTREAM, None)
+
+    city = await db.run(review_source)
+    held = ebm_id(9)
+
+    async def state_of(identifier: str) -> str:
+        _, answer, _ = await post_package(county, city, platform.state_request(identifier))
+        return text_of(platform.open(answer).body, f.STATE_CODE)
+
+    status, _, code = await post_package(county, city, platform.ebm(held, area_codes=township_code))
+    assert (status, code) == (200, "1")
+    assert await state_of(held) == str(int(f.BroadcastState.WAITING))
+    cancel = platform.ebm(held, msg_type=2, area_codes="", desc="")
+    status, _, code = await post_package(county, city, cancel)
+    assert (status, code) == (200, "1")
+    assert await state_of(held) == str(int(f.BroadcastState.CANCELLED))
+    assert await state_of(ebm_id(99)) == str(int(f.BroadcastState.NOT_PROCESSED))
+
     # --- only a warning source may post packages; a source may not read reports.
     status, _, _ = await post_package(county, county.prepared.admin_token, good)
     assert status == 403
