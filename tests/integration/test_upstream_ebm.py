@@ -290,11 +290,14 @@ def _with_symlink(data: bytes) -> bytes:
     return out.getvalue()
 
 
-async def test_reports_go_up_on_schedule_and_a_refusal_is_logged(
+async def test_reports_go_up_on_schedule_signed_sm2_and_refusals_are_logged(
     make_county: Any, platform: PlatformStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DALABA_UPSTREAM_REPORT_INTERVAL_S", "1")
     monkeypatch.setenv("DALABA_UPSTREAM_PACKAGE_MAX_BYTES", "20000")
+    # The county signs with SM2/SM3 as the standards ask (the platform's key stays Ed25519).
+    pytest.importorskip("tongsuopy", reason="SM2 needs the sm2 extra (tongsuopy)")
+    monkeypatch.setenv("DALABA_UPSTREAM_SIGNING_SCHEME", "sm2")
     platform.answer_code = f.ResultCode.OTHER  # the platform refuses what it gets
     county = await make_county(villages=2)
     platform.trust_county(county.controller.app[LINK].public_pem())
@@ -321,5 +324,6 @@ async def test_reports_go_up_on_schedule_and_a_refusal_is_logged(
     ends = sorted({r["period"]["end"] for r in rows})
     starts = {r["period"]["start"] for r in rows}
     assert set(ends[:-1]) <= starts
+    assert (county.data_dir / "keys" / "upstream-sm2.pem").exists()
     states = [p for p in platform.received if p.ebd_type is f.EbdType.TERMINAL_STATE]
     assert len(states[0].body.findall(f.DEVICE_ITEM)) == len(county.fleet.agents)
