@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import Session, select
 
@@ -61,6 +63,7 @@ class County:
     @classmethod
     def load(cls, path: Path = COUNTY_FILE) -> County:
         data = json.loads(path.read_text())
+        _check_codes(data)
         townships = []
         for t in data["townships"]:
             villages = tuple(
@@ -130,6 +133,26 @@ class County:
             townships.append(TownshipSpec(tid, f"第{n}乡", f"Township {n}", tlat, tlon, vs, tcode))
             left -= size
         return cls(base.name, base.timezone, tuple(townships), base.code)
+
+
+def _check_codes(data: dict[str, Any]) -> None:
+    """Codes are optional; one given must be the right length and lie under its parent's
+    (controller/areas.py), or targeting by code would silently miss places."""
+    county = data["county"].get("code")
+    if county is not None and not re.fullmatch(r"[0-9]{6}", county):
+        raise ValueError(f"county.code {county!r}: 6 digits (GB/T 2260)")
+    for t in data["townships"]:
+        tcode = t.get("code")
+        if tcode is not None and not (
+            re.fullmatch(r"[0-9]{9}", tcode) and tcode.startswith(county or "")
+        ):
+            raise ValueError(f"township {t['id']} code {tcode!r}: 9 digits under {county}")
+        for v in t["villages"]:
+            vcode = v.get("code")
+            if vcode is not None and not (
+                re.fullmatch(r"[0-9]{12}", vcode) and vcode.startswith(tcode or county or "")
+            ):
+                raise ValueError(f"village {v['id']} code {vcode!r}: 12 digits under {tcode}")
 
 
 def seed(session: Session, county: County) -> int:
