@@ -5,11 +5,16 @@ maths (polygon, circle, codes) picks the right villages of the demo county."""
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session, SQLModel, create_engine
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import NameOID
+from sqlmodel import Session, SQLModel, create_engine, select
 
 from controller.areas import (
     Circle,
@@ -20,12 +25,14 @@ from controller.areas import (
     villages_by_codes,
     villages_in_shapes,
 )
+from controller.auth import Principal, Role
 from controller.county import County, seed
 from controller.db import table_metadata
 from controller.errors import ApiError
 from controller.models import Device
 from controller.settings import Settings
-from controller.warnings.cap import parse_alert, warning_from_alert
+from controller.targets import TargetsIn, resolve
+from controller.warnings.cap import parse_alert, verify_signature, warning_from_alert
 from controller.warnings.intake import IncomingWarning, category_of, spoken_text, warning_levels
 
 FIXTURES = Path(__file__).parent.parent / "cap_fixtures"
@@ -211,3 +218,76 @@ def test_area_maths() -> None:
     assert not point_in_polygon(1.5, 0.5, square)
     # one degree of latitude is ~111.2 km everywhere
     assert distance_km((28.0, 113.0), (29.0, 113.0)) == pytest.approx(111.2, abs=0.2)
+
+
+def test_targets_by_code_polygon_and_circle(county_db: Session) -> None:
+    officer = Principal("duty", Role.DUTY_OFFICER)
+    by_code = resolve(county_db, TargetsIn(areas=["430131102", "430131101203"]), officer)
+    assert by_code.target.townships == ("t02",) and by_code.target.villages == ("t01-v03",)
+    devices = county_db.exec(select(Device)).all()
+    assert set(by_code.device_ids) == {
+        d.id for d in devices if d.township_id == "t02" or d.village_id == "t01-v03"
+    }
+    assert resolve(county_db, TargetsIn(areas=["430131"]), officer).target.townships == (
+        "t01",
+        "t02",
+        "t03",
+    )
+    ring = [(28.21, 112.86), (28.23, 112.86), (28.23, 112.88), (28.21, 112.88), (28.21, 112.86)]
+    assert resolve(county_db, TargetsIn(polygons=[ring]), officer).target.villages == ("t01-v03",)
+    circle = TargetsIn.model_validate(
+        {"circles": [{"lat": 28.2184, "lon": 112.8679, "radius_km": 1}]}
+    )
+    assert resolve(county_db, circle, officer).target.villages == ("t01-v03",)
+    for wrong, field in (
+        (TargetsIn(areas=["430132"]), "targets.areas[0]"),
+        (
+            TargetsIn.model_validate({"circles": [{"lat": 0, "lon": 0, "radius_km": 1}]}),
+            "targets.circles[0]",
+        ),
+    ):
+        with pytest.raises(ApiError) as caught:
+            resolve(county_db, wrong, officer)
+        assert caught.value.field == field
+    with pytest.raises(ValueError, match="closed ring"):
+        TargetsIn(polygons=[ring[:-1]])
+    with pytest.raises(ValueError, match="2-12 digits"):
+        TargetsIn(areas=["43013x"])
+    # A code reaches only what the caller may reach.
+    clerk = Principal("clerk", Role.TOWNSHIP_STAFF, "t01")
+    assert resolve(county_db, TargetsIn(areas=["430131101"]), clerk).target.townships == ("t01",)
+    with pytest.raises(ApiError) as caught:
+        resolve(county_db, TargetsIn(areas=["430131102"]), clerk)
+    assert caught.value.status == 403
+
+
+def _signed_by_new_key() -> tuple[ed25519.Ed25519PrivateKey, str]:
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "qxj.430131")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=30))
+        .sign(key, None)
+    )
+    return key, cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_a_sources_signature_over_the_exact_bytes() -> None:
+    key, pem = _signed_by_new_key()
+    raw = fixture("oasis_amber.xml")
+    verify_signature(raw, base64.b64encode(key.sign(raw)).decode(), pem)
+    for header, code in (
+        (None, "signature_missing"),
+        ("not base64!", "signature_invalid"),
+        (base64.b64encode(key.sign(raw + b" ")).decode(), "signature_invalid"),
+        (base64.b64encode(_signed_by_new_key()[0].sign(raw)).decode(), "signature_invalid"),
+    ):
+        with pytest.raises(ApiError) as caught:
+            verify_signature(raw, header, pem)
+        assert (caught.value.status, caught.value.code) == (401, code)
