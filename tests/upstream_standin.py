@@ -198,5 +198,21 @@ def members_of(data: bytes) -> dict[str, bytes]:
         return out
 
 
+def with_odd_member(data: bytes, kind: bytes, name: str = "audio.mp3") -> bytes:
+    """The package with one more member of tar type `kind` (a link to /etc/passwd, a
+    directory, a device...) in front of its files."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        odd = tarfile.TarInfo(name)
+        odd.type = kind
+        odd.linkname = "/etc/passwd"
+        tar.addfile(odd)
+        for member, body in members_of(data).items():
+            info = tarfile.TarInfo(member)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    return out.getvalue()
+
+
 def ebm_id(seq: int) -> str:
     return f"{PLATFORM_ID}{f.format_time(now_ms(), ZONE)[:10].replace('-', '')}{seq:04d}"

@@ -26,7 +26,7 @@ from controller.upstream.package import tar_of, text_of
 from controller.upstream.signature import PackageSigner
 from controller.warnings.models import UpstreamMessage, UpstreamSource
 from dalaba.protocol import now_ms
-from tests.upstream_standin import PlatformStandIn, ebm_id, members_of
+from tests.upstream_standin import PlatformStandIn, ebm_id, members_of, with_odd_member
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -200,7 +200,7 @@ async def test_ebm_in_played_state_answered_log_reported_and_bad_packages_refuse
         "malformed xml": (_replace(members, message_name, b"<EBD><EBDID>"), 2),
         "xml bomb": (_replace(members, message_name, BOMB), 2),
         "path traversal": (tar_of(traversal, now_ms()), 2),
-        "symlink": (_with_symlink(good), 2),
+        "symlink": (with_odd_member(good, tarfile.SYMTYPE, "EBDB_link.xml"), 2),
     }
     for name, (data, expected) in cases.items():
         status, body, code = await post_package(county, token, data)
@@ -273,21 +273,6 @@ BOMB = (
 
 def _replace(members: dict[str, bytes], name: str, data: bytes) -> bytes:
     return tar_of({**members, name: data}, now_ms())
-
-
-def _with_symlink(data: bytes) -> bytes:
-    members = members_of(data)
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        link = tarfile.TarInfo("EBDB_link.xml")
-        link.type = tarfile.SYMTYPE
-        link.linkname = "/etc/passwd"
-        tar.addfile(link)
-        for name, body in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(body)
-            tar.addfile(info, io.BytesIO(body))
-    return out.getvalue()
 
 
 async def test_reports_go_up_on_schedule_signed_sm2_and_refusals_are_logged(

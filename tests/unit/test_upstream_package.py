@@ -3,7 +3,6 @@ with Ed25519 and with SM2/SM3, and every refusal with its receipt result code.""
 
 from __future__ import annotations
 
-import io
 import tarfile
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -20,7 +19,7 @@ from controller.upstream.package import (
     tar_of,
 )
 from controller.upstream.signature import PackageSigner, PackageVerifier
-from tests.upstream_standin import members_of
+from tests.upstream_standin import members_of, with_odd_member
 
 ZONE = ZoneInfo("Asia/Shanghai")
 NOW = 1795996800000
@@ -126,7 +125,7 @@ def test_refusals_carry_their_result_code(tmp_path: Path) -> None:
 
 def test_links_directories_and_devices_are_refused(tmp_path: Path) -> None:
     s = signer(tmp_path)
-    good = members_of(ebm_package(s))
+    good = ebm_package(s)
     for kind in (
         tarfile.SYMTYPE,
         tarfile.LNKTYPE,
@@ -134,17 +133,7 @@ def test_links_directories_and_devices_are_refused(tmp_path: Path) -> None:
         tarfile.CHRTYPE,
         tarfile.FIFOTYPE,
     ):
-        out = io.BytesIO()
-        with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            odd = tarfile.TarInfo("audio.mp3")
-            odd.type = kind
-            odd.linkname = "/etc/passwd"
-            tar.addfile(odd)
-            for name, body in good.items():
-                info = tarfile.TarInfo(name)
-                info.size = len(body)
-                tar.addfile(info, io.BytesIO(body))
-        caught = refused(out.getvalue(), PackageVerifier([s.public_pem()]))
+        caught = refused(with_odd_member(good, kind), PackageVerifier([s.public_pem()]))
         assert caught.code is f.ResultCode.PARSE_FAILED, kind
 
 
