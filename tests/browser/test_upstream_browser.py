@@ -78,6 +78,19 @@ async def test_a_held_warning_is_reviewed_on_the_map_and_released_narrower(
     await page.wait_for_selector("#upstream-message")
     assert (await page.text_content("#raw-xml") or "").strip() == raw.decode().strip()
 
+    # The officer's own broadcast may be targeted by code too.
+    await duty.go("emergency", "[data-area=codes]")
+    await page.click("[data-area=codes]")
+    await page.fill("input[name=areas]", "430131102 430131101203 4309")
+    await page.press("input[name=areas]", "Tab")
+    await page.wait_for_selector("#em-codes li[data-code='430131102']")
+    counts = {
+        code: await page.get_attribute(f"#em-codes li[data-code='{code}']", "data-villages")
+        for code in ("430131102", "430131101203", "4309")
+    }
+    assert counts == {"430131102": "15", "430131101203": "1", "4309": "0"}
+    await duty.shot("upstream-04-codes")
+
     admin = await open_console(county, "demo-admin")
     await admin.go("sources", "#sources tr[data-source='qxj']")
     assert await admin.page.get_attribute("#sources tr[data-source='qxj']", "data-mode") == "review"

@@ -329,6 +329,9 @@ const zh = {
   "up.cert.none": "不验证签名",
   "up.cert.keep": "已配置证书；粘贴新证书以替换",
   "up.token_once": "令牌只显示这一次，请交给该来源妥善保存：",
+  "em.area.codes": "按区划代码",
+  "em.area.codes_hint": "输入行政区划代码，如 430131102（乡镇）或 430131102203（村），多个用空格分开",
+  "em.area.code_none": "本县没有此代码下的村",
   // --- end warnings from upstream ---
   "err.not_plain_audio": "上传的文件不是普通音频（播放列表、脚本或文件引用），已拒绝。",
   "err.unsupported_audio": "无法识别或已损坏的音频文件。请上传 WAV、MP3、M4A、OGG、WebM 或 AMR。",
@@ -923,6 +926,9 @@ const en = {
   "up.cert.none": "no signature check",
   "up.cert.keep": "a certificate is set; paste a new one to replace it",
   "up.token_once": "The token is shown this once; give it to the source to keep safe:",
+  "em.area.codes": "By code",
+  "em.area.codes_hint": "administrative codes, e.g. 430131102 (a township) or 430131102203 (a village), separated by spaces",
+  "em.area.code_none": "no village of the county under this code",
   // --- end warnings from upstream ---
   "err.not_plain_audio": "The file is not plain audio (a playlist, script or file reference) and was refused.",
   "err.unsupported_audio": "Unrecognised or damaged audio. Upload WAV, MP3, M4A, OGG, WebM or AMR.",
