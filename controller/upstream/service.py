@@ -54,7 +54,10 @@ from dalaba.protocol import now_ms
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/x-tar"
-MAX_LOG_ITEMS = 5000  # per broadcast-log package; an older remainder goes in the next
+MAX_LOG_ITEMS = 5000  # per broadcast-log package; a longer log goes in several
+# Deliveries one report round reads at most (the newest); beyond it the round says it was
+# cut (`truncated` in its log row), and a shorter period must be asked for.
+MAX_LOG_ROWS = 200_000
 
 
 async def read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes | None:
@@ -380,6 +383,8 @@ class UpstreamLink:
             raise RuntimeError("upstream_url is not set")
         ctx = self._context()
         snapshot = await ctx.db.run(lambda s: _snapshot(s, start_ms, end_ms, full, self._zone))
+        if snapshot.truncated:
+            log.warning("upstream report: more than %d deliveries, the newest sent", MAX_LOG_ROWS)
         sent = []
         for ebd_type, body, items in _report_bodies(snapshot, self.own_id, self._zone):
             if only and only != ebd_type.value:
@@ -393,7 +398,7 @@ class UpstreamLink:
                 period_start_ms=start_ms,
                 period_end_ms=end_ms,
                 items=items,
-                detail={"full": full},
+                detail={"full": full, "truncated": snapshot.truncated},
             )
             await self._post(row, data)
             await ctx.db.run(_adder(row))
@@ -541,6 +546,7 @@ class Snapshot:
     end_ms: int
     full: bool
     log: list[dict[str, Any]]
+    truncated: bool
     devices: list[dict[str, Any]]
     online_rate: float | None
     online: int
@@ -557,7 +563,7 @@ def _snapshot(session: Session, start_ms: int, end_ms: int, full: bool, zone: Zo
     # deliveries that changed in it.
     moment = col(Broadcast.start_at_ms) if full else col(Delivery.updated_ms)
     query = query.where(moment >= start_ms).where(moment < end_ms)
-    query = query.order_by(col(Delivery.updated_ms).desc()).limit(MAX_LOG_ITEMS)
+    query = query.order_by(col(Delivery.updated_ms).desc()).limit(MAX_LOG_ROWS + 1)
     ebm_of = _ebm_ids(session)
     log_rows = []
     for delivery, broadcast, device in session.exec(query).all():
@@ -585,7 +591,8 @@ def _snapshot(session: Session, start_ms: int, end_ms: int, full: bool, zone: Zo
         start_ms=start_ms,
         end_ms=end_ms,
         full=full,
-        log=log_rows,
+        log=log_rows[:MAX_LOG_ROWS],
+        truncated=len(log_rows) > MAX_LOG_ROWS,
         devices=devices,
         online_rate=history.online_rate(session, start_ms, end_ms),
         online=sum(1 for d in devices if d["state"] is not f.DeviceState.OFF),
@@ -615,20 +622,24 @@ def _report_bodies(
         element(f.REPORT_START, t(snap.start_ms)),
         element(f.REPORT_END, t(snap.end_ms)),
     ]
-    log_body = element(f.EbdType.BROADCAST_LOG.value, None, *period)
-    for row in snap.log:
-        log_body.append(
-            element(
-                f.LOG_ITEM,
-                None,
-                element(f.EBM_ID, row["ebm_id"]),
-                element(f.DEVICE_ID, row["resource_code"]),
-                element(f.LOG_RESULT, f.log_result(row["state"])),
-                element(f.START_TIME, t(row["start_ms"])),
-                element(f.END_TIME, t(row["updated_ms"])),
-                element(f.TITLE, row["title"]),
+    logs = []
+    for first in range(0, max(len(snap.log), 1), MAX_LOG_ITEMS):
+        chunk = snap.log[first : first + MAX_LOG_ITEMS]
+        log_body = element(f.EbdType.BROADCAST_LOG.value, None, *period)
+        for row in chunk:
+            log_body.append(
+                element(
+                    f.LOG_ITEM,
+                    None,
+                    element(f.EBM_ID, row["ebm_id"]),
+                    element(f.DEVICE_ID, row["resource_code"]),
+                    element(f.LOG_RESULT, f.log_result(row["state"])),
+                    element(f.START_TIME, t(row["start_ms"])),
+                    element(f.END_TIME, t(row["updated_ms"])),
+                    element(f.TITLE, row["title"]),
+                )
             )
-        )
+        logs.append((f.EbdType.BROADCAST_LOG, log_body, len(chunk)))
     state_body = element(f.EbdType.TERMINAL_STATE.value, None, *period)
     for device in snap.devices:
         state_body.append(
@@ -656,7 +667,7 @@ def _report_bodies(
         ),
     )
     return [
-        (f.EbdType.BROADCAST_LOG, log_body, len(snap.log)),
+        *logs,
         (f.EbdType.TERMINAL_STATE, state_body, len(snap.devices)),
         (f.EbdType.PLATFORM_STATE, platform_body, 1),
     ]

@@ -141,3 +141,34 @@ def _gzip(data: bytes) -> bytes:
     import gzip
 
     return gzip.compress(data)
+
+
+def test_a_long_broadcast_log_goes_up_in_several_packages() -> None:
+    from controller.upstream.service import MAX_LOG_ITEMS, Snapshot, _report_bodies
+
+    row = {
+        "ebm_id": "0" * 30,
+        "resource_code": "1" * 18,
+        "state": "done",
+        "start_ms": NOW,
+        "updated_ms": NOW,
+        "title": "暴雨",
+    }
+    snap = Snapshot(
+        start_ms=NOW - 3_600_000,
+        end_ms=NOW,
+        full=False,
+        log=[row] * (2 * MAX_LOG_ITEMS + 1),
+        truncated=False,
+        devices=[],
+        online_rate=None,
+        online=0,
+        total=0,
+        now_ms=NOW,
+    )
+    bodies = _report_bodies(snap, "3" * 18, ZONE)
+    logs = [(body, n) for kind, body, n in bodies if kind is f.EbdType.BROADCAST_LOG]
+    assert [n for _, n in logs] == [MAX_LOG_ITEMS, MAX_LOG_ITEMS, 1]
+    assert [len(body.findall(f.LOG_ITEM)) for body, _ in logs] == [MAX_LOG_ITEMS, MAX_LOG_ITEMS, 1]
+    empty = _report_bodies(Snapshot(**{**snap.__dict__, "log": []}), "3" * 18, ZONE)
+    assert [n for kind, _, n in empty if kind is f.EbdType.BROADCAST_LOG] == [0]
