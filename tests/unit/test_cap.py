@@ -10,10 +10,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from controller.areas import (
@@ -34,6 +32,7 @@ from controller.settings import Settings
 from controller.targets import TargetsIn, resolve
 from controller.warnings.cap import parse_alert, verify_signature, warning_from_alert
 from controller.warnings.intake import IncomingWarning, category_of, spoken_text, warning_levels
+from dalaba_ops.pki import CertificateAuthority
 
 FIXTURES = Path(__file__).parent.parent / "cap_fixtures"
 
@@ -261,32 +260,28 @@ def test_targets_by_code_polygon_and_circle(county_db: Session) -> None:
     assert caught.value.status == 403
 
 
-def _signed_by_new_key() -> tuple[ed25519.Ed25519PrivateKey, str]:
-    key = ed25519.Ed25519PrivateKey.generate()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "qxj.430131")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=30))
-        .sign(key, None)
-    )
-    return key, cert.public_bytes(serialization.Encoding.PEM).decode()
+def _signing_key(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, str]:
+    """A key and its certificate (our private CA's: ECDSA P-256), as a source would hold."""
+    ca = CertificateAuthority.load_or_create(directory)
+    key = serialization.load_pem_private_key(ca.key_file.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return key, ca.cert_file.read_text()
 
 
-def test_a_sources_signature_over_the_exact_bytes() -> None:
-    key, pem = _signed_by_new_key()
+def test_a_sources_signature_over_the_exact_bytes(tmp_path: Path) -> None:
+    key, pem = _signing_key(tmp_path / "a")
+    other, _ = _signing_key(tmp_path / "b")
     raw = fixture("oasis_amber.xml")
-    verify_signature(raw, base64.b64encode(key.sign(raw)).decode(), pem)
+
+    def sign(k: ec.EllipticCurvePrivateKey, data: bytes) -> str:
+        return base64.b64encode(k.sign(data, ec.ECDSA(hashes.SHA256()))).decode()
+
+    verify_signature(raw, sign(key, raw), pem)
     for header, code in (
         (None, "signature_missing"),
         ("not base64!", "signature_invalid"),
-        (base64.b64encode(key.sign(raw + b" ")).decode(), "signature_invalid"),
-        (base64.b64encode(_signed_by_new_key()[0].sign(raw)).decode(), "signature_invalid"),
+        (sign(key, raw + b" "), "signature_invalid"),
+        (sign(other, raw), "signature_invalid"),
     ):
         with pytest.raises(ApiError) as caught:
             verify_signature(raw, header, pem)
