@@ -50,6 +50,7 @@ class ReportSent(BaseModel):
     http_status: int | None
     result_code: int | None
     error: str
+    truncated: bool = Field(description="the period held more deliveries than one round sends")
 
 
 class ReportList(BaseModel):

@@ -457,6 +457,7 @@ def report_view(row: UpstreamReport) -> dict[str, Any]:
         "http_status": row.http_status,
         "result_code": row.result_code,
         "error": row.error,
+        "truncated": bool((row.detail or {}).get("truncated")),
     }
 
 
