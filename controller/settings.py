@@ -212,6 +212,13 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _upstream_link_named(self) -> Settings:
+        # Reports that name no sender would be refused above, or worse, taken as another's.
+        if self.upstream_url and not self.upstream_resource_code:
+            raise ValueError("upstream_resource_code: required when upstream_url is set")
+        return self
+
+    @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
         # With a client certificate the broker takes the account from it, not a password.
         if (

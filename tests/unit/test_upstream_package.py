@@ -172,3 +172,16 @@ def test_a_long_broadcast_log_goes_up_in_several_packages() -> None:
     assert [len(body.findall(f.LOG_ITEM)) for body, _ in logs] == [MAX_LOG_ITEMS, MAX_LOG_ITEMS, 1]
     empty = _report_bodies(Snapshot(**{**snap.__dict__, "log": []}), "3" * 18, ZONE)
     assert [n for kind, _, n in empty if kind is f.EbdType.BROADCAST_LOG] == [0]
+
+
+def test_reports_up_need_the_county_resource_code() -> None:
+    from pydantic import ValidationError
+
+    from controller.settings import Settings
+
+    with pytest.raises(ValidationError, match="upstream_resource_code"):
+        Settings(demo=True, upstream_url="https://platform.example/ebd")
+    with pytest.raises(ValidationError, match="upstream_resource_code"):
+        Settings(demo=True, upstream_resource_code="12345")
+    ok = Settings(demo=True, upstream_url="https://p.example/ebd", upstream_resource_code="1" * 18)
+    assert ok.upstream_key_path.name == "upstream-ed25519.pem"
