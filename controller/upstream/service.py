@@ -233,9 +233,15 @@ class UpstreamLink:
             detail={"ebd_id": package.ebd_id, "src": package.src, "event_type": ebm.event_type},
         )
         outcome = await intake(self._context(), warning)
-        # Received and valid: whatever the intake made of it (played, held for review,
-        # recorded, outside the county) is what the state request answers.
-        answer = self._receipt(package.ebd_id, f.ResultCode.PARSED, outcome.reason)
+        # Valid: whatever the intake made of it (played, held for review, recorded, outside
+        # the county) is what the state request answers. A refusal by the intake (a
+        # disabled source) or a broadcast it could not send stops there: "other".
+        code = (
+            f.ResultCode.OTHER
+            if outcome.outcome in ("refused", "failed")
+            else (f.ResultCode.PARSED)
+        )
+        answer = self._receipt(package.ebd_id, code, outcome.reason)
         return Answer(answer.body, answer.result, answer.reason, outcome)
 
     async def _audio(self, audio: f.Audio, package: Package) -> str:

@@ -294,6 +294,14 @@ async def test_reports_go_up_on_schedule_signed_sm2_and_refusals_are_logged(
     status, body, code = await post_package(county, token, b"\0" * 300_000)
     assert (status, code) == (413, "5")
     assert text_of(platform.open(body).body, f.RESULT_CODE) == "5"
+    # A token whose source is not (or no longer) configured: the intake refuses, code 5.
+    code_of_county = await county.controller.app[keys.DB].run(
+        lambda s: s.exec(select(Township.code)).first()
+    )
+    unknown = platform.ebm(ebm_id(20), area_codes=code_of_county)
+    status, body, code = await post_package(county, token, unknown)
+    assert (status, code) == (400, "5")
+    assert b"source_unknown" in text_of(platform.open(body).body, f.RESULT_DESC).encode()
 
     async def logged() -> bool:
         _, listed = await county.api("GET", "/api/upstream/reports", expect=200)
