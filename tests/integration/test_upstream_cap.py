@@ -85,6 +85,13 @@ async def test_cap_warnings_from_the_weather_bureau(make_county: Any) -> None:
     await county.api("GET", "/api/upstream/messages", token=token, expect=403)
     body = {"text": "测试", "category": "other", "priority": "notice", "targets": {"all": True}}
     await county.api("POST", "/api/broadcasts", token=token, json_body=body, expect=403)
+    # Its user is no console user: no password, no other role.
+    _, users = await county.api("GET", "/api/users", expect=200)
+    qxj = next(u for u in users["users"] if u["name"] == "qxj")
+    assert qxj["role"] == "upstream" and not qxj["has_password"]
+    for patch, field in (({"role": "admin"}, "role"), ({"password": "a-long-pass-9x"}, "password")):
+        _, err = await county.api("PATCH", f"/api/users/{qxj['id']}", json_body=patch, expect=400)
+        assert err["error"]["field"] == field
     # ... and nobody else posts warnings as a source.
     status, _ = await post_cap(county, county.prepared.admin_token, fixture("oasis_amber.xml"))
     assert status == 403

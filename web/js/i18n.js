@@ -330,6 +330,7 @@ const zh = {
   "up.cert.keep": "已配置证书；粘贴新证书以替换",
   "up.token_once": "令牌只显示这一次，请交给该来源妥善保存：",
   "em.area.codes": "按区划代码",
+  "role.upstream": "预警来源",
   "em.area.codes_hint": "输入行政区划代码，如 430131102（乡镇）或 430131102203（村），多个用空格分开",
   "em.area.code_none": "本县没有此代码下的村",
   // --- end warnings from upstream ---
@@ -927,6 +928,7 @@ const en = {
   "up.cert.keep": "a certificate is set; paste a new one to replace it",
   "up.token_once": "The token is shown this once; give it to the source to keep safe:",
   "em.area.codes": "By code",
+  "role.upstream": "Warning source",
   "em.area.codes_hint": "administrative codes, e.g. 430131102 (a township) or 430131102203 (a village), separated by spaces",
   "em.area.code_none": "no village of the county under this code",
   // --- end warnings from upstream ---
