@@ -174,7 +174,7 @@ class UpstreamLink:
         if package.ebd_type is f.EbdType.EBM:
             return await self._ebm(package, source_id)
         if package.ebd_type is f.EbdType.EBM_STATE_REQUEST:
-            return await self._state(package)
+            return await self._state(package, source_id)
         if package.ebd_type is f.EbdType.OMD_REQUEST:
             return await self._omd(package)
         # ConnectionCheck, or the platform's receipt for something we sent.
@@ -288,12 +288,12 @@ class UpstreamLink:
             raise AudioRefused(f.ResultCode.OTHER, f"audio larger than {limit} bytes")
         return data
 
-    async def _state(self, package: Package) -> Answer:
+    async def _state(self, package: Package, source_id: str) -> Answer:
         ebm_id = text_of(package.body, f"{f.STATE_EBM}/{f.EBM_ID}")
         if not f.EBM_ID_PATTERN.match(ebm_id):
             return self._receipt(package.ebd_id, f.ResultCode.CONTENT_MISSING, f"{f.EBM_ID}")
         ctx = self._context()
-        state = await ctx.db.run(lambda s: ebm_state(s, ebm_id))
+        state = await ctx.db.run(lambda s: ebm_state(s, ebm_id, source_id))
         body = element(
             f.EbdType.EBM_STATE_RESPONSE.value,
             None,
@@ -485,12 +485,14 @@ class EbmState:
     area_codes: tuple[str, ...]
 
 
-def ebm_state(session: Session, ebm_id: str) -> EbmState:
-    """What became of an EBM: its play message's outcome and broadcast (directly, or once
-    an officer released it from review), and its cancel."""
+def ebm_state(session: Session, ebm_id: str, source_id: str) -> EbmState:
+    """What became of an EBM this source sent: its play message's outcome and broadcast
+    (directly, or once an officer released it from review), and its cancel. Another
+    source's EBM is not this source's to know of: not processed."""
     messages = session.exec(
         select(UpstreamMessage)
         .where(UpstreamMessage.protocol == "ebm")
+        .where(UpstreamMessage.source_id == source_id)
         .where(UpstreamMessage.identifier == ebm_id)
         .order_by(col(UpstreamMessage.received_ms))
     ).all()

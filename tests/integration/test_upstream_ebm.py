@@ -230,6 +230,8 @@ async def test_ebm_in_played_state_answered_log_reported_and_bad_packages_refuse
     assert (status, code) == (200, "1")
     assert await state_of(held) == str(int(f.BroadcastState.CANCELLED))
     assert await state_of(ebm_id(99)) == str(int(f.BroadcastState.NOT_PROCESSED))
+    # Another source's EBM is not this source's to know of.
+    assert await state_of(the_id) == str(int(f.BroadcastState.NOT_PROCESSED))
 
     # --- only a warning source may post packages; a source may not read reports.
     status, _, _ = await post_package(county, county.prepared.admin_token, good)
