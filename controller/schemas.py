@@ -627,3 +627,80 @@ class PronunciationsIn(BaseModel):
     """PUT /api/pronunciations (checked entry by entry by controller.pronunciations)."""
 
     entries: dict[str, str] = Field(description="written form -> spoken form")
+
+
+# --------------------------------------------------------------------------- upstream
+
+
+class IntakeOutcomeOut(ApiModel):
+    """What became of a warning (controller/warnings/intake.py)."""
+
+    message_id: str = Field(description="the stored message: /api/upstream/messages/{id}")
+    outcome: Literal[
+        "played", "review", "recorded", "refused", "no_area", "cancelled", "duplicate", "failed"
+    ]
+    reason: str = Field(description="machine code: sent, review_mode, test, no_area, ...")
+    message: str = Field(description="the reason in one sentence (English)")
+    broadcast_id: str | None
+    approval_id: str | None = Field(description="the request held for review, if any")
+    villages: int = Field(description="villages the warning's area covers")
+    cancelled: list[str] = Field(description="broadcasts (and held requests) it cancelled")
+
+
+class UpstreamMessageOut(ApiModel):
+    id: str
+    source_id: str
+    source_name: str
+    protocol: Literal["cap", "ebm"]
+    received_at: Instant
+    identifier: str
+    sender: str
+    sent: str = Field(description="as the sender wrote it")
+    msg_type: Literal["alert", "update", "cancel", "ack", "error"]
+    status: Literal["actual", "exercise", "test", "system", "draft"]
+    mode: Literal["automatic", "review"]
+    outcome: str
+    reason: str
+    headline: str
+    level: int | None
+    priority: str | None
+    drill: bool
+    villages: int
+    references: list[str]
+    cancelled: list[str]
+    broadcast_id: str | None = Field(description="also once an officer released it")
+    approval_id: str | None
+    approval_status: str | None
+    expires_at: Instant | None
+
+
+class UpstreamMessageList(ApiModel):
+    messages: list[UpstreamMessageOut] = Field(description="newest first")
+
+
+class UpstreamMessageDetail(UpstreamMessageOut):
+    content_type: str
+    raw: str = Field(description="the message as received (UTF-8)")
+    text: str = Field(description="what is (or would be) spoken")
+    village_ids: list[str]
+    detail: dict[str, Any]
+    starts_at: Instant | None
+
+
+class UpstreamSourceOut(ApiModel):
+    id: str = Field(description="also the name of its user (role upstream)")
+    name: str
+    mode: Literal["automatic", "review"]
+    hold_levels: list[int] = Field(description="levels held for an officer in automatic mode")
+    signature_required: bool
+    enabled: bool
+    created_at: Instant
+    updated_at: Instant
+
+
+class UpstreamSourceCreated(UpstreamSourceOut):
+    token: str = Field(description="the source's API token, shown this once")
+
+
+class UpstreamSourceList(ApiModel):
+    sources: list[UpstreamSourceOut]

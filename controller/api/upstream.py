@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlmodel import Session, col, select
 
 from controller import audit
+from controller import schemas as s
 from controller.api import keys
 from controller.api.users import require_admin
 from controller.approvals import PendingBroadcast
@@ -26,7 +27,7 @@ from controller.errors import (
     parse_body,
     read_json,
 )
-from controller.openapi import GENERIC, Content, Param, describe, integer
+from controller.openapi import Content, Param, describe, integer
 from controller.timefmt import iso
 from controller.warnings.cap import (
     CONTENT_TYPES,
@@ -56,7 +57,12 @@ def _county_reader(principal: Principal) -> None:
     "Receive a CAP 1.2 alert from a warning source (role upstream)",
     tag="upstream",
     body=CAP_BODY,
-    responses={200: GENERIC, 201: GENERIC, 202: GENERIC, 422: GENERIC},
+    responses={
+        200: s.IntakeOutcomeOut,
+        201: s.IntakeOutcomeOut,
+        202: s.IntakeOutcomeOut,
+        422: s.IntakeOutcomeOut,
+    },
     description="Validated against the OASIS CAP 1.2 schema; DTDs and entities are refused. "
     "The answer says what became of it: played, review, recorded, no_area, cancelled.",
 )
@@ -138,7 +144,7 @@ def _views(session: Session, rows: list[UpstreamMessage]) -> list[dict[str, Any]
 @describe(
     "Upstream messages received, newest first (the inbox)",
     tag="upstream",
-    responses={200: GENERIC},
+    responses={200: s.UpstreamMessageList},
     query=(
         Param("limit", "at most this many", integer(1, 500, 100)),
         Param("outcome", "only this outcome (played, review, recorded, ...)"),
@@ -165,7 +171,7 @@ async def list_messages(request: web.Request) -> web.Response:
 @describe(
     "One upstream message: as received (verbatim), and what became of it",
     tag="upstream",
-    responses={200: GENERIC},
+    responses={200: s.UpstreamMessageDetail},
 )
 async def get_message(request: web.Request) -> web.Response:
     _county_reader(principal_of(request))
@@ -239,7 +245,7 @@ def source_view(x: UpstreamSource) -> dict[str, Any]:
 
 
 @routes.get("/api/upstream/sources")
-@describe("Warning sources and their modes", tag="upstream", responses={200: GENERIC})
+@describe("Warning sources and their modes", tag="upstream", responses={200: s.UpstreamSourceList})
 async def list_sources(request: web.Request) -> web.Response:
     _county_reader(principal_of(request))
 
@@ -255,7 +261,7 @@ async def list_sources(request: web.Request) -> web.Response:
     "Add a warning source (admins): its user of role upstream and API token, shown once",
     tag="upstream",
     body=SourceIn,
-    responses={201: GENERIC},
+    responses={201: s.UpstreamSourceCreated},
 )
 async def create_source(request: web.Request) -> web.Response:
     principal = principal_of(request)
@@ -293,7 +299,7 @@ async def create_source(request: web.Request) -> web.Response:
     "Change a source's mode, held levels, certificate or name (admins)",
     tag="upstream",
     body=SourcePatch,
-    responses={200: GENERIC},
+    responses={200: s.UpstreamSourceOut},
 )
 async def update_source(request: web.Request) -> web.Response:
     principal = principal_of(request)

@@ -469,6 +469,22 @@ async def test_real_answers_match_their_schemas(make_county) -> None:
     await api.call(
         "GET", "/api/upstream/messages/{id}", path="/api/upstream/messages/nope", expect=404
     )
+    amber = (Path(__file__).parents[1] / "cap_fixtures" / "oasis_amber.xml").read_bytes()
+    async with county.http.post(
+        county.url + "/api/cap",
+        data=amber,
+        headers={**county.headers(cap_source["token"]), **cap_headers},
+    ) as resp:
+        raw = await resp.read()
+        api.check("POST", "/api/cap", resp.status, resp.content_type, raw)
+        assert resp.status == 200 and json.loads(raw)["outcome"] == "no_area"
+    _, inbox, _ = await api.call("GET", "/api/upstream/messages", expect=200)
+    await api.call(
+        "GET",
+        "/api/upstream/messages/{id}",
+        path=f"/api/upstream/messages/{inbox['messages'][0]['id']}",
+        expect=200,
+    )
 
     # Users and the console session (bearer tokens reach these too).
     await api.call("GET", "/api/users", expect=200)
