@@ -38,7 +38,7 @@ from aiohttp import web
 from sqlmodel import Session, col, select
 
 from controller import audit
-from controller.approvals import ApprovalRequired, PendingBroadcast
+from controller.approvals import PendingBroadcast
 from controller.areas import Circle, Point, smallest_target, villages_by_codes, villages_in_shapes
 from controller.auth import Principal, Role
 from controller.broadcasts import MAX_EXPIRY_S, BroadcastIn, BroadcastService
@@ -64,7 +64,6 @@ REASONS = {
     "sent": "sent to the terminals",
     "review_mode": "the source is in review mode: waits for an officer",
     "source_hold_level": "the source holds warnings of this level for an officer",
-    "two_person_rule": "the county's two-person rule holds it for a second officer",
     "draft": "status Draft is never acted on",
     "test": "status Test: recorded, played nowhere",
     "system": "status System: recorded, played nowhere",
@@ -381,8 +380,6 @@ async def _decide(
             )
             return done("review", held_by, approval_id=view["id"], **counts)
         broadcast = await ctx.broadcasts.create(principal, body)
-    except ApprovalRequired as held:
-        return done("review", "two_person_rule", approval_id=held.view["id"], **counts)
     except ApiError as exc:
         reason = "no_terminal" if "no terminal" in exc.message else "broadcast_refused"
         outcome: Outcome = "no_area" if reason == "no_terminal" else "failed"
