@@ -16,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from controller import pronunciations
+from controller.api import ebd as ebd_api
 from controller.api import keys, routes
 from controller.api import workorders as workorders_api
 from controller.api.docs import public_docs_middleware
@@ -39,6 +40,8 @@ from controller.settings import Settings
 from controller.speech import AnnouncementRenderer
 from controller.speech.service import standard_backends
 from controller.templates import seed_builtin_templates
+from controller.upstream.service import UpstreamLink
+from controller.warnings.intake import IntakeContext
 from controller.workorders import WorkOrderService
 from dalaba.signing import load_or_create_signer
 
@@ -123,6 +126,9 @@ def build_app(settings: Settings) -> web.Application:
     app[keys.SCHEDULES] = schedules
     app[keys.EVENTS] = events
     app[workorders_api.SERVICE] = workorders
+    # The upper-level platform's link hands EBMs to the one warning intake.
+    upstream = UpstreamLink.from_settings(settings, lambda: IntakeContext.from_app(app), media)
+    app[ebd_api.LINK] = upstream
     app.add_routes(routes())
     # Prometheus scrapes /metrics by convention; counts only, no login (controller.metrics).
     app.router.add_get("/metrics", metrics.handle)
@@ -142,8 +148,10 @@ def build_app(settings: Settings) -> web.Application:
         await schedules.start()
         await retention.start()
         await workorders.start()
+        await upstream.start()
         log.info("controller up: http://%s:%d/", settings.http_host, settings.http_port)
         yield
+        await upstream.stop()
         await retention.stop()
         await workorders.stop()
         await schedules.stop()

@@ -38,6 +38,9 @@ class Role(enum.StrEnum):
     TOWNSHIP_STAFF = "township_staff"
     TECHNICIAN = "technician"
     VIEWER = "viewer"
+    # A warning source (the warning-release platform, the upper-level platform): may
+    # post warnings (POST /api/cap and the EBM endpoint) and nothing else, not even read.
+    UPSTREAM = "upstream"
 
 
 class Permission(enum.StrEnum):
@@ -51,12 +54,15 @@ class Permission(enum.StrEnum):
     # Assign, annotate and close work orders (controller/workorders.py).
     WORK_ORDERS = "work_orders"
     MANAGE_USERS = "manage_users"
+    # Post warnings to the intake (controller/warnings); only the upstream role.
+    POST_WARNINGS = "post_warnings"
 
 
 # The role matrix. Township staff hold theirs only within their township
 # (`Principal.township_scope`); everyone else county-wide.
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
-    Role.ADMIN: frozenset(Permission),
+    # An admin manages sources but is not one: warnings come with a source's token.
+    Role.ADMIN: frozenset(Permission) - {Permission.POST_WARNINGS},
     Role.DUTY_OFFICER: frozenset(
         {Permission.READ, Permission.BROADCAST, Permission.APPROVE, Permission.TERMINAL_CONTROL}
     ),
@@ -67,6 +73,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         {Permission.READ, Permission.TERMINAL_CONTROL, Permission.WORK_ORDERS}
     ),
     Role.VIEWER: frozenset({Permission.READ}),
+    Role.UPSTREAM: frozenset({Permission.POST_WARNINGS}),
 }
 
 
@@ -79,13 +86,16 @@ class Principal:
     # a routine broadcast to one terminal, sent through the same path as any other so it
     # proves that path, and a technician may send exactly that without broadcast rights.
     test_tone: bool = field(default=False, compare=False)
+    # Set only through `for_warning_intake` (controller/warnings/intake.py): the intake
+    # sends a source's warning as that source, through the same path as any broadcast.
+    warning_intake: bool = field(default=False, compare=False)
 
     def can(self, permission: Permission) -> bool:
         return permission in ROLE_PERMISSIONS[self.role]
 
     @property
     def can_broadcast(self) -> bool:
-        return self.can(Permission.BROADCAST) or self.test_tone
+        return self.can(Permission.BROADCAST) or self.test_tone or self.warning_intake
 
     @property
     def county_wide(self) -> bool:
@@ -107,6 +117,12 @@ class Principal:
         """This principal, allowed to send the one routine test-tone broadcast."""
         self.require_terminal_control()
         return replace(self, test_tone=True)
+
+    def for_warning_intake(self) -> Principal:
+        """This upstream source, allowed to have its warning broadcast by the intake."""
+        if self.role is not Role.UPSTREAM:
+            raise forbidden(f"role {self.role.value} is not a warning source")
+        return replace(self, warning_intake=True)
 
 
 def hash_token(token: str) -> str:
@@ -252,6 +268,15 @@ PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 SESSION_COOKIE = "dalaba_session"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The only paths a warning source's token opens (least privilege: it cannot even read).
+# The EBM endpoint (controller/warnings) lives under /api/ebd.
+UPSTREAM_PATHS = ("/api/cap", "/api/ebd")
+
+
+def _within_role(request: web.Request, principal: Principal) -> Principal:
+    if principal.role is Role.UPSTREAM and not request.path.startswith(UPSTREAM_PATHS):
+        raise forbidden("role upstream may only post warnings")
+    return principal
 
 
 class SessionLookup(Protocol):
@@ -284,7 +309,7 @@ def auth_middleware(
                 sent.encode(), csrf.encode()
             ):
                 raise ApiError(403, "csrf", f"{CSRF_HEADER}: missing or wrong", CSRF_HEADER)
-            request[PRINCIPAL] = session_principal
+            request[PRINCIPAL] = _within_role(request, session_principal)
             return await handler(request)
         # Bearer tokens are not sent by browsers on their own, so they need no CSRF check.
         scheme, _, token = header.partition(" ")
@@ -293,7 +318,7 @@ def auth_middleware(
         principal = await authenticator.principal_for(token.strip())
         if principal is None:
             raise ApiError(401, "unauthenticated", "Authorization: unknown or revoked token")
-        request[PRINCIPAL] = principal
+        request[PRINCIPAL] = _within_role(request, principal)
         return await handler(request)
 
     return middleware

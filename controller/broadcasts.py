@@ -173,7 +173,11 @@ class BroadcastService:
         category, priority = body.category, body.priority
 
         if approval is None:
-            await self._hold_for_second_person(principal, body, resolved)
+            # A warning source's own thresholds (its mode and held levels, applied by
+            # controller/warnings/intake.py) stand in for the officers' rule: a source
+            # is not an officer whose sends add up across the county.
+            if not principal.warning_intake:
+                await self._hold_for_second_person(principal, body, resolved)
             media, voices = await self._media_for(body)
         else:
             approved = await self._db.run(lambda s: s.get(Media, approval.media_sha256))
@@ -334,7 +338,31 @@ class BroadcastService:
         counted_reach = await self._db.run(reach)
         if not counted_reach.held:
             return
-        townships = list(counted_reach.own)
+        view = await self.request_approval(
+            principal,
+            body,
+            resolved,
+            reaches=list(counted_reach.own),
+            why=counted_reach.view(),
+            townships=counted_reach.together,
+            counted_sends=list(counted_reach.sends),
+        )
+        log.info("emergency %s by %s waits for a second officer", view["id"], principal.user)
+        raise ApprovalRequired(view)
+
+    async def request_approval(
+        self,
+        principal: Principal,
+        body: BroadcastIn,
+        resolved: Any,
+        *,
+        reaches: list[str],
+        why: dict[str, Any],
+        **audit_detail: Any,
+    ) -> dict[str, Any]:
+        """Render `body` and put it in the approvals queue (what `why` says is shown to
+        the officer). The two-person rule and warnings in review mode come here."""
+        settings = self._settings
         media, voices = await self._media_for(body)
         now = p.now_ms()
 
@@ -350,8 +378,8 @@ class BroadcastService:
                 media_sha256=media.sha256,
                 voices=voices,
                 device_count=len(resolved.device_ids),
-                townships=townships,
-                why=counted_reach.view(),
+                townships=reaches,
+                why=why,
             )
             session.add(row)
             audit.record(
@@ -364,15 +392,13 @@ class BroadcastService:
                 targets=body.targets.model_dump(),
                 devices=len(resolved.device_ids),
                 text=(body.text or "")[:200],
-                townships=counted_reach.together,
-                counted_sends=list(counted_reach.sends),
+                **audit_detail,
             )
             return pending_view(row)
 
         view = await self._db.run(record)
-        log.info("emergency %s by %s waits for a second officer", view["id"], principal.user)
         self._emit(ApprovalRequested(request_id=view["id"]))
-        raise ApprovalRequired(view)
+        return view
 
     async def preview(
         self, body: BroadcastIn, target: p.Target | None

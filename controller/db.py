@@ -37,6 +37,8 @@ TABLE_MODULES: tuple[str, ...] = (
     "controller.schedules.models",
     "controller.idempotency",
     "controller.history",
+    "controller.warnings.models",
+    "controller.upstream.models",
 )
 
 

@@ -17,6 +17,8 @@ class Township(SQLModel, table=True):
     id: str = Field(primary_key=True)
     name: str
     name_en: str = ""
+    # 9-digit administrative code (county 6 + township 3; controller/areas.py)
+    code: str | None = Field(default=None, index=True)
     lat: float
     lon: float
     quiet_start: str | None = None  # "22:00" local; quiet hours for notices
@@ -27,6 +29,8 @@ class Village(SQLModel, table=True):
     id: str = Field(primary_key=True)
     township_id: str = Field(foreign_key="township.id", index=True)
     name: str
+    # 12-digit administrative code (township 9 + village 3; controller/areas.py)
+    code: str | None = Field(default=None, index=True)
     lat: float
     lon: float
 
@@ -36,6 +40,8 @@ class Device(SQLModel, table=True):
     village_id: str = Field(foreign_key="village.id", index=True)
     township_id: str = Field(foreign_key="township.id", index=True)
     name: str
+    # 18-digit resource code of the standards (type 2, subtype 2, area 12, extension 2)
+    resource_code: str | None = Field(default=None, index=True)
     online: bool = False
     last_seen_ms: int | None = _ms_column(nullable=True)
     status_changed_ms: int | None = _ms_column(nullable=True)

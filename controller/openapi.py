@@ -415,6 +415,7 @@ def _describe_status(status: int, shape: Shape | None) -> str:
 TAGS = (
     ("broadcasts", "push, watch, cancel and resend announcements; preview them"),
     ("approvals", "real emergencies waiting for a second duty officer"),
+    ("upstream", "the upper-level emergency-broadcast platform: its packages in, reports up"),
     ("devices", "the terminals: state, telemetry, volume, test tone, diagnostics"),
     ("workorders", "technicians' jobs opened by faults that last"),
     ("stats", "figures for any period and the year-end report"),

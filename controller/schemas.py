@@ -96,6 +96,16 @@ class TwoPersonReach(ApiModel):
     sends: list[Any] | None = None
     schedules: list[Any] | None = None
     message: str | None = Field(default=None, description="the reason in one sentence")
+    # A warning from upstream held for review (controller/warnings/intake.py).
+    upstream: str | None = Field(default=None, description="the upstream message held")
+    source: str | None = Field(default=None, description="the warning source")
+    source_name: str | None = None
+    reason: str | None = Field(default=None, description="review_mode, source_hold_level")
+    identifier: str | None = None
+    sender: str | None = None
+    sent: str | None = None
+    cap_text: str | None = Field(default=None, description="the CAP XML as received")
+    village_ids: list[str] | None = None
 
 
 class ErrorOut(ApiModel):
@@ -272,6 +282,9 @@ class DeviceOut(ApiModel):
     name: str
     village_id: str
     township_id: str
+    resource_code: str | None = Field(
+        default=None, description="18 digits: type, subtype, 12-digit area, extension"
+    )
     online: bool
     last_seen: Instant | None
     status_changed_at: Instant | None
@@ -350,6 +363,7 @@ class TownshipOut(ApiModel):
     id: str
     name: str
     name_en: str
+    code: str | None = Field(default=None, description="9-digit administrative code")
     lat: float
     lon: float
     quiet_start: str | None
@@ -364,6 +378,7 @@ class VillageOut(ApiModel):
     id: str
     township_id: str
     name: str
+    code: str | None = Field(default=None, description="12-digit administrative code")
     lat: float
     lon: float
     device_count: int
@@ -612,3 +627,80 @@ class PronunciationsIn(BaseModel):
     """PUT /api/pronunciations (checked entry by entry by controller.pronunciations)."""
 
     entries: dict[str, str] = Field(description="written form -> spoken form")
+
+
+# --------------------------------------------------------------------------- upstream
+
+
+class IntakeOutcomeOut(ApiModel):
+    """What became of a warning (controller/warnings/intake.py)."""
+
+    message_id: str = Field(description="the stored message: /api/upstream/messages/{id}")
+    outcome: Literal[
+        "played", "review", "recorded", "refused", "no_area", "cancelled", "duplicate", "failed"
+    ]
+    reason: str = Field(description="machine code: sent, review_mode, test, no_area, ...")
+    message: str = Field(description="the reason in one sentence (English)")
+    broadcast_id: str | None
+    approval_id: str | None = Field(description="the request held for review, if any")
+    villages: int = Field(description="villages the warning's area covers")
+    cancelled: list[str] = Field(description="broadcasts (and held requests) it cancelled")
+
+
+class UpstreamMessageOut(ApiModel):
+    id: str
+    source_id: str
+    source_name: str
+    protocol: Literal["cap", "ebm"]
+    received_at: Instant
+    identifier: str
+    sender: str
+    sent: str = Field(description="as the sender wrote it")
+    msg_type: Literal["alert", "update", "cancel", "ack", "error"]
+    status: Literal["actual", "exercise", "test", "system", "draft"]
+    mode: Literal["automatic", "review"]
+    outcome: str
+    reason: str
+    headline: str
+    level: int | None
+    priority: str | None
+    drill: bool
+    villages: int
+    references: list[str]
+    cancelled: list[str]
+    broadcast_id: str | None = Field(description="also once an officer released it")
+    approval_id: str | None
+    approval_status: str | None
+    expires_at: Instant | None
+
+
+class UpstreamMessageList(ApiModel):
+    messages: list[UpstreamMessageOut] = Field(description="newest first")
+
+
+class UpstreamMessageDetail(UpstreamMessageOut):
+    content_type: str
+    raw: str = Field(description="the message as received (UTF-8)")
+    text: str = Field(description="what is (or would be) spoken")
+    village_ids: list[str]
+    detail: dict[str, Any]
+    starts_at: Instant | None
+
+
+class UpstreamSourceOut(ApiModel):
+    id: str = Field(description="also the name of its user (role upstream)")
+    name: str
+    mode: Literal["automatic", "review"]
+    hold_levels: list[int] = Field(description="levels held for an officer in automatic mode")
+    signature_required: bool
+    enabled: bool
+    created_at: Instant
+    updated_at: Instant
+
+
+class UpstreamSourceCreated(UpstreamSourceOut):
+    token: str = Field(description="the source's API token, shown this once")
+
+
+class UpstreamSourceList(ApiModel):
+    sources: list[UpstreamSourceOut]

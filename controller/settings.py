@@ -107,6 +107,38 @@ class Settings(BaseSettings):
     two_person_window_s: int = Field(default=600, ge=60, le=7 * 24 * 3600)
     approval_timeout_s: int = Field(default=30 * 60, ge=60)
 
+    # Warnings from upstream (controller/warnings; docs/upstream.md). CAP severity ->
+    # emergency level (1 = I red ... 4 = IV blue, as GB/T 35965 pairs them); a severity
+    # not listed (Unknown), an urgency in cap_notice_urgencies or a certainty in
+    # cap_notice_certainties makes a notice without level instead.
+    cap_severity_levels: dict[str, int] = {"Extreme": 1, "Severe": 2, "Moderate": 3, "Minor": 4}
+    cap_notice_urgencies: tuple[str, ...] = ("Past",)
+    cap_notice_certainties: tuple[str, ...] = ("Unlikely",)
+    # Largest CAP message accepted (bytes); XML beyond it is refused unread.
+    cap_max_bytes: int = Field(default=512 * 1024, ge=4096, le=16 * 1024 * 1024)
+
+    # --- upper-level platform link (controller/upstream; docs/upstream.md, "EBM") ---
+    # This county platform's 18-digit resource code (SRC of what it sends, DEST of what it
+    # accepts) and the upper platform's (SRC of what is accepted; empty: not checked).
+    upstream_resource_code: str = Field(default="", pattern=r"^([0-9]{18})?$")
+    upstream_platform_resource_code: str = Field(default="", pattern=r"^([0-9]{18})?$")
+    # Where reports go up (the platform's package endpoint, http(s)); empty: none sent.
+    upstream_url: str | None = Field(default=None, pattern=r"^https?://")
+    # Keys (PEM public keys or certificates) of the upper platform: a package is obeyed
+    # only when one of them signed it. None configured: every package is refused.
+    upstream_trusted_keys: tuple[Path, ...] = ()
+    # The scheme of the county's own package signatures (unset: signing_scheme); sm2 is
+    # what the standards ask for and needs the sm2 extra (tongsuopy).
+    upstream_signing_scheme: SigningScheme | None = None
+    # Reports up every this many seconds (incremental since the last); 0: on request only.
+    upstream_report_interval_s: int = Field(default=3600, ge=0, le=7 * 24 * 3600)
+    upstream_package_max_bytes: int = Field(default=30_000_000, ge=10_000, le=200_000_000)
+    # An EBM's audio by URL is fetched only over http(s) from the platform's own origin
+    # (that of upstream_url) or one of these ("https://media.example.gov.cn"); never
+    # redirected, at most upload_max_bytes, and checked like any upload.
+    upstream_audio_origins: tuple[str, ...] = ()
+    upstream_http_timeout_s: float = Field(default=30.0, gt=0, le=600)
+
     # The county's local time: schedules are written in it, quiet hours are read in it.
     timezone: str = "Asia/Shanghai"
     # The county's name as its year-end report is headed (controller/report.py); empty:
@@ -143,6 +175,14 @@ class Settings(BaseSettings):
     retention_security_days: int = Field(default=1096, ge=0)
     retention_history_days: int = Field(default=1826, ge=0)
 
+    @field_validator("cap_severity_levels")
+    @classmethod
+    def _levels_1_to_4(cls, value: dict[str, int]) -> dict[str, int]:
+        for severity, level in value.items():
+            if level not in (1, 2, 3, 4):
+                raise ValueError(f"{severity}: level 1-4, not {level}")
+        return value
+
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies_are_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -169,6 +209,13 @@ class Settings(BaseSettings):
             days = getattr(self, f"retention_{name}_days")
             if 0 < days < 365:
                 raise ValueError(f"retention_{name}_days: 0 (for ever) or at least 365")
+        return self
+
+    @model_validator(mode="after")
+    def _upstream_link_named(self) -> Settings:
+        # Reports that name no sender would be refused above, or worse, taken as another's.
+        if self.upstream_url and not self.upstream_resource_code:
+            raise ValueError("upstream_resource_code: required when upstream_url is set")
         return self
 
     @model_validator(mode="after")
@@ -221,3 +268,10 @@ class Settings(BaseSettings):
         """The controller's private key; its certificate, if it has one, is beside it
         with the suffix .crt (controller-sm2.crt)."""
         return self.data_dir / "keys" / f"controller-{self.signing_scheme}.pem"
+
+    @property
+    def upstream_key_path(self) -> Path:
+        """The key that signs packages sent up (its own file: it is given to the upper
+        platform, and never signs terminal commands)."""
+        scheme = self.upstream_signing_scheme or self.signing_scheme
+        return self.data_dir / "keys" / f"upstream-{scheme}.pem"

@@ -8,12 +8,27 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlmodel import Session, col, select
 
+from controller.areas import (
+    AREA_CODE,
+    Circle,
+    smallest_target,
+    villages_by_codes,
+    villages_in_shapes,
+)
 from controller.auth import Principal
 from controller.errors import bad_request, forbidden
 from controller.models import Device, Township, Village
 from dalaba.protocol import Target, Topics
 
 MAX_IDS = 2000
+
+
+class CircleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    radius_km: float = Field(gt=0, le=2000)
 
 
 class TargetsIn(BaseModel):
@@ -23,13 +38,38 @@ class TargetsIn(BaseModel):
     townships: list[str] = Field(default_factory=list, max_length=MAX_IDS)
     villages: list[str] = Field(default_factory=list, max_length=MAX_IDS)
     devices: list[str] = Field(default_factory=list, max_length=MAX_IDS)
+    # Administrative codes (controller/areas.py): a code shorter than 12 digits is a
+    # prefix covering every village under it.
+    areas: list[str] = Field(default_factory=list, max_length=MAX_IDS)
+    # WGS84 shapes: the villages whose coordinates fall inside (controller/areas.py).
+    # A polygon is a closed ring of [lat, lon] points.
+    polygons: list[list[tuple[float, float]]] = Field(default_factory=list, max_length=10)
+    circles: list[CircleIn] = Field(default_factory=list, max_length=10)
 
     @model_validator(mode="after")
     def _not_empty(self) -> TargetsIn:
-        if not (self.all or self.townships or self.villages or self.devices):
-            raise ValueError("give all: true or at least one township, village or device")
-        if self.all and (self.townships or self.villages or self.devices):
+        lists = (
+            self.townships
+            or self.villages
+            or self.devices
+            or self.areas
+            or self.polygons
+            or self.circles
+        )
+        if not (self.all or lists):
+            raise ValueError(
+                "give all: true or at least one township, village, device, area or shape"
+            )
+        if self.all and lists:
             raise ValueError("all: true cannot be combined with lists")
+        for i, code in enumerate(self.areas):
+            if not AREA_CODE.match(code):
+                raise ValueError(f"areas[{i}]: an administrative code of 2-12 digits")
+        for i, ring in enumerate(self.polygons):
+            if len(ring) < 4 or len(ring) > 2000 or ring[0] != ring[-1]:
+                raise ValueError(f"polygons[{i}]: a closed ring of 4-2000 [lat, lon] points")
+            if any(not (-90 <= lat <= 90 and -180 <= lon <= 180) for lat, lon in ring):
+                raise ValueError(f"polygons[{i}]: WGS84 latitude and longitude")
         return self
 
 
@@ -50,6 +90,8 @@ def resolve(session: Session, requested: TargetsIn, principal: Principal) -> Res
         everyone = session.exec(select(Device.id)).all()
         return Resolved(Target(all=True), (Topics.COMMAND_ALL,), tuple(sorted(everyone)))
 
+    if requested.areas or requested.polygons or requested.circles:
+        requested = _areas_expanded(session, requested)
     all_townships = set(session.exec(select(Township.id)).all())
     for i, tid in enumerate(requested.townships):
         if tid not in all_townships:
@@ -99,6 +141,43 @@ def resolve(session: Session, requested: TargetsIn, principal: Principal) -> Res
     device_ids = tuple(sorted(session.exec(query).all()))
     target = Target(townships=tuple(t_set), villages=tuple(v_set), devices=tuple(d_set))
     return Resolved(target, tuple(topics), device_ids)
+
+
+def _areas_expanded(session: Session, requested: TargetsIn) -> TargetsIn:
+    """The same request with its area codes turned into whole townships and villages,
+    so that the checks below (existence, the caller's reach) apply to them as to ids."""
+    covered = villages_by_codes(session, requested.areas)
+    villages: set[str] = set()
+    for i, code in enumerate(requested.areas):
+        if not covered[code]:
+            raise bad_request(f"targets.areas[{i}]", f"{code} covers no village of the county")
+        villages |= covered[code]
+    shapes = [
+        *((f"polygons[{i}]", [ring], []) for i, ring in enumerate(requested.polygons)),
+        *(
+            (f"circles[{i}]", [], [Circle(c.lat, c.lon, c.radius_km)])
+            for i, c in enumerate(requested.circles)
+        ),
+    ]
+    for where, rings, circles in shapes:
+        inside = villages_in_shapes(session, rings, circles)
+        if not inside:
+            raise bad_request(f"targets.{where}", "holds no village of the county")
+        villages |= inside
+    areas = smallest_target(session, villages)
+    townships = areas.get("townships") if not areas.get("all") else None
+    if townships is None:  # the whole county: every township, checked like any list
+        townships = sorted(session.exec(select(Township.id)).all())
+    extra_villages = list(areas.get("villages") or [])  # type: ignore[call-overload]
+    return requested.model_copy(
+        update={
+            "areas": [],
+            "polygons": [],
+            "circles": [],
+            "townships": [*requested.townships, *townships],  # type: ignore[misc]
+            "villages": [*requested.villages, *extra_villages],
+        }
+    )
 
 
 def topics_for(target: Target) -> tuple[str, ...]:

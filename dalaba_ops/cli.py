@@ -13,6 +13,7 @@ import asyncio
 import errno
 import getpass
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -200,14 +201,16 @@ def cmd_county_import(args: argparse.Namespace) -> int:
         county = County.load(path)
     except (KeyError, TypeError, AttributeError) as exc:
         raise CliError(EXIT_USAGE, f"county file {path}: missing or wrong field {exc}") from exc
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise CliError(EXIT_USAGE, f"county file {path}: not JSON ({first_line(exc)})") from exc
+    except ValueError as exc:  # a wrong administrative code (controller/county.py)
+        raise CliError(EXIT_USAGE, f"county file {path}: {first_line(exc)}") from exc
     added = with_database(settings, lambda s: seed(s, county))
     terminals = sum(v.terminals for v in county.villages)
     print(
         f"{len(county.townships)} townships, {len(county.villages)} villages, {terminals} "
         f"terminals in {path}: {added} new terminals added (rows already there are left as "
-        "they are)"
+        "they are, but given their administrative and resource codes where they had none)"
     )
     if added:
         print(

@@ -9,6 +9,7 @@ from controller.api import (
     device_control,
     devices,
     docs,
+    ebd,
     groups,
     live,
     media,
@@ -22,6 +23,7 @@ from controller.api import (
     templates,
     township_languages,
     uploads,
+    upstream,
     users,
     workorders,
 )
@@ -50,4 +52,6 @@ def routes() -> list[web.RouteDef]:
         *docs.routes,
         *stats.routes,
         *workorders.routes,
+        *ebd.routes,
+        *upstream.routes,
     ]

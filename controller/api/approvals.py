@@ -21,6 +21,7 @@ from controller.auth import Permission, Principal, Role, principal_of
 from controller.broadcasts import BroadcastIn, broadcast_summary
 from controller.errors import (
     ApiError,
+    bad_request,
     forbidden,
     json_response,
     not_found,
@@ -28,6 +29,7 @@ from controller.errors import (
     read_optional_json,
 )
 from controller.events import ApprovalRequested
+from controller.targets import TargetsIn
 from dalaba.protocol import now_ms
 
 routes = web.RouteTableDef()
@@ -37,6 +39,9 @@ class DecisionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(default="", max_length=500)
+    # Approving a warning held for review (controller/warnings/intake.py), the officer
+    # may send it to another area than the source asked for; the audio stays the one heard.
+    targets: TargetsIn | None = None
 
 
 def _expire(session: Session) -> None:
@@ -122,11 +127,20 @@ async def approve(request: web.Request) -> web.Response:
     approval_id = request.match_info["id"]
     decision = await _decision(request)
     db = request.app[keys.DB]
+    if decision.targets is not None:
+        held = await db.run(lambda s: s.get(PendingBroadcast, approval_id))
+        if held is not None and held.requested_role != Role.UPSTREAM.value:
+            raise bad_request("targets", "only a warning held for review may change its area")
     row = await db.run(lambda s: _claim(s, approval_id, principal, "approved", decision.reason))
     requester = Principal(row.requested_by, Role(row.requested_role), row.requested_township)
+    if requester.role is Role.UPSTREAM:
+        # A warning held for review (controller/warnings/intake.py) is sent as its source.
+        requester = requester.for_warning_intake()
     body_data = dict(row.body)
     # A start time that passed while the request waited means "as soon as approved".
     body_data["start_at"] = None
+    if decision.targets is not None:
+        body_data["targets"] = decision.targets.model_dump(exclude_defaults=True)
     try:
         body = BroadcastIn.model_validate(body_data)
         broadcast = await request.app[keys.BROADCASTS].create(requester, body, approval=row)

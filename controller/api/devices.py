@@ -24,6 +24,7 @@ def device_view(d: Device) -> dict[str, object]:
         "name": d.name,
         "village_id": d.village_id,
         "township_id": d.township_id,
+        "resource_code": d.resource_code,
         "online": d.online,
         "last_seen": iso(d.last_seen_ms),
         "status_changed_at": iso(d.status_changed_ms),

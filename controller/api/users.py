@@ -153,6 +153,13 @@ async def update_user(request: web.Request) -> web.Response:
             raise not_found(f"user {user_id}")
         if user.name == principal.user and (body.disabled or body.role not in (None, "admin")):
             raise bad_request("role", "an admin cannot lock themselves out")
+        if user.role == Role.UPSTREAM.value and (
+            body.role is not None or body.password is not None
+        ):
+            # A warning source is a token, not a person: it gets no console password, and
+            # its role stays the one that may only post warnings.
+            field = "role" if body.role is not None else "password"
+            raise bad_request(field, "a warning source is managed under /api/upstream/sources")
         changes: dict[str, object] = {}
         role = body.role or user.role
         if body.role is not None or "township_id" in body.model_fields_set:

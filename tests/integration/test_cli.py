@@ -8,6 +8,7 @@ wrong with a deployment."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ import dalaba
 from controller.auth import TokenAuthenticator
 from controller.county import County
 from controller.db import Database
-from controller.models import AuditEntry, Device, User
+from controller.models import AuditEntry, Device, User, Village
 from controller.sessions import verify_password
 from dalaba_ops.check import mqtt_login
 from dalaba_ops.cli_support import (
@@ -425,11 +426,15 @@ def test_county_import_adds_what_is_missing(fresh: Deployment, tmp_path: Path) -
     assert first.returncode == EXIT_OK, first.stderr
     db = fresh.database()
     try:
-        devices = db.run_sync(lambda s: len(s.exec(select(Device)).all()))
+        rows = db.run_sync(lambda s: s.exec(select(Device)).all())
+        village = db.run_sync(lambda s: s.get(Village, "t01-v03"))
     finally:
         db.stop()
     total = sum(v.terminals for v in County.load(county_file).villages)
-    assert devices == total
+    assert len(rows) == total
+    # Every terminal, the prepared ones too, has its 18-digit resource code.
+    assert all(d.resource_code and len(d.resource_code) == 18 for d in rows)
+    assert village is not None and village.code == "430131101203"
     assert f"{total - 3} new terminals" in first.stdout  # the prepared county had 3
     again = dalaba_cmd("county", "import", "--config", env, str(county_file))
     assert again.returncode == EXIT_OK and " 0 new terminals" in again.stdout
@@ -437,6 +442,12 @@ def test_county_import_adds_what_is_missing(fresh: Deployment, tmp_path: Path) -
     broken.write_text('{"county": {"name": "x"}}')
     assert_mistake(
         dalaba_cmd("county", "import", "--config", env, str(broken)), EXIT_USAGE, "county file"
+    )
+    wrong = json.loads(county_file.read_text())
+    wrong["townships"][0]["villages"][0]["code"] = "43013110120"
+    broken.write_text(json.dumps(wrong, ensure_ascii=False))
+    assert_mistake(
+        dalaba_cmd("county", "import", "--config", env, str(broken)), EXIT_USAGE, "43013110120"
     )
 
 

@@ -436,6 +436,56 @@ async def test_real_answers_match_their_schemas(make_county) -> None:
         )
     await api.call("GET", "/api/metrics", expect=200)
 
+    # The upper-level platform's link (controller/upstream): a package that is no tar is
+    # answered with a signed receipt (result code 2); no platform URL set, no report up.
+    source = await db.run(
+        lambda s: create_user_and_token(s, "platform-openapi", Role.UPSTREAM, None)
+    )
+    status, _, got = await api.call("POST", "/api/ebd", token=source, expect=400)
+    assert got["X-EBD-Result-Code"] == "2"
+    await api.call("POST", "/api/upstream/reports", json_body={}, expect=409)
+    await api.call("GET", "/api/upstream/reports", expect=200)
+
+    # Warning sources and CAP (tests/integration/test_upstream_cap.py plays them).
+    _, cap_source, _ = await api.call(
+        "POST", "/api/upstream/sources", json_body={"id": "qxj-openapi"}, expect=201
+    )
+    await api.call("GET", "/api/upstream/sources", expect=200)
+    await api.call(
+        "PATCH",
+        "/api/upstream/sources/{id}",
+        path="/api/upstream/sources/qxj-openapi",
+        json_body={"mode": "automatic", "hold_levels": [1]},
+        expect=200,
+    )
+    cap_headers = {"Content-Type": "application/cap+xml"}
+    _, err, _ = await api.call(
+        "POST", "/api/cap", token=cap_source["token"], headers=cap_headers, expect=400
+    )
+    assert err["error"]["code"] == "cap_malformed"
+    await api.call("POST", "/api/cap", headers=cap_headers, expect=403)  # not a source
+    _, inbox, _ = await api.call("GET", "/api/upstream/messages", expect=200)
+    assert inbox["messages"] == []  # nothing stored from a refusal
+    await api.call(
+        "GET", "/api/upstream/messages/{id}", path="/api/upstream/messages/nope", expect=404
+    )
+    amber = (Path(__file__).parents[1] / "cap_fixtures" / "oasis_amber.xml").read_bytes()
+    async with county.http.post(
+        county.url + "/api/cap",
+        data=amber,
+        headers={**county.headers(cap_source["token"]), **cap_headers},
+    ) as resp:
+        raw = await resp.read()
+        api.check("POST", "/api/cap", resp.status, resp.content_type, raw)
+        assert resp.status == 200 and json.loads(raw)["outcome"] == "no_area"
+    _, inbox, _ = await api.call("GET", "/api/upstream/messages", expect=200)
+    await api.call(
+        "GET",
+        "/api/upstream/messages/{id}",
+        path=f"/api/upstream/messages/{inbox['messages'][0]['id']}",
+        expect=200,
+    )
+
     # Users and the console session (bearer tokens reach these too).
     await api.call("GET", "/api/users", expect=200)
     _, user, _ = await api.call(

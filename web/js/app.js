@@ -18,6 +18,8 @@ const VIEWS = {
   groups: () => import("./views/groups.js"),
   users: () => import("./views/users.js"),
   workorders: () => import("./views/workorders.js"),
+  inbox: () => import("./views/inbox.js"),
+  sources: () => import("./views/sources.js"),
 };
 
 const ctx = {
@@ -55,11 +57,11 @@ let cleanup = null;
 function navItems(me) {
   const items = [["#/", "nav.home"]];
   if (me.can_broadcast) items.push(["#/emergency", "nav.emergency", "nav-emergency"]);
-  if (ctx.seesApprovals()) items.push(["#/approvals", "nav.approvals"]);
+  if (ctx.seesApprovals()) items.push(["#/approvals", "nav.approvals"], ["#/inbox", "nav.inbox"]);
   if (me.can_broadcast) items.push(["#/schedules", "nav.schedules"]);
   items.push(["#/terminals", "nav.terminals"], ["#/workorders", "nav.workorders"], ["#/records", "nav.records"], ["#/stats", "nav.stats"], ["#/audit", "nav.audit"]);
   if (me.can_broadcast) items.push(["#/groups", "nav.groups"]);
-  if (me.role === "admin") items.push(["#/users", "nav.users"]);
+  if (me.role === "admin") items.push(["#/users", "nav.users"], ["#/sources", "nav.sources"]);
   return items;
 }
 

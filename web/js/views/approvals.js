@@ -3,6 +3,7 @@
 import { api, get, onLive } from "../api.js";
 import { icon, clear, confirmDialog, fmtAgo, fmtTime, h, levelChip, modeBanner, toast } from "../dom.js";
 import { categoryName, t } from "../i18n.js";
+import { areaPreview } from "./inbox.js";
 
 export async function render(main, ctx, [approvalId]) {
   await ctx.loadPlaces();
@@ -53,6 +54,32 @@ export async function render(main, ctx, [approvalId]) {
     return h("p", { class: "approval-why", "data-why": w.townships }, icon("wait"), " ", text.join(" "));
   }
 
+  // A warning from upstream held for review: who sent it, where it would play (on the
+  // map), the CAP text as received, and the townships the officer may send it to instead.
+  const areaChoice = new Map(); // approval id -> () => targets or null (unchanged)
+  function upstream(item) {
+    const w = item.why || {};
+    if (!w.upstream) return null;
+    const held = new Set(item.townships);
+    const boxes = ctx.townships.map((tw) => h("input", { type: "checkbox", value: tw.id, checked: held.has(tw.id), "data-township": tw.id }));
+    areaChoice.set(item.id, () => {
+      const chosen = boxes.filter((b) => b.checked).map((b) => b.value);
+      const same = chosen.length === held.size && chosen.every((x) => held.has(x));
+      return same ? null : { townships: chosen };
+    });
+    const map = areaPreview(ctx, w.village_ids, t("up.area_map"));
+    return h(
+      "div",
+      { class: "upstream-held", "data-upstream": w.upstream },
+      h("p", {}, h("strong", {}, t("up.held_from", { source: w.source_name || w.source })), " · ", t(`up.reason.${w.reason}`), " · ", h("a", { href: `#/inbox/${w.upstream}` }, w.identifier)),
+      h("div", { class: "upstream-map" }, map.el),
+      item.status === "pending" && ctx.isOfficer()
+        ? h("fieldset", { class: "area-edit" }, h("legend", {}, t("up.edit_area")), ...boxes.map((b) => h("label", { class: "inline" }, b, ` ${ctx.township(b.value)?.name || b.value}`)))
+        : null,
+      w.cap_text ? h("details", {}, h("summary", {}, t("up.raw")), h("pre", { class: "raw-xml" }, w.cap_text)) : null,
+    );
+  }
+
   function card(item) {
     const mine = item.requested_by === ctx.me.user;
     const el = h("section", { class: `card approval status-${item.status}`, "data-approval": item.id });
@@ -70,7 +97,8 @@ export async function render(main, ctx, [approvalId]) {
         h("div", { class: "fact" }, h("span", { class: "fact-label" }, t("em.fact.area")), h("strong", { class: "fact-value" }, areaOf(item)), h("small", {}, `${item.device_count}${t("unit.terminal")}`)),
         h("div", { class: "fact" }, h("span", { class: "fact-label" }, t("ap.status")), h("strong", { class: "fact-value", "data-status": item.status }, t(`ap.st.${item.status}`))),
       ),
-      why(item),
+      // Native append writes null as text: leave out what does not apply.
+      ...[why(item), upstream(item)].filter(Boolean),
       h("p", { class: "spoken" }, item.text),
     );
     const audio = h("audio", { controls: true, src: item.media_url, preload: "auto", class: "approval-audio" });
@@ -116,7 +144,13 @@ export async function render(main, ctx, [approvalId]) {
     });
     if (!ok) return;
     try {
-      const { data } = await api("POST", `/api/approvals/${item.id}/${action}`, { reason: reason.value });
+      const decision = { reason: reason.value };
+      const targets = approving ? areaChoice.get(item.id)?.() : null;
+      if (targets) {
+        if (!targets.townships.length) throw new Error(t("up.edit_area.empty"));
+        decision.targets = targets;
+      }
+      const { data } = await api("POST", `/api/approvals/${item.id}/${action}`, decision);
       if (approving) {
         toast(t("ap.approved"));
         ctx.go(`#/board/${data.id}`);

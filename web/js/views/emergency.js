@@ -51,14 +51,28 @@ export async function render(main, ctx) {
     if (state.areaKind === "county") return { all: true };
     if (state.areaKind === "townships") return state.townships.size ? { townships: [...state.townships].sort() } : null;
     if (state.areaKind === "villages") return state.villages.size ? { villages: [...state.villages].sort() } : null;
+    if (state.areaKind === "codes") {
+      const codes = areaCodes();
+      return codes.length && codes.every((c) => codeVillages(c).length) ? { areas: codes } : null;
+    }
     const g = groups.find((x) => x.id === state.group);
     return g ? { villages: g.villages } : null;
+  }
+
+  // Administrative codes typed by the officer (issue 11): each a prefix of village codes.
+  function areaCodes() {
+    return [...new Set((state.codes || "").split(/[\s,，、]+/).filter(Boolean))];
+  }
+  function codeVillages(code) {
+    if (!/^[0-9]{2,12}$/.test(code)) return [];
+    return ctx.villages.filter((v) => (v.code || ctx.township(v.township_id)?.code || "").startsWith(code));
   }
 
   function areaVillages() {
     const tg = targets();
     if (!tg) return [];
     if (tg.all) return ctx.villages;
+    if (tg.areas) return [...new Set(tg.areas.flatMap(codeVillages))];
     if (tg.townships) return ctx.villages.filter((v) => tg.townships.includes(v.township_id));
     return ctx.villages.filter((v) => tg.villages.includes(v.id));
   }
@@ -72,6 +86,7 @@ export async function render(main, ctx) {
     let name;
     if (tg.all) name = t("em.area.county_all", { n: ctx.townships.length });
     else if (state.areaKind === "group") name = groups.find((x) => x.id === state.group).name;
+    else if (tg.areas) name = `${tg.areas.join(t("sep"))} · ${t("em.area.villages_n", { n: vs.length, t: tcount })}`;
     else if (tg.townships) name = tg.townships.map((id) => ctx.township(id)?.name || id).join(t("sep"));
     else name = vs.length <= 4 ? vs.map((v) => v.name).join(t("sep")) : t("em.area.villages_n", { n: vs.length, t: tcount });
     return { name, villages: vs.length, devices, townships: tcount };
@@ -238,6 +253,7 @@ export async function render(main, ctx) {
     const kinds = [];
     if (me.county_wide) kinds.push(["county", t("em.area.county")]);
     kinds.push(["townships", t("em.area.townships")], ["villages", t("em.area.villages")]);
+    if (ctx.villages.some((v) => v.code)) kinds.push(["codes", t("em.area.codes")]);
     if (groups.length) kinds.push(["group", t("em.area.group")]);
     const seg = h(
       "div",
@@ -314,6 +330,22 @@ export async function render(main, ctx) {
       });
       draw();
       section.append(search, box);
+    } else if (state.areaKind === "codes") {
+      const input = h("input", { type: "text", name: "areas", inputmode: "numeric", class: "search", placeholder: t("em.area.codes_hint"), value: state.codes || "" });
+      const found = h("ul", { class: "muted small", id: "em-codes" });
+      const show = () => {
+        clear(found);
+        for (const code of areaCodes()) {
+          const vs = codeVillages(code);
+          found.append(h("li", { "data-code": code, "data-villages": vs.length }, code, " — ", vs.length ? t("em.area.villages_n", { n: vs.length, t: new Set(vs.map((v) => v.township_id)).size }) : t("em.area.code_none")));
+        }
+      };
+      input.addEventListener("change", () => {
+        state.codes = input.value;
+        update();
+      });
+      show();
+      section.append(input, found);
     } else {
       const list = h("div", { class: "chips" });
       for (const g of groups) {

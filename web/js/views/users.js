@@ -50,13 +50,16 @@ export async function render(main, ctx) {
     const data = await get("/api/users");
     const body = h("tbody", {});
     for (const u of data.users) {
-      const role = roleSelect(u.role);
+      // A warning source (issue 11) keeps its role; it is managed on the sources page.
+      const source = u.role === "upstream";
+      const role = source ? null : roleSelect(u.role);
       const tw = townshipSelect(u.township_id);
       const pw = h("input", { type: "password", placeholder: t("users.new_password"), autocomplete: "new-password" });
       const disabled = h("input", { type: "checkbox", checked: u.disabled });
       const save = h("button", { type: "button", class: "btn" }, t("common.save"));
       save.addEventListener("click", async () => {
-        const patch = { role: role.value, township_id: tw.value || null, disabled: disabled.checked };
+        const patch = { township_id: tw.value || null, disabled: disabled.checked };
+        if (role) patch.role = role.value;
         if (pw.value) patch.password = pw.value;
         try {
           await api("PATCH", `/api/users/${u.id}`, patch);
@@ -66,7 +69,7 @@ export async function render(main, ctx) {
           toast(errorText(e), "error");
         }
       });
-      body.append(h("tr", { "data-user": u.name }, h("td", {}, h("strong", {}, u.name), backoff(u)), h("td", {}, role), h("td", {}, tw), h("td", {}, h("label", { class: "inline" }, disabled, " ", t("users.disabled"))), h("td", {}, pw), h("td", {}, save)));
+      body.append(h("tr", { "data-user": u.name }, h("td", {}, h("strong", {}, u.name), backoff(u)), h("td", {}, role || h("a", { href: "#/sources" }, t("role.upstream"))), h("td", {}, tw), h("td", {}, h("label", { class: "inline" }, disabled, " ", t("users.disabled"))), h("td", {}, pw), h("td", {}, save)));
     }
     clear(list).append(
       h("h2", {}, t("users.list")),
