@@ -484,10 +484,12 @@ class Telemetry(_Payload):
     amplifier_on: bool
     amplifier_ok: bool
     speaker_line_ok: bool
-    power_source: Literal["mains", "battery"]
+    # A reading the terminal's board has no sensor for is absent (None), never zero.
+    power_source: Literal["mains", "battery"] | None = None
     battery_pct: Percent | None = None
-    temperature_c: Annotated[float, Field(ge=-100, le=200, allow_inf_nan=False)]
-    signal_dbm: Annotated[int, Field(ge=-200, le=50)]
+    temperature_c: Annotated[float, Field(ge=-100, le=200, allow_inf_nan=False)] | None = None
+    signal_dbm: Annotated[int, Field(ge=-200, le=50)] | None = None
+    operator: Annotated[str, Field(max_length=64)] | None = None  # the mobile network's name
     volume: Percent
     playing: WireId | None = None  # broadcast id
     cache_bytes: Count

@@ -98,12 +98,17 @@ def _broker_diagnosis(host: str, port: int) -> str:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    """Run one agent. On a real board the hardware is the board's own; only the
-    simulated hardware ships in this repository."""
+    """Run one agent on the hardware its device file names: the board's own (`linux`)
+    or simulated (`sim`). Under systemd it says when it is ready and pings the watchdog
+    (deploy/dalaba-agent.service)."""
     from pydantic import ValidationError
 
+    from edge_agent import sdnotify
     from edge_agent.agent import EdgeAgent
+    from edge_agent.boards.linux import LinuxHardware
+    from edge_agent.boards.settings import LinuxBoard
     from edge_agent.config import DeviceConfig
+    from edge_agent.hardware import HardwareFault
     from firmware_sim.hardware import SimHardware
 
     path = config_file(args)
@@ -121,13 +126,31 @@ def cmd_agent(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        hw = SimHardware.create(config.state_dir.parent)
+        board = config.board
+        linux: LinuxHardware | None = None
+        hw: LinuxHardware | SimHardware
+        if isinstance(board, LinuxBoard):
+            try:
+                hw = linux = LinuxHardware.create(board)
+            except HardwareFault as exc:
+                raise CliError(EXIT_USAGE, f"device file {path}: board: {exc}") from exc
+            await linux.start()
+        else:
+            hw = SimHardware.create(config.state_dir.parent)
         agent = EdgeAgent(config, hw)
         await agent.start()
+        sdnotify.notify("READY=1")
+        interval = sdnotify.watchdog_interval_s()
+        watchdog = asyncio.create_task(sdnotify.watchdog_loop(interval)) if interval else None
         try:
             await stop.wait()
         finally:
+            sdnotify.notify("STOPPING=1")
+            if watchdog is not None:
+                watchdog.cancel()
             await agent.stop()
+            if linux is not None:
+                await linux.close()
 
     asyncio.run(run())
     return EXIT_OK

@@ -905,6 +905,7 @@ class EdgeAgent:
             battery_pct=hw.power.battery_pct,
             temperature_c=hw.sensors.temperature_c,
             signal_dbm=hw.sensors.signal_dbm,
+            operator=hw.sensors.operator,
             volume=hw.speaker.volume,
             playing=self._playing_item.broadcast_id if self._playing_item else None,
             cache_bytes=cache_bytes,

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from dalaba.mqtt import BrokerAddress
 from dalaba.protocol import check_id
+from edge_agent.boards.settings import Board, SimBoard
 
 FIRMWARE_VERSION = "dalaba-agent/0.1.0"
 
@@ -57,6 +58,9 @@ class DeviceConfig(BaseModel):
     # runs 10,000 agents per machine. A real board without a hold-up capacitor should
     # turn it on, or a power cut loses up to the filesystem's commit interval.
     fsync_flash_writes: bool = False
+    # The hardware: {"kind": "sim"} (the default) or {"kind": "linux", ...} on a real
+    # board (edge_agent/boards/settings.py says what can be set).
+    board: Board = Field(default_factory=SimBoard, discriminator="kind")
 
     @model_validator(mode="before")
     @classmethod

@@ -331,15 +331,20 @@ class SimSensors:
     def __init__(self, seed: int) -> None:
         rng = random.Random(seed)
         self._base_temp = 18 + rng.random() * 12
-        self._signal = -60 - rng.randint(0, 40)
+        self._signal: int | None = -60 - rng.randint(0, 40)
+        self.operator_name: str | None = "SIM-NET"
 
     @property
-    def temperature_c(self) -> float:
+    def temperature_c(self) -> float | None:
         return round(self._base_temp + random.random(), 1)
 
     @property
-    def signal_dbm(self) -> int:
+    def signal_dbm(self) -> int | None:
         return self._signal
+
+    @property
+    def operator(self) -> str | None:
+        return self.operator_name
 
 
 class SimNetwork:
