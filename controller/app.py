@@ -17,6 +17,7 @@ from aiohttp import web
 
 from controller import pronunciations
 from controller.api import keys, routes
+from controller.api import updates as updates_api
 from controller.api import workorders as workorders_api
 from controller.api.docs import public_docs_middleware
 from controller.auth import TokenAuthenticator, auth_middleware
@@ -38,6 +39,7 @@ from controller.sessions import SessionStore
 from controller.settings import Settings
 from controller.speech import AnnouncementRenderer
 from controller.templates import seed_builtin_templates
+from controller.updates import UpdateService
 from controller.workorders import WorkOrderService
 from dalaba.signing import load_or_create_signer
 
@@ -93,6 +95,7 @@ def build_app(settings: Settings) -> web.Application:
     retention = RetentionJob.from_settings(db, settings)  # daily, when started
     workorders = WorkOrderService(db, settings)  # sweeps when started
     workorders.listen(events)
+    updates = UpdateService(db, media, dispatcher)  # waves move on when started
 
     app = web.Application(
         middlewares=[
@@ -117,6 +120,7 @@ def build_app(settings: Settings) -> web.Application:
     app[keys.SCHEDULES] = schedules
     app[keys.EVENTS] = events
     app[workorders_api.SERVICE] = workorders
+    app[updates_api.SERVICE] = updates
     app.add_routes(routes())
     # Prometheus scrapes /metrics by convention; counts only, no login (controller.metrics).
     app.router.add_get("/metrics", metrics.handle)
@@ -136,8 +140,10 @@ def build_app(settings: Settings) -> web.Application:
         await schedules.start()
         await retention.start()
         await workorders.start()
+        await updates.start()
         log.info("controller up: http://%s:%d/", settings.http_host, settings.http_port)
         yield
+        await updates.stop()
         await retention.stop()
         await workorders.stop()
         await schedules.stop()

@@ -51,6 +51,9 @@ class Permission(enum.StrEnum):
     # Assign, annotate and close work orders (controller/workorders.py).
     WORK_ORDERS = "work_orders"
     MANAGE_USERS = "manage_users"
+    # Upload agent releases; start, halt and resume their rollouts (controller/updates.py).
+    # Admins only: a release runs on every terminal of the county.
+    UPDATES = "updates"
 
 
 # The role matrix. Township staff hold theirs only within their township

@@ -41,6 +41,7 @@ from controller.events import DeliveryChanged, DeviceLiveness, DeviceReported, E
 from controller.history import FaultBook, IntervalBook, repair
 from controller.models import Broadcast, Delivery, Device, SecurityEvent, TelemetrySample
 from controller.prepositioning import record_preload_report
+from controller.updates import record_update_report
 from dalaba import protocol as p
 
 log = logging.getLogger(__name__)
@@ -412,6 +413,10 @@ class Ingestor:
                 book.raised(device, event.reason[:64], event.at, rx, event.detail)
             else:
                 book.cleared(device, event.reason[:64], event.at, rx)
+            return []
+        if event.kind is p.EventKind.UPDATE_STATE:
+            if not record_update_report(session, device.id, event, rx):
+                self.counters["update_reports_unknown"] += 1
             return []
         if event.kind is p.EventKind.PRELOADED:
             record_preload_report(session, device.id, event, rx)

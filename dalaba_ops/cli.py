@@ -45,7 +45,7 @@ from dalaba_ops.cli_support import (
 
 # Subcommands that run until stopped log what they do; the others print their answer
 # and log only warnings, so their stderr is an error line or nothing.
-LONG_RUNNING = frozenset({"controller", "agent", "sim", "demo"})
+LONG_RUNNING = frozenset({"controller", "agent", "agent-launcher", "sim", "demo"})
 # Where `dalaba provision` tells a board to keep the CA of an mqtts:// broker.
 BOARD_CA_FILE = "/etc/dalaba/broker-ca.pem"
 
@@ -154,6 +154,26 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return EXIT_OK
+
+
+def cmd_agent_launcher(args: argparse.Namespace) -> int:
+    """Run the agent from its current release and roll a failed update back
+    (edge_agent/launcher.py); what a board's systemd unit runs."""
+    from pydantic import ValidationError
+
+    from edge_agent.config import DeviceConfig
+    from edge_agent.launcher import Launcher
+
+    path = config_file(args)
+    if path is None:
+        raise CliError(EXIT_USAGE, "give --config DEVICE_JSON (the terminal's device file)")
+    try:
+        config = DeviceConfig.load(path)
+    except ValidationError as exc:
+        raise CliError(EXIT_USAGE, f"device file {path}: {validation_summary(exc)}") from exc
+    except (OSError, ValueError) as exc:
+        raise CliError(EXIT_USAGE, f"device file {path}: {first_line(exc)}") from exc
+    return Launcher(path.resolve(), config.state_dir.resolve()).run()
 
 
 def _data_dir(args: argparse.Namespace, default: str) -> Path:
@@ -571,6 +591,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("agent", parents=common, help="run one terminal agent from its device.json")
     p.add_argument("--config", metavar="DEVICE_JSON", required=True, help="the device file")
     p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser(
+        "agent-launcher",
+        parents=common,
+        help="run the agent from its current release; roll back a failed update",
+    )
+    p.add_argument("--config", metavar="DEVICE_JSON", required=True, help="the device file")
+    p.set_defaults(func=cmd_agent_launcher)
 
     p = sub.add_parser(
         "sim", parents=common, help="run simulated terminals (real agents) from DATA_DIR/sim"

@@ -42,6 +42,7 @@ from edge_agent.journal import OwedPlay, PlayJournal
 from edge_agent.local_schedule import LocalSchedule, PinnedMedia
 from edge_agent.outbox import Outbox
 from edge_agent.replay import SeenCommands
+from edge_agent.updater import Updater
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,14 @@ class EdgeAgent:
         self._schedule_wakeup = asyncio.Event()
         # Whatever the key file holds: Ed25519 or SM2 keys, or certificates for them.
         self._verifiers = verifier_set_from_pem(config.controller_public_keys)
+        self.updater = Updater(
+            state_dir=state,
+            fetcher=self.fetcher,
+            verifiers=self._verifiers,
+            now_ms=self.hw.clock.now_ms,
+            report=self._report_update,
+            quiet=self._quiet_for,
+        )
         self.mqtt: MqttConnection | None = None
         # Remotely adjustable (ConfigBody); start from the provisioned values.
         self.normal_volume = config.normal_volume
@@ -222,6 +231,8 @@ class EdgeAgent:
             # After a reboot: make sure what must be on flash still is.
             self._spawn(self._prefetch(self._wanted_media()))
         await self.mqtt.start(timeout_s=connect_timeout_s)
+        # Connected: a release on trial can pass its self-test (edge_agent/updater.py).
+        self.updater.after_start()
 
     def _session(self) -> aiohttp.ClientSession:
         assert self._http is not None, "start() first"
@@ -239,7 +250,7 @@ class EdgeAgent:
         that is sounding is cut without a report: the play journal reports it at the
         next start, as it would after a crash."""
         self._stopping = True
-        tasks = [*self._tasks, *self._jobs]
+        tasks = [*self._tasks, *self._jobs, *self.updater.tasks()]
         if self._play_task is not None:
             tasks.append(self._play_task)
         if self._amp_off_task is not None:
@@ -391,6 +402,8 @@ class EdgeAgent:
             self._spawn(self._prefetch(body.media, report_command=command.id))
         elif isinstance(body, p.ScheduleBody):
             self._apply_schedule(body)
+        elif isinstance(body, p.UpdateBody):
+            self.updater.offer(body, payload)
         else:
             self._apply_config(body)
 
@@ -445,6 +458,7 @@ class EdgeAgent:
         self._tracks[bid] = track
         self.journal.accepted(track.command_id, track.expires_at, track.local, track.body, now)
         self._report(track, p.DeliveryState.RECEIVED)
+        self.updater.yield_to_play()
         track.fetch_task = asyncio.create_task(self._fetch_and_queue(track))
         lead = track.body.start_at - now
         if lead <= self.hw.amplifier.warmup_ms + 2_000 and not self.hw.amplifier.on:
@@ -504,6 +518,32 @@ class EdgeAgent:
             detail=body.model_dump(exclude_none=True, exclude={"kind"}),
         )
         self._publish_telemetry()
+
+    # ------------------------------------------------------------------ updates
+
+    def _quiet_for(self, window_ms: int) -> bool:
+        """Nothing plays, waits, is owed, or is due on the local schedule within
+        `window_ms`: an update may switch (restart) now."""
+        if self._playing_item is not None or self._arbiter.queued:
+            return False
+        now = self.hw.clock.now_ms()
+        # A play owed later than the window is taken up again after the restart (journal).
+        if any(
+            not t.finished and t.body.start_at - now <= window_ms for t in self._tracks.values()
+        ):
+            return False
+        return not self.schedule.due(now, window_ms)
+
+    def _report_update(self, progress: p.UpdateProgress, reason: str | None) -> None:
+        event = p.DeviceEvent(
+            device_id=self.config.device_id,
+            kind=p.EventKind.UPDATE_STATE,
+            at=self.hw.clock.now_ms(),
+            reason=_clip(reason) if reason else progress.state.value,
+            detail=progress.model_dump(mode="json"),
+        )
+        # Kept when the outbox is full: the console must learn where an update stands.
+        self._send(p.Topics.device_event(self.config.device_id), event, keep=True)
 
     def _playing_emergency(self) -> bool:
         item = self._playing_item

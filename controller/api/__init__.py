@@ -21,6 +21,7 @@ from controller.api import (
     system,
     templates,
     township_languages,
+    updates,
     uploads,
     users,
     workorders,
@@ -50,4 +51,5 @@ def routes() -> list[web.RouteDef]:
         *docs.routes,
         *stats.routes,
         *workorders.routes,
+        *updates.routes,
     ]

@@ -465,6 +465,20 @@ async def test_real_answers_match_their_schemas(make_county) -> None:
     await api.call("POST", "/api/session/password", json_body={"current": "x", "new": "y"})
     await api.call("POST", "/api/session/logout")
 
+    # Agent updates (issue 13; the real wheel goes out in tests/integration/test_updates.py).
+    await api.call("GET", "/api/updates/releases", expect=200)
+    await api.call("POST", "/api/updates/releases?version=1.0&min_version=1.0", expect=400)
+    await api.call("GET", "/api/updates/rollouts", expect=200)
+    rollout = {"release_id": "nope", "targets": {"all": True}}
+    await api.call("POST", "/api/updates/rollouts", json_body=rollout, expect=400)
+    for action in ("", "/halt", "/resume"):
+        await api.call(
+            "GET" if not action else "POST",
+            f"/api/updates/rollouts/{{id}}{action}",
+            path=f"/api/updates/rollouts/nope{action}",
+            expect=404,
+        )
+
     # The live stream: its first frame, then hang up.
     async with county.http.get(county.url + "/api/live", headers=county.headers()) as resp:
         assert resp.status == 200 and resp.content_type == "text/event-stream"
