@@ -319,12 +319,15 @@ class LinuxNetwork:
 
     @property
     def up(self) -> bool:
-        # Any interface but loopback that is up (or that does not say: some modems'
-        # interfaces report "unknown" while they carry traffic).
-        for iface in (self._root / "sys/class/net").glob("*"):
-            if iface.name != "lo" and _operstate(iface) in ("up", "unknown"):
-                return True
-        return False
+        # Down only when the kernel lists links and says every one but loopback is down:
+        # a wrong "down" would keep the agent from even trying its broker. Some modems'
+        # interfaces say "unknown" while they carry traffic.
+        states = [
+            _operstate(iface)
+            for iface in (self._root / "sys/class/net").glob("*")
+            if iface.name != "lo"
+        ]
+        return not states or any(state != "down" for state in states)
 
     @property
     def bind_address(self) -> str:

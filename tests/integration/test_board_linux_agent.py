@@ -1,0 +1,109 @@
+"""`dalaba agent` on the `linux` board, end to end: a signed play command through a
+private Mosquitto reaches the agent process, whose aplay writes the samples into an
+ALSA `file` PCM defined here; under a notify socket opened here it says READY=1 and
+pings the watchdog, as it does under systemd. The controller's side is the MQTT rig of
+tests/unit/test_agent_truth.py (the controller's account, signing and collecting every
+report)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dalaba import protocol as p
+from edge_agent.boards.settings import LinuxBoard
+from edge_agent.decode import decode_file
+from tests.procs import dalaba_argv
+from tests.unit.test_agent_truth import Rig
+from tests.unit.test_board_linux import contents, samples, tone, write_asoundrc
+
+pytestmark = [
+    pytest.mark.broker,
+    pytest.mark.skipif(shutil.which("aplay") is None, reason="aplay (alsa-utils) missing"),
+]
+S = p.DeliveryState
+
+
+async def test_a_broadcast_plays_through_alsa_on_the_linux_board(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    played = tmp_path / "played.raw"
+    write_asoundrc(tmp_path / "home", played, append=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(30)
+    sysfs = tmp_path / "sysfs"  # a board with no sensors at all
+    sysfs.mkdir()
+
+    rig = Rig(tmp_path, devices=("d-1",))
+    await rig.start()
+    try:
+        board = LinuxBoard(kind="linux", pcm="dalaba_file", sample_rate=16_000, sysfs_root=sysfs)
+        config = rig.config("d-1", board=board, telemetry_interval_s=1.0)
+        # Set only now: Mosquitto speaks the notify protocol too.
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+        monkeypatch.setenv("WATCHDOG_USEC", "2000000")  # a ping every second
+        monkeypatch.delenv("WATCHDOG_PID", raising=False)
+        proc = rig.spawn_agent(config)
+        await rig.wait(lambda: any(s.online for s in rig.statuses("d-1")), 60, "agent online")
+        messages = [notify.recv(100) for _ in range(2)]
+        assert messages[0] == b"READY=1" and messages[1] == b"WATCHDOG=1"
+
+        media = tone(tmp_path / "tone.wav", 1.5)
+        body = rig.play("b-1", media.read_bytes(), start_in_ms=2_000)
+        await rig.send("d-1", body)
+        done = await rig.wait_state("d-1", "b-1", S.DONE, 60)
+        assert done.reason is None or done.reason == ""
+
+        decoded = await decode_file(media, sample_rate=16_000)
+        written = contents(played)
+        # At the terminal's normal volume (70), scaled in software: this PCM has no mixer.
+        volume = config.normal_volume / 100
+        assert list(samples(written[: len(decoded)])) == [int(s * volume) for s in samples(decoded)]
+        assert set(written[len(decoded) :]) <= {0}
+
+        await rig.wait(lambda: bool(rig.telemetry("d-1")), 30, "telemetry")
+        report = rig.telemetry("d-1")[-1]
+        # The board has no thermometer, power supply or modem: absent, not zero.
+        assert report.temperature_c is None and report.signal_dbm is None
+        assert report.power_source is None and report.battery_pct is None
+        assert report.operator is None
+        proc.send_signal(2)  # SIGINT, as systemd stops it (KillSignal=SIGINT)
+        assert proc.wait(30) == 0
+        rest = []
+        notify.settimeout(0.5)  # it has exited: whatever it said is queued already
+        with pytest.raises(TimeoutError):
+            while True:
+                rest.append(notify.recv(100))
+        assert b"STOPPING=1" in rest
+    finally:
+        notify.close()
+        await rig.stop()
+
+
+def test_a_linux_board_with_unclaimable_gpio_is_refused_in_one_line(tmp_path: Path) -> None:
+    device = {
+        "device_id": "d-1", "village_id": "v-1", "township_id": "t-1",
+        "broker_url": "mqtt://127.0.0.1:1", "mqtt_username": "d-1", "mqtt_password": "x",
+        "media_base_url": "http://127.0.0.1:1/media/", "controller_public_keys": [],
+        "state_dir": str(tmp_path / "state"),
+        "board": {"kind": "linux", "gpio_chip": str(tmp_path / "gpiochip7"), "amplifier_relay": 3},
+    }  # fmt: skip
+    path = tmp_path / "device.json"
+    path.write_text(json.dumps(device))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DALABA_")}
+    result = subprocess.run(
+        dalaba_argv("agent", "--config", str(path)), capture_output=True, text=True, env=env,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "board" in last and ("gpiochip7" in last or "gpiod" in last), result.stderr
+    assert "Traceback" not in result.stderr
