@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 DEMO_ARGS ?=
 # Extras of pyproject.toml; every version comes from requirements.lock.
 DEMO_EXTRAS := controller,agent
-TEST_EXTRAS := controller,agent,postgres,sm2,dev
+TEST_EXTRAS := controller,agent,board,postgres,sm2,dev
 
 .PHONY: demo test setup setup-demo system-deps system-deps-demo lint typecheck bench dist clean
 

@@ -44,6 +44,9 @@ export async function render(main, ctx, [deviceId]) {
     clear(root);
     const v = ctx.village(d.village_id);
     const tel = d.telemetry || {};
+    // A sensor the terminal's board does not have is reported absent (null): "absent",
+    // not a dash, which means no report has come yet.
+    const reading = (value, unit = "") => (value != null ? `${value}${unit}` : d.telemetry ? t("dev.absent") : "—");
     const st = deviceState(d);
     root.append(
       h("p", {}, h("a", { href: "#/terminals" }, "← ", t("dev.title"))),
@@ -73,11 +76,12 @@ export async function render(main, ctx, [deviceId]) {
       [t("dev.last_seen"), `${fmtTime(d.last_seen, true)} (${fmtAgo(d.last_seen)})`],
       [t("dev.firmware"), d.firmware || "—"],
       [t("dev.volume"), tel.volume ?? d.volume ?? "—"],
-      [t("dev.power"), tel.power_source ? `${t(`power.${tel.power_source}`)}${tel.battery_pct != null ? ` ${tel.battery_pct}%` : ""}` : "—"],
+      [t("dev.power"), tel.power_source ? `${t(`power.${tel.power_source}`)}${tel.battery_pct != null ? ` ${tel.battery_pct}%` : ""}` : reading(null)],
       [t("dev.amplifier"), tel.amplifier_ok === undefined ? "—" : `${tel.amplifier_ok ? "✓" : "✗"} ${tel.amplifier_on ? t("dev.amp_on") : t("dev.amp_off")}`],
       [t("dev.speaker_line"), tel.speaker_line_ok === undefined ? "—" : tel.speaker_line_ok ? "✓" : "✗"],
-      [t("dev.temperature"), tel.temperature_c != null ? `${tel.temperature_c} °C` : "—"],
-      [t("dev.signal"), tel.signal_dbm != null ? `${tel.signal_dbm} dBm` : "—"],
+      [t("dev.temperature"), reading(tel.temperature_c, " °C")],
+      [t("dev.signal"), reading(tel.signal_dbm, " dBm")],
+      [t("dev.operator"), reading(tel.operator)],
       [t("dev.clock"), tel.clock_offset_ms != null ? `${tel.clock_offset_ms} ms` : "—"],
       [t("dev.cache"), tel.cache_items != null ? `${tel.cache_items} / ${Math.round((tel.cache_bytes || 0) / 1024)} KiB` : "—"],
     ];
