@@ -21,7 +21,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
 from dalaba import __version__
@@ -42,6 +42,9 @@ from dalaba_ops.cli_support import (
     validation_summary,
     with_database,
 )
+
+if TYPE_CHECKING:
+    from edge_agent.config import DeviceConfig
 
 # Subcommands that run until stopped log what they do; the others print their answer
 # and log only warnings, so their stderr is an error line or nothing.
@@ -97,29 +100,63 @@ def _broker_diagnosis(host: str, port: int) -> str:
     )
 
 
-def cmd_agent(args: argparse.Namespace) -> int:
-    """Run one agent on the hardware its device file names: the board's own (`linux`)
-    or simulated (`sim`). Under systemd it says when it is ready and pings the watchdog
-    (deploy/dalaba-agent.service)."""
+def _device_config(args: argparse.Namespace) -> tuple[Path, DeviceConfig]:
     from pydantic import ValidationError
 
-    from edge_agent import sdnotify
-    from edge_agent.agent import EdgeAgent
-    from edge_agent.boards.linux import LinuxHardware
-    from edge_agent.boards.settings import LinuxBoard
     from edge_agent.config import DeviceConfig
-    from edge_agent.hardware import HardwareFault
-    from firmware_sim.hardware import SimHardware
 
     path = config_file(args)
     if path is None:
         raise CliError(EXIT_USAGE, "give --config DEVICE_JSON (the terminal's device file)")
     try:
-        config = DeviceConfig.load(path)
+        return path, DeviceConfig.load(path)
     except ValidationError as exc:
         raise CliError(EXIT_USAGE, f"device file {path}: {validation_summary(exc)}") from exc
     except ValueError as exc:  # not JSON
         raise CliError(EXIT_USAGE, f"device file {path}: not JSON ({first_line(exc)})") from exc
+
+
+def cmd_board_test(args: argparse.Namespace) -> int:
+    """A test tone through the board's own amplifier and speaker, without the broker or
+    the controller: what a technician runs at the pole. Stop the agent first (it holds
+    the relay line)."""
+    from edge_agent.boards.linux import LinuxHardware, play_test_tone
+    from edge_agent.boards.settings import LinuxBoard
+    from edge_agent.hardware import HardwareFault
+
+    if not 0.5 <= args.seconds <= 30 or not 0 <= args.volume <= 100:
+        raise CliError(EXIT_USAGE, "--seconds is 0.5 to 30 and --volume 0 to 100")
+    path, config = _device_config(args)
+    if not isinstance(config.board, LinuxBoard):
+        raise CliError(EXIT_USAGE, f'device file {path}: board is not {{"kind": "linux"}}')
+    board = config.board
+
+    async def run() -> str:
+        hw = LinuxHardware.create(board)
+        try:
+            return await play_test_tone(hw, seconds=args.seconds, volume=args.volume)
+        finally:
+            await hw.close()
+
+    try:
+        print(asyncio.run(run()))
+    except HardwareFault as exc:
+        raise CliError(EXIT_UNREACHABLE, f"board test failed: {exc}") from exc
+    return EXIT_OK
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    """Run one agent on the hardware its device file names: the board's own (`linux`)
+    or simulated (`sim`). Under systemd it says when it is ready and pings the watchdog
+    (deploy/dalaba-agent.service)."""
+    from edge_agent import sdnotify
+    from edge_agent.agent import EdgeAgent
+    from edge_agent.boards.linux import LinuxHardware
+    from edge_agent.boards.settings import LinuxBoard
+    from edge_agent.hardware import HardwareFault
+    from firmware_sim.hardware import SimHardware
+
+    path, config = _device_config(args)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -591,6 +628,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("agent", parents=common, help="run one terminal agent from its device.json")
     p.add_argument("--config", metavar="DEVICE_JSON", required=True, help="the device file")
     p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser(
+        "board-test",
+        parents=common,
+        help="play a test tone through a linux board's amplifier and speaker, locally",
+    )
+    p.add_argument("--config", metavar="DEVICE_JSON", required=True, help="the device file")
+    p.add_argument("--seconds", type=float, default=3.0, help="tone length (0.5-30 s)")
+    p.add_argument("--volume", type=int, default=50, help="0-100, default 50")
+    p.set_defaults(func=cmd_board_test)
 
     p = sub.add_parser(
         "agent-launcher",

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -379,8 +380,28 @@ class LinuxHardware:
         )
 
     async def start(self) -> None:
-        """First readings of the slow sensors, so the first report carries them."""
+        """First readings of the slow sensors, so the first report carries them; the
+        board as found goes to the log (what a technician reads first)."""
         await asyncio.gather(self.sensors.refresh(), self.clock.refresh())
+        log.info("board linux: %s", self.summary())
+
+    def summary(self) -> str:
+        b = self.speaker.board
+
+        def shown(value: object, unit: str = "") -> str:
+            return "absent" if value is None else f"{value}{unit}"
+
+        relay = "none (always on)" if b.amplifier_relay is None else f"{b.amplifier_relay!r}"
+        return (
+            f"pcm {b.pcm} {b.sample_rate} Hz x{b.channels}, "
+            f"volume by {'mixer ' + b.mixer_control if b.mixer_control else 'software'}; "
+            f"relay {relay}, amplifier {'ok' if self.amplifier.ok else 'FAULT'}, "
+            f"speaker line {'ok' if self.speaker.line_ok else 'CUT'}; "
+            f"temperature {shown(self.sensors.temperature_c, ' C')}, "
+            f"power {shown(self.power.source)}, battery {shown(self.power.battery_pct, '%')}, "
+            f"signal {shown(self.sensors.signal_dbm, ' dBm')} ({shown(self.sensors.operator)}), "
+            f"chrony offset {shown(self.clock.ntp_offset_ms, ' ms')}"
+        )
 
     async def close(self) -> None:
         await self.amplifier.power_off()
@@ -388,3 +409,30 @@ class LinuxHardware:
         self.clock.close()
         for line in self._lines:
             line.close()
+
+
+async def play_test_tone(hw: LinuxHardware, *, seconds: float, volume: int) -> str:
+    """A 1 kHz tone through the relay, amplifier and speaker; one line saying how it
+    went and what the board reads. Raises HardwareFault as a play would."""
+    board = hw.speaker.board
+    with tempfile.TemporaryDirectory(prefix="dalaba-tone-") as folder:
+        path = Path(folder) / "tone.wav"
+        proc = await asyncio.create_subprocess_exec(
+            *("ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi"),
+            *("-i", f"sine=frequency=1000:duration={seconds}"),
+            *("-ar", str(board.sample_rate), "-ac", "1", str(path)),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise HardwareFault(f"ffmpeg could not make the tone: {err.decode()[:200]}")
+        audio = await hw.speaker.prepare(path, "test-tone")
+    hw.speaker.set_volume(volume)
+    await hw.amplifier.power_on()
+    try:
+        outcome = await hw.speaker.play(
+            audio, start_at_ms=0, broadcast_id="test-tone", on_started=lambda: None
+        )
+    finally:
+        await hw.amplifier.power_off()
+    return f"played {outcome.played_ms} ms at volume {volume}; {hw.summary()}"

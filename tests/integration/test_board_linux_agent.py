@@ -107,3 +107,37 @@ def test_a_linux_board_with_unclaimable_gpio_is_refused_in_one_line(tmp_path: Pa
     last = result.stderr.strip().splitlines()[-1]
     assert "board" in last and ("gpiochip7" in last or "gpiod" in last), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_technician_plays_a_test_tone_on_the_board(tmp_path: Path) -> None:
+    played = tmp_path / "played.raw"
+    write_asoundrc(tmp_path / "home", played)
+    device = {
+        "device_id": "d-1", "village_id": "v-1", "township_id": "t-1",
+        "broker_url": "mqtt://127.0.0.1:1", "mqtt_username": "d-1", "mqtt_password": "x",
+        "media_base_url": "http://127.0.0.1:1/media/", "controller_public_keys": [],
+        "state_dir": str(tmp_path / "state"),
+        "board": {"kind": "linux", "pcm": "dalaba_file", "sample_rate": 16000,
+                  "sysfs_root": str(tmp_path)},
+    }  # fmt: skip
+    (tmp_path / "sys/class/thermal/thermal_zone0").mkdir(parents=True)
+    (tmp_path / "sys/class/thermal/thermal_zone0/temp").write_text("41000\n")
+    path = tmp_path / "device.json"
+    path.write_text(json.dumps(device))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DALABA_")}
+    env["HOME"] = str(tmp_path / "home")
+
+    def board_test(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = dalaba_argv("board-test", "--config", str(path), *args)
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+
+    result = board_test("--seconds", "0.5", "--volume", "40")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("played 500 ms at volume 40;"), result.stdout
+    assert "temperature 41.0 C" in result.stdout and "power absent" in result.stdout
+    tone = samples(contents(played)[:16_000])
+    # ffmpeg's sine peaks at 1/8 of full scale (4096); played at 40 %.
+    assert 0.35 * 4096 < max(tone) < 0.42 * 4096
+    mistake = board_test("--volume", "200")
+    assert mistake.returncode == 2 and "--volume" in mistake.stderr
+    assert len(mistake.stderr.strip().splitlines()) == 1
