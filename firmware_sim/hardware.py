@@ -316,7 +316,8 @@ def _read_json_lines(path: Path) -> list[dict[str, object]]:
 class SimPower:
     def __init__(self) -> None:
         self.on_battery = False
-        self.battery_pct_value = 100
+        # None: a board without a battery (its charge is absent, not 0 %).
+        self.battery_pct_value: int | None = 100
 
     @property
     def source(self) -> Literal["mains", "battery"]:
@@ -331,20 +332,24 @@ class SimSensors:
     def __init__(self, seed: int) -> None:
         rng = random.Random(seed)
         self._base_temp = 18 + rng.random() * 12
-        self._signal: int | None = -60 - rng.randint(0, 40)
-        self.operator_name: str | None = "SIM-NET"
+        self._signal = -60 - rng.randint(0, 40)
+        # False: a board without that sensor, whose readings are reported absent.
+        self.has_thermometer = True
+        self.has_modem = True
 
     @property
     def temperature_c(self) -> float | None:
+        if not self.has_thermometer:
+            return None
         return round(self._base_temp + random.random(), 1)
 
     @property
     def signal_dbm(self) -> int | None:
-        return self._signal
+        return self._signal if self.has_modem else None
 
     @property
     def operator(self) -> str | None:
-        return self.operator_name
+        return "SIM-NET" if self.has_modem else None
 
 
 class SimNetwork:

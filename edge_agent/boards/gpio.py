@@ -23,70 +23,51 @@ def _gpiod() -> Any:
     return gpiod
 
 
-class GpioOutput:
-    """One output line held by this process for its lifetime (the relay)."""
+def _request(chip: Path, line: str | int, output: bool, active_low: bool) -> tuple[Any, int]:
+    """Claims one line of `chip` for this process: (the request, the line's offset).
+    An output is claimed inactive, so a restarted agent never clicks the relay on."""
+    gpiod = _gpiod()
+    from gpiod.line import Direction, Value
 
-    def __init__(self, chip: Path, line: str | int, *, active_low: bool = False) -> None:
-        gpiod = _gpiod()
-        from gpiod.line import Direction, Value
-
-        self._active, self._inactive = Value.ACTIVE, Value.INACTIVE
-        try:
-            with gpiod.Chip(str(chip)) as c:
-                self.offset = c.line_offset_from_id(line)
-            # Requested inactive: a restarted agent never clicks the relay on by itself.
-            self._request = gpiod.request_lines(
-                str(chip),
-                consumer=CONSUMER,
-                config={
-                    self.offset: gpiod.LineSettings(
-                        direction=Direction.OUTPUT,
-                        output_value=Value.INACTIVE,
-                        active_low=active_low,
-                    )
-                },
-            )
-        except (OSError, ValueError) as exc:
-            raise HardwareFault(f"GPIO {chip} line {line!r}: {exc}") from exc
-
-    def set(self, active: bool) -> None:
-        try:
-            self._request.set_value(self.offset, self._active if active else self._inactive)
-        except OSError as exc:
-            raise HardwareFault(f"GPIO line {self.offset}: {exc}") from exc
-
-    def get(self) -> bool:
-        return bool(self._request.get_value(self.offset) == self._active)
-
-    def close(self) -> None:
-        self._request.release()
+    settings = gpiod.LineSettings(
+        direction=Direction.OUTPUT if output else Direction.INPUT,
+        output_value=Value.INACTIVE,
+        active_low=active_low,
+    )
+    try:
+        with gpiod.Chip(str(chip)) as c:
+            offset = c.line_offset_from_id(line)
+        request = gpiod.request_lines(str(chip), consumer=CONSUMER, config={offset: settings})
+    except (OSError, ValueError) as exc:
+        raise HardwareFault(f"GPIO {chip} line {line!r}: {exc}") from exc
+    return request, offset
 
 
 class GpioInputLine:
     """One input line (a status the board wires to the agent)."""
 
     def __init__(self, chip: Path, line: str | int, *, active_low: bool = False) -> None:
-        gpiod = _gpiod()
-        from gpiod.line import Direction, Value
-
-        self._active = Value.ACTIVE
-        try:
-            with gpiod.Chip(str(chip)) as c:
-                self.offset = c.line_offset_from_id(line)
-            self._request = gpiod.request_lines(
-                str(chip),
-                consumer=CONSUMER,
-                config={
-                    self.offset: gpiod.LineSettings(
-                        direction=Direction.INPUT, active_low=active_low
-                    )
-                },
-            )
-        except (OSError, ValueError) as exc:
-            raise HardwareFault(f"GPIO {chip} line {line!r}: {exc}") from exc
+        self._request, self.offset = _request(chip, line, False, active_low)
 
     def active(self) -> bool:
-        return bool(self._request.get_value(self.offset) == self._active)
+        from gpiod.line import Value
+
+        return bool(self._request.get_value(self.offset) == Value.ACTIVE)
 
     def close(self) -> None:
         self._request.release()
+
+
+class GpioOutput(GpioInputLine):
+    """One output line held by this process for its lifetime (the relay)."""
+
+    def __init__(self, chip: Path, line: str | int, *, active_low: bool = False) -> None:
+        self._request, self.offset = _request(chip, line, True, active_low)
+
+    def set(self, active: bool) -> None:
+        from gpiod.line import Value
+
+        try:
+            self._request.set_value(self.offset, Value.ACTIVE if active else Value.INACTIVE)
+        except OSError as exc:
+            raise HardwareFault(f"GPIO line {self.offset}: {exc}") from exc

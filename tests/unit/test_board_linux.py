@@ -19,14 +19,17 @@ from pathlib import Path
 
 import pytest
 
+from controller.retention import _Summary
 from dalaba import protocol as p
 from edge_agent import sdnotify
+from edge_agent.agent import EdgeAgent
 from edge_agent.boards import readings
 from edge_agent.boards.linux import CHUNK_MS, LEAD_MS, LinuxHardware
 from edge_agent.boards.settings import GpioInput, LinuxBoard
 from edge_agent.config import DeviceConfig
 from edge_agent.decode import decode_file
 from edge_agent.hardware import HardwareFault
+from firmware_sim.hardware import SimHardware
 
 REPO = Path(__file__).resolve().parents[2]
 needs_aplay = pytest.mark.skipif(shutil.which("aplay") is None, reason="aplay (alsa-utils) missing")
@@ -348,18 +351,52 @@ def test_absent_readings_travel_as_absent() -> None:
     assert p.Telemetry.model_validate_json(telemetry.to_bytes()) == telemetry
 
 
+def device_config(tmp_path: Path, **settings: object) -> DeviceConfig:
+    return DeviceConfig.model_validate(
+        {
+            "device_id": "d-1", "village_id": "v-1", "township_id": "t-1",
+            "broker_url": "mqtt://127.0.0.1:1", "mqtt_username": "d-1", "mqtt_password": "x",
+            "media_base_url": "http://127.0.0.1:1/media/", "controller_public_keys": [],
+            "state_dir": str(tmp_path / "state"), **settings,
+        }
+    )  # fmt: skip
+
+
+def test_the_agent_reports_a_missing_sensor_absent(tmp_path: Path) -> None:
+    hw = SimHardware.create(tmp_path / "board")
+    hw.sensors.has_thermometer = hw.sensors.has_modem = False
+    hw.power.battery_pct_value = None
+    telemetry = EdgeAgent(device_config(tmp_path), hw).telemetry()
+    assert telemetry.temperature_c is None and telemetry.signal_dbm is None
+    assert telemetry.operator is None and telemetry.battery_pct is None
+    assert telemetry.power_source == "mains"
+    hw.sensors.has_modem = True
+    telemetry = EdgeAgent(device_config(tmp_path), hw).telemetry()
+    assert telemetry.operator == "SIM-NET" and telemetry.signal_dbm is not None
+
+
+def test_rollups_average_only_the_readings_that_were_there() -> None:
+    """An absent reading is left out of the hour's summary, not averaged in as 0."""
+    summary = _Summary()
+    for at, temperature in enumerate((None, 20.0, None, 30.0)):
+        telemetry = p.Telemetry(
+            device_id="d-1", at=at, firmware="x", uptime_s=1, amplifier_on=False,
+            amplifier_ok=True, speaker_line_ok=True, volume=70, cache_bytes=0,
+            cache_items=0, temperature_c=temperature,
+        )  # fmt: skip
+        # As the ingest stores a sample.
+        summary.add_sample(at, telemetry.model_dump(mode="json", exclude={"v", "device_id"}))
+    data = summary.data()
+    assert data["temperature_c"] == {"min": 20.0, "max": 30.0, "avg": 25.0, "n": 2}
+    assert "signal_dbm" not in data and "battery_pct" not in data
+
+
 def test_the_device_file_chooses_the_board(tmp_path: Path) -> None:
-    base = {
-        "device_id": "d-1", "village_id": "v-1", "township_id": "t-1",
-        "broker_url": "mqtt://127.0.0.1:1", "mqtt_username": "d-1", "mqtt_password": "x",
-        "media_base_url": "http://127.0.0.1:1/media/", "controller_public_keys": [],
-        "state_dir": str(tmp_path),
-    }  # fmt: skip
-    assert DeviceConfig.model_validate(base).board.kind == "sim"
-    linux = DeviceConfig.model_validate({**base, "board": {"kind": "linux", "pcm": "hw:1,0"}})
+    assert device_config(tmp_path).board.kind == "sim"
+    linux = device_config(tmp_path, board={"kind": "linux", "pcm": "hw:1,0"})
     assert isinstance(linux.board, LinuxBoard) and linux.board.pcm == "hw:1,0"
     with pytest.raises(ValueError, match="pmc"):
-        DeviceConfig.model_validate({**base, "board": {"kind": "linux", "pmc": "x"}})
+        device_config(tmp_path, board={"kind": "linux", "pmc": "x"})
 
 
 # --------------------------------------------------------------------------- GPIO

@@ -10,7 +10,8 @@ import { deviceState } from "./terminals.js";
 function sparkline(samples, key, label, unit) {
   const values = samples.map((s) => s[key]).filter((v) => typeof v === "number");
   const box = h("div", { class: "spark" }, h("span", { class: "fact-label" }, label));
-  if (!values.length) return box.append(h("span", { class: "muted" }, "—")), box;
+  // Samples without this reading: the board has no such sensor (absent), not no data.
+  if (!values.length) return box.append(h("span", { class: "muted" }, samples.length ? t("dev.absent") : "—")), box;
   const W = 240;
   const H = 48;
   const min = Math.min(...values);
