@@ -84,7 +84,9 @@ class UpdateRollout(SQLModel, table=True):
     self_test_s: int
     wave_timeout_s: int
     state: str
-    halt_reason: str | None = None
+    # Why it halted, for the console to word: {"code": "first_wave_failed", "failed",
+    # "of", "percent"} or {"code": "operator", "by"}.
+    halt: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     created_by: str
     created_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     # When the wave now under way was sent (its timeout counts from here).
@@ -321,7 +323,7 @@ class UpdateService:
             if rollout.state in (RolloutState.FINISHED, RolloutState.HALTED):
                 return
             rollout.state = RolloutState.HALTED
-            rollout.halt_reason = f"halted by {principal.user}"
+            rollout.halt = {"code": "operator", "by": principal.user}
             session.add(rollout)
             audit.record(session, principal, "update.halt", rollout_id)
 
@@ -347,7 +349,7 @@ class UpdateService:
                 rollout.finished_ms = p.now_ms()
             else:
                 rollout.state = RolloutState.SECOND_WAVE
-            rollout.halt_reason = None
+            rollout.halt = None
             session.add(rollout)
             return waiting is not None
 
@@ -442,10 +444,12 @@ class UpdateService:
                 share = 100 * bad / max(1, len(rows))
                 if share >= rollout.halt_failure_percent:
                     rollout.state = RolloutState.HALTED
-                    rollout.halt_reason = (
-                        f"{bad} of {len(rows)} terminals of the first wave failed, rolled "
-                        f"back or did not answer (halt at {rollout.halt_failure_percent}%)"
-                    )
+                    rollout.halt = {
+                        "code": "first_wave_failed",
+                        "failed": bad,
+                        "of": len(rows),
+                        "percent": rollout.halt_failure_percent,
+                    }
                     audit.record(session, "system", "update.halted", rollout.id, failed=bad)
                 elif _second_wave(session, rollout.id):
                     rollout.state = RolloutState.SECOND_WAVE
@@ -476,6 +480,18 @@ class UpdateService:
             return _rollout_view(session, _rollout_or_404(session, rollout_id), terminals=True)
 
         return await self._db.run(load)
+
+
+def halt_reason(halt: dict[str, Any] | None) -> str | None:
+    """The halt in words, for the API and the log (the console words `halt` itself)."""
+    if not halt:
+        return None
+    if halt.get("code") == "operator":
+        return f"halted by {halt.get('by')}"
+    return (
+        f"{halt.get('failed')} of {halt.get('of')} terminals of the first wave failed, rolled "
+        f"back or did not answer (halt at {halt.get('percent')}%)"
+    )
 
 
 def first_wave(rollout_id: str, device_ids: tuple[str, ...], percent: int) -> set[str]:
@@ -519,7 +535,8 @@ def _rollout_view(session: Session, r: UpdateRollout, *, terminals: bool) -> dic
         "version": release.version if release is not None else "",
         "target": r.target,
         "state": r.state,
-        "halt_reason": r.halt_reason,
+        "halt": r.halt,
+        "halt_reason": halt_reason(r.halt),
         "first_wave_percent": r.first_wave_percent,
         "halt_failure_percent": r.halt_failure_percent,
         "self_test_s": r.self_test_s,

@@ -75,7 +75,11 @@ class RolloutOut(s.ApiModel):
     version: str
     target: dict[str, Any]
     state: Literal["first_wave", "second_wave", "halted", "finished"]
-    halt_reason: str | None
+    halt: dict[str, Any] | None = Field(
+        description='why it halted: {"code": "first_wave_failed", "failed", "of", "percent"} '
+        'or {"code": "operator", "by"}'
+    )
+    halt_reason: str | None = Field(description="the same in English words")
     first_wave_percent: int
     halt_failure_percent: int
     self_test_s: int

@@ -18,6 +18,7 @@ const VIEWS = {
   groups: () => import("./views/groups.js"),
   users: () => import("./views/users.js"),
   workorders: () => import("./views/workorders.js"),
+  updates: () => import("./views/updates.js"),
 };
 
 const ctx = {
@@ -60,6 +61,8 @@ function navItems(me) {
   items.push(["#/terminals", "nav.terminals"], ["#/workorders", "nav.workorders"], ["#/records", "nav.records"], ["#/stats", "nav.stats"], ["#/audit", "nav.audit"]);
   if (me.can_broadcast) items.push(["#/groups", "nav.groups"]);
   if (me.role === "admin") items.push(["#/users", "nav.users"]);
+  // Agent updates: admins roll them out, technicians follow them on the terminals.
+  if (me.role === "admin" || me.role === "technician") items.push(["#/updates", "nav.updates"]);
   return items;
 }
 

@@ -65,7 +65,7 @@ def _upgrade_agent_updates() -> None:
         sa.Column("self_test_s", sa.Integer(), nullable=False),
         sa.Column("wave_timeout_s", sa.Integer(), nullable=False),
         sa.Column("state", sa.String(), nullable=False),
-        sa.Column("halt_reason", sa.String(), nullable=True),
+        sa.Column("halt", sa.JSON(), nullable=True),
         sa.Column("created_by", sa.String(), nullable=False),
         sa.Column("created_ms", sa.BigInteger(), nullable=False),
         sa.Column("wave_sent_ms", sa.BigInteger(), nullable=True),
