@@ -27,7 +27,7 @@ from sqlmodel import Session, col, select
 from controller.db import Database
 from controller.errors import ApiError, forbidden
 from controller.models import ApiToken, AuditEntry, User
-from dalaba.protocol import now_ms
+from dalaba.protocol import TIME_PATH, now_ms
 
 TOKEN_PREFIX = "dlb_"
 
@@ -250,7 +250,7 @@ class TokenAuthenticator:
         return principal
 
 
-PUBLIC_PATHS = ("/api/health", "/api/session/login")
+PUBLIC_PATHS = ("/api/health", "/api/session/login", TIME_PATH)
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 SESSION_COOKIE = "dalaba_session"
 CSRF_HEADER = "X-CSRF-Token"

@@ -313,6 +313,8 @@ class Ingestor:
                     extra["late_ms"] = message.late_ms
                 if message.offset_ms is not None:
                     extra["offset_ms"] = message.offset_ms
+                if message.on_receipt:
+                    extra["on_receipt"] = True  # its clock could not be placed
                 applied = dm.apply(
                     delivery,
                     message.state,

@@ -167,6 +167,10 @@ class TransitionOut(ApiModel):
     )
     late_ms: int | None = Field(default=None, description="how late the play started")
     offset_ms: int | None = Field(default=None, description="where in the audio it started")
+    on_receipt: bool | None = Field(
+        default=None,
+        description="played on receipt: the terminal could not estimate its clock's offset",
+    )
 
 
 class DeliveryOut(ApiModel):
@@ -600,6 +604,11 @@ class SecurityEventList(ApiModel):
 class HealthOut(ApiModel):
     status: Literal["ok", "degraded"]
     broker_connected: bool
+
+
+class TimeOut(ApiModel):
+    v: int = Field(description="protocol version")
+    now_ms: int = Field(description="the controller's clock when it answered, epoch ms")
 
 
 class PronunciationsOut(ApiModel):

@@ -508,6 +508,23 @@ class DeliveryReport(_Payload):
     # `failed`/`preempted`/`cancelled` mid-play: how far into the audio it got.
     offset_ms: Count | None = None
     attempt: Annotated[int, Field(ge=0, le=100)] = 0  # the PlayBody.attempt it answers
+    # `playing` on a terminal that could not estimate its clock's offset from the
+    # controller's (see TimeAnswer): it played on receipt, not on the signed instant.
+    on_receipt: bool = False
+
+
+# The controller's clock, for terminals that estimate their offset from it (NTP-style:
+# several requests, the shortest round trip kept; see edge_agent/clocksync.py). Plain
+# HTTP(S) GET, no login: the time is no secret, and an answer only moves a terminal's
+# start instants, never what it plays.
+TIME_PATH = "/api/time"
+
+
+class TimeAnswer(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    v: int = PROTOCOL_VERSION
+    now_ms: Epoch  # the controller's clock when it answered, epoch ms
 
 
 class DeviceEvent(_Payload):

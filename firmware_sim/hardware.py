@@ -34,11 +34,31 @@ def _true_now_ms() -> int:
 
 
 class SimClock:
+    """The board's wall clock: off by `offset_ms` (fault: broken NTP) and running fast or
+    slow by `drift_ppm` (a cheap crystal is tens of ppm off), from when drift was set."""
+
     def __init__(self) -> None:
-        self.offset_ms = 0  # fault: a terminal whose clock is off
+        self.offset_ms = 0
+        self._drift_ppm = 0.0
+        self._drift_since_ms = _true_now_ms()
+
+    @property
+    def drift_ppm(self) -> float:
+        return self._drift_ppm
+
+    @drift_ppm.setter
+    def drift_ppm(self, ppm: float) -> None:
+        # The error drifted so far is kept in the offset, so the clock does not jump.
+        now = _true_now_ms()
+        self.offset_ms += self._drifted_ms(now)
+        self._drift_ppm, self._drift_since_ms = ppm, now
+
+    def _drifted_ms(self, true_ms: int) -> int:
+        return round((true_ms - self._drift_since_ms) * self._drift_ppm / 1e6)
 
     def now_ms(self) -> int:
-        return _true_now_ms() + self.offset_ms
+        now = _true_now_ms()
+        return now + self.offset_ms + self._drifted_ms(now)
 
 
 class SimAmplifier:
@@ -199,10 +219,14 @@ class SimSpeaker:
         loop = asyncio.get_running_loop()
         sounding = self._sounding = loop.create_future()
         timer = loop.call_later(audio.duration_ms / 1000, _settle, sounding)
+        # The agent's bookkeeping for the first sample runs after the other simulated
+        # terminals whose first sample is due now have started theirs: on a board each
+        # agent has its own CPU, and in one simulator process serial bookkeeping would
+        # otherwise show up as start skew.
+        noted = loop.call_soon(on_started)
         completed = False
         fault: str | None = None
         try:
-            on_started()
             await sounding
             completed = True
         except HardwareFault as exc:
@@ -210,6 +234,7 @@ class SimSpeaker:
             raise
         finally:
             # Runs on cancellation too: a cut-off play records exactly what went out.
+            noted.cancel()
             timer.cancel()
             self._sounding = None
             ended = _true_now_ms()

@@ -187,6 +187,7 @@ async def test_real_answers_match_their_schemas(make_county) -> None:
             assert len(await resp.read()) > 100_000
     await api.call("GET", "/api/openapi.json", anonymous=True, expect=200)
     await api.call("GET", "/api/health", anonymous=True, expect=200)
+    await api.call("GET", "/api/time", anonymous=True, expect=200)
     await api.call("GET", "/metrics", anonymous=True, expect=200)
     await api.call("GET", "/", anonymous=True, expect=200)
     await api.call("GET", "/static/{filename}", path="/static/vendor/redoc/LICENSE", anonymous=True)
