@@ -630,14 +630,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser(
-        "agent-launcher",
-        parents=common,
-        help="run the agent from its current release; roll back a failed update",
-    )
-    p.add_argument("--config", metavar="DEVICE_JSON", required=True, help="the device file")
-    p.set_defaults(func=cmd_agent_launcher)
-
-    p = sub.add_parser(
         "board-test",
         parents=common,
         help="play a test tone through a linux board's amplifier and speaker, locally",

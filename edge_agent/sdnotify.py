@@ -40,10 +40,12 @@ def notify(state: str) -> bool:
 
 def watchdog_interval_s() -> float | None:
     """Half the watchdog period systemd asked for (its advice), or None without one.
-    WATCHDOG_PID, when set, must be this process."""
+    WATCHDOG_PID, when set, must be this process or its parent: under systemd the agent
+    runs as the child of `dalaba agent-launcher` (edge_agent/launcher.py), which does
+    not ping, and the unit's NotifyAccess=all takes the child's pings."""
     usec = os.environ.get("WATCHDOG_USEC")
     pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid != str(os.getpid())):
+    if not usec or (pid and pid not in (str(os.getpid()), str(os.getppid()))):
         return None
     try:
         period = int(usec)

@@ -88,6 +88,45 @@ async def test_a_broadcast_plays_through_alsa_on_the_linux_board(
         await rig.stop()
 
 
+def spawn(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, env=env, cwd=cwd)
+
+
+async def test_under_the_launcher_the_agent_pings_the_watchdog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the unit runs it: systemd's WATCHDOG_PID names `dalaba agent-launcher`, whose
+    child agent says READY=1 and pings (NotifyAccess=all)."""
+    write_asoundrc(tmp_path / "home", tmp_path / "played.raw")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    rig = Rig(tmp_path, devices=("d-1",))
+    await rig.start()
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(60)
+    launcher: subprocess.Popen[bytes] | None = None
+    try:
+        board = LinuxBoard(kind="linux", pcm="dalaba_file", sysfs_root=tmp_path)
+        config = rig.config("d-1", board=board)
+        path = config.state_dir.parent / "device.json"
+        config.save(path)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DALABA_")}
+        env |= {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "2000000"}
+        # exec keeps the shell's pid: WATCHDOG_PID is the launcher's, as systemd sets it.
+        script = 'export WATCHDOG_PID=$$; exec "$@"'
+        argv = ["sh", "-c", script, "sh", *dalaba_argv("agent-launcher", "--config", str(path))]
+        launcher = spawn(argv, env, tmp_path)
+        got = [notify.recv(100) for _ in range(3)]
+        assert got == [b"READY=1", b"WATCHDOG=1", b"WATCHDOG=1"]
+        await rig.wait(lambda: any(s.online for s in rig.statuses("d-1")), 30, "agent online")
+    finally:
+        if launcher is not None:
+            launcher.send_signal(2)
+            launcher.wait(30)
+        notify.close()
+        await rig.stop()
+
+
 def test_a_linux_board_with_unclaimable_gpio_is_refused_in_one_line(tmp_path: Path) -> None:
     device = {
         "device_id": "d-1", "village_id": "v-1", "township_id": "t-1",

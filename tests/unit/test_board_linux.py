@@ -493,7 +493,9 @@ def test_the_watchdog_interval_is_half_what_systemd_asks(monkeypatch: pytest.Mon
     monkeypatch.setenv("WATCHDOG_USEC", "30000000")
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
     assert sdnotify.watchdog_interval_s() == 15.0
-    monkeypatch.setenv("WATCHDOG_PID", "1")  # meant for another process
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getppid()))  # the launcher, which passes it on
+    assert sdnotify.watchdog_interval_s() == 15.0
+    monkeypatch.setenv("WATCHDOG_PID", "999999999")  # meant for another process
     assert sdnotify.watchdog_interval_s() is None
 
 
