@@ -284,3 +284,33 @@ async def test_uploads_and_rollouts_are_checked_and_least_privileged(
         json_body={"release_id": "nope", "targets": {"all": True}},
     )
     assert status == 400 and body["error"]["field"] == "release_id", body
+
+    # Least privilege: a technician follows rollouts but starts, halts or uploads nothing.
+    made = await asyncio.to_thread(
+        subprocess.run,
+        dalaba_argv(
+            "token",
+            "create",
+            "--config",
+            str(county.env_file),
+            "--user",
+            "tech9",
+            "--role",
+            "technician",
+        ),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    tech = {"Authorization": f"Bearer {made.stdout.strip()}"}
+    async with api.http.get(f"{api.url}/api/updates/rollouts", headers=tech) as resp:
+        assert resp.status == 200
+        rollouts = (await resp.json())["rollouts"]
+    attempts = [
+        (f"{url}?version={GOOD}&min_version=0.1", releases[GOOD]),
+        (f"{api.url}/api/updates/rollouts", b'{"release_id": "x", "targets": {"all": true}}'),
+        *((f"{api.url}/api/updates/rollouts/{r['id']}/halt", b"") for r in rollouts[:1]),
+    ]
+    for target, data in attempts:
+        async with api.http.post(target, data=data, headers=tech) as resp:
+            assert resp.status == 403, (target, await resp.text())

@@ -29,10 +29,49 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     _upgrade_agent_updates()
+    _upgrade_enrolment()
 
 
 def downgrade() -> None:
+    _downgrade_enrolment()
     _downgrade_agent_updates()
+
+
+# ------------------------------------------------------------------ enrolment (13B)
+# `enrolmentcode` (one-time codes, by their SHA-256) and `terminalrevocation` (lost
+# terminals whose broker account was removed): controller/enrolment.py.
+
+
+def _upgrade_enrolment() -> None:
+    op.create_table(
+        "enrolmentcode",
+        sa.Column("code_sha256", sa.String(), nullable=False),
+        sa.Column("device_id", sa.String(), nullable=False),
+        sa.Column("created_by", sa.String(), nullable=False),
+        sa.Column("created_ms", sa.BigInteger(), nullable=False),
+        sa.Column("expires_ms", sa.BigInteger(), nullable=False),
+        sa.Column("used_ms", sa.BigInteger(), nullable=True),
+        sa.Column("used_from", sa.String(), nullable=True),
+        sa.ForeignKeyConstraint(["device_id"], ["device.id"]),
+        sa.PrimaryKeyConstraint("code_sha256"),
+    )
+    with op.batch_alter_table("enrolmentcode", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_enrolmentcode_device_id"), ["device_id"], unique=False)
+    op.create_table(
+        "terminalrevocation",
+        sa.Column("device_id", sa.String(), nullable=False),
+        sa.Column("revoked_ms", sa.BigInteger(), nullable=False),
+        sa.Column("revoked_by", sa.String(), nullable=False),
+        sa.ForeignKeyConstraint(["device_id"], ["device.id"]),
+        sa.PrimaryKeyConstraint("device_id"),
+    )
+
+
+def _downgrade_enrolment() -> None:
+    op.drop_table("terminalrevocation")
+    with op.batch_alter_table("enrolmentcode", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_enrolmentcode_device_id"))
+    op.drop_table("enrolmentcode")
 
 
 # ------------------------------------------------------------------ agent updates (13C)
