@@ -14,12 +14,21 @@ import socket
 import subprocess
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from dalaba import protocol as p
 from edge_agent.boards.settings import LinuxBoard
 from edge_agent.decode import decode_file
-from tests.procs import dalaba_argv
+from firmware_sim.fleet import device_dir
+from tests.procs import (
+    Api,
+    FaultCounty,
+    dalaba_argv,
+    wait_deliveries,
+    wait_online,
+    wait_until,
+)
 from tests.unit.test_agent_truth import Rig
 from tests.unit.test_board_linux import contents, samples, tone, write_asoundrc
 
@@ -180,3 +189,46 @@ def test_a_technician_plays_a_test_tone_on_the_board(tmp_path: Path) -> None:
     mistake = board_test("--volume", "200")
     assert mistake.returncode == 2 and "--volume" in mistake.stderr
     assert len(mistake.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+async def test_a_county_broadcast_plays_on_a_linux_board(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real controller (`dalaba controller`), its speech, its broker and a simulated
+    fleet, and one terminal as `dalaba agent` on the linux board: a broadcast made
+    through the API is played there, and the samples aplay wrote are the announcement's."""
+    county = FaultCounty.prepare(tmp_path / "county", villages=2, loners=1)
+    (board_id,) = county.loner_ids
+    played = tmp_path / "played.raw"
+    write_asoundrc(tmp_path / "home", played)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the loner's aplay reads it
+    path = device_dir(county.data_dir, board_id) / "device.json"
+    board = LinuxBoard(kind="linux", pcm="dalaba_file", sample_rate=16_000, sysfs_root=tmp_path)
+    config = county.device_config(board_id).model_copy(update={"board": board})
+    config.save(path)
+    try:
+        async with aiohttp.ClientSession() as http:
+            api = Api(county, http)
+            county.start_missing()
+            await wait_until(api.healthy, 60, "the controller", detail=county.log_tails)
+            await wait_online(api, county.terminals, True, 60)
+            created = await api.broadcast(
+                text="请注意，今晚有大风。", targets={"devices": [board_id]}
+            )
+            final = await wait_deliveries(api, created["id"], {board_id: {"done"}}, 90)
+            assert final[board_id]["state"] == "done"
+            devices = await api.devices()
+        # The board has no sensors in its sysfs tree: the controller shows them absent.
+        assert devices[board_id]["telemetry"]["temperature_c"] is None
+        written = contents(played)
+        volume = config.normal_volume / 100
+        heard = []
+        for media in (config.state_dir / "cache").glob("*.media"):  # what it fetched
+            decoded = await decode_file(media, sample_rate=16_000)
+            scaled = [int(x * volume) for x in samples(decoded)]
+            if len(decoded) > 16_000 and list(samples(written[: len(decoded)])) == scaled:
+                heard.append(media.name)
+        assert len(heard) == 1, f"no announcement in the {len(written)} bytes written"
+    finally:
+        county.shutdown()
