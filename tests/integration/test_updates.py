@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import shutil
 import subprocess
-import sys
 import zipfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -25,17 +23,15 @@ import aiohttp
 import pytest
 
 from dalaba import __version__ as BASE_VERSION
-from dalaba import protocol as p
 from firmware_sim.fleet import device_dir
-from tests.integration.test_wheel import BUILD_INPUTS, REPO_ROOT, _ignore_build_litter
-from tests.integration.test_wheel import _setuptools_builds_offline as builds_offline
+from tests.integration.test_wheel import build_wheel
 from tests.procs import (
     Api,
     FaultCounty,
+    bring_up,
     dalaba_argv,
     expect_states,
     wait_deliveries,
-    wait_heard_since,
     wait_online,
     wait_until,
 )
@@ -65,22 +61,7 @@ def _relabel(wheel: bytes, version: str, *, broken: bool = False) -> bytes:
 
 @pytest.fixture(scope="module")
 def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    base = tmp_path_factory.mktemp("release")
-    src = base / "src"
-    for name in BUILD_INPUTS:
-        source = REPO_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, src / name, ignore=_ignore_build_litter)
-        else:
-            src.mkdir(exist_ok=True)
-            shutil.copy2(source, src / name)
-    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(base / "out")]
-    if builds_offline():
-        command.append("--no-build-isolation")
-    result = subprocess.run([*command, str(src)], capture_output=True, text=True, cwd=base)
-    assert result.returncode == 0, result.stderr
-    (built,) = (base / "out").glob("dalaba-*.whl")
-    wheel = built.read_bytes()
+    wheel = build_wheel(tmp_path_factory.mktemp("release")).read_bytes()
     return {GOOD: _relabel(wheel, GOOD), BROKEN: _relabel(wheel, BROKEN, broken=True)}
 
 
@@ -108,13 +89,7 @@ def county(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCounty]:
 async def api(county: FaultCounty) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as http:
         client = Api(county, http)
-        restarted_ms = p.now_ms()
-        started = await asyncio.to_thread(county.start_missing)
-        await wait_until(client.healthy, 60, "the controller up", detail=county.log_tails)
-        back = county.terminals_run_by(started)
-        if back:
-            await wait_heard_since(client, back, restarted_ms, 60)
-        await wait_online(client, county.terminals, True, 60)
+        await bring_up(county, client)
         yield client
 
 
@@ -131,6 +106,20 @@ async def upload(api: Api, data: bytes, version: str, min_version: str) -> dict[
         body = await resp.json()
         assert resp.status == 201, body
         return dict(body)
+
+
+async def start_rollout(
+    api: Api, release: dict[str, Any], devices: list[str], first: int, halt: int, self_test_s: int
+) -> dict[str, Any]:
+    body = {
+        "release_id": release["id"],
+        "targets": {"devices": devices},
+        "first_wave_percent": first,
+        "halt_failure_percent": halt,
+        "self_test_s": self_test_s,
+    }
+    _, created = await api.call("POST", "/api/updates/rollouts", json_body=body, expect=201)
+    return dict(created)
 
 
 async def wait_rollout(
@@ -166,18 +155,8 @@ async def test_a_good_release_goes_out_in_two_waves_and_is_installed(
     loners = sorted(county.loner_ids)
     release = await upload(api, releases[GOOD], GOOD, BASE_VERSION)
     assert release["size"] == len(releases[GOOD])
-    _, created = await api.call(
-        "POST",
-        "/api/updates/rollouts",
-        json_body={
-            "release_id": release["id"],
-            "targets": {"devices": loners},
-            "first_wave_percent": 30,  # one of three
-            "halt_failure_percent": 50,
-            "self_test_s": 90,
-        },
-        expect=201,
-    )
+    # First wave: 30%, one of three.
+    created = await start_rollout(api, release, loners, first=30, halt=50, self_test_s=90)
     waves = [t["wave"] for t in created["terminals"]]
     assert sorted(waves) == [1, 2, 2], created
     first = {t["device_id"] for t in created["terminals"] if t["wave"] == 1}
@@ -215,18 +194,8 @@ async def test_a_broken_release_rolls_back_by_itself_halts_the_wave_and_the_emer
         repeat=1,
         targets={"devices": loners},
     )
-    _, created = await api.call(
-        "POST",
-        "/api/updates/rollouts",
-        json_body={
-            "release_id": release["id"],
-            "targets": {"devices": loners},
-            "first_wave_percent": 50,  # two of three
-            "halt_failure_percent": 50,
-            "self_test_s": 60,
-        },
-        expect=201,
-    )
+    # First wave: 50%, two of three.
+    created = await start_rollout(api, release, loners, first=50, halt=50, self_test_s=60)
     first = {t["device_id"] for t in created["terminals"] if t["wave"] == 1}
     rest = set(loners) - first
     assert len(first) == 2

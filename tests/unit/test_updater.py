@@ -12,7 +12,7 @@ import io
 import os
 import stat
 import zipfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,14 +22,14 @@ from dalaba import protocol as p
 from dalaba.signing import Ed25519Signer
 from edge_agent.agent import EdgeAgent
 from edge_agent.updater import LAUNCHER_ENV, Layout, ReleaseRefused, unpack_release
-from tests.unit.test_agent_truth import (
-    Rig,
-    plays_started,
-    sha,
-    tones,  # noqa: F401 (a fixture, used by name)
-)
+from tests.unit import test_agent_truth as truth
+from tests.unit.test_agent_truth import Rig, plays_started, sha
 
 pytestmark = [pytest.mark.broker]
+
+# The rig and its tones, as test_agent_truth.py's tests have them.
+rig = truth.rig
+tones = truth.tones
 
 S = p.DeliveryState
 U = p.UpdateState
@@ -73,15 +73,9 @@ def progress(rig: Rig, device_id: str) -> list[tuple[U, str | None]]:
     ]
 
 
-@pytest.fixture
-async def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
+@pytest.fixture(autouse=True)
+def _under_the_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(LAUNCHER_ENV, "1")  # as if run by `dalaba agent-launcher`
-    setup = Rig(tmp_path, devices=("d-1", "d-2"))
-    try:
-        await setup.start()
-        yield setup
-    finally:
-        await setup.stop()
 
 
 def record_switches(agent: EdgeAgent) -> list[int]:
@@ -130,7 +124,7 @@ async def test_a_package_that_does_not_hash_to_the_signed_sha256_is_refused(rig:
 
 async def test_an_emergency_arriving_during_the_download_plays_on_time_and_the_switch_waits(
     rig: Rig,
-    tones: Callable[[float], bytes],  # noqa: F811 (the fixture imported above)
+    tones: Callable[[float], bytes],
 ) -> None:
     agent, hw = await rig.start_agent(rig.config())
     switched = record_switches(agent)
