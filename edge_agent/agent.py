@@ -1033,7 +1033,11 @@ class EdgeAgent:
 
     def _known_clock_offset_ms(self) -> int | None:
         if self.clock_sync is None:
-            return self._clock_offset_ms
+            # A board's time service (chrony, edge_agent/boards/linux.py SystemClock)
+            # knows the clock's offset better than commands' issue times do (those
+            # carry the network's delay); the simulated clock has none.
+            ntp = getattr(self.hw.clock, "ntp_offset_ms", None)
+            return ntp if ntp is not None else self._clock_offset_ms
         estimate = self.clock.estimate
         return estimate.offset_ms if estimate is not None else None
 

@@ -324,6 +324,8 @@ async def test_the_clock_offset_from_chrony(tools: Path, tmp_path: Path) -> None
     stand_in(tools, "chronyc", f"cat {tmp_path}/tracking\n")
     await hw.clock.refresh()
     assert hw.clock.ntp_offset_ms == -4  # slow: behind NTP time
+    # The agent reports chrony's offset as its clock's (the board's clock source).
+    assert EdgeAgent(device_config(tmp_path), hw).telemetry().clock_offset_ms == -4
     fast = CHRONYC_TRACKING.replace("0.004215000 seconds slow", "1.250000000 seconds fast")
     assert readings.parse_chronyc_tracking(fast) == 1250
     unsynced = CHRONYC_TRACKING.replace("Normal", "Not synchronised")
