@@ -16,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from controller import pronunciations
+from controller.api import enrolment as enrolment_api
 from controller.api import keys, routes
 from controller.api import updates as updates_api
 from controller.api import workorders as workorders_api
@@ -24,6 +25,7 @@ from controller.auth import TokenAuthenticator, auth_middleware
 from controller.broadcasts import BroadcastService
 from controller.db import Database
 from controller.dispatch import Dispatcher
+from controller.enrolment import BrokerAccounts, EnrolmentService
 from controller.errors import error_middleware
 from controller.events import EventHub
 from controller.http_security import path_id_guard, security_headers
@@ -60,7 +62,11 @@ WEB_DIR = find_web_dir()
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 
 
-def build_app(settings: Settings) -> web.Application:
+def build_app(
+    settings: Settings, broker_accounts: BrokerAccounts | None = None
+) -> web.Application:
+    """`broker_accounts`: how this controller changes the broker's accounts (enrolment,
+    revocation); None where it does not manage them (terminals provisioned by file)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.db_url, auto_migrate=settings.auto_migrate)
     media = MediaStore(settings.media_dir, db)
@@ -120,6 +126,8 @@ def build_app(settings: Settings) -> web.Application:
     app[keys.SCHEDULES] = schedules
     app[keys.EVENTS] = events
     app[workorders_api.SERVICE] = workorders
+    app[enrolment_api.SERVICE] = EnrolmentService(db, sessions, broker_accounts)
+    app[enrolment_api.TRUST_PEMS] = [signer.trust_pem().decode()]
     app[updates_api.SERVICE] = updates
     app.add_routes(routes())
     # Prometheus scrapes /metrics by convention; counts only, no login (controller.metrics).
@@ -167,13 +175,14 @@ class ControllerServer:
     """The controller as an HTTP server that can be started and stopped in-process
     (by `dalaba controller`, the demo and the tests)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, broker_accounts: BrokerAccounts | None = None) -> None:
         self.settings = settings
+        self.broker_accounts = broker_accounts
         self.app: web.Application | None = None
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        self.app = build_app(self.settings)
+        self.app = build_app(self.settings, self.broker_accounts)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port)

@@ -250,7 +250,8 @@ class TokenAuthenticator:
         return principal
 
 
-PUBLIC_PATHS = ("/api/health", "/api/session/login", TIME_PATH)
+# /api/enrol: the one-time code is the credential (controller/enrolment.py).
+PUBLIC_PATHS = ("/api/health", "/api/session/login", TIME_PATH, "/api/enrol")
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 SESSION_COOKIE = "dalaba_session"
 CSRF_HEADER = "X-CSRF-Token"

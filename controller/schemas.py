@@ -611,6 +611,29 @@ class TimeOut(ApiModel):
     now_ms: int = Field(description="the controller's clock when it answered, epoch ms")
 
 
+class EnrolCodeOut(ApiModel):
+    device_id: str
+    code: str = Field(description="shown once: only its hash is kept")
+    expires_at: Instant
+
+
+class RevokedOut(ApiModel):
+    device_id: str
+    revoked_at: Instant
+
+
+class EnrolledOut(ApiModel):
+    device_id: str
+    village_id: str
+    township_id: str
+    broker_url: str
+    mqtt_username: str
+    mqtt_password: str = Field(description="new; any earlier password stops working")
+    broker_ca_pem: str | None = Field(description="the CA of an mqtts:// broker, if private")
+    media_base_url: str
+    controller_public_keys: list[str]
+
+
 class PronunciationsOut(ApiModel):
     custom: dict[str, str] = Field(description="the county's entries: written -> spoken")
     builtin: dict[str, str]

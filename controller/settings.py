@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     public_media_url: str | None = None
     # mqtts://host:port (MQTT over TLS, port 8883 by default) or mqtt://host:port.
     broker_url: str = "mqtt://127.0.0.1:1883"
+    # The broker as terminals reach it, told to boards at enrolment (default: broker_url).
+    terminal_broker_url: str | None = None
     broker_username: str = "dalaba-controller"
     broker_password: SecretStr = SecretStr("")
     # TLS (mqtts:// only): the CA that signed the broker's certificate (unset: the

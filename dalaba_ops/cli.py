@@ -193,6 +193,30 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_agent_enrol(args: argparse.Namespace) -> int:
+    """Enrol this board with a one-time code from the console (edge_agent/enrol.py)."""
+    import aiohttp
+
+    from edge_agent.enrol import EnrolRefused, enrol
+
+    try:
+        path = asyncio.run(
+            enrol(
+                args.controller,
+                args.code,
+                Path(args.state_dir),
+                insecure_http=args.insecure_http,
+                controller_ca=Path(args.controller_ca) if args.controller_ca else None,
+            )
+        )
+    except EnrolRefused as exc:
+        raise CliError(EXIT_USAGE, f"enrol: {exc}") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise CliError(EXIT_UNREACHABLE, f"enrol: {args.controller}: {first_line(exc)}") from exc
+    print(f"enrolled; device file {path} (run: dalaba agent --config {path})")
+    return EXIT_OK
+
+
 def cmd_agent_launcher(args: argparse.Namespace) -> int:
     """Run the agent from its current release and roll a failed update back
     (edge_agent/launcher.py); what a board's systemd unit runs."""
@@ -638,6 +662,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=3.0, help="tone length (0.5-30 s)")
     p.add_argument("--volume", type=int, default=50, help="0-100, default 50")
     p.set_defaults(func=cmd_board_test)
+
+    p = sub.add_parser("agent-enrol", parents=common, help="enrol this board with a one-time code")
+    p.add_argument("--controller", required=True, metavar="URL", help="https://controller")
+    p.add_argument("--code", required=True, help="the one-time code from the console")
+    p.add_argument("--state-dir", required=True, help="where the device file and state go")
+    p.add_argument("--controller-ca", help="PEM of the CA the controller's certificate is from")
+    p.add_argument(
+        "--insecure-http", action="store_true", help="allow http:// (tests on one machine only)"
+    )
+    p.set_defaults(func=cmd_agent_enrol)
 
     p = sub.add_parser(
         "agent-launcher",

@@ -188,6 +188,7 @@ async def test_real_answers_match_their_schemas(make_county) -> None:
     await api.call("GET", "/api/openapi.json", anonymous=True, expect=200)
     await api.call("GET", "/api/health", anonymous=True, expect=200)
     await api.call("GET", "/api/time", anonymous=True, expect=200)
+    await api.call("GET", "/api/time", anonymous=True, expect=200)
     await api.call("GET", "/metrics", anonymous=True, expect=200)
     await api.call("GET", "/", anonymous=True, expect=200)
     await api.call("GET", "/static/{filename}", path="/static/vendor/redoc/LICENSE", anonymous=True)
@@ -479,6 +480,15 @@ async def test_real_answers_match_their_schemas(make_county) -> None:
             path=f"/api/updates/rollouts/nope{action}",
             expect=404,
         )
+
+    # Enrolment (issue 13; codes, enrolling and revoking against a real broker are in
+    # tests/integration/test_enrolment.py): this controller manages no broker accounts.
+    dev = next(iter(county.fleet.configs))
+    for action in ("enrolment-code", "revoke"):
+        await api.call(
+            "POST", f"/api/devices/{{id}}/{action}", path=f"/api/devices/{dev}/{action}", expect=409
+        )
+    await api.call("POST", "/api/enrol", anonymous=True, json_body={"code": "AB-CD"}, expect=409)
 
     # The live stream: its first frame, then hang up.
     async with county.http.get(county.url + "/api/live", headers=county.headers()) as resp:
