@@ -10,11 +10,14 @@ from urllib.parse import urljoin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from dalaba import __version__
 from dalaba.mqtt import BrokerAddress
 from dalaba.protocol import TIME_PATH, check_id
 from edge_agent.boards.settings import Board, SimBoard
 
-FIRMWARE_VERSION = "dalaba-agent/0.1.0"
+# The version a terminal reports (status, telemetry): the running release's, which an
+# over-the-air update changes (edge_agent/updater.py).
+FIRMWARE_VERSION = f"dalaba-agent/{__version__}"
 
 ClockSource = Literal["system", "controller"]
 

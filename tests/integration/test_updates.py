@@ -176,6 +176,12 @@ async def test_a_good_release_goes_out_in_two_waves_and_is_installed(
     )
     await wait_online(api, set(loners), True, 60)
 
+    async def reported() -> bool:
+        devices = await api.devices()
+        return all(devices[d]["firmware"] == f"dalaba-agent/{GOOD}" for d in loners)
+
+    await wait_until(reported, 60, "the terminals reporting the new firmware")
+
 
 async def test_a_broken_release_rolls_back_by_itself_halts_the_wave_and_the_emergency_plays(
     county: FaultCounty, api: Api, releases: dict[str, bytes]
