@@ -62,9 +62,7 @@ WEB_DIR = find_web_dir()
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 
 
-def build_app(
-    settings: Settings, broker_accounts: BrokerAccounts | None = None
-) -> web.Application:
+def build_app(settings: Settings, broker_accounts: BrokerAccounts | None = None) -> web.Application:
     """`broker_accounts`: how this controller changes the broker's accounts (enrolment,
     revocation); None where it does not manage them (terminals provisioned by file)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -198,13 +196,13 @@ class ControllerServer:
         return f"http://{self.settings.http_host}:{self.settings.http_port}"
 
 
-async def serve_forever(settings: Settings) -> None:
+async def serve_forever(settings: Settings, broker_accounts: BrokerAccounts | None = None) -> None:
     """Run until SIGTERM (systemd's stop) or SIGINT, then shut down in order."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = ControllerServer(settings)
+    server = ControllerServer(settings, broker_accounts)
     await server.start()
     try:
         await stop.wait()

@@ -71,8 +71,14 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from dalaba.mqtt import BrokerAddress
 
     settings = load_settings(args, strict=True)
+    accounts = None
+    if settings.broker_accounts_dir is not None and settings.broker_pid_file is not None:
+        from dalaba_ops.broker_accounts import MosquittoFileAccounts, reload_by_pid_file
+
+        reload = reload_by_pid_file(settings.broker_pid_file)
+        accounts = MosquittoFileAccounts(settings.broker_accounts_dir, reload)
     try:
-        asyncio.run(serve_forever(settings))
+        asyncio.run(serve_forever(settings, accounts))
     except TimeoutError as exc:
         # The only wait at start is for the broker's first CONNACK (controller/dispatch.py).
         address = BrokerAddress.from_url(settings.broker_url)

@@ -42,6 +42,7 @@ from dalaba_ops.broker import (
     free_port,
     write_broker_config,
 )
+from dalaba_ops.broker_accounts import MosquittoFileAccounts
 from dalaba_ops.provisioning import provision_simulated_county, read_or_create_secret
 from edge_agent.config import ClockSource, DeviceConfig
 from firmware_sim.fleet import device_dir, find_device_configs, spawn_fleet_processes
@@ -330,7 +331,9 @@ async def run_demo(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     fleet: list[subprocess.Popen[bytes]] = []
-    controller = ControllerServer(prepared.settings)
+    # The demo's own broker: the console can enrol and revoke boards (docs/operations.md).
+    accounts = MosquittoFileAccounts(prepared.data_dir / "broker", prepared.broker.reload)
+    controller = ControllerServer(prepared.settings, accounts)
     try:
         await prepared.broker.start_async()
         await controller.start()

@@ -572,6 +572,16 @@ const zh = {
   "err.release_exists": "这个版本已经上传过了",
   "err.not_halted": "只有已暂停的批次可以继续",
   // --- end issue 13 (agent updates) ---
+  // --- issue 13 (enrolment, web/js/views/terminal.js) ---
+  "dev.enrol.new": "生成入网码",
+  "dev.enrol.until": "{at} 前有效，只能用一次",
+  "dev.enrol.hint": "技术员在终端上运行 dalaba agent-enrol 并输入此码；新码生成后旧码作废。",
+  "dev.revoke": "吊销终端",
+  "dev.revoke.confirm": "吊销终端 {id}？它将立即断开，且无法再登录，直到用新的入网码重新入网。",
+  "dev.revoke.done": "已吊销，终端已断开。",
+  "dev.revoke.hint": "终端丢失或被盗时使用。",
+  "err.enrol_unavailable": "本控制中心不管理广播服务器账号，请用 dalaba provision 配置终端。",
+  // --- end issue 13 (enrolment) ---
 };
 
 const en = {
@@ -1146,6 +1156,16 @@ const en = {
   "err.release_exists": "This version was uploaded already",
   "err.not_halted": "Only a halted rollout can be resumed",
   // --- end issue 13 (agent updates) ---
+  // --- issue 13 (enrolment, web/js/views/terminal.js) ---
+  "dev.enrol.new": "New enrolment code",
+  "dev.enrol.until": "valid until {at}, once",
+  "dev.enrol.hint": "The technician runs dalaba agent-enrol on the board and enters this code; a new code voids the old one.",
+  "dev.revoke": "Revoke terminal",
+  "dev.revoke.confirm": "Revoke terminal {id}? It is disconnected at once and cannot log in again until it is enrolled with a new code.",
+  "dev.revoke.done": "Revoked; the terminal was disconnected.",
+  "dev.revoke.hint": "For a lost or stolen terminal.",
+  "err.enrol_unavailable": "This controller does not manage the broker's accounts: provision terminals with dalaba provision.",
+  // --- end issue 13 (enrolment) ---
 };
 
 const TABLES = { "zh-CN": zh, en };

@@ -171,6 +171,32 @@ export async function render(main, ctx, [deviceId]) {
         diag.disabled = false;
       }
     });
+    // Enrolment (issue 13): a one-time code for this terminal's board, shown once, and
+    // revoking a lost one (its broker login ends at once).
+    const codeOut = h("code", { id: "enrol-code" });
+    const enrolNew = h("button", { type: "button", class: "btn", id: "enrol-code-new" }, t("dev.enrol.new"));
+    enrolNew.addEventListener("click", async () => {
+      enrolNew.disabled = true;
+      try {
+        const issued = await api("POST", `/api/devices/${deviceId}/enrolment-code`, {});
+        codeOut.textContent = `${issued.code} (${t("dev.enrol.until", { at: fmtTime(issued.expires_at, true) })})`;
+      } catch (e) {
+        toast(e.message, "error");
+      } finally {
+        enrolNew.disabled = false;
+      }
+    });
+    const revoke = h("button", { type: "button", class: "btn", id: "revoke" }, t("dev.revoke"));
+    revoke.addEventListener("click", async () => {
+      if (!confirm(t("dev.revoke.confirm", { id: deviceId }))) return;
+      try {
+        await api("POST", `/api/devices/${deviceId}/revoke`);
+        toast(t("dev.revoke.done"));
+        setTimeout(load, 500);
+      } catch (e) {
+        toast(e.message, "error");
+      }
+    });
     return h(
       "section",
       { class: "card controls" },
@@ -179,6 +205,8 @@ export async function render(main, ctx, [deviceId]) {
       h("div", { class: "control-row" }, h("label", { class: "field" }, h("span", { class: "field-label" }, t("dev.volume.normal")), h("span", { class: "range" }, slider, out)), apply),
       h("div", { class: "control-row" }, tone, h("small", { class: "muted" }, t("dev.tone.hint"))),
       h("div", { class: "control-row" }, diag, h("label", { class: "field" }, h("span", { class: "field-label" }, t("dev.diag.interval")), interval), h("small", { class: "muted" }, t("dev.diag.hint"))),
+      h("div", { class: "control-row" }, enrolNew, codeOut, h("small", { class: "muted" }, t("dev.enrol.hint"))),
+      h("div", { class: "control-row" }, revoke, h("small", { class: "muted" }, t("dev.revoke.hint"))),
     );
   }
 
