@@ -132,16 +132,7 @@ class EnrolmentService:
         now = now_ms()
 
         def store(session: Session) -> None:
-            if session.get(Device, device_id) is None:
-                raise ApiError(404, "not_found", f"device_id: no terminal {device_id}", "device_id")
-            # One live code per terminal: a new one voids the old.
-            for old in session.exec(
-                select(EnrolmentCode).where(
-                    EnrolmentCode.device_id == device_id,
-                    EnrolmentCode.used_ms == None,  # noqa: E711
-                )
-            ):
-                session.delete(old)
+            _void_unused_codes(session, device_id)  # one live code per terminal
             session.add(
                 EnrolmentCode(
                     code_sha256=code_digest(code),
@@ -205,15 +196,7 @@ class EnrolmentService:
         now = now_ms()
 
         def mark(session: Session) -> None:
-            if session.get(Device, device_id) is None:
-                raise ApiError(404, "not_found", f"device_id: no terminal {device_id}", "device_id")
-            for code in session.exec(
-                select(EnrolmentCode).where(
-                    EnrolmentCode.device_id == device_id,
-                    EnrolmentCode.used_ms == None,  # noqa: E711
-                )
-            ):
-                session.delete(code)
+            _void_unused_codes(session, device_id)
             if session.get(TerminalRevocation, device_id) is None:
                 session.add(TerminalRevocation(device_id=device_id, revoked_ms=now, revoked_by=by))
             session.add(_audit(now, by, "terminal.revoked", device_id, {}))
@@ -221,6 +204,18 @@ class EnrolmentService:
         await self._db.run(mark)
         await accounts.disable(device_id)
         return now
+
+
+def _void_unused_codes(session: Session, device_id: str) -> None:
+    """Delete the terminal's codes not yet presented (404 if there is no such terminal)."""
+    if session.get(Device, device_id) is None:
+        raise ApiError(404, "not_found", f"device_id: no terminal {device_id}", "device_id")
+    unused = select(EnrolmentCode).where(
+        EnrolmentCode.device_id == device_id,
+        EnrolmentCode.used_ms == None,  # noqa: E711
+    )
+    for code in session.exec(unused):
+        session.delete(code)
 
 
 def _audit(
