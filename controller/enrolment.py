@@ -128,24 +128,7 @@ class EnrolmentService:
         self, device_id: str, by: str, ttl_s: int = ENROL_CODE_TTL_S
     ) -> IssuedCode:
         self._require_accounts()
-        code = _new_code()
-        now = now_ms()
-
-        def store(session: Session) -> None:
-            _void_unused_codes(session, device_id)  # one live code per terminal
-            session.add(
-                EnrolmentCode(
-                    code_sha256=code_digest(code),
-                    device_id=device_id,
-                    created_by=by,
-                    created_ms=now,
-                    expires_ms=now + ttl_s * 1000,
-                )
-            )
-            session.add(_audit(now, by, "terminal.enrol_code", device_id, {"ttl_s": ttl_s}))
-
-        await self._db.run(store)
-        return IssuedCode(code, device_id, now + ttl_s * 1000)
+        return await self._db.run(lambda s: store_new_code(s, device_id, by, ttl_s))
 
     async def enrol(self, code: str, client: str | None) -> Enrolled:
         accounts = self._require_accounts()
@@ -204,6 +187,26 @@ class EnrolmentService:
         await self._db.run(mark)
         await accounts.disable(device_id)
         return now
+
+
+def store_new_code(
+    session: Session, device_id: str, by: str, ttl_s: int = ENROL_CODE_TTL_S
+) -> IssuedCode:
+    """A new code for `device_id`, voiding its unused ones (the console's path, and
+    `dalaba provision --enrol-codes` on the controller's machine)."""
+    _void_unused_codes(session, device_id)  # one live code per terminal
+    code, now = _new_code(), now_ms()
+    session.add(
+        EnrolmentCode(
+            code_sha256=code_digest(code),
+            device_id=device_id,
+            created_by=by,
+            created_ms=now,
+            expires_ms=now + ttl_s * 1000,
+        )
+    )
+    session.add(_audit(now, by, "terminal.enrol_code", device_id, {"ttl_s": ttl_s}))
+    return IssuedCode(code, device_id, now + ttl_s * 1000)
 
 
 def _void_unused_codes(session: Session, device_id: str) -> None:

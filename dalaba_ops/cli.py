@@ -199,6 +199,20 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_enrol_codes(settings: Any, terminals: list[Any]) -> int:
+    """One-time codes instead of device files: each board enrols itself with
+    `dalaba agent-enrol` (controller/enrolment.py; only the codes' hashes are stored)."""
+    from controller.enrolment import store_new_code
+    from controller.timefmt import iso
+
+    def issue(session: Any) -> list[Any]:
+        return [store_new_code(session, t.device_id, "cli:provision") for t in terminals]
+
+    for issued in with_database(settings, issue):
+        print(f"{issued.device_id}\t{issued.code}\tvalid until {iso(issued.expires_ms)}")
+    return EXIT_OK
+
+
 def cmd_agent_enrol(args: argparse.Namespace) -> int:
     """Enrol this board with a one-time code from the console (edge_agent/enrol.py)."""
     import aiohttp
@@ -509,6 +523,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
         return sorted(unique.values(), key=lambda t: t.device_id)
 
     terminals = with_database(settings, load)
+    if args.enrol_codes:
+        return _print_enrol_codes(settings, terminals)
     key_path = settings.signing_key_path
     if not key_path.exists():
         raise CliError(
@@ -785,6 +801,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--village", action="append", metavar="VILLAGE", help="every terminal of a village"
     )
     p.add_argument("--out", metavar="DIR", help="default: DATA_DIR/provisioning/terminals")
+    p.add_argument(
+        "--enrol-codes",
+        action="store_true",
+        help="print a one-time enrolment code per terminal instead (for `dalaba agent-enrol`; "
+        "the controller must manage the broker's accounts: DALABA_BROKER_ACCOUNTS_DIR)",
+    )
     p.add_argument(
         "--broker-dir",
         metavar="DIR",

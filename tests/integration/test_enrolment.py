@@ -31,6 +31,7 @@ from edge_agent.agent import EdgeAgent
 from edge_agent.config import DeviceConfig
 from edge_agent.enrol import EnrolRefused, enrol
 from firmware_sim.hardware import SimHardware
+from tests.procs import write_env_file
 
 pytestmark = [pytest.mark.broker]
 
@@ -192,6 +193,22 @@ async def test_an_expired_code_is_refused_and_wrong_codes_are_slowed(
             body = await resp.json()
     assert statuses[0] == 403 and statuses[-1] == 429, statuses
     assert body["error"]["code"] == "enrol_backoff" and body["error"]["field"] == "code"
+
+
+async def test_provision_prints_codes_that_enrol(county: Enrolling, tmp_path: Path) -> None:
+    device_id = county.prepared.county.villages[1].device_ids()[0]
+    env = write_env_file(county.prepared.settings, tmp_path / "dalaba.env")
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "dalaba_ops.cli", "provision", "--config", str(env),
+         "--enrol-codes", device_id],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    listed, code, until = done.stdout.strip().split("\t")
+    assert listed == device_id and until.startswith("valid until ")
+    device_file = await enrol(county.url, code, tmp_path / "board", insecure_http=True)
+    assert DeviceConfig.load(device_file).device_id == device_id
 
 
 def test_the_agent_refuses_plain_http_in_one_line(tmp_path: Path) -> None:
