@@ -161,9 +161,13 @@ async def test_a_code_enrols_once_and_a_revoked_board_is_dropped(
     # A revoked board comes back only through a new code.
     again = await county.new_code(device_id)
     back = await enrol(county.url, again, tmp_path / "board2", insecure_http=True)
+    password = DeviceConfig.load(back).mqtt_password
+    assert f"{device_id}:" in (county.prepared.data_dir / "broker" / "passwd").read_text()
+    accepted = await asyncio.to_thread(connack, county.prepared.broker_port, device_id, password)
+    assert not accepted.is_failure, accepted
     agent = await start_agent(back)
     try:
-        await wait_until(lambda: agent.connected, 20, "the re-enrolled board connected")
+        await wait_until(lambda: agent.connected, 30, "the re-enrolled board connected")
     finally:
         await agent.stop()
 
