@@ -10,7 +10,7 @@ DEMO_ARGS ?=
 DEMO_EXTRAS := controller,agent
 # neural-voice: only so that its tests run (its model files come from PyPI at test time
 # into .pytest_cache); the voice is never enabled by default (docs/operations.md).
-TEST_EXTRAS := controller,agent,postgres,sm2,neural-voice,dev
+TEST_EXTRAS := controller,agent,board,postgres,sm2,neural-voice,dev
 
 .PHONY: demo test setup setup-demo system-deps system-deps-demo lint typecheck bench dist clean
 

@@ -17,13 +17,16 @@ from aiohttp import web
 
 from controller import pronunciations
 from controller.api import ebd as ebd_api
+from controller.api import enrolment as enrolment_api
 from controller.api import keys, routes
+from controller.api import updates as updates_api
 from controller.api import workorders as workorders_api
 from controller.api.docs import public_docs_middleware
 from controller.auth import TokenAuthenticator, auth_middleware
 from controller.broadcasts import BroadcastService
 from controller.db import Database
 from controller.dispatch import Dispatcher
+from controller.enrolment import BrokerAccounts, EnrolmentService
 from controller.errors import error_middleware
 from controller.events import EventHub
 from controller.http_security import path_id_guard, security_headers
@@ -40,6 +43,7 @@ from controller.settings import Settings
 from controller.speech import AnnouncementRenderer
 from controller.speech.service import standard_backends
 from controller.templates import seed_builtin_templates
+from controller.updates import UpdateService
 from controller.upstream.service import UpstreamLink
 from controller.warnings.intake import IntakeContext
 from controller.workorders import WorkOrderService
@@ -62,7 +66,9 @@ WEB_DIR = find_web_dir()
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 
 
-def build_app(settings: Settings) -> web.Application:
+def build_app(settings: Settings, broker_accounts: BrokerAccounts | None = None) -> web.Application:
+    """`broker_accounts`: how this controller changes the broker's accounts (enrolment,
+    revocation); None where it does not manage them (terminals provisioned by file)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.db_url, auto_migrate=settings.auto_migrate)
     media = MediaStore(settings.media_dir, db)
@@ -102,6 +108,7 @@ def build_app(settings: Settings) -> web.Application:
     retention = RetentionJob.from_settings(db, settings)  # daily, when started
     workorders = WorkOrderService(db, settings)  # sweeps when started
     workorders.listen(events)
+    updates = UpdateService(db, media, dispatcher)  # waves move on when started
 
     app = web.Application(
         middlewares=[
@@ -129,6 +136,9 @@ def build_app(settings: Settings) -> web.Application:
     # The upper-level platform's link hands EBMs to the one warning intake.
     upstream = UpstreamLink.from_settings(settings, lambda: IntakeContext.from_app(app), media)
     app[ebd_api.LINK] = upstream
+    app[enrolment_api.SERVICE] = EnrolmentService(db, sessions, broker_accounts)
+    app[enrolment_api.TRUST_PEMS] = [signer.trust_pem().decode()]
+    app[updates_api.SERVICE] = updates
     app.add_routes(routes())
     # Prometheus scrapes /metrics by convention; counts only, no login (controller.metrics).
     app.router.add_get("/metrics", metrics.handle)
@@ -149,8 +159,10 @@ def build_app(settings: Settings) -> web.Application:
         await retention.start()
         await workorders.start()
         await upstream.start()
+        await updates.start()
         log.info("controller up: http://%s:%d/", settings.http_host, settings.http_port)
         yield
+        await updates.stop()
         await upstream.stop()
         await retention.stop()
         await workorders.stop()
@@ -175,13 +187,14 @@ class ControllerServer:
     """The controller as an HTTP server that can be started and stopped in-process
     (by `dalaba controller`, the demo and the tests)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, broker_accounts: BrokerAccounts | None = None) -> None:
         self.settings = settings
+        self.broker_accounts = broker_accounts
         self.app: web.Application | None = None
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        self.app = build_app(self.settings)
+        self.app = build_app(self.settings, self.broker_accounts)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port)
@@ -197,13 +210,13 @@ class ControllerServer:
         return f"http://{self.settings.http_host}:{self.settings.http_port}"
 
 
-async def serve_forever(settings: Settings) -> None:
+async def serve_forever(settings: Settings, broker_accounts: BrokerAccounts | None = None) -> None:
     """Run until SIGTERM (systemd's stop) or SIGINT, then shut down in order."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = ControllerServer(settings)
+    server = ControllerServer(settings, broker_accounts)
     await server.start()
     try:
         await stop.wait()

@@ -27,7 +27,7 @@ from sqlmodel import Session, col, select
 from controller.db import Database
 from controller.errors import ApiError, forbidden
 from controller.models import ApiToken, AuditEntry, User
-from dalaba.protocol import now_ms
+from dalaba.protocol import TIME_PATH, now_ms
 
 TOKEN_PREFIX = "dlb_"
 
@@ -56,6 +56,9 @@ class Permission(enum.StrEnum):
     MANAGE_USERS = "manage_users"
     # Post warnings to the intake (controller/warnings); only the upstream role.
     POST_WARNINGS = "post_warnings"
+    # Upload agent releases; start, halt and resume their rollouts (controller/updates.py).
+    # Admins only: a release runs on every terminal of the county.
+    UPDATES = "updates"
 
 
 # The role matrix. Township staff hold theirs only within their township
@@ -263,7 +266,8 @@ class TokenAuthenticator:
         return principal
 
 
-PUBLIC_PATHS = ("/api/health", "/api/session/login")
+# /api/enrol: the one-time code is the credential (controller/enrolment.py).
+PUBLIC_PATHS = ("/api/health", "/api/session/login", TIME_PATH, "/api/enrol")
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 SESSION_COOKIE = "dalaba_session"
 CSRF_HEADER = "X-CSRF-Token"

@@ -39,6 +39,8 @@ TABLE_MODULES: tuple[str, ...] = (
     "controller.history",
     "controller.warnings.models",
     "controller.upstream.models",
+    "controller.enrolment",
+    "controller.updates",
 )
 
 

@@ -41,6 +41,7 @@ from controller.events import DeliveryChanged, DeviceLiveness, DeviceReported, E
 from controller.history import FaultBook, IntervalBook, repair
 from controller.models import Broadcast, Delivery, Device, SecurityEvent, TelemetrySample
 from controller.prepositioning import record_preload_report
+from controller.updates import record_update_report
 from dalaba import protocol as p
 
 log = logging.getLogger(__name__)
@@ -312,6 +313,8 @@ class Ingestor:
                     extra["late_ms"] = message.late_ms
                 if message.offset_ms is not None:
                     extra["offset_ms"] = message.offset_ms
+                if message.on_receipt:
+                    extra["on_receipt"] = True  # its clock could not be placed
                 applied = dm.apply(
                     delivery,
                     message.state,
@@ -412,6 +415,10 @@ class Ingestor:
                 book.raised(device, event.reason[:64], event.at, rx, event.detail)
             else:
                 book.cleared(device, event.reason[:64], event.at, rx)
+            return []
+        if event.kind is p.EventKind.UPDATE_STATE:
+            if not record_update_report(session, device.id, event, rx):
+                self.counters["update_reports_unknown"] += 1
             return []
         if event.kind is p.EventKind.PRELOADED:
             record_preload_report(session, device.id, event, rx)

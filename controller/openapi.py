@@ -418,6 +418,7 @@ TAGS = (
     ("upstream", "the upper-level emergency-broadcast platform: its packages in, reports up"),
     ("devices", "the terminals: state, telemetry, volume, test tone, diagnostics"),
     ("workorders", "technicians' jobs opened by faults that last"),
+    ("updates", "agent releases and their rollouts to terminals in waves"),
     ("stats", "figures for any period and the year-end report"),
     ("schedules", "township programmes, their occurrences, quiet hours"),
     ("templates", "announcement templates and their pre-positioning on terminals"),

@@ -177,6 +177,10 @@ class TransitionOut(ApiModel):
     )
     late_ms: int | None = Field(default=None, description="how late the play started")
     offset_ms: int | None = Field(default=None, description="where in the audio it started")
+    on_receipt: bool | None = Field(
+        default=None,
+        description="played on receipt: the terminal could not estimate its clock's offset",
+    )
 
 
 class DeliveryOut(ApiModel):
@@ -615,6 +619,34 @@ class SecurityEventList(ApiModel):
 class HealthOut(ApiModel):
     status: Literal["ok", "degraded"]
     broker_connected: bool
+
+
+class TimeOut(ApiModel):
+    v: int = Field(description="protocol version")
+    now_ms: int = Field(description="the controller's clock when it answered, epoch ms")
+
+
+class EnrolCodeOut(ApiModel):
+    device_id: str
+    code: str = Field(description="shown once: only its hash is kept")
+    expires_at: Instant
+
+
+class RevokedOut(ApiModel):
+    device_id: str
+    revoked_at: Instant
+
+
+class EnrolledOut(ApiModel):
+    device_id: str
+    village_id: str
+    township_id: str
+    broker_url: str
+    mqtt_username: str
+    mqtt_password: str = Field(description="new; any earlier password stops working")
+    broker_ca_pem: str | None = Field(description="the CA of an mqtts:// broker, if private")
+    media_base_url: str
+    controller_public_keys: list[str]
 
 
 class PronunciationsOut(ApiModel):

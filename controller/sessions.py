@@ -335,6 +335,24 @@ class SessionStore:
         until = await self._count_failure(key, where, self.audit_name(name, key, user), reason)
         raise _wrong(until)
 
+    async def blocked_until(self, key: str, where: str) -> int | None:
+        """Until when `where` waits after failures counted under `key` (None: it may
+        try now); a try turned away is counted. Shared with enrolment codes."""
+
+        def load(session: Session) -> int | None:
+            row = session.get(LoginFailure, (key, where))
+            if row is None or row.blocked_until_ms <= now_ms():
+                return None
+            row.refused += 1
+            session.add(row)
+            return row.blocked_until_ms
+
+        return await self._db.run(load)
+
+    async def count_failure(self, key: str, where: str, actor: str, reason: str) -> int:
+        """A failure under `key` from `where`; returns until when it now waits."""
+        return await self._count_failure(key, where, actor, reason)
+
     async def _count_failure(self, key: str, where: str, actor: str, reason: str) -> int:
         try:
             return await self._db.run(lambda s: self._fail(s, key, where, actor, reason))

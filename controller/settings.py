@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     public_media_url: str | None = None
     # mqtts://host:port (MQTT over TLS, port 8883 by default) or mqtt://host:port.
     broker_url: str = "mqtt://127.0.0.1:1883"
+    # The broker as terminals reach it, told to boards at enrolment (default: broker_url).
+    terminal_broker_url: str | None = None
+    # Enrolment and revocation (controller/enrolment.py): the directory of the broker's
+    # `passwd` and `acl` files, which this controller may then rewrite, and the broker's
+    # pid file, which it signals (SIGHUP) to reload them. Unset: terminals are
+    # provisioned by file (`dalaba provision`) and the console offers no codes.
+    broker_accounts_dir: Path | None = None
+    broker_pid_file: Path | None = None
     broker_username: str = "dalaba-controller"
     broker_password: SecretStr = SecretStr("")
     # TLS (mqtts:// only): the CA that signed the broker's certificate (unset: the

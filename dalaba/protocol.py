@@ -225,6 +225,7 @@ class EventKind(enum.StrEnum):
     SCHEDULE_APPLIED = "schedule_applied"
     CONFIG_APPLIED = "config_applied"
     PRELOADED = "preloaded"
+    UPDATE_STATE = "update_state"  # an agent update moved (detail: UpdateProgress)
 
 
 class Fault(enum.StrEnum):
@@ -375,8 +376,74 @@ class ConfigBody(_Payload):
     telemetry_interval_s: Annotated[float, Field(ge=5, le=3600)] | None = None
 
 
+# --- agent updates (issue 13): the offer and the progress a terminal reports.
+
+# What a release's version may look like: numbers only, so every side compares them the
+# same way without a packaging library on the terminal.
+AGENT_VERSION_PATTERN = r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}$"
+AgentVersion = Annotated[str, Field(pattern=AGENT_VERSION_PATTERN)]
+# A release is the agent's wheel (a few hundred kB); anything near this is not one.
+MAX_RELEASE_BYTES = 64 * 1024 * 1024
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """`1.2` < `1.2.1` < `1.10`: numeric, trailing zeros ignored."""
+    parts = [int(x) for x in version.split(".")]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+class UpdateBody(_Payload):
+    """Install agent release `version` beside the running one, switch to it, and keep it
+    only if it comes online and passes its self-test within `self_test_s`. The package
+    is fetched like audio (by sha256, from the media base URL and its mirrors); the
+    signature of this command is what vouches for the hash."""
+
+    kind: Literal["update"] = "update"
+    rollout_id: WireId
+    release_id: WireId
+    version: AgentVersion
+    min_version: AgentVersion  # a terminal running an older version refuses (failed)
+    package: MediaRef
+    self_test_s: Annotated[int, Field(ge=10, le=3600)] = 120
+
+    @model_validator(mode="after")
+    def _bounded_package(self) -> UpdateBody:
+        if self.package.size > MAX_RELEASE_BYTES:
+            raise ValueError(f"package.size: larger than {MAX_RELEASE_BYTES} bytes")
+        return self
+
+
+class UpdateState(enum.StrEnum):
+    """Where one agent update stands on one terminal. `offered` is the controller's
+    alone (sent, nothing heard yet); the terminal reports the others."""
+
+    OFFERED = "offered"
+    DOWNLOADING = "downloading"
+    INSTALLED = "installed"  # unpacked beside the running version, waiting to switch
+    DONE = "done"  # switched; the new version came online and passed its self-test
+    ROLLED_BACK = "rolled_back"  # switched, failed to come up in time: back on the old
+    FAILED = "failed"  # refused or could not download/install; still on the old
+
+    @property
+    def final(self) -> bool:
+        return self in (UpdateState.DONE, UpdateState.ROLLED_BACK, UpdateState.FAILED)
+
+
+class UpdateProgress(_Payload):
+    """The `detail` of an `update_state` event; the event's `reason` says why for
+    `failed` and `rolled_back`."""
+
+    rollout_id: WireId
+    release_id: WireId
+    version: AgentVersion  # the release's
+    state: UpdateState
+    running: Annotated[str, Field(max_length=32)]  # the version the terminal now runs
+
+
 CommandBody = Annotated[
-    PlayBody | CancelBody | PreloadBody | ScheduleBody | ConfigBody,
+    PlayBody | CancelBody | PreloadBody | ScheduleBody | ConfigBody | UpdateBody,
     Field(discriminator="kind"),
 ]
 
@@ -392,7 +459,7 @@ class Command(_Payload):
     @classmethod
     def new(
         cls,
-        body: PlayBody | CancelBody | PreloadBody | ScheduleBody | ConfigBody,
+        body: PlayBody | CancelBody | PreloadBody | ScheduleBody | ConfigBody | UpdateBody,
         target: Target,
         expires_at: int,
     ) -> Command:
@@ -441,6 +508,23 @@ class DeliveryReport(_Payload):
     # `failed`/`preempted`/`cancelled` mid-play: how far into the audio it got.
     offset_ms: Count | None = None
     attempt: Annotated[int, Field(ge=0, le=100)] = 0  # the PlayBody.attempt it answers
+    # `playing` on a terminal that could not estimate its clock's offset from the
+    # controller's (see TimeAnswer): it played on receipt, not on the signed instant.
+    on_receipt: bool = False
+
+
+# The controller's clock, for terminals that estimate their offset from it (NTP-style:
+# several requests, the shortest round trip kept; see edge_agent/clocksync.py). Plain
+# HTTP(S) GET, no login: the time is no secret, and an answer only moves a terminal's
+# start instants, never what it plays.
+TIME_PATH = "/api/time"
+
+
+class TimeAnswer(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    v: int = PROTOCOL_VERSION
+    now_ms: Epoch  # the controller's clock when it answered, epoch ms
 
 
 class DeviceEvent(_Payload):
@@ -484,10 +568,12 @@ class Telemetry(_Payload):
     amplifier_on: bool
     amplifier_ok: bool
     speaker_line_ok: bool
-    power_source: Literal["mains", "battery"]
+    # A reading the terminal's board has no sensor for is absent (None), never zero.
+    power_source: Literal["mains", "battery"] | None = None
     battery_pct: Percent | None = None
-    temperature_c: Annotated[float, Field(ge=-100, le=200, allow_inf_nan=False)]
-    signal_dbm: Annotated[int, Field(ge=-200, le=50)]
+    temperature_c: Annotated[float, Field(ge=-100, le=200, allow_inf_nan=False)] | None = None
+    signal_dbm: Annotated[int, Field(ge=-200, le=50)] | None = None
+    operator: Annotated[str, Field(max_length=64)] | None = None  # the mobile network's name
     volume: Percent
     playing: WireId | None = None  # broadcast id
     cache_bytes: Count

@@ -22,7 +22,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
 from dalaba import __version__
@@ -44,9 +44,12 @@ from dalaba_ops.cli_support import (
     with_database,
 )
 
+if TYPE_CHECKING:
+    from edge_agent.config import DeviceConfig
+
 # Subcommands that run until stopped log what they do; the others print their answer
 # and log only warnings, so their stderr is an error line or nothing.
-LONG_RUNNING = frozenset({"controller", "agent", "sim", "demo"})
+LONG_RUNNING = frozenset({"controller", "agent", "agent-launcher", "sim", "demo"})
 # Where `dalaba provision` tells a board to keep the CA of an mqtts:// broker.
 BOARD_CA_FILE = "/etc/dalaba/broker-ca.pem"
 
@@ -69,8 +72,14 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from dalaba.mqtt import BrokerAddress
 
     settings = load_settings(args, strict=True)
+    accounts = None
+    if settings.broker_accounts_dir is not None and settings.broker_pid_file is not None:
+        from dalaba_ops.broker_accounts import MosquittoFileAccounts, reload_by_pid_file
+
+        reload = reload_by_pid_file(settings.broker_pid_file)
+        accounts = MosquittoFileAccounts(settings.broker_accounts_dir, reload)
     try:
-        asyncio.run(serve_forever(settings))
+        asyncio.run(serve_forever(settings, accounts))
     except TimeoutError as exc:
         # The only wait at start is for the broker's first CONNACK (controller/dispatch.py).
         address = BrokerAddress.from_url(settings.broker_url)
@@ -98,14 +107,144 @@ def _broker_diagnosis(host: str, port: int) -> str:
     )
 
 
-def cmd_agent(args: argparse.Namespace) -> int:
-    """Run one agent. On a real board the hardware is the board's own; only the
-    simulated hardware ships in this repository."""
+def _device_config(args: argparse.Namespace) -> tuple[Path, DeviceConfig]:
     from pydantic import ValidationError
 
-    from edge_agent.agent import EdgeAgent
     from edge_agent.config import DeviceConfig
+
+    path = config_file(args)
+    if path is None:
+        raise CliError(EXIT_USAGE, "give --config DEVICE_JSON (the terminal's device file)")
+    try:
+        return path, DeviceConfig.load(path)
+    except ValidationError as exc:
+        raise CliError(EXIT_USAGE, f"device file {path}: {validation_summary(exc)}") from exc
+    except ValueError as exc:  # not JSON
+        raise CliError(EXIT_USAGE, f"device file {path}: not JSON ({first_line(exc)})") from exc
+
+
+def cmd_board_test(args: argparse.Namespace) -> int:
+    """A test tone through the board's own amplifier and speaker, without the broker or
+    the controller: what a technician runs at the pole. Stop the agent first (it holds
+    the relay line)."""
+    from edge_agent.boards.linux import LinuxHardware, play_test_tone
+    from edge_agent.boards.settings import LinuxBoard
+    from edge_agent.hardware import HardwareFault
+
+    if not 0.5 <= args.seconds <= 30 or not 0 <= args.volume <= 100:
+        raise CliError(EXIT_USAGE, "--seconds is 0.5 to 30 and --volume 0 to 100")
+    path, config = _device_config(args)
+    if not isinstance(config.board, LinuxBoard):
+        raise CliError(EXIT_USAGE, f'device file {path}: board is not {{"kind": "linux"}}')
+    board = config.board
+
+    async def run() -> str:
+        hw = LinuxHardware.create(board)
+        try:
+            return await play_test_tone(hw, seconds=args.seconds, volume=args.volume)
+        finally:
+            await hw.close()
+
+    try:
+        print(asyncio.run(run()))
+    except HardwareFault as exc:
+        raise CliError(EXIT_UNREACHABLE, f"board test failed: {exc}") from exc
+    return EXIT_OK
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    """Run one agent on the hardware its device file names: the board's own (`linux`)
+    or simulated (`sim`). Under systemd it says when it is ready and pings the watchdog
+    (deploy/dalaba-agent.service)."""
+    from edge_agent import sdnotify
+    from edge_agent.agent import EdgeAgent
+    from edge_agent.boards.linux import LinuxHardware
+    from edge_agent.boards.settings import LinuxBoard
+    from edge_agent.hardware import HardwareFault
     from firmware_sim.hardware import SimHardware
+
+    path, config = _device_config(args)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        board = config.board
+        linux: LinuxHardware | None = None
+        hw: LinuxHardware | SimHardware
+        if isinstance(board, LinuxBoard):
+            try:
+                hw = linux = LinuxHardware.create(board)
+            except HardwareFault as exc:
+                raise CliError(EXIT_USAGE, f"device file {path}: board: {exc}") from exc
+            await linux.start()
+        else:
+            hw = SimHardware.create(config.state_dir.parent)
+        agent = EdgeAgent(config, hw)
+        await agent.start()
+        sdnotify.notify("READY=1")
+        interval = sdnotify.watchdog_interval_s()
+        watchdog = asyncio.create_task(sdnotify.watchdog_loop(interval)) if interval else None
+        try:
+            await stop.wait()
+        finally:
+            sdnotify.notify("STOPPING=1")
+            if watchdog is not None:
+                watchdog.cancel()
+            await agent.stop()
+            if linux is not None:
+                await linux.close()
+
+    asyncio.run(run())
+    return EXIT_OK
+
+
+def _print_enrol_codes(settings: Any, terminals: list[Any]) -> int:
+    """One-time codes instead of device files: each board enrols itself with
+    `dalaba agent-enrol` (controller/enrolment.py; only the codes' hashes are stored)."""
+    from controller.enrolment import store_new_code
+    from controller.timefmt import iso
+
+    def issue(session: Any) -> list[Any]:
+        return [store_new_code(session, t.device_id, "cli:provision") for t in terminals]
+
+    for issued in with_database(settings, issue):
+        print(f"{issued.device_id}\t{issued.code}\tvalid until {iso(issued.expires_ms)}")
+    return EXIT_OK
+
+
+def cmd_agent_enrol(args: argparse.Namespace) -> int:
+    """Enrol this board with a one-time code from the console (edge_agent/enrol.py)."""
+    import aiohttp
+
+    from edge_agent.enrol import EnrolRefused, enrol
+
+    try:
+        path = asyncio.run(
+            enrol(
+                args.controller,
+                args.code,
+                Path(args.state_dir),
+                insecure_http=args.insecure_http,
+                controller_ca=Path(args.controller_ca) if args.controller_ca else None,
+            )
+        )
+    except EnrolRefused as exc:
+        raise CliError(EXIT_USAGE, f"enrol: {exc}") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise CliError(EXIT_UNREACHABLE, f"enrol: {args.controller}: {first_line(exc)}") from exc
+    print(f"enrolled; device file {path} (run: dalaba agent --config {path})")
+    return EXIT_OK
+
+
+def cmd_agent_launcher(args: argparse.Namespace) -> int:
+    """Run the agent from its current release and roll a failed update back
+    (edge_agent/launcher.py); what a board's systemd unit runs."""
+    from pydantic import ValidationError
+
+    from edge_agent.config import DeviceConfig
+    from edge_agent.launcher import Launcher
 
     path = config_file(args)
     if path is None:
@@ -114,24 +253,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
         config = DeviceConfig.load(path)
     except ValidationError as exc:
         raise CliError(EXIT_USAGE, f"device file {path}: {validation_summary(exc)}") from exc
-    except ValueError as exc:  # not JSON
-        raise CliError(EXIT_USAGE, f"device file {path}: not JSON ({first_line(exc)})") from exc
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        hw = SimHardware.create(config.state_dir.parent)
-        agent = EdgeAgent(config, hw)
-        await agent.start()
-        try:
-            await stop.wait()
-        finally:
-            await agent.stop()
-
-    asyncio.run(run())
-    return EXIT_OK
+    except (OSError, ValueError) as exc:
+        raise CliError(EXIT_USAGE, f"device file {path}: {first_line(exc)}") from exc
+    return Launcher(path.resolve(), config.state_dir.resolve()).run()
 
 
 def _data_dir(args: argparse.Namespace, default: str) -> Path:
@@ -402,6 +526,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
         return sorted(unique.values(), key=lambda t: t.device_id)
 
     terminals = with_database(settings, load)
+    if args.enrol_codes:
+        return _print_enrol_codes(settings, terminals)
     key_path = settings.signing_key_path
     if not key_path.exists():
         raise CliError(
@@ -581,6 +707,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser(
+        "board-test",
+        parents=common,
+        help="play a test tone through a linux board's amplifier and speaker, locally",
+    )
+    p.add_argument("--config", metavar="DEVICE_JSON", required=True, help="the device file")
+    p.add_argument("--seconds", type=float, default=3.0, help="tone length (0.5-30 s)")
+    p.add_argument("--volume", type=int, default=50, help="0-100, default 50")
+    p.set_defaults(func=cmd_board_test)
+
+    p = sub.add_parser("agent-enrol", parents=common, help="enrol this board with a one-time code")
+    p.add_argument("--controller", required=True, metavar="URL", help="https://controller")
+    p.add_argument("--code", required=True, help="the one-time code from the console")
+    p.add_argument("--state-dir", required=True, help="where the device file and state go")
+    p.add_argument("--controller-ca", help="PEM of the CA the controller's certificate is from")
+    p.add_argument(
+        "--insecure-http", action="store_true", help="allow http:// (tests on one machine only)"
+    )
+    p.set_defaults(func=cmd_agent_enrol)
+
+    p = sub.add_parser(
+        "agent-launcher",
+        parents=common,
+        help="run the agent from its current release; roll back a failed update",
+    )
+    p.add_argument("--config", metavar="DEVICE_JSON", required=True, help="the device file")
+    p.set_defaults(func=cmd_agent_launcher)
+
+    p = sub.add_parser(
         "sim", parents=common, help="run simulated terminals (real agents) from DATA_DIR/sim"
     )
     add_config_argument(p)
@@ -678,6 +832,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--village", action="append", metavar="VILLAGE", help="every terminal of a village"
     )
     p.add_argument("--out", metavar="DIR", help="default: DATA_DIR/provisioning/terminals")
+    p.add_argument(
+        "--enrol-codes",
+        action="store_true",
+        help="print a one-time enrolment code per terminal instead (for `dalaba agent-enrol`; "
+        "the controller must manage the broker's accounts: DALABA_BROKER_ACCOUNTS_DIR)",
+    )
     p.add_argument(
         "--broker-dir",
         metavar="DIR",

@@ -42,8 +42,9 @@ from dalaba_ops.broker import (
     free_port,
     write_broker_config,
 )
+from dalaba_ops.broker_accounts import MosquittoFileAccounts
 from dalaba_ops.provisioning import provision_simulated_county, read_or_create_secret
-from edge_agent.config import DeviceConfig
+from edge_agent.config import ClockSource, DeviceConfig
 from firmware_sim.fleet import device_dir, find_device_configs, spawn_fleet_processes
 
 log = logging.getLogger(__name__)
@@ -117,10 +118,12 @@ def setup_county(
     tls: bool = False,
     client_certs: bool = False,
     signing_scheme: SigningScheme = "ed25519",
+    clock_source: ClockSource = "system",
 ) -> PreparedCounty:
     """`two_person_levels` is empty by default so the tests and benchmarks can send a
     county-wide emergency with one token; the demo turns the rule on, as production has
-    it by default (see Settings).
+    it by default (see Settings). `clock_source`: see DeviceConfig (the simulated
+    terminals share the machine's clock, so "system" unless a test injects offsets).
 
     `tls`: the broker listens for MQTT over TLS only (mqtts://), with a CA made for this
     county under DATA_DIR/broker/tls; the controller and every terminal trust that CA.
@@ -178,6 +181,7 @@ def setup_county(
         broker_dir=broker_dir,
         controller_password=controller_password,
         telemetry_interval_s=telemetry_interval_s,
+        clock_source=clock_source,
         extra_controllers=(ControllerAccount(controller_username(2), replica_password),),
     )
     if files.tls is not None:
@@ -327,7 +331,9 @@ async def run_demo(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     fleet: list[subprocess.Popen[bytes]] = []
-    controller = ControllerServer(prepared.settings)
+    # The demo's own broker: the console can enrol and revoke boards (docs/operations.md).
+    accounts = MosquittoFileAccounts(prepared.data_dir / "broker", prepared.broker.reload)
+    controller = ControllerServer(prepared.settings, accounts)
     try:
         await prepared.broker.start_async()
         await controller.start()

@@ -27,7 +27,7 @@ from dalaba_ops.broker import (
     write_acl,
     write_password_file,
 )
-from edge_agent.config import DeviceConfig
+from edge_agent.config import ClockSource, DeviceConfig
 from firmware_sim.fleet import device_dir
 
 
@@ -52,6 +52,7 @@ def provision_simulated_county(
     broker_dir: Path,
     controller_password: str,
     telemetry_interval_s: float = 30.0,
+    clock_source: ClockSource = "system",
     extra_controllers: tuple[ControllerAccount, ...] = (),
 ) -> list[DeviceAccount]:
     """Write every terminal's config (keeping existing passwords) and the broker's
@@ -76,6 +77,7 @@ def provision_simulated_county(
                 controller_public_keys=[public_key_pem],
                 state_dir=path.parent / "state",
                 telemetry_interval_s=telemetry_interval_s,
+                clock_source=clock_source,
             ).save(path)
             accounts.append(DeviceAccount(device_id, village.id, village.township_id, password))
     broker_dir.mkdir(parents=True, exist_ok=True)
@@ -188,6 +190,8 @@ def provision_terminals(
             "state_dir": state_dir,
             # A real board: a power cut must not lose a report already on flash.
             "fsync_flash_writes": True,
+            # A board's NTP may be broken or blocked: start on the controller's clock.
+            "clock_source": "controller",
         }
         if ca_file is not None:
             fields["ca_file"] = ca_file

@@ -35,6 +35,7 @@ from dalaba.mqtt import MqttConnection, WillMessage
 from dalaba.signing import verifier_set_from_pem
 from edge_agent.arbiter import Arbiter, Item
 from edge_agent.cache import MediaCache
+from edge_agent.clocksync import ClockSync, ControllerClock, parse_time_answer
 from edge_agent.config import FIRMWARE_VERSION, DeviceConfig
 from edge_agent.fetcher import PREFETCH_BACKOFF, FetchDeadline, MediaFetcher, MediaUnavailable
 from edge_agent.hardware import Hardware, HardwareFault, PreparedAudio
@@ -42,6 +43,7 @@ from edge_agent.journal import OwedPlay, PlayJournal
 from edge_agent.local_schedule import LocalSchedule, PinnedMedia
 from edge_agent.outbox import Outbox
 from edge_agent.replay import SeenCommands
+from edge_agent.updater import Updater
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,7 @@ class _Track:
     received_at: int = 0  # terminal clock
     resumed: bool = False  # taken up again after a restart
     cancelled: bool = False
+    on_receipt: bool = False  # no clock estimate: played as soon as it could
     finished: bool = False  # a final report was made
     item: Item | None = None
     stop_reason: p.DeliveryState | None = None
@@ -145,7 +148,15 @@ class EdgeAgent:
         self._started_at = time.monotonic()
         self._faults: set[p.Fault] = set()
         self._amp_off_task: asyncio.Task[None] | None = None
-        self._clock_offset_ms: int | None = None
+        self._clock_offset_ms: int | None = None  # from commands' issue times
+        # Signed instants are compared with this clock; it is the board's own unless the
+        # device file asks for the controller's (then corrected by the estimate).
+        self.clock = ControllerClock(hardware.clock)
+        self.clock_sync = (
+            ClockSync(self.clock, self._ask_controller_time)
+            if config.clock_source == "controller"
+            else None
+        )
         self._stopping = False
         state = config.state_dir
         self.cache = MediaCache(state / "cache", config.cache_max_bytes)
@@ -153,7 +164,7 @@ class EdgeAgent:
             cache=self.cache,
             base_url=config.media_base_url,
             network=hardware.network,
-            clock=hardware.clock,
+            clock=self.clock,
             session=self._session,
         )
         self._seen = SeenCommands(state / "seen-commands.txt")
@@ -172,6 +183,14 @@ class EdgeAgent:
         self._schedule_wakeup = asyncio.Event()
         # Whatever the key file holds: Ed25519 or SM2 keys, or certificates for them.
         self._verifiers = verifier_set_from_pem(config.controller_public_keys)
+        self.updater = Updater(
+            state_dir=state,
+            fetcher=self.fetcher,
+            verifiers=self._verifiers,
+            now_ms=self.hw.clock.now_ms,
+            report=self._report_update,
+            quiet=self._quiet_for,
+        )
         self.mqtt: MqttConnection | None = None
         # Remotely adjustable (ConfigBody); start from the provisioned values.
         self.normal_volume = config.normal_volume
@@ -183,7 +202,7 @@ class EdgeAgent:
 
     async def start(self, connect_timeout_s: float | None = None) -> None:
         cfg = self.config
-        now = self.hw.clock.now_ms()
+        now = self.clock.now_ms()
         self._seen.load(now)
         self._completed.load(now)
         self.schedule.load(now)
@@ -217,15 +236,33 @@ class EdgeAgent:
             asyncio.create_task(self._fault_watch_loop(), name=f"{cfg.device_id}-faults"),
             asyncio.create_task(self._schedule_loop(), name=f"{cfg.device_id}-schedule"),
         ]
+        if self.clock_sync is not None:
+            self._tasks.append(
+                asyncio.create_task(self.clock_sync.run(), name=f"{cfg.device_id}-clock")
+            )
         self._recover(owed)
         if self.schedule.items or self._pinned.refs:
             # After a reboot: make sure what must be on flash still is.
             self._spawn(self._prefetch(self._wanted_media()))
         await self.mqtt.start(timeout_s=connect_timeout_s)
+        # Connected: a release on trial can pass its self-test (edge_agent/updater.py).
+        self.updater.after_start()
 
     def _session(self) -> aiohttp.ClientSession:
         assert self._http is not None, "start() first"
         return self._http
+
+    async def _ask_controller_time(self) -> int:
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with self._session().get(self.config.controller_time_url(), timeout=timeout) as resp:
+            resp.raise_for_status()
+            return parse_time_answer(await resp.json())
+
+    @property
+    def plays_on_receipt(self) -> bool:
+        """The controller's clock is wanted and the offset from it is not known: a
+        start instant cannot be placed, so a play starts as soon as it can."""
+        return self.clock_sync is not None and self.clock.estimate is None
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         """A short-lived background job, cancelled with the agent if still running."""
@@ -239,7 +276,7 @@ class EdgeAgent:
         that is sounding is cut without a report: the play journal reports it at the
         next start, as it would after a crash."""
         self._stopping = True
-        tasks = [*self._tasks, *self._jobs]
+        tasks = [*self._tasks, *self._jobs, *self.updater.tasks()]
         if self._play_task is not None:
             tasks.append(self._play_task)
         if self._amp_off_task is not None:
@@ -252,7 +289,7 @@ class EdgeAgent:
             if graceful and self.mqtt.connected:
                 with contextlib.suppress(Exception):
                     status = p.DeviceStatus(
-                        device_id=self.config.device_id, online=False, at=self.hw.clock.now_ms()
+                        device_id=self.config.device_id, online=False, at=self.clock.now_ms()
                     )
                     await self.mqtt.publish_confirmed(
                         p.Topics.device_status(self.config.device_id),
@@ -281,7 +318,7 @@ class EdgeAgent:
         status = p.DeviceStatus(
             device_id=cfg.device_id,
             online=True,
-            at=self.hw.clock.now_ms(),
+            at=self.clock.now_ms(),
             firmware=FIRMWARE_VERSION,
             village_id=cfg.village_id,
             township_id=cfg.township_id,
@@ -302,7 +339,7 @@ class EdgeAgent:
     def _recover(self, owed: list[OwedPlay]) -> None:
         """Take up the plays the previous run left open (see edge_agent.journal)."""
         finals = self._final_reports_pending()
-        now = self.hw.clock.now_ms()
+        now = self.clock.now_ms()
         for play in owed:
             bid = play.broadcast_id
             if (bid, play.body.attempt) in finals or self._completed.seen(bid):
@@ -356,7 +393,7 @@ class EdgeAgent:
     # ------------------------------------------------------------------ commands
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        now = self.hw.clock.now_ms()
+        now = self.clock.now_ms()
         try:
             command = p.open_envelope(payload, self._verifiers, now)
         except p.CommandRejected as exc:
@@ -391,6 +428,8 @@ class EdgeAgent:
             self._spawn(self._prefetch(body.media, report_command=command.id))
         elif isinstance(body, p.ScheduleBody):
             self._apply_schedule(body)
+        elif isinstance(body, p.UpdateBody):
+            self.updater.offer(body, payload)
         else:
             self._apply_config(body)
 
@@ -408,7 +447,7 @@ class EdgeAgent:
         event = p.DeviceEvent(
             device_id=self.config.device_id,
             kind=p.EventKind.COMMAND_REJECTED,
-            at=self.hw.clock.now_ms(),
+            at=self.clock.now_ms(),
             reason=reason.value,
             command_id=command.id if command is not None else None,
             broadcast_id=broadcast_id,
@@ -439,12 +478,13 @@ class EdgeAgent:
         claimed = self.schedule.claimed_attempt(bid)
         if claimed is not None and track.body.attempt <= claimed:
             return
-        now = self.hw.clock.now_ms()
+        now = self.clock.now_ms()
         self.schedule.claim(bid, track.expires_at, track.body.attempt)
         track.received_at = now
         self._tracks[bid] = track
         self.journal.accepted(track.command_id, track.expires_at, track.local, track.body, now)
         self._report(track, p.DeliveryState.RECEIVED)
+        self.updater.yield_to_play()
         track.fetch_task = asyncio.create_task(self._fetch_and_queue(track))
         lead = track.body.start_at - now
         if lead <= self.hw.amplifier.warmup_ms + 2_000 and not self.hw.amplifier.on:
@@ -500,10 +540,36 @@ class EdgeAgent:
         self._publish_event(
             p.EventKind.CONFIG_APPLIED,
             "ok",
-            self.hw.clock.now_ms(),
+            self.clock.now_ms(),
             detail=body.model_dump(exclude_none=True, exclude={"kind"}),
         )
         self._publish_telemetry()
+
+    # ------------------------------------------------------------------ updates
+
+    def _quiet_for(self, window_ms: int) -> bool:
+        """Nothing plays, waits, is owed, or is due on the local schedule within
+        `window_ms`: an update may switch (restart) now."""
+        if self._playing_item is not None or self._arbiter.queued:
+            return False
+        now = self.hw.clock.now_ms()
+        # A play owed later than the window is taken up again after the restart (journal).
+        if any(
+            not t.finished and t.body.start_at - now <= window_ms for t in self._tracks.values()
+        ):
+            return False
+        return not self.schedule.due(now, window_ms)
+
+    def _report_update(self, progress: p.UpdateProgress, reason: str | None) -> None:
+        event = p.DeviceEvent(
+            device_id=self.config.device_id,
+            kind=p.EventKind.UPDATE_STATE,
+            at=self.hw.clock.now_ms(),
+            reason=_clip(reason) if reason else progress.state.value,
+            detail=progress.model_dump(mode="json"),
+        )
+        # Kept when the outbox is full: the console must learn where an update stands.
+        self._send(p.Topics.device_event(self.config.device_id), event, keep=True)
 
     def _playing_emergency(self) -> bool:
         item = self._playing_item
@@ -526,7 +592,7 @@ class EdgeAgent:
         self._publish_event(
             p.EventKind.SCHEDULE_APPLIED,
             str(body.version),
-            self.hw.clock.now_ms(),
+            self.clock.now_ms(),
             detail={"version": body.version, "items": len(body.items)},
         )
         self._schedule_wakeup.set()
@@ -537,7 +603,7 @@ class EdgeAgent:
         # one, normally arrives earlier still and claims it first.
         lead = self.hw.amplifier.warmup_ms + 1500
         while True:
-            now = self.hw.clock.now_ms()
+            now = self.clock.now_ms()
             for item in self.schedule.due(now, lead):
                 body = item.play_body()
                 track = _Track(
@@ -582,7 +648,7 @@ class EdgeAgent:
         fetched = failed = 0
         # One window for the batch: a controller that is away costs each later item a
         # single round of tries, not a window each.
-        deadline = self.hw.clock.now_ms() + PREFETCH_WINDOW_MS
+        deadline = self.clock.now_ms() + PREFETCH_WINDOW_MS
         for ref in refs:
             try:
                 await self.fetcher.fetch(ref, deadline, PREFETCH_BACKOFF)
@@ -596,7 +662,7 @@ class EdgeAgent:
             self._publish_event(
                 p.EventKind.PRELOADED,
                 "ok" if not failed else "incomplete",
-                self.hw.clock.now_ms(),
+                self.clock.now_ms(),
                 detail={"fetched": fetched, "failed": failed},
                 command_id=report_command,
             )
@@ -629,11 +695,15 @@ class EdgeAgent:
             return
         if track.cancelled:
             return
-        now = self.hw.clock.now_ms()
+        now = self.clock.now_ms()
         # A start that passed while fetching moves to the late grid, far enough ahead
         # to warm the amplifier.
         lead = 0 if self.hw.amplifier.on else self.hw.amplifier.warmup_ms
-        start = late_slot(track.body.start_at, now + lead + START_MARGIN_MS)
+        track.on_receipt = self.plays_on_receipt
+        if track.on_receipt:
+            start = now + lead + START_MARGIN_MS
+        else:
+            start = late_slot(track.body.start_at, now + lead + START_MARGIN_MS)
         if start >= track.expires_at:
             self._report(track, p.DeliveryState.EXPIRED, "expired before it could play")
             return
@@ -676,7 +746,7 @@ class EdgeAgent:
     async def _player_loop(self) -> None:
         warmup = self.hw.amplifier.warmup_ms
         while True:
-            now = self.hw.clock.now_ms()
+            now = self.clock.now_ms()
             decision = self._arbiter.decide(now, lead_ms=warmup)
             for item in decision.expired:
                 track = self._tracks.get(item.broadcast_id)
@@ -734,14 +804,17 @@ class EdgeAgent:
             # a warm-up already under way (a prewarm) instead of starting another.
             await self.hw.amplifier.power_on()
             start = item.start_at_ms
-            now = self.hw.clock.now_ms()
-            if now - start > LATE_TOLERANCE_MS:
+            now = self.clock.now_ms()
+            if track.on_receipt:
+                start = max(start, now)
+            elif now - start > LATE_TOLERANCE_MS:
                 # Missed its instant (queued behind another, played again after an
                 # interruption, a slow warm-up): the next step of the late grid.
                 start = late_slot(body.start_at, now + START_MARGIN_MS)
             await self.hw.speaker.play(
                 prepared,
-                start_at_ms=start,
+                # The speaker counts on the board's own clock.
+                start_at_ms=self.clock.to_local(start),
                 broadcast_id=body.broadcast_id,
                 on_started=lambda: self._on_play_started(track, prepared),
                 attempt=body.attempt,
@@ -781,10 +854,19 @@ class EdgeAgent:
                 self._wakeup.set()
 
     def _on_play_started(self, track: _Track, prepared: PreparedAudio) -> None:
-        now = self.hw.clock.now_ms()
+        now = self.clock.now_ms()
         track.started_mono = self._last_progress_mark = time.monotonic()
         track.duration_ms = prepared.duration_ms
         self.journal.started(track.body.broadcast_id, now, prepared.duration_ms)
+        if track.on_receipt:
+            # How late is unknown without a clock; say why it did not wait instead.
+            self._report(
+                track,
+                p.DeliveryState.PLAYING,
+                "clock offset from the controller unknown: played on receipt",
+                on_receipt=True,
+            )
+            return
         late = now - track.body.start_at
         self._report(
             track, p.DeliveryState.PLAYING, late_ms=late if late >= LATE_TOLERANCE_MS else None
@@ -819,6 +901,7 @@ class EdgeAgent:
         late_ms: int | None = None,
         offset_ms: int | None = None,
         final: bool | None = None,
+        on_receipt: bool = False,
     ) -> None:
         """Report a state change of `track` (through the outbox). `final` (default: the
         state's own finality) means this terminal is done with the broadcast."""
@@ -827,13 +910,14 @@ class EdgeAgent:
             broadcast_id=track.body.broadcast_id,
             command_id=track.command_id,
             state=state,
-            at=self.hw.clock.now_ms(),
+            at=self.clock.now_ms(),
             seq=self._next_seq(),
             reason=_clip(reason) if reason is not None else None,
             offline=not self.connected,
             late_ms=late_ms,
             offset_ms=offset_ms,
             attempt=track.body.attempt,
+            on_receipt=on_receipt,
         )
         self.counters[f"state_{state.value}"] += 1
         self._send(
@@ -895,7 +979,7 @@ class EdgeAgent:
         cache_bytes, cache_items = self.cache.usage()
         return p.Telemetry(
             device_id=self.config.device_id,
-            at=hw.clock.now_ms(),
+            at=self.clock.now_ms(),
             firmware=FIRMWARE_VERSION,
             uptime_s=int(time.monotonic() - self._started_at),
             amplifier_on=hw.amplifier.on,
@@ -905,11 +989,12 @@ class EdgeAgent:
             battery_pct=hw.power.battery_pct,
             temperature_c=hw.sensors.temperature_c,
             signal_dbm=hw.sensors.signal_dbm,
+            operator=hw.sensors.operator,
             volume=hw.speaker.volume,
             playing=self._playing_item.broadcast_id if self._playing_item else None,
             cache_bytes=cache_bytes,
             cache_items=cache_items,
-            clock_offset_ms=self._clock_offset_ms,
+            clock_offset_ms=self._known_clock_offset_ms(),
             faults=tuple(sorted(self._faults)),
             schedule_version=self.schedule.version,
             dropped_messages=self.counters["dropped"],
@@ -939,9 +1024,22 @@ class EdgeAgent:
             faults.add(p.Fault.SPEAKER_LINE)
         if self.hw.power.source == "battery":
             faults.add(p.Fault.ON_BATTERY)
-        if self._clock_offset_ms is not None and abs(self._clock_offset_ms) > 2_000:
-            faults.add(p.Fault.CLOCK)
+        offset = self._known_clock_offset_ms()
+        if offset is not None and abs(offset) > 2_000:
+            faults.add(p.Fault.CLOCK)  # corrected here, but the board's NTP is broken
+        if self.clock_sync is not None and self.clock_sync.failures:
+            faults.add(p.Fault.CLOCK)  # cannot be placed: plays on receipt
         return faults
+
+    def _known_clock_offset_ms(self) -> int | None:
+        if self.clock_sync is None:
+            # A board's time service (chrony, edge_agent/boards/linux.py SystemClock)
+            # knows the clock's offset better than commands' issue times do (those
+            # carry the network's delay); the simulated clock has none.
+            ntp = getattr(self.hw.clock, "ntp_offset_ms", None)
+            return ntp if ntp is not None else self._clock_offset_ms
+        estimate = self.clock.estimate
+        return estimate.offset_ms if estimate is not None else None
 
     async def _fault_watch_loop(self) -> None:
         ticks = 0
@@ -950,7 +1048,7 @@ class EdgeAgent:
             if current != self._faults:
                 raised, cleared = current - self._faults, self._faults - current
                 self._faults = current
-                now = self.hw.clock.now_ms()
+                now = self.clock.now_ms()
                 for fault in sorted(raised):
                     self._publish_event(p.EventKind.FAULT_RAISED, fault.value, now)
                 for fault in sorted(cleared):

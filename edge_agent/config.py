@@ -5,14 +5,21 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urljoin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from dalaba import __version__
 from dalaba.mqtt import BrokerAddress
-from dalaba.protocol import check_id
+from dalaba.protocol import TIME_PATH, check_id
+from edge_agent.boards.settings import Board, SimBoard
 
-FIRMWARE_VERSION = "dalaba-agent/0.1.0"
+# The version a terminal reports (status, telemetry): the running release's, which an
+# over-the-air update changes (edge_agent/updater.py).
+FIRMWARE_VERSION = f"dalaba-agent/{__version__}"
+
+ClockSource = Literal["system", "controller"]
 
 
 class DeviceConfig(BaseModel):
@@ -57,6 +64,16 @@ class DeviceConfig(BaseModel):
     # runs 10,000 agents per machine. A real board without a hold-up capacitor should
     # turn it on, or a power cut loses up to the filesystem's commit interval.
     fsync_flash_writes: bool = False
+    # The hardware: {"kind": "sim"} (the default) or {"kind": "linux", ...} on a real
+    # board (edge_agent/boards/settings.py says what can be set).
+    board: Board = Field(default_factory=SimBoard, discriminator="kind")
+    # Whose clock a broadcast's start instant is read on. "system": the board's own,
+    # kept by NTP (chrony). "controller": the agent estimates its offset from the
+    # controller (edge_agent/clocksync.py) and corrects every start by it; until it has
+    # an estimate it plays on receipt and says so. `time_url` is where it asks
+    # (default: /api/time on the host of `media_base_url`).
+    clock_source: ClockSource = "system"
+    time_url: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -89,6 +106,9 @@ class DeviceConfig(BaseModel):
         if not password and self.cert_file is None:
             raise ValueError("mqtt_password: empty, and no cert_file to log in with instead")
         return self._broker_url().with_credentials(self.mqtt_username, password)
+
+    def controller_time_url(self) -> str:
+        return self.time_url or urljoin(self.media_base_url, TIME_PATH)
 
     @classmethod
     def load(cls, path: Path) -> DeviceConfig:

@@ -137,8 +137,11 @@ class Fleet:
     def set_on_battery(self, device_id: str, on_battery: bool = True) -> None:
         self.hardware[device_id].power.on_battery = on_battery
 
-    def set_clock_offset(self, device_id: str, offset_ms: int) -> None:
-        self.hardware[device_id].clock.offset_ms = offset_ms
+    def set_clock_offset(self, device_id: str, offset_ms: int, drift_ppm: float = 0.0) -> None:
+        clock = self.hardware[device_id].clock
+        clock.drift_ppm = 0.0  # restarts the drift from now, from the new offset
+        clock.offset_ms = offset_ms
+        clock.drift_ppm = drift_ppm
 
     def set_slow_link(
         self, device_id: str, bytes_per_s: float | None, latency_s: float = 0

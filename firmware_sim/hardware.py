@@ -34,11 +34,31 @@ def _true_now_ms() -> int:
 
 
 class SimClock:
+    """The board's wall clock: off by `offset_ms` (fault: broken NTP) and running fast or
+    slow by `drift_ppm` (a cheap crystal is tens of ppm off), from when drift was set."""
+
     def __init__(self) -> None:
-        self.offset_ms = 0  # fault: a terminal whose clock is off
+        self.offset_ms = 0
+        self._drift_ppm = 0.0
+        self._drift_since_ms = _true_now_ms()
+
+    @property
+    def drift_ppm(self) -> float:
+        return self._drift_ppm
+
+    @drift_ppm.setter
+    def drift_ppm(self, ppm: float) -> None:
+        # The error drifted so far is kept in the offset, so the clock does not jump.
+        now = _true_now_ms()
+        self.offset_ms += self._drifted_ms(now)
+        self._drift_ppm, self._drift_since_ms = ppm, now
+
+    def _drifted_ms(self, true_ms: int) -> int:
+        return round((true_ms - self._drift_since_ms) * self._drift_ppm / 1e6)
 
     def now_ms(self) -> int:
-        return _true_now_ms() + self.offset_ms
+        now = _true_now_ms()
+        return now + self.offset_ms + self._drifted_ms(now)
 
 
 class SimAmplifier:
@@ -199,10 +219,14 @@ class SimSpeaker:
         loop = asyncio.get_running_loop()
         sounding = self._sounding = loop.create_future()
         timer = loop.call_later(audio.duration_ms / 1000, _settle, sounding)
+        # The agent's bookkeeping for the first sample runs after the other simulated
+        # terminals whose first sample is due now have started theirs: on a board each
+        # agent has its own CPU, and in one simulator process serial bookkeeping would
+        # otherwise show up as start skew.
+        noted = loop.call_soon(on_started)
         completed = False
         fault: str | None = None
         try:
-            on_started()
             await sounding
             completed = True
         except HardwareFault as exc:
@@ -210,6 +234,7 @@ class SimSpeaker:
             raise
         finally:
             # Runs on cancellation too: a cut-off play records exactly what went out.
+            noted.cancel()
             timer.cancel()
             self._sounding = None
             ended = _true_now_ms()
@@ -316,7 +341,8 @@ def _read_json_lines(path: Path) -> list[dict[str, object]]:
 class SimPower:
     def __init__(self) -> None:
         self.on_battery = False
-        self.battery_pct_value = 100
+        # None: a board without a battery (its charge is absent, not 0 %).
+        self.battery_pct_value: int | None = 100
 
     @property
     def source(self) -> Literal["mains", "battery"]:
@@ -332,14 +358,23 @@ class SimSensors:
         rng = random.Random(seed)
         self._base_temp = 18 + rng.random() * 12
         self._signal = -60 - rng.randint(0, 40)
+        # False: a board without that sensor, whose readings are reported absent.
+        self.has_thermometer = True
+        self.has_modem = True
 
     @property
-    def temperature_c(self) -> float:
+    def temperature_c(self) -> float | None:
+        if not self.has_thermometer:
+            return None
         return round(self._base_temp + random.random(), 1)
 
     @property
-    def signal_dbm(self) -> int:
-        return self._signal
+    def signal_dbm(self) -> int | None:
+        return self._signal if self.has_modem else None
+
+    @property
+    def operator(self) -> str | None:
+        return "SIM-NET" if self.has_modem else None
 
 
 class SimNetwork:

@@ -4,8 +4,9 @@
 #   scripts/ensure-system-deps.sh demo   what `make demo` needs: Python with venv, the
 #                                        broker (mosquitto), ffmpeg, the offline voice
 #                                        (espeak-ng)
-#   scripts/ensure-system-deps.sh test   the same, plus what only the console's browser
-#                                        tests need: Chromium and CJK fonts (~380 MB)
+#   scripts/ensure-system-deps.sh test   the same, plus what only the tests need: ALSA's
+#                                        aplay (alsa-utils), and for the console's browser
+#                                        tests Chromium and CJK fonts (~380 MB)
 #
 # Supported: Debian 12 and 13, Ubuntu 22.04 and 24.04 (the CI and the benchmarks run on
 # Debian 12). PYTHON names the interpreter the venv is made with (default python3).
@@ -59,6 +60,10 @@ have mosquitto || need+=(mosquitto)
 have mosquitto_passwd || need+=(mosquitto)
 have ffmpeg || need+=(ffmpeg)
 have espeak-ng || need+=(espeak-ng)
+# The `linux` board driver's tests play through the real aplay into ALSA file PCMs.
+if [ "$what" = test ]; then
+  have aplay || need+=(alsa-utils)
+fi
 
 if [ "$what" = test ] && [ "${DALABA_SKIP_BROWSER:-0}" != "1" ]; then
   # The browser tests drive /usr/bin/chromium (tests/browser/conftest.py). Debian packages

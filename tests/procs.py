@@ -42,6 +42,7 @@ from paho.mqtt.properties import Properties
 from pydantic import SecretStr
 
 from controller.settings import Settings
+from dalaba.protocol import now_ms
 from dalaba_ops.broker import BrokerFiles, MosquittoProcess
 from dalaba_ops.demo import PreparedCounty, setup_county
 from edge_agent.config import DeviceConfig
@@ -476,6 +477,18 @@ async def wait_until(
             extra = f": {detail()}" if detail is not None else ""
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{extra}")
         await asyncio.sleep(interval_s)
+
+
+async def bring_up(county: FaultCounty, client: Api) -> None:
+    """Start whatever of the county is not running and wait until the controller
+    answers, the restarted terminals were heard from, and every terminal is online."""
+    restarted_ms = now_ms()
+    started = await asyncio.to_thread(county.start_missing)
+    await wait_until(client.healthy, 60, "the controller up and connected", detail=county.log_tails)
+    back = county.terminals_run_by(started)
+    if back:
+        await wait_heard_since(client, back, restarted_ms, 60)
+    await wait_online(client, county.terminals, True, 60)
 
 
 def expect_states(ids: Iterable[str], states: Collection[str]) -> dict[str, frozenset[str]]:

@@ -1,4 +1,4 @@
-"""/api/health, /api/metrics and /api/security-events."""
+"""/api/health, /api/time, /api/metrics and /api/security-events."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from controller.errors import forbidden, json_response
 from controller.models import SecurityEvent
 from controller.openapi import GENERIC, Param, describe, integer
 from controller.timefmt import iso
+from dalaba import protocol as p
 
 routes = web.RouteTableDef()
 
@@ -35,6 +36,20 @@ async def health(request: web.Request) -> web.Response:
         {"status": "ok" if connected else "degraded", "broker_connected": connected},
         status=200 if connected else 503,
     )
+
+
+@routes.get(p.TIME_PATH)
+@describe(
+    "The controller's clock, for terminals estimating their offset from it",
+    tag="system",
+    responses={200: s.TimeOut},
+    description="No login: terminals ask it several times and keep the shortest round "
+    "trip (edge_agent/clocksync.py). Never cached.",
+    public=True,
+)
+async def controller_time(_request: web.Request) -> web.Response:
+    answer = p.TimeAnswer(now_ms=p.now_ms())
+    return web.json_response(answer.model_dump(), headers={"Cache-Control": "no-store"})
 
 
 @routes.get("/api/metrics")

@@ -236,6 +236,9 @@ async def test_a_terminal_fault_appears_on_the_overview_and_its_page(make_county
     await tech.go("terminals", f"circle[data-device={device}][data-state=online]")
     assert await page.locator("#attention .attention-item").count() == 0
 
+    # A board without a thermometer or a modem (the fault below sends its telemetry).
+    sensors = county.fleet.hardware[device].sensors
+    sensors.has_thermometer = sensors.has_modem = False
     county.fleet.set_amplifier_failed(device)
     county.fleet.set_on_battery("d-t02-v03-1")
     await page.wait_for_selector(f"circle[data-device={device}][data-state=fault]", timeout=20_000)
@@ -249,5 +252,11 @@ async def test_a_terminal_fault_appears_on_the_overview_and_its_page(make_county
     assert "功放故障" in await tech.text("#faults")
     await page.click("#test-tone")
     await page.wait_for_selector("#deliveries tbody tr")
+    # Redrawn after the tone, with the telemetry the fault sent: temperature, signal and
+    # mobile network absent (无), not a dash (no report) and not 0.
+    await page.wait_for_function(
+        "document.querySelector('dl.facts').innerText.split('无（未装传感器）').length > 3",
+        timeout=20_000,
+    )
     await asyncio.sleep(0.2)
     await tech.shot("20-terminal-page")

@@ -29,11 +29,11 @@ from tests.procs import (
     Api,
     FaultCounty,
     MqttIntruder,
+    bring_up,
     epoch_ms,
     expect_states,
     wait_deliveries,
     wait_first_completed_play,
-    wait_heard_since,
     wait_online,
     wait_until,
 )
@@ -66,15 +66,7 @@ async def api(county: FaultCounty) -> AsyncIterator[Api]:
     """Every process running and every terminal shown online, before each test."""
     async with aiohttp.ClientSession() as http:
         client = Api(county, http)
-        restarted_ms = p.now_ms()
-        started = await asyncio.to_thread(county.start_missing)
-        await wait_until(
-            client.healthy, 60, "the controller up and connected", detail=county.log_tails
-        )
-        back = county.terminals_run_by(started)
-        if back:
-            await wait_heard_since(client, back, restarted_ms, 60)
-        await wait_online(client, county.terminals, True, 60)
+        await bring_up(county, client)
         yield client
 
 

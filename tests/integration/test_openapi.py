@@ -187,6 +187,8 @@ async def test_real_answers_match_their_schemas(make_county) -> None:
             assert len(await resp.read()) > 100_000
     await api.call("GET", "/api/openapi.json", anonymous=True, expect=200)
     await api.call("GET", "/api/health", anonymous=True, expect=200)
+    await api.call("GET", "/api/time", anonymous=True, expect=200)
+    await api.call("GET", "/api/time", anonymous=True, expect=200)
     await api.call("GET", "/metrics", anonymous=True, expect=200)
     await api.call("GET", "/", anonymous=True, expect=200)
     await api.call("GET", "/static/{filename}", path="/static/vendor/redoc/LICENSE", anonymous=True)
@@ -514,6 +516,29 @@ async def test_real_answers_match_their_schemas(make_county) -> None:
     await api.call("GET", "/api/session")
     await api.call("POST", "/api/session/password", json_body={"current": "x", "new": "y"})
     await api.call("POST", "/api/session/logout")
+
+    # Agent updates (issue 13; the real wheel goes out in tests/integration/test_updates.py).
+    await api.call("GET", "/api/updates/releases", expect=200)
+    await api.call("POST", "/api/updates/releases?version=1.0&min_version=1.0", expect=400)
+    await api.call("GET", "/api/updates/rollouts", expect=200)
+    rollout = {"release_id": "nope", "targets": {"all": True}}
+    await api.call("POST", "/api/updates/rollouts", json_body=rollout, expect=400)
+    for action in ("", "/halt", "/resume"):
+        await api.call(
+            "GET" if not action else "POST",
+            f"/api/updates/rollouts/{{id}}{action}",
+            path=f"/api/updates/rollouts/nope{action}",
+            expect=404,
+        )
+
+    # Enrolment (issue 13; codes, enrolling and revoking against a real broker are in
+    # tests/integration/test_enrolment.py): this controller manages no broker accounts.
+    dev = next(iter(county.fleet.configs))
+    for action in ("enrolment-code", "revoke"):
+        await api.call(
+            "POST", f"/api/devices/{{id}}/{action}", path=f"/api/devices/{dev}/{action}", expect=409
+        )
+    await api.call("POST", "/api/enrol", anonymous=True, json_body={"code": "AB-CD"}, expect=409)
 
     # The live stream: its first frame, then hang up.
     async with county.http.get(county.url + "/api/live", headers=county.headers()) as resp:

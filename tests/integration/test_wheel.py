@@ -72,9 +72,12 @@ def _setuptools_builds_offline() -> bool:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel of this tree, built from a copy so no build/ or stale file of the
-    checkout can slip into it."""
-    base = tmp_path_factory.mktemp("wheel")
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+def build_wheel(base: Path) -> Path:
+    """The wheel of this tree, built in `base` from a copy so no build/ or stale file
+    of the checkout can slip into it (also the agent releases of test_updates.py)."""
     src = base / "src"
     for name in BUILD_INPUTS:
         source = REPO_ROOT / name

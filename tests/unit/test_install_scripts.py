@@ -18,6 +18,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ensure-system-deps.s
 DEBIAN_12 = 'ID=debian\nVERSION_ID="12"\n'
 UBUNTU_24 = 'ID=ubuntu\nID_LIKE=debian\nVERSION_ID="24.04"\n'
 DEMO_TOOLS = ("mosquitto", "mosquitto_passwd", "ffmpeg", "espeak-ng")
+ALL_TOOLS = (*DEMO_TOOLS, "aplay")  # the tests also play through ALSA
 
 
 @dataclass
@@ -37,7 +38,7 @@ def run_script(
     what: str,
     *,
     os_release: str = DEBIAN_12,
-    tools: tuple[str, ...] = DEMO_TOOLS,
+    tools: tuple[str, ...] = ALL_TOOLS,
     chromium: bool = True,
     cjk_fonts: bool = True,
     ensurepip: bool = True,
@@ -112,6 +113,13 @@ def test_tests_add_chromium_and_fonts_on_debian(tmp_path: Path) -> None:
     run = run_script(tmp_path, "test", chromium=False, cjk_fonts=False)
     assert run.code == 0, run.stderr
     assert sorted(run.installed) == ["chromium", "fonts-noto-cjk"]
+
+
+def test_tests_add_alsa_utils_for_aplay(tmp_path: Path) -> None:
+    run = run_script(tmp_path, "test", tools=DEMO_TOOLS)
+    assert run.code == 0, run.stderr
+    assert run.installed == ["alsa-utils"]
+    assert run_script(tmp_path / "demo", "demo", tools=DEMO_TOOLS).installed == []
 
 
 def test_python_without_venv_gets_python3_venv(tmp_path: Path) -> None:

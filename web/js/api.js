@@ -13,6 +13,7 @@ export function setCsrf(token) {
 const TRANSLATED = new Set([
   "not_plain_audio", "unsupported_audio", "too_large", "malformed_json", "unauthenticated",
   "csrf", "idempotency_key_in_flight", "idempotency_key_reused", "idempotency_key_unfinished",
+  "enrol_unavailable",
 ]);
 
 export class ApiError extends Error {

@@ -20,6 +20,7 @@ const VIEWS = {
   workorders: () => import("./views/workorders.js"),
   inbox: () => import("./views/inbox.js"),
   sources: () => import("./views/sources.js"),
+  updates: () => import("./views/updates.js"),
 };
 
 const ctx = {
@@ -62,6 +63,8 @@ function navItems(me) {
   items.push(["#/terminals", "nav.terminals"], ["#/workorders", "nav.workorders"], ["#/records", "nav.records"], ["#/stats", "nav.stats"], ["#/audit", "nav.audit"]);
   if (me.can_broadcast) items.push(["#/groups", "nav.groups"]);
   if (me.role === "admin") items.push(["#/users", "nav.users"], ["#/sources", "nav.sources"]);
+  // Agent updates: admins roll them out, technicians follow them on the terminals.
+  if (me.role === "admin" || me.role === "technician") items.push(["#/updates", "nav.updates"]);
   return items;
 }
 

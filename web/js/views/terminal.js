@@ -10,7 +10,8 @@ import { deviceState } from "./terminals.js";
 function sparkline(samples, key, label, unit) {
   const values = samples.map((s) => s[key]).filter((v) => typeof v === "number");
   const box = h("div", { class: "spark" }, h("span", { class: "fact-label" }, label));
-  if (!values.length) return box.append(h("span", { class: "muted" }, "—")), box;
+  // Samples without this reading: the board has no such sensor (absent), not no data.
+  if (!values.length) return box.append(h("span", { class: "muted" }, samples.length ? t("dev.absent") : "—")), box;
   const W = 240;
   const H = 48;
   const min = Math.min(...values);
@@ -44,6 +45,9 @@ export async function render(main, ctx, [deviceId]) {
     clear(root);
     const v = ctx.village(d.village_id);
     const tel = d.telemetry || {};
+    // A sensor the terminal's board does not have is reported absent (null): "absent",
+    // not a dash, which means no report has come yet.
+    const reading = (value, unit = "") => (value != null ? `${value}${unit}` : d.telemetry ? t("dev.absent") : "—");
     const st = deviceState(d);
     root.append(
       h("p", {}, h("a", { href: "#/terminals" }, "← ", t("dev.title"))),
@@ -73,11 +77,12 @@ export async function render(main, ctx, [deviceId]) {
       [t("dev.last_seen"), `${fmtTime(d.last_seen, true)} (${fmtAgo(d.last_seen)})`],
       [t("dev.firmware"), d.firmware || "—"],
       [t("dev.volume"), tel.volume ?? d.volume ?? "—"],
-      [t("dev.power"), tel.power_source ? `${t(`power.${tel.power_source}`)}${tel.battery_pct != null ? ` ${tel.battery_pct}%` : ""}` : "—"],
+      [t("dev.power"), tel.power_source ? `${t(`power.${tel.power_source}`)}${tel.battery_pct != null ? ` ${tel.battery_pct}%` : ""}` : reading(null)],
       [t("dev.amplifier"), tel.amplifier_ok === undefined ? "—" : `${tel.amplifier_ok ? "✓" : "✗"} ${tel.amplifier_on ? t("dev.amp_on") : t("dev.amp_off")}`],
       [t("dev.speaker_line"), tel.speaker_line_ok === undefined ? "—" : tel.speaker_line_ok ? "✓" : "✗"],
-      [t("dev.temperature"), tel.temperature_c != null ? `${tel.temperature_c} °C` : "—"],
-      [t("dev.signal"), tel.signal_dbm != null ? `${tel.signal_dbm} dBm` : "—"],
+      [t("dev.temperature"), reading(tel.temperature_c, " °C")],
+      [t("dev.signal"), reading(tel.signal_dbm, " dBm")],
+      [t("dev.operator"), reading(tel.operator)],
       [t("dev.clock"), tel.clock_offset_ms != null ? `${tel.clock_offset_ms} ms` : "—"],
       [t("dev.cache"), tel.cache_items != null ? `${tel.cache_items} / ${Math.round((tel.cache_bytes || 0) / 1024)} KiB` : "—"],
     ];
@@ -166,6 +171,32 @@ export async function render(main, ctx, [deviceId]) {
         diag.disabled = false;
       }
     });
+    // Enrolment (issue 13): a one-time code for this terminal's board, shown once, and
+    // revoking a lost one (its broker login ends at once).
+    const codeOut = h("code", { id: "enrol-code" });
+    const enrolNew = h("button", { type: "button", class: "btn", id: "enrol-code-new" }, t("dev.enrol.new"));
+    enrolNew.addEventListener("click", async () => {
+      enrolNew.disabled = true;
+      try {
+        const issued = await api("POST", `/api/devices/${deviceId}/enrolment-code`, {});
+        codeOut.textContent = `${issued.code} (${t("dev.enrol.until", { at: fmtTime(issued.expires_at, true) })})`;
+      } catch (e) {
+        toast(e.message, "error");
+      } finally {
+        enrolNew.disabled = false;
+      }
+    });
+    const revoke = h("button", { type: "button", class: "btn", id: "revoke" }, t("dev.revoke"));
+    revoke.addEventListener("click", async () => {
+      if (!confirm(t("dev.revoke.confirm", { id: deviceId }))) return;
+      try {
+        await api("POST", `/api/devices/${deviceId}/revoke`);
+        toast(t("dev.revoke.done"));
+        setTimeout(load, 500);
+      } catch (e) {
+        toast(e.message, "error");
+      }
+    });
     return h(
       "section",
       { class: "card controls" },
@@ -174,6 +205,8 @@ export async function render(main, ctx, [deviceId]) {
       h("div", { class: "control-row" }, h("label", { class: "field" }, h("span", { class: "field-label" }, t("dev.volume.normal")), h("span", { class: "range" }, slider, out)), apply),
       h("div", { class: "control-row" }, tone, h("small", { class: "muted" }, t("dev.tone.hint"))),
       h("div", { class: "control-row" }, diag, h("label", { class: "field" }, h("span", { class: "field-label" }, t("dev.diag.interval")), interval), h("small", { class: "muted" }, t("dev.diag.hint"))),
+      h("div", { class: "control-row" }, enrolNew, codeOut, h("small", { class: "muted" }, t("dev.enrol.hint"))),
+      h("div", { class: "control-row" }, revoke, h("small", { class: "muted" }, t("dev.revoke.hint"))),
     );
   }
 
