@@ -8,13 +8,66 @@ export function h(tag, attrs, ...children) {
     if (k === "class") el.className = v;
     else if (k === "style" && typeof v === "object") Object.assign(el.style, v);
     else if (k === "dataset") Object.assign(el.dataset, v);
-    else if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
+    else if (k.startsWith("on") && typeof v === "function") listen(el, k.slice(2), v);
     else if (k === "html") el.innerHTML = v; // only ever used with our own constant strings
     else if (v === true) el.setAttribute(k, "");
     else el.setAttribute(k, v);
   }
   append(el, children);
   return el;
+}
+
+// Handlers given to h() live in one table per element, so that patch() can hand the
+// handlers of a freshly built element to the one already on screen (which keeps its
+// focus, its caret and its place under the pointer).
+const HANDLERS = new WeakMap();
+
+function listen(el, type, fn) {
+  let table = HANDLERS.get(el);
+  if (!table) HANDLERS.set(el, (table = {}));
+  if (!(type in table)) el.addEventListener(type, (e) => HANDLERS.get(el)[type]?.(e));
+  table[type] = fn;
+}
+
+function adoptHandlers(old, fresh) {
+  const table = HANDLERS.get(fresh) || {};
+  const mine = HANDLERS.get(old);
+  if (mine) for (const type of Object.keys(mine)) if (!(type in table)) mine[type] = null;
+  for (const [type, fn] of Object.entries(table)) listen(old, type, fn);
+}
+
+// Elements that must never be patched into one another (a form field is its name).
+const keyOf = (el) => `${el.id}|${el.getAttribute("name") || ""}|${el.getAttribute("type") || ""}`;
+
+// Make `old` look and behave like `fresh`, keeping every element that is still the same
+// kind of element at the same place. A re-render through patch() leaves keyboard focus
+// where the person put it: the emergency form redraws after every choice, and a screen
+// reader or keyboard user must not be thrown back to the top of the page each time.
+// Only for trees built with h() (listeners added otherwise are not carried over).
+export function patch(old, fresh) {
+  const same =
+    old.nodeType === fresh.nodeType &&
+    old.nodeName === fresh.nodeName &&
+    (old.nodeType !== Node.ELEMENT_NODE || keyOf(old) === keyOf(fresh));
+  if (!same || (old.nodeType !== Node.ELEMENT_NODE && old.nodeType !== Node.TEXT_NODE)) {
+    old.replaceWith(fresh);
+    return fresh;
+  }
+  if (old.nodeType === Node.TEXT_NODE) {
+    if (old.data !== fresh.data) old.data = fresh.data;
+    return old;
+  }
+  for (const a of [...old.attributes]) if (!fresh.hasAttribute(a.name)) old.removeAttribute(a.name);
+  for (const a of [...fresh.attributes]) if (old.getAttribute(a.name) !== a.value) old.setAttribute(a.name, a.value);
+  adoptHandlers(old, fresh);
+  const had = [...old.childNodes];
+  const wanted = [...fresh.childNodes];
+  wanted.forEach((node, i) => (i < had.length ? patch(had[i], node) : old.append(node)));
+  for (const node of had.slice(wanted.length)) node.remove();
+  // What a person typed or ticked lives in properties, not attributes.
+  if (/^(INPUT|TEXTAREA|SELECT)$/.test(old.nodeName) && old.value !== fresh.value) old.value = fresh.value;
+  if (old.nodeName === "INPUT" && old.checked !== fresh.checked) old.checked = fresh.checked;
+  return old;
 }
 
 export function append(el, children) {

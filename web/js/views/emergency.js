@@ -2,7 +2,7 @@
 // Everything on one page, the choices so far always in view in the summary panel, and
 // drill and real coloured differently from the moment one is chosen.
 import { ApiError, api, get } from "../api.js";
-import { append, h, clear, icon, levelChip, modeBanner, toast, select } from "../dom.js";
+import { append, h, clear, icon, levelChip, modeBanner, patch, toast, select } from "../dom.js";
 import { t, categoryName } from "../i18n.js";
 
 const FREE_CATEGORIES = ["flood", "forest_fire", "typhoon", "earthquake", "epidemic", "other"];
@@ -151,8 +151,16 @@ export async function render(main, ctx) {
   steps.append(...slots);
   const builders = [contentStep, areaStep, levelStep, previewStep, confirmStep];
 
+  // The choice steps are patched in place: the button just pressed (or the field being
+  // typed in) stays the same element and keeps focus. The tail is rebuilt whole; nothing
+  // in it is ever focused while a choice above changes.
   function renderSteps() {
-    builders.forEach((build, i) => clear(slots[i]).append(build()));
+    builders.slice(0, 3).forEach((build, i) => {
+      const fresh = build();
+      if (slots[i].firstChild) patch(slots[i].firstChild, fresh);
+      else slots[i].append(fresh);
+    });
+    renderTail();
   }
 
   function renderTail() {
@@ -169,6 +177,7 @@ export async function render(main, ctx) {
           {
             type: "button",
             class: `tpl${state.template === tpl ? " selected" : ""}`,
+            "aria-pressed": String(state.template === tpl),
             "data-template": tpl.id,
             onclick: () => {
               state.template = tpl;
@@ -190,6 +199,7 @@ export async function render(main, ctx) {
         {
           type: "button",
           class: `tpl${state.template === "free" ? " selected" : ""}`,
+          "aria-pressed": String(state.template === "free"),
           "data-template": "free",
           onclick: () => {
             state.template = "free";
@@ -202,30 +212,41 @@ export async function render(main, ctx) {
     );
     const section = h("section", { class: "card step" }, stepHead(1, t("em.step.content"), !!state.template), grid);
     if (state.template === "free") {
-      const ta = h("textarea", { rows: 4, name: "text", placeholder: t("em.text.placeholder"), maxlength: 2000 }, state.text);
-      ta.addEventListener("input", () => {
-        state.text = ta.value;
-        update(true);
-      });
+      const ta = h("textarea", {
+        rows: 4,
+        name: "text",
+        placeholder: t("em.text.placeholder"),
+        maxlength: 2000,
+        oninput: (e) => {
+          state.text = e.target.value;
+          update(true);
+        },
+      }, state.text);
       const cat = select(
         FREE_CATEGORIES.map((c) => [c, categoryName(c)]),
         state.category,
-        { name: "category" },
+        {
+          name: "category",
+          onchange: (e) => {
+            state.category = e.target.value;
+            update();
+          },
+        },
       );
-      cat.addEventListener("change", () => {
-        state.category = cat.value;
-        update();
-      });
       section.append(h("div", { class: "form-grid" }, h("label", { class: "field wide" }, h("span", { class: "field-label" }, t("em.text")), ta), h("label", { class: "field" }, h("span", { class: "field-label" }, t("em.category")), cat)));
     } else if (state.template) {
       const fields = h("div", { class: "form-grid" });
       for (const ph of state.template.placeholders) {
-        const input = h("input", { name: `param-${ph.name}`, value: state.params[ph.name] || "", placeholder: ph.example || "" });
-        input.addEventListener("input", () => {
-          state.params[ph.name] = input.value;
-          const spoken = document.getElementById("em-spoken");
-          if (spoken) spoken.textContent = fillText();
-          update(true);
+        const input = h("input", {
+          name: `param-${ph.name}`,
+          value: state.params[ph.name] || "",
+          placeholder: ph.example || "",
+          oninput: (e) => {
+            state.params[ph.name] = e.target.value;
+            const spoken = document.getElementById("em-spoken");
+            if (spoken) spoken.textContent = fillText();
+            update(true);
+          },
         });
         fields.append(h("label", { class: "field" }, h("span", { class: "field-label" }, ph.label || ph.name, ph.required ? h("b", { class: "req" }, " *") : null), input));
       }
@@ -241,13 +262,14 @@ export async function render(main, ctx) {
     if (groups.length) kinds.push(["group", t("em.area.group")]);
     const seg = h(
       "div",
-      { class: "seg", role: "tablist" },
+      { class: "seg", role: "group", "aria-label": t("em.step.area") },
       kinds.map(([k, label]) =>
         h(
           "button",
           {
             type: "button",
             class: state.areaKind === k ? "on" : "",
+            "aria-pressed": String(state.areaKind === k),
             "data-area": k,
             onclick: () => {
               state.areaKind = k;
@@ -269,11 +291,21 @@ export async function render(main, ctx) {
       }
       section.append(list);
     } else if (state.areaKind === "villages") {
-      const search = h("input", { type: "search", placeholder: t("em.area.search"), class: "search", value: state.villageQuery });
+      const search = h("input", {
+        type: "search",
+        name: "village-search",
+        placeholder: t("em.area.search"),
+        "aria-label": t("em.area.search"),
+        class: "search",
+        value: state.villageQuery,
+        oninput: (e) => {
+          state.villageQuery = e.target.value;
+          update();
+        },
+      });
       const box = h("div", { class: "village-box" });
-      const draw = () => {
-        clear(box);
-        const q = search.value.trim();
+      {
+        const q = state.villageQuery.trim();
         for (const tw of ctx.townships) {
           const vs = ctx.villages.filter((v) => v.township_id === tw.id && (!q || v.name.includes(q)));
           if (!vs.length) continue;
@@ -307,12 +339,7 @@ export async function render(main, ctx) {
             ),
           );
         }
-      };
-      search.addEventListener("input", () => {
-        state.villageQuery = search.value;
-        draw();
-      });
-      draw();
+      }
       section.append(search, box);
     } else {
       const list = h("div", { class: "chips" });
@@ -348,13 +375,14 @@ export async function render(main, ctx) {
   function levelStep() {
     const levels = h(
       "div",
-      { class: `levels${state.level ? " chosen" : ""}` },
+      { class: `levels${state.level ? " chosen" : ""}`, role: "group", "aria-label": t("em.level") },
       [1, 2, 3, 4].map((lv) =>
         h(
           "button",
           {
             type: "button",
             class: `level-btn lv${lv}${state.level === lv ? " on" : ""}`,
+            "aria-pressed": String(state.level === lv),
             "data-level": lv,
             onclick: () => {
               state.level = lv;
@@ -368,16 +396,16 @@ export async function render(main, ctx) {
     );
     const modes = h(
       "div",
-      { class: "modes" },
+      { class: "modes", role: "group", "aria-label": t("em.mode") },
       h(
         "button",
-        { type: "button", class: `mode-btn drill${state.drill === true ? " on" : ""}`, "data-mode": "drill", onclick: () => ((state.drill = true), (state.confirmedReal = false), update()) },
+        { type: "button", class: `mode-btn drill${state.drill === true ? " on" : ""}`, "aria-pressed": String(state.drill === true), "data-mode": "drill", onclick: () => ((state.drill = true), (state.confirmedReal = false), update()) },
         h("strong", {}, t("mode.drill")),
         h("small", {}, t("em.mode.drill_desc")),
       ),
       h(
         "button",
-        { type: "button", class: `mode-btn real${state.drill === false ? " on" : ""}`, "data-mode": "real", onclick: () => ((state.drill = false), update()) },
+        { type: "button", class: `mode-btn real${state.drill === false ? " on" : ""}`, "aria-pressed": String(state.drill === false), "data-mode": "real", onclick: () => ((state.drill = false), update()) },
         h("strong", {}, t("mode.real")),
         h("small", {}, t("em.mode.real_desc")),
       ),
@@ -393,9 +421,9 @@ export async function render(main, ctx) {
       h("h3", { class: "sub" }, t("em.repeat")),
       h(
         "div",
-        { class: "seg" },
+        { class: "seg", role: "group", "aria-label": t("em.repeat") },
         [1, 2, 3, 5].map((n) =>
-          h("button", { type: "button", class: state.repeat === n ? "on" : "", "data-repeat": n, onclick: () => ((state.repeat = n), update()) }, t("em.repeat.n", { n })),
+          h("button", { type: "button", class: state.repeat === n ? "on" : "", "aria-pressed": String(state.repeat === n), "data-repeat": n, onclick: () => ((state.repeat = n), update()) }, t("em.repeat.n", { n })),
         ),
       ),
     );
@@ -429,6 +457,8 @@ export async function render(main, ctx) {
           renderTail();
           renderSummary();
           const audio = document.getElementById("preview-audio");
+          // The button pressed is gone: the keyboard continues from what replaced it.
+          audio?.focus();
           audio?.play().catch(() => {});
         } catch (e) {
           toast(e.message, "error");
