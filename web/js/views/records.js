@@ -61,6 +61,12 @@ export async function render(main, ctx) {
       );
       const detail = h("tr", { class: "rec-detail", hidden: true }, h("td", { colspan: 6 }));
       row.addEventListener("click", () => toggleDetail(b, detail));
+      // A focusable row is a control: Enter or Space opens it as a click does (issue 16).
+      row.addEventListener("keydown", (e) => {
+        if (e.target !== row || (e.key !== "Enter" && e.key !== " ")) return;
+        e.preventDefault();
+        toggleDetail(b, detail);
+      });
       body.append(row, detail);
     }
     table.append(
