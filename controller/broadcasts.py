@@ -36,6 +36,7 @@ from controller.events import ApprovalRequested, BroadcastChanged, DeliveryChang
 from controller.media import MediaStore, media_ref
 from controller.models import Broadcast, Delivery, Device, Media, Township
 from controller.prepositioning import media_in_place
+from controller.reasons import with_code
 from controller.settings import Settings
 from controller.speech import AnnouncementRenderer, AnnouncementRequest
 from controller.speech.types import known_category
@@ -152,19 +153,26 @@ class BroadcastService:
         holds it back. `approval` is the approved request: its audio is what is sent."""
         principal.require_broadcast()
         if body.text is not None and len(body.text) > self._settings.max_text_chars:
-            raise bad_request("text", f"longer than {self._settings.max_text_chars} characters")
+            raise bad_request(
+                "text",
+                f"longer than {self._settings.max_text_chars} characters",
+                "text_too_long",
+                {"max": self._settings.max_text_chars},
+            )
         t0 = p.now_ms()
         requested_start = None
         if body.start_at is not None:
             requested_start = parse_instant(body.start_at, "start_at")
             if requested_start < t0 - START_PAST_TOLERANCE_MS:
-                raise bad_request("start_at", "is in the past")
+                raise bad_request("start_at", "is in the past", "start_at_past")
             if requested_start > t0 + MAX_START_AHEAD_MS:
-                raise bad_request("start_at", "is more than 7 days ahead")
+                raise bad_request("start_at", "is more than 7 days ahead", "start_at_too_far")
 
         resolved = await self._db.run(lambda s: resolve(s, body.targets, principal))
         if not resolved.device_ids:
-            raise bad_request("targets", "no terminal is installed in the chosen area")
+            raise bad_request(
+                "targets", "no terminal is installed in the chosen area", "no_terminals_in_area"
+            )
         template = body.template
         body = await fill_content(
             self._db, body, resolved.target, max_text_chars=self._settings.max_text_chars
@@ -178,7 +186,7 @@ class BroadcastService:
         else:
             approved = await self._db.run(lambda s: s.get(Media, approval.media_sha256))
             if approved is None:
-                raise bad_request("media_id", "the approved audio is gone")
+                raise bad_request("media_id", "the approved audio is gone", "media_gone")
             media, voices = approved, approval.voices
         # Audio rendered earlier for a request that waited has not reached any terminal.
         media_is_new = (
@@ -390,7 +398,7 @@ class BroadcastService:
             media_id = body.media_id
             row = await self._db.run(lambda s: s.get(Media, media_id))
             if row is None:
-                raise bad_request("media_id", "unknown media")
+                raise bad_request("media_id", "unknown media", "unknown_media")
             return row, row.voices
         assert body.text is not None
         assert body.category is not None and body.priority is not None  # fill_content
@@ -904,18 +912,20 @@ def progress(b: Broadcast, by_state: dict[str, int], reached: int) -> dict[str, 
 
 def delivery_views(rows: Any) -> list[dict[str, Any]]:
     return [
-        {
-            "device_id": d.device_id,
-            "village_id": device.village_id,
-            "township_id": device.township_id,
-            "state": d.state,
-            "reason": d.reason,
-            "updated_at": iso(d.updated_ms),
-            "source": d.state_source,
-            "attempt": d.attempt,
-            "transitions": [
-                {**t, "at": iso(t["at"]), "rx": iso(t.get("rx"))} for t in d.transitions
-            ],
-        }
+        with_code(
+            {
+                "device_id": d.device_id,
+                "village_id": device.village_id,
+                "township_id": device.township_id,
+                "state": d.state,
+                "reason": d.reason,
+                "updated_at": iso(d.updated_ms),
+                "source": d.state_source,
+                "attempt": d.attempt,
+                "transitions": [
+                    {**t, "at": iso(t["at"]), "rx": iso(t.get("rx"))} for t in d.transitions
+                ],
+            }
+        )
         for d, device in rows
     ]

@@ -81,6 +81,9 @@ class ErrorDetail(ApiModel):
     why: TwoPersonReach | None = Field(
         default=None, description="two_person_rule refusals: the numbers behind it"
     )
+    params: dict[str, str | int] | None = Field(
+        default=None, description="the parts the console's wording of `code` fills in"
+    )
 
 
 class TwoPersonReach(ApiModel):
@@ -175,6 +178,12 @@ class DeliveryOut(ApiModel):
     township_id: str
     state: DeliveryState
     reason: str | None
+    reason_code: str | None = Field(
+        default=None, description="the reason as a code the console translates (reason.<code>)"
+    )
+    reason_params: dict[str, str] = Field(
+        default_factory=dict, description="the varying parts of the reason (who, attempt)"
+    )
     updated_at: Instant
     source: Source
     attempt: int
@@ -311,6 +320,12 @@ class DeviceDeliveryOut(ApiModel):
     created_at: Instant
     state: DeliveryState
     reason: str | None
+    reason_code: str | None = Field(
+        default=None, description="the reason as a code the console translates (reason.<code>)"
+    )
+    reason_params: dict[str, str] = Field(
+        default_factory=dict, description="the varying parts of the reason (who, attempt)"
+    )
     updated_at: Instant
     states: list[DeliveryState] = Field(description="every state it went through, in order")
 

@@ -114,7 +114,9 @@ class BroadcastFilter:
         scope = principal_of(request).township_scope()
         township = q.get("township") or None
         if scope is not None and township not in (None, scope):
-            raise bad_request("township", f"{township} is outside your township")
+            raise bad_request(
+                "township", f"{township} is outside your township", "outside_township"
+            )
         self.township = scope or township
         self.scoped = scope is not None
 

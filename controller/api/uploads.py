@@ -133,7 +133,12 @@ async def upload(request: web.Request) -> web.Response:
     data, filename, title = await _read_upload(request, limit)
     title = title.strip()
     if len(title) > MAX_TITLE_CHARS:
-        raise bad_request("title", f"longer than {MAX_TITLE_CHARS} characters")
+        raise bad_request(
+            "title",
+            f"longer than {MAX_TITLE_CHARS} characters",
+            "title_too_long",
+            {"max": MAX_TITLE_CHARS},
+        )
     try:
         rendered = await normalise_upload(
             data, max_duration_s=settings.upload_max_duration_s, max_bytes=limit

@@ -172,13 +172,22 @@ class ScheduleService:
             raise bad_request(field if message else "recurrence", message or str(exc)) from None
         now = p.now_ms()
         if not next_occurrences(rule, from_ms(now), 1):
-            raise bad_request("recurrence", "never fires after now (its times are all in the past)")
+            raise bad_request(
+                "recurrence", "never fires after now (its times are all in the past)", "never_fires"
+            )
 
         resolved = await self._db.run(lambda s: resolve(s, content.targets, principal))
         if not resolved.device_ids:
-            raise bad_request("targets", "no terminal is installed in the chosen area")
+            raise bad_request(
+                "targets", "no terminal is installed in the chosen area", "no_terminals_in_area"
+            )
         if content.text is not None and len(content.text) > self._settings.max_text_chars:
-            raise bad_request("text", f"longer than {self._settings.max_text_chars} characters")
+            raise bad_request(
+                "text",
+                f"longer than {self._settings.max_text_chars} characters",
+                "text_too_long",
+                {"max": self._settings.max_text_chars},
+            )
         try:
             filled, media, voices = await self._broadcasts.preview(content, resolved.target)
         except SpeechUnavailable as exc:
@@ -364,7 +373,9 @@ class ScheduleService:
                 raise ApiError(409, "not_paused", f"schedule {schedule_id}: is {row.status}")
             rule = recurrence_from_dict(row.recurrence)
             if not next_occurrences(rule, from_ms(p.now_ms()), 1):
-                raise bad_request("recurrence", "never fires after now; nothing to resume")
+                raise bad_request(
+                    "recurrence", "never fires after now; nothing to resume", "never_fires"
+                )
         now = p.now_ms()
 
         def record(session: Session) -> None:
@@ -710,7 +721,9 @@ class ScheduleService:
                 "give both start and end, or neither to clear quiet hours",
             )
         if body.start is not None and body.start == body.end:
-            raise bad_request("end", "equal to start would mean no quiet hours; send nulls")
+            raise bad_request(
+                "end", "equal to start would mean no quiet hours; send nulls", "quiet_hours_empty"
+            )
 
         def record(session: Session) -> Township:
             township = session.get(Township, township_id)

@@ -8,7 +8,7 @@
 // the county map colours each village the same way as its tile, event by event.
 import { api, get, onLive } from "../api.js";
 import { append, icon, clear, confirmDialog, fmtDuration, fmtTime, h, levelChip, modeBanner, toast } from "../dom.js";
-import { categoryName, t } from "../i18n.js";
+import { categoryName, reasonWords, t } from "../i18n.js";
 import { countyMap } from "../map.js";
 import { BUCKETS, FINAL, PROBLEMS, bucketOf, deliveryName, reasonText } from "../states.js";
 
@@ -111,6 +111,8 @@ export async function render(main, ctx, [broadcastId]) {
       if (!d) return;
       d.state = data.state;
       d.reason = data.reason;
+      d.reason_code = data.reason_code;
+      d.reason_params = data.reason_params;
       d.updated_at = new Date(data.at).toISOString();
       if (REACHED.has(data.state)) d.reached = true;
       schedule();
@@ -394,7 +396,7 @@ export async function render(main, ctx, [broadcastId]) {
         // Named by the terminal that decided the colour, so "interrupted" or "expired
         // (never reached)" reads as such and not as a bare "failed".
         const { st, label, device } = villageLook(ds);
-        const reason = ds.filter((d) => d.reason && !["done", "cancelled"].includes(d.state)).map((d) => reasonText(d.reason));
+        const reason = ds.filter((d) => d.reason && !["done", "cancelled"].includes(d.state)).map((d) => reasonWords(d, reasonText));
         return h(
           "a",
           { class: `tile st-${st}`, href: `#/terminal/${device}`, "data-village": vid, "data-state": st, title: [label, ...new Set(reason)].join(" · ") },
@@ -435,7 +437,7 @@ export async function render(main, ctx, [broadcastId]) {
                 h("td", {}, ctx.village(d.village_id)?.name || d.village_id),
                 h("td", {}, h("a", { href: `#/terminal/${d.device_id}` }, d.device_id)),
                 h("td", {}, h("span", { class: `mini st-${bucketOf(d.state, d.reason)}` }, deliveryName(d.state, d.reason))),
-                h("td", { title: d.reason || "" }, reasonText(d.reason) || "—"),
+                h("td", { title: d.reason || "" }, reasonWords(d, reasonText) || "—"),
               ),
             ),
           ),

@@ -3,7 +3,7 @@
 // staff in their township): volume, a test tone and a health check.
 import { api, get, onLive } from "../api.js";
 import { icon, clear, fmtAgo, fmtTime, h, levelChip, modeBadge, svg, toast } from "../dom.js";
-import { faultName, t } from "../i18n.js";
+import { faultName, reasonWords, t } from "../i18n.js";
 import { deliveryName, reasonText } from "../states.js";
 import { deviceState } from "./terminals.js";
 
@@ -116,7 +116,7 @@ export async function render(main, ctx, [deviceId]) {
                 h("td", {}, fmtTime(x.created_at, true)),
                 h("td", {}, x.priority === "emergency" ? [modeBadge(x.drill), " ", levelChip(x.level), " "] : null, h("a", { href: `#/board/${x.broadcast_id}` }, x.title)),
                 h("td", { "data-state": x.state }, deliveryName(x.state, x.reason)),
-                h("td", { title: x.reason || "" }, reasonText(x.reason)),
+                h("td", { title: x.reason || "" }, reasonWords(x, reasonText)),
               ),
             ),
           ),
