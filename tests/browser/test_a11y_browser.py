@@ -15,12 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser.conftest import SCREENSHOTS
+
 pytestmark = [pytest.mark.browser, pytest.mark.broker, pytest.mark.slow]
 
 AXE_DIR = Path(__file__).parent / "vendor" / "axe-core"
 AXE_VERSION = "4.14.1"
 WCAG_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 BLOCKING = {"serious", "critical"}
+AXE_SOURCE = (AXE_DIR / "axe.min.js").read_text(encoding="utf-8")
 
 STATES = ["sent", "offline", "received", "fetched", "preempted", "playing", "done",
           "unknown", "failed", "unreached", "cancelled"]  # fmt: skip
@@ -45,7 +48,8 @@ SWATCH = """(states) => {
     const chip = document.createElement('span');
     chip.className = `level lv${lv}`; chip.textContent = `Level ${lv} 级`;
     const btn = document.createElement('button');
-    btn.className = `level-btn lv${lv}`; btn.innerHTML = `<strong>${lv}级</strong><small>desc</small>`;
+    btn.className = `level-btn lv${lv}`;
+    btn.innerHTML = `<strong>${lv}级</strong><small>desc</small>`;
     box.append(chip, btn);
   }
   box.prepend(tiles);
@@ -54,8 +58,7 @@ SWATCH = """(states) => {
 
 
 def test_axe_is_vendored_with_its_licence():
-    source = (AXE_DIR / "axe.min.js").read_text(encoding="utf-8")
-    assert source.startswith(f"/*! axe v{AXE_VERSION}")
+    assert AXE_SOURCE.startswith(f"/*! axe v{AXE_VERSION}")
     assert "Mozilla Public" in (AXE_DIR / "LICENSE").read_text(encoding="utf-8")
 
 
@@ -63,7 +66,7 @@ async def scan(page, screen: str) -> list[str]:
     """Violations that block: one line each, naming the rule and the first elements."""
     if not await page.evaluate("typeof window.axe === 'object'"):
         # evaluate() is not subject to the console's Content-Security-Policy.
-        await page.evaluate((AXE_DIR / "axe.min.js").read_text(encoding="utf-8"))
+        await page.evaluate(AXE_SOURCE)
     result = await page.evaluate(
         """async (tags) => {
             const r = await axe.run(document, {runOnly: {type: 'tag', values: tags}});
@@ -164,10 +167,12 @@ async def test_duty_officer_and_clerk_screens_pass_an_axe_scan_in_both_languages
         if lang == "en":
             for console in (officer, clerk):
                 await console.page.click("#lang")
-                await console.page.wait_for_function("document.querySelector('#lang').textContent === '中文'")
+                await console.page.wait_for_function(
+                    "document.querySelector('#lang').textContent === '中文'"
+                )
         problems += await scan_screens(officer, officer=True, board_id=board_id, tag=f"{lang}-duty")
         problems += await scan_screens(clerk, officer=False, board_id=board_id, tag=f"{lang}-clerk")
-    print(f"screenshots: {Path(__file__).resolve().parents[2] / 'test-artifacts' / 'screenshots'}")
+    print(f"screenshots: {SCREENSHOTS}")
     assert not problems, "\n".join(problems)
 
 
@@ -183,7 +188,8 @@ async def test_playing_and_done_are_told_apart_by_more_than_a_shade(make_county,
     await page.evaluate(SWATCH, STATES)
     colours = await page.evaluate(
         """() => Object.fromEntries(['playing', 'done', 'fetched'].map(st =>
-            [st, getComputedStyle(document.querySelector(`#a11y-swatch .tile.st-${st}`)).backgroundColor]))"""
+            [st, getComputedStyle(document.querySelector(`#a11y-swatch .tile.st-${st}`))
+                   .backgroundColor]))"""
     )
     hues = {st: _hue(c) for st, c in colours.items()}
 
