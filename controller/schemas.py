@@ -263,6 +263,9 @@ class PreviewOut(ApiModel):
     duration_ms: int
     voices: list[str]
     text: str | None
+    spoken: str | None = Field(
+        default=None, description="the words as the villages hear them, drill framing included"
+    )
     title: str
     category: str | None
     priority: PriorityName | None
@@ -345,6 +348,12 @@ class TestToneCreated(ApiModel):
     id: str = Field(description="the broadcast carrying the tone")
     device_id: str
     media_id: str
+    delivery_state: DeliveryState | None = Field(
+        default=None,
+        description="`offline`: queued by the broker, plays only if the terminal returns "
+        "before `expires_in_s`; `sent`: on its way, the terminal reports what happens",
+    )
+    expires_in_s: int | None = None
 
 
 class LocalScheduleOut(ApiModel):

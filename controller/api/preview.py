@@ -19,6 +19,7 @@ from controller.auth import principal_of
 from controller.broadcasts import BroadcastIn
 from controller.errors import bad_request, parse_body, read_json
 from controller.openapi import Content, Param, describe
+from controller.speech.service import spoken_text
 from controller.targets import resolve
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ async def preview(request: web.Request) -> web.StreamResponse:
             "duration_ms": media.duration_ms,
             "voices": voices.split(",") if voices else [],
             "text": filled.text,
+            "spoken": spoken_text(filled.text, drill=filled.drill),
             "title": filled.title or (filled.text or "")[:40],
             "category": filled.category,
             "priority": filled.priority,

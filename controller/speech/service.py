@@ -58,6 +58,15 @@ DRILL_START: dict[str, str] = {
 }
 DRILL_END: dict[str, str] = {"cmn": "以上是演练。", "yue": "以上係演練。"}
 
+
+def spoken_text(text: str | None, *, drill: bool, lang: str = "cmn") -> str | None:
+    """The words of an announcement in the order they are heard: a drill is framed by
+    its notice before and after (the preview shows what the villages hear, all of it)."""
+    if not text:
+        return text
+    return f"{DRILL_START[lang]}{text}{DRILL_END[lang]}" if drill else text
+
+
 DEFAULT_RATE = -5  # percent; loudspeakers on poles echo between houses, a touch slower helps
 
 

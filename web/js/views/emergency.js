@@ -442,7 +442,7 @@ export async function render(main, ctx) {
       section.append(
         audio,
         h("p", { class: "muted" }, t("em.preview.length", { s: Math.round(state.preview.duration_ms / 1000) })),
-        h("p", { class: "spoken" }, state.preview.text || fillText()),
+        h("p", { class: "spoken" }, state.preview.spoken || state.preview.text || fillText()),
       );
     } else {
       const btn = h("button", { type: "button", class: "btn btn-big", id: "preview-btn" }, icon("play"), " ", t("em.preview.make"));

@@ -143,8 +143,10 @@ export async function render(main, ctx, [deviceId]) {
     tone.addEventListener("click", async () => {
       tone.disabled = true;
       try {
-        await api("POST", `/api/devices/${deviceId}/test-tone`);
-        toast(t("dev.tone.sent"));
+        const { data } = await api("POST", `/api/devices/${deviceId}/test-tone`);
+        // Never "sent" for a tone nobody can hear yet: offline means queued until expiry.
+        if (data.delivery_state === "offline") toast(t("dev.tone.queued", { min: Math.round((data.expires_in_s || 120) / 60) }), "error");
+        else toast(t("dev.tone.waiting"));
         setTimeout(load, 500);
       } catch (e) {
         toast(e.message, "error");

@@ -1,0 +1,101 @@
+"""What the console is told, against a real controller, broker and fleet (issue 16): every
+message a person reads comes with a code the console translates (delivery reasons, errors
+with their params), the home page's latest broadcasts are what has played, a test tone to
+an offline terminal says it is queued, and the preview shows the drill framing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+TEXT = "防汛通知：请沿河群众注意安全，远离河道。"
+
+
+async def test_messages_a_person_reads_carry_codes(make_county: Any, console_login: Any) -> None:
+    county = await make_county(villages=3)
+    cut, offline, *_ = sorted(county.fleet.agents)
+    admin = await console_login(county, "demo-admin")
+    duty = await console_login(county, "duty1")
+
+    # A validation error names its code and field; the console words it.
+    status, err = await admin.api(
+        "POST",
+        "/api/users",
+        json_body={"name": "clerk", "role": "township_staff", "password": "paddy-field-2026"},
+    )
+    assert status == 400
+    assert err["error"]["code"] == "township_required"
+    assert err["error"]["field"] == "township_id"
+    status, err = await duty.api(
+        "POST",
+        "/api/broadcasts",
+        json_body={
+            "text": "长" * 5000,
+            "category": "flood",
+            "priority": "notice",
+            "targets": {"all": True},
+        },
+    )
+    assert status == 400 and err["error"]["code"] == "text_too_long"
+    assert isinstance(err["error"]["params"]["max"], int)
+
+    # The preview shows the words as heard: a drill is framed, a real alert is not.
+    body = {"text": TEXT, "category": "flood", "priority": "emergency", "level": 3}
+    _, drill = await duty.api("POST", "/api/preview", json_body={**body, "drill": True}, expect=200)
+    assert drill["spoken"].startswith("现在进行的是演练")
+    assert drill["spoken"].endswith("以上是演练。") and TEXT in drill["spoken"]
+    _, real = await duty.api("POST", "/api/preview", json_body=body, expect=200)
+    assert real["spoken"] == TEXT
+
+    # A play cut by the speaker line: the board's reason is a code, not English only.
+    county.fleet.set_speaker_line_cut(cut)
+    bid = await county.broadcast(
+        text=TEXT, category="flood", priority="notice", targets={"devices": [cut]}
+    )
+    await county.wait_states(bid, {cut: "failed"}, timeout_s=60)
+    _, view = await duty.api("GET", f"/api/broadcasts/{bid}", expect=200)
+    [delivery] = view["deliveries"]
+    assert delivery["reason_code"] == "line_cut", delivery["reason"]
+    _, listing = await duty.api("GET", f"/api/devices/{cut}/deliveries", expect=200)
+    assert [d["reason_code"] for d in listing["deliveries"]] == ["line_cut"]
+
+    # A test tone to an offline terminal says it is queued, not sent.
+    await county.fleet.power_off(offline)
+
+    async def gone() -> bool:
+        _, dev = await county.api("GET", f"/api/devices/{offline}")
+        return not dev["online"]
+
+    await county.wait_for(gone, 30, "the terminal seen offline")
+    _, tone = await duty.api("POST", f"/api/devices/{offline}/test-tone", expect=201)
+    assert tone["delivery_state"] == "offline"
+    assert tone["expires_in_s"] == 120
+    _, view = await duty.api("GET", f"/api/broadcasts/{tone['id']}", expect=200)
+    assert view["settled"], "an offline terminal leaves nothing to wait for on the board"
+    assert view["deliveries"][0]["reason_code"] == "offline_at_send"
+
+    # Latest broadcasts on the home page: what has played, not what is still to come.
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    _, coming = await duty.api(
+        "POST",
+        "/api/broadcasts",
+        json_body={
+            "text": TEXT,
+            "category": "flood",
+            "priority": "notice",
+            "targets": {"all": True},
+            "start_at": later,
+        },
+        expect=201,
+    )
+    _, everything = await duty.api("GET", "/api/records/broadcasts", expect=200)
+    _, aired = await duty.api("GET", "/api/records/broadcasts?aired=true", expect=200)
+    assert coming["id"] in {b["id"] for b in everything["broadcasts"]}
+    assert coming["id"] not in {b["id"] for b in aired["broadcasts"]}
+    assert {bid, tone["id"]} <= {b["id"] for b in aired["broadcasts"]}
+    status, err = await duty.api("GET", "/api/records/broadcasts?aired=maybe")
+    assert status == 400 and err["error"]["field"] == "aired"
