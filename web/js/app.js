@@ -112,6 +112,7 @@ async function route() {
     }
     cleanup = null;
   }
+  setMenuOpen(false);
   const main = clear(document.getElementById("main"));
   document.body.dataset.view = name || "home";
   document.body.classList.remove("drill-mode", "real-mode");
@@ -183,6 +184,17 @@ document.getElementById("lang").addEventListener("click", () => {
   setLang(lang() === "en" ? "zh-CN" : "en");
   applyStaticText();
   route();
+});
+
+// On a phone the navigation folds behind one button (style.css shows it below 600 px):
+// ten links in a row would make the header scroll sideways.
+function setMenuOpen(open) {
+  document.getElementById("top").classList.toggle("menu-open", open);
+  document.getElementById("menu-toggle").setAttribute("aria-expanded", String(open));
+}
+
+document.getElementById("menu-toggle").addEventListener("click", () => {
+  setMenuOpen(!document.getElementById("top").classList.contains("menu-open"));
 });
 
 window.addEventListener("hashchange", route);
