@@ -519,15 +519,6 @@ const zh = {
   "date.before_min": "不能早于 {d}",
   "date.after_max": "不能晚于 {d}",
   // --- end issue 16 (16B) ---
-  // issue 16 (16B): phone menu, date and time fields in the console's own format
-  "nav.menu": "菜单",
-  "date.placeholder": "年/月/日",
-  "time.placeholder": "时:分",
-  "date.invalid": "请按 年/月/日 填写日期，如 2026/05/01",
-  "time.invalid": "请按 24 小时制填写时间，如 08:30",
-  "date.before_min": "不能早于 {d}",
-  "date.after_max": "不能晚于 {d}",
-  // --- end issue 16 (16B) ---
   // issue 16 (16A): server messages by code, home page, corrections, approvals alerts
   "err.invalid": "“{field}”填写有误，请检查后重试。",
   "err.not_found": "找不到该项目（可能已被删除）。",
@@ -1113,15 +1104,6 @@ const en = {
   "cat.meeting": "meeting",
   "cat.news": "news",
   "cat.other": "other",
-  // issue 16 (16B): phone menu, date and time fields in the console's own format
-  "nav.menu": "Menu",
-  "date.placeholder": "yyyy-mm-dd",
-  "time.placeholder": "hh:mm",
-  "date.invalid": "Enter the date as yyyy-mm-dd, e.g. 2026-05-01",
-  "time.invalid": "Enter the time on the 24-hour clock, e.g. 08:30",
-  "date.before_min": "Not earlier than {d}",
-  "date.after_max": "Not later than {d}",
-  // --- end issue 16 (16B) ---
   // issue 16 (16B): phone menu, date and time fields in the console's own format
   "nav.menu": "Menu",
   "date.placeholder": "yyyy-mm-dd",
