@@ -2,6 +2,7 @@
 import { t, lang } from "./i18n.js";
 
 export function h(tag, attrs, ...children) {
+  if (tag === "input" && (attrs?.type === "date" || attrs?.type === "time")) return dateTimeInput(attrs);
   const el = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === null || v === undefined || v === false) continue;
@@ -111,6 +112,88 @@ export function modeBanner(drill) {
 }
 
 const pad = (n) => String(n).padStart(2, "0");
+
+// Date and time fields in the console's own format. Chromium draws <input type=date>
+// and <input type=time> in the browser's locale whatever the page's language: on a
+// county PC with an English system the Chinese console would show mm/dd/yyyy and
+// "02:30 PM". So h("input", { type: "date" | "time" }) builds a text field that shows
+// 2026年05月01日 (2026-05-01 in English) and 14:30, and whose .value is what a native
+// field's would be: yyyy-mm-dd or hh:mm, or "" while the text is not a valid date or
+// time. The views keep reading and setting .value as before. min, max and required
+// are checked with the field's own validity message.
+const NATIVE_VALUE = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, "value");
+
+export function parseDate(text) {
+  const m =
+    /^\s*(\d{4})\s*\D{1,2}\s*(\d{1,2})\s*\D{1,2}\s*(\d{1,2})\s*日?\s*$/.exec(text) ||
+    /^\s*(\d{4})(\d{2})(\d{2})\s*$/.exec(text);
+  if (!m) return "";
+  const [y, mo, d] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  const day = new Date(y, mo - 1, d);
+  if (day.getFullYear() !== y || day.getMonth() !== mo - 1 || day.getDate() !== d) return "";
+  return `${m[1]}-${pad(mo)}-${pad(d)}`;
+}
+
+export function parseTime(text) {
+  const m = /^\s*(\d{1,2})\s*[:：.时]?\s*(\d{2})\s*分?\s*$/.exec(text);
+  if (!m || Number(m[1]) > 23 || Number(m[2]) > 59) return "";
+  return `${pad(Number(m[1]))}:${m[2]}`;
+}
+
+export function showDate(iso) {
+  if (!iso) return "";
+  const [y, m, d] = iso.split("-");
+  return lang() === "en" ? iso : `${y}年${m}月${d}日`;
+}
+
+function dateTimeInput(attrs) {
+  const { type, value, min, max, ...rest } = attrs;
+  const isDate = type === "date";
+  const parse = isDate ? parseDate : parseTime;
+  const show = isDate ? showDate : (v) => v;
+  const el = h("input", {
+    ...rest,
+    type: "text",
+    inputmode: "numeric",
+    autocomplete: "off",
+    spellcheck: "false",
+    size: isDate ? 14 : 6,
+    placeholder: rest.placeholder || t(isDate ? "date.placeholder" : "time.placeholder"),
+    class: `${rest.class || ""} ${isDate ? "date-field" : "time-field"}`.trim(),
+    "data-kind": type,
+  });
+  const shown = () => NATIVE_VALUE.get.call(el);
+  function validate() {
+    const text = shown().trim();
+    const v = parse(text);
+    let message = "";
+    if (text && !v) message = t(isDate ? "date.invalid" : "time.invalid");
+    else if (v && min && v < min) message = t("date.before_min", { d: show(min) });
+    else if (v && max && v > max) message = t("date.after_max", { d: show(max) });
+    el.setCustomValidity(message);
+    if (message) el.setAttribute("aria-invalid", "true");
+    else el.removeAttribute("aria-invalid");
+  }
+  Object.defineProperty(el, "value", {
+    configurable: true,
+    get: () => parse(shown()),
+    set: (v) => {
+      const text = String(v ?? "");
+      NATIVE_VALUE.set.call(el, parse(text) ? show(parse(text)) : text);
+      validate();
+    },
+  });
+  // Typed as 20260501, 2026-5-1 or 2026/05/01: shown the reader's way once left. This
+  // listener is the field's first, so a view's own change handler reads the tidy value.
+  el.addEventListener("change", () => {
+    const v = parse(shown());
+    if (v) NATIVE_VALUE.set.call(el, show(v));
+    validate();
+  });
+  el.addEventListener("input", validate);
+  if (value) el.value = value;
+  return el;
+}
 
 export function fmtTime(iso, withDate = false) {
   if (!iso) return "—";
