@@ -60,6 +60,19 @@ async def map_dots_ok(page, where: str, dots: str = "circle.vmark") -> None:
     assert sizes and min(sizes) >= 12 - 0.5, (where, sorted(sizes)[:5])
 
 
+async def fits_a_phone(console, shot: str, *, dots: str | None = None, taps: bool = True) -> None:
+    """One screen: screenshot first (kept even when a check fails), then the checks."""
+    page = console.page
+    if dots:
+        await page.wait_for_function("sel => document.querySelectorAll(sel).length > 0", arg=dots)
+    await console.shot(shot)
+    await no_sideways_scroll(page, shot)
+    if taps:
+        await tap_targets_ok(page, shot)
+    if dots:
+        await map_dots_ok(page, shot, dots)
+
+
 async def test_duty_officer_flow_fits_a_390px_phone(make_county, open_console):
     county = await make_county(villages=24)
     officer = await open_console(county, "duty1", phone=True)
@@ -67,17 +80,11 @@ async def test_duty_officer_flow_fits_a_390px_phone(make_county, open_console):
 
     # Home: the navigation is behind a menu button, and opens without sideways scroll.
     await page.wait_for_selector("#big-emergency")
-    await page.wait_for_function("document.querySelectorAll('circle.vmark').length > 0")
-    await officer.shot("phone-01-home")
-    await no_sideways_scroll(page, "home")
-    await tap_targets_ok(page, "home")
-    await map_dots_ok(page, "home")
+    await fits_a_phone(officer, "phone-01-home", dots="circle.vmark")
     await page.click("#menu-toggle")
     await page.wait_for_selector("#nav a[data-nav=records]", state="visible")
     assert await page.get_attribute("#menu-toggle", "aria-expanded") == "true"
-    await no_sideways_scroll(page, "menu open")
-    await tap_targets_ok(page, "menu open")
-    await officer.shot("phone-02-menu")
+    await fits_a_phone(officer, "phone-02-menu")
     await page.click("#nav a[data-nav=emergency]")
 
     # The emergency form, filled in up to its confirmation.
@@ -107,22 +114,25 @@ async def test_duty_officer_flow_fits_a_390px_phone(make_county, open_console):
     )
     # Full width: the card spans the layout (the 294 px card in a 373 px layout is gone).
     assert len(steps) == 5 and min(steps) >= main_width - padding - 1, (steps, main_width)
-    await no_sideways_scroll(page, "emergency")
-    await tap_targets_ok(page, "emergency")
-    await officer.shot("phone-03-emergency")
+    await fits_a_phone(officer, "phone-03-emergency")
     await page.click("#send-btn")
 
     # The live board.
     await page.wait_for_selector("#board-title")
-    await page.wait_for_function("document.querySelectorAll('circle.vmark').length > 0")
-    await no_sideways_scroll(page, "board")
-    await tap_targets_ok(page, "board")
-    await map_dots_ok(page, "board")
-    await officer.shot("phone-04-board")
+    await fits_a_phone(officer, "phone-04-board", dots="circle.vmark")
 
     # The terminals map: a technician's dots too.
     await officer.go("terminals", "circle.dev")
-    await no_sideways_scroll(page, "terminals")
-    await map_dots_ok(page, "terminals", "circle.dev")
-    await officer.shot("phone-05-terminals")
+    await fits_a_phone(officer, "phone-05-terminals", dots="circle.dev", taps=False)
+
+    # English words are longer: the header, the menu and the form must still fit.
+    await page.click("#lang")
+    await officer.go("", "#big-emergency")
+    await fits_a_phone(officer, "phone-06-home-en", dots="circle.vmark")
+    await page.click("#menu-toggle")
+    await fits_a_phone(officer, "phone-07-menu-en")
+    await page.click("#menu-toggle")
+    await officer.go("emergency", "[data-template=free]")
+    await page.click("[data-template=free]")
+    await fits_a_phone(officer, "phone-08-emergency-en")
     print(f"screenshots: {SCREENSHOTS}")
