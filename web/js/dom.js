@@ -26,7 +26,7 @@ const HANDLERS = new WeakMap();
 function listen(el, type, fn) {
   let table = HANDLERS.get(el);
   if (!table) HANDLERS.set(el, (table = {}));
-  if (!(type in table)) el.addEventListener(type, (e) => HANDLERS.get(el)[type]?.(e));
+  if (!(type in table)) el.addEventListener(type, (e) => HANDLERS.get(el)[type]?.call(el, e));
   table[type] = fn;
 }
 
