@@ -82,6 +82,8 @@ class BroadcastIn(BaseModel):
     drill: bool = False
     languages: list[Language] = Field(default_factory=_mandarin_only, min_length=1)
     repeat: int | None = Field(default=None, ge=1, le=10)
+    # A correction or update of an earlier broadcast: its id (shown on both boards).
+    corrects: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
 
     @field_validator("category")
     @classmethod
@@ -220,6 +222,13 @@ class BroadcastService:
         )
 
         def record(session: Session) -> Broadcast:
+            if body.corrects is not None and session.get(Broadcast, body.corrects) is None:
+                raise bad_request(
+                    "corrects",
+                    f"unknown broadcast {body.corrects!r}",
+                    "unknown_broadcast",
+                    {"id": body.corrects},
+                )
             broadcast = Broadcast(
                 id=play.broadcast_id,
                 created_ms=now,
@@ -238,6 +247,8 @@ class BroadcastService:
                 command_id=command.id,
                 voices=voices,
                 device_count=len(resolved.device_ids),
+                corrects_id=body.corrects,
+                approved_by=approval.decided_by if approval else None,
             )
             session.add(broadcast)
             session.flush()
@@ -444,6 +455,14 @@ class BroadcastService:
             outside = scope is not None and not view["reach"]["targeted"]
             if outside and broadcast.created_by != principal.user:
                 raise forbidden("this broadcast did not reach your township")
+            view["corrections"] = [
+                {"id": c.id, "title": c.title, "created_at": iso(c.created_ms)}
+                for c in session.exec(
+                    select(Broadcast)
+                    .where(Broadcast.corrects_id == broadcast.id)
+                    .order_by(col(Broadcast.created_ms))
+                ).all()
+            ]
             if not deliveries:
                 return view
             query = (
@@ -862,6 +881,8 @@ def broadcast_summary(b: Broadcast) -> dict[str, Any]:
         "device_count": b.device_count,
         "cancelled_at": iso(b.cancelled_ms),
         "cancelled_by": b.cancelled_by,
+        "corrects": b.corrects_id,
+        "approved_by": b.approved_by,
         # The signed, normalised target: live views use it to tell who it reached.
         "target": b.target,
         "attempt": b.attempt,

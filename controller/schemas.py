@@ -149,6 +149,12 @@ class BroadcastSummary(ApiModel):
     target: dict[str, Any] = Field(description="the normalised target, as signed")
     attempt: int = Field(description="resends so far (0: sent once)")
     resends: list[ResendOut]
+    corrects: str | None = Field(
+        default=None, description="the broadcast this one corrects or updates"
+    )
+    approved_by: str | None = Field(
+        default=None, description="the second duty officer who confirmed it"
+    )
 
 
 class BroadcastProgress(BroadcastSummary):
@@ -190,9 +196,18 @@ class DeliveryOut(ApiModel):
     transitions: list[TransitionOut]
 
 
+class CorrectionRef(ApiModel):
+    id: str
+    title: str
+    created_at: Instant
+
+
 class BroadcastDetail(BroadcastProgress):
     deliveries: list[DeliveryOut] | None = Field(
         default=None, description="one per terminal; left out with ?deliveries=0"
+    )
+    corrections: list[CorrectionRef] = Field(
+        default_factory=list, description="later broadcasts that correct or update this one"
     )
 
 

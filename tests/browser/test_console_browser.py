@@ -163,11 +163,11 @@ async def test_real_county_wide_alert_needs_a_second_officer_then_cancel_and_cor
 
     await second.page.click("#correction-btn")
     await second.page.wait_for_selector("dialog audio")
-    assert "误报" in await second.text("dialog .spoken")
+    assert "误报" in await second.page.input_value("dialog #correction-text")
     await second.shot("13-correction-dialog")
     await second.page.click("dialog [data-ok]")
     await second.page.wait_for_function(
-        "() => document.querySelector('#board-title')?.textContent.includes('误报')"
+        "() => document.querySelector('#board-title')?.textContent.includes('更正')"
     )
     assert "Ⅳ级" in await second.text(".board-title")
     await wait_count(second.page, "done", everyone, timeout_s=60)

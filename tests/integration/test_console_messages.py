@@ -99,3 +99,55 @@ async def test_messages_a_person_reads_carry_codes(make_county: Any, console_log
     assert {bid, tone["id"]} <= {b["id"] for b in aired["broadcasts"]}
     status, err = await duty.api("GET", "/api/records/broadcasts?aired=maybe")
     assert status == 400 and err["error"]["field"] == "aired"
+
+
+async def test_a_correction_names_its_original_and_both_officers_are_named(
+    make_county: Any, console_login: Any
+) -> None:
+    county = await make_county(villages=3, two_person_levels=(1, 2))
+    duty1 = await console_login(county, "duty1")
+    duty2 = await console_login(county, "duty2")
+    alert = {
+        "template": "heavy_rain_warning",
+        "params": {"time": "今天下午", "place": "全县"},
+        "level": 2,
+        "drill": False,
+        "targets": {"all": True},
+    }
+    # County-wide real level II: held for a second officer, who confirms it.
+    status, held = await duty1.api("POST", "/api/broadcasts", json_body=alert)
+    assert status == 202, held
+    _, sent = await duty2.api(
+        "POST", f"/api/approvals/{held['approval_id']}/approve", json_body={}, expect=201
+    )
+    _, original = await duty1.api("GET", f"/api/broadcasts/{sent['id']}", expect=200)
+    assert (original["created_by"], original["approved_by"]) == ("duty1", "duty2")
+    assert "暴雨橙色预警" in original["text"] and original["corrections"] == []
+    _, log = await duty1.api("GET", "/api/records/broadcasts", expect=200)
+    [row] = [b for b in log["broadcasts"] if b["id"] == sent["id"]]
+    assert row["approved_by"] == "duty2"
+
+    # The correction: the officer's own words, the original's category, linked both ways.
+    text = "更正通知：今天播发的暴雨橙色预警是误报，现予撤销。"
+    correction = {
+        "text": text,
+        "category": original["category"],
+        "priority": "emergency",
+        "level": 4,
+        "title": "更正：暴雨橙色预警",
+        "targets": {"all": True},
+        "corrects": sent["id"],
+    }
+    _, fix = await duty1.api("POST", "/api/broadcasts", json_body=correction, expect=201)
+    _, fixed = await duty1.api("GET", f"/api/broadcasts/{fix['id']}", expect=200)
+    assert fixed["corrects"] == sent["id"] and fixed["text"] == text
+    assert fixed["category"] == original["category"] and fixed["approved_by"] is None
+    _, original = await duty1.api("GET", f"/api/broadcasts/{sent['id']}", expect=200)
+    assert [c["id"] for c in original["corrections"]] == [fix["id"]]
+
+    # A correction of nothing is refused, naming the field.
+    status, err = await duty1.api(
+        "POST", "/api/broadcasts", json_body={**correction, "corrects": "0" * 32}
+    )
+    assert status == 400
+    assert (err["error"]["code"], err["error"]["field"]) == ("unknown_broadcast", "corrects")

@@ -1,4 +1,5 @@
 // The console shell: session, navigation by role, hash router, live connection.
+import { alertApproval } from "./alerts.js";
 import { api, connectLive, disconnectLive, get, onLive, post, setCsrf } from "./api.js";
 import { clear, h, toast } from "./dom.js";
 import { applyStaticText, lang, setLang, t } from "./i18n.js";
@@ -156,8 +157,11 @@ ctx.loggedIn = async (me) => {
   ctx.go(next);
 };
 
-onLive((kind) => {
-  if (kind === "approval") refreshApprovals();
+onLive((kind, data) => {
+  if (kind !== "approval") return;
+  refreshApprovals();
+  // The second officer is alerted on whatever page they are (issue 16).
+  alertApproval(ctx, data);
 });
 
 window.addEventListener("dalaba:unauthenticated", () => {

@@ -6,6 +6,7 @@ import { get, onLive } from "../api.js";
 import { append, icon, clear, fmtTime, h, levelChip, modeBadge } from "../dom.js";
 import { stateName, t } from "../i18n.js";
 import { countyMap } from "../map.js";
+import { fmtLeft, notifyButton, secondsLeft } from "../alerts.js";
 import { settled } from "../states.js";
 import { deviceState } from "./terminals.js";
 
@@ -168,7 +169,9 @@ export async function render(main, ctx) {
   async function loadQueue() {
     if (!ctx.seesApprovals()) return;
     const data = await get("/api/approvals");
+    const ask = ctx.isOfficer() ? notifyButton() : null;
     clear(queue).append(h("h2", {}, t("ap.title"), data.approvals.length ? h("span", { class: "badge" }, data.approvals.length) : null));
+    if (ask) queue.append(ask);
     if (!data.approvals.length) queue.append(h("p", { class: "muted" }, t("ap.none")));
     for (const a of data.approvals) {
       queue.append(
@@ -178,13 +181,17 @@ export async function render(main, ctx) {
           levelChip(a.level),
           " ",
           h("strong", {}, a.title),
-          h("span", { class: "muted" }, ` · ${t("ap.by", { who: a.requested_by })} · ${fmtTime(a.created_at)}`),
+          h("span", { class: "muted" }, ` · ${t("ap.by", { who: a.requested_by })} · ${fmtTime(a.created_at)} · `),
+          h("strong", { class: "approval-left", "data-expires": a.expires_at }, fmtLeft(secondsLeft(a.expires_at))),
         ),
       );
     }
   }
 
   let timer = null;
+  const tick = setInterval(() => {
+    for (const el of queue.querySelectorAll(".approval-left")) el.textContent = fmtLeft(secondsLeft(el.dataset.expires));
+  }, 1000);
   const stop = onLive((kind, data) => {
     if (kind === "delivery") {
       // Playing or not follows every delivery event, as on the terminals page.
@@ -206,6 +213,7 @@ export async function render(main, ctx) {
   return () => {
     stop();
     clearTimeout(timer);
+    clearInterval(tick);
     map.destroy();
   };
 }

@@ -57,7 +57,7 @@ export async function render(main, ctx) {
         h("td", { title: t("rec.created_at", { at: fmtTime(b.created_at, true) }) }, fmtTime(b.start_at || b.created_at, true)),
         // REAL only on real emergencies; routine notices and test tones carry no badge.
         h("td", {}, b.drill || b.priority === "emergency" ? modeBadge(b.drill) : null, " ", levelChip(b.level)),
-        h("td", {}, h("strong", {}, b.title), h("div", { class: "muted small" }, categoryName(b.category), " · ", b.created_by)),
+        h("td", {}, h("strong", {}, b.title), h("div", { class: "muted small" }, categoryName(b.category), " · ", b.approved_by ? t("board.officers", { by: b.created_by, approver: b.approved_by }) : b.created_by)),
         h("td", {}, b.townships.map((id) => ctx.township(id)?.name || id).join(t("sep"))),
         h("td", { class: "num" }, h("span", { class: "ok" }, `${b.outcomes.done || 0}`), `/${total}`, failed ? h("span", { class: "bad" }, ` ✗${failed}`) : null),
         h("td", {}, t(settled(b, total) ? "board.all_final" : `bstatus.${b.status}`)),
