@@ -78,6 +78,12 @@ MAX_OCCURRENCES = 500
 _HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
 
 
+NEXT_IN_VIEW = 5  # fire times a schedule's view lists under `next`
+# How many fire times per listed one are looked at for one that is heard: a daily 07:00
+# inside quiet hours in every township is never heard, and must not loop forever.
+NEXT_LOOKAHEAD = 20
+
+
 class ScheduleFields(BaseModel):
     """The schedule's own part of POST /api/schedules (the rest is a broadcast's content
     and targets)."""
@@ -427,7 +433,7 @@ class ScheduleService:
                     ).all()
                 )
             )
-            return self._view(row, principal, counts)
+            return self._view(row, principal, counts, _quiet_hours(session))
 
         return await self._db.run(load)
 
@@ -448,12 +454,17 @@ class ScheduleService:
                 if (scope is None or scope in r.township_ids)
                 and (township is None or township in r.township_ids)
             ]
-            return [self._view(r, principal, None) for r in rows]
+            quiet = _quiet_hours(session)
+            return [self._view(r, principal, None, quiet) for r in rows]
 
         return await self._db.run(load)
 
     def _view(
-        self, row: Schedule, principal: Principal, counts: Counter[str] | None
+        self,
+        row: Schedule,
+        principal: Principal,
+        counts: Counter[str] | None,
+        quiet: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         view: dict[str, Any] = {
             "id": row.id,
@@ -486,10 +497,31 @@ class ScheduleService:
         }
         if row.status == "active":
             rule = recurrence_from_dict(row.recurrence)
-            view["next"] = [iso(to_ms(t)) for t in next_occurrences(rule, from_ms(p.now_ms()), 5)]
+            view["next"] = [
+                iso(to_ms(t)) for t in self._next_heard(row, rule, quiet or {}, NEXT_IN_VIEW)
+            ]
         if counts is not None:
             view["occurrences"] = {o: counts.get(o, 0) for o in store.OUTCOMES}
         return view
+
+    def _next_heard(
+        self, row: Schedule, rule: Any, quiet: dict[str, Any], count: int
+    ) -> tuple[datetime.datetime, ...]:
+        """The next `count` times the schedule is heard somewhere: a time that quiet
+        hours silence in every township it reaches is skipped (下次 never shows a time
+        nobody will hear). Looks ahead a bounded number of fire times."""
+        heard: tuple[datetime.datetime, ...] = ()
+        for instant in next_occurrences(rule, from_ms(p.now_ms()), count * NEXT_LOOKAHEAD):
+            silent = all(
+                (q := quiet.get(t)) is not None
+                and suppressed_by_quiet_hours(row.priority, q, instant, self.timezone)
+                for t in row.township_ids
+            )
+            if not silent:
+                heard += (instant,)
+                if len(heard) == count:
+                    break
+        return heard
 
     async def next(self, principal: Principal, schedule_id: str, count: int) -> dict[str, Any]:
         """The next `count` fire times for the console's calendar, each with the
@@ -811,6 +843,15 @@ _COMPARED = (
     "expires_in_s",
     "misfire_grace_s",
 )
+
+
+def _quiet_hours(session: Session) -> dict[str, Any]:
+    """Each township's parsed quiet hours, for those that have them."""
+    return {
+        t.id: q
+        for t in session.exec(select(Township))
+        if (q := parse_quiet(t.quiet_start, t.quiet_end)) is not None
+    }
 
 
 def _quiet_view(t: Township) -> dict[str, Any]:

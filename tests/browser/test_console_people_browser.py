@@ -206,3 +206,100 @@ async def test_the_console_as_its_people_want_it(
     )
     assert words["township_required"] in message
     print(f"screenshots: {SCREENSHOTS}")
+
+
+SCHEDULE_WORDS = {
+    "zh-CN": {"reaches": "播放范围", "town": "全镇"},
+    "en": {"reaches": "Reaches", "town": "all of"},
+}
+
+
+def tone_wav(path: Any) -> Any:
+    """One second of a 440 Hz tone: a recording to upload."""
+    import math
+    import struct
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(
+            b"".join(
+                struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / 16000)))
+                for i in range(16000)
+            )
+        )
+    return path
+
+
+@pytest.mark.parametrize("lang", ["zh-CN", "en"])
+async def test_schedules_side_by_side_reach_preview_and_recording(
+    make_county: Any, open_console: Any, lang: str, tmp_path: Any
+) -> None:
+    words = SCHEDULE_WORDS[lang]
+    county = await make_county(villages=3)
+    clerk = await open_console(county, "clerk-t01")
+    await in_language(clerk, lang)
+    page = clerk.page
+    base = {
+        "text": "请注意用火安全。",
+        "category": "fire_prevention",
+        "priority": "notice",
+        "recurrence": {"kind": "daily", "times": ["12:00"], "start_date": "2026-01-01"},
+    }
+    for name, targets in (
+        ("午间提醒", {"townships": ["t01"]}),
+        ("村头通知", {"villages": ["t01-v02"]}),
+    ):
+        status = await page.evaluate(
+            """async (body) => {
+              const { api } = await import('/static/js/api.js');
+              return (await api('POST', '/api/schedules', body)).status;
+            }""",
+            {**base, "name": name, "targets": targets},
+        )
+        assert status == 201
+    await clerk.go("schedules", ".sch-item[data-schedule] .sch-reach")
+
+    # Both 12:00 items visible side by side on the week grid.
+    boxes = await page.evaluate(
+        """() => {
+          const col = [...document.querySelectorAll('.week-day')].find(
+            d => d.querySelectorAll('.slot').length >= 2);
+          return [...col.querySelectorAll('.slot')].map(s => {
+            const r = s.getBoundingClientRect();
+            return [r.left, r.right, r.width, s.dataset.lane];
+          });
+        }"""
+    )
+    assert sorted(b[3] for b in boxes) == ["0/2", "1/2"]
+    (_, r1, w1, _), (l2, _, w2, _) = sorted(boxes)
+    assert w1 > 10 and w2 > 10 and r1 <= l2 + 1  # none hides the other
+
+    # The list says where each schedule plays.
+    reach = await page.locator(".sch-reach").all_inner_texts()
+    assert all(words["reaches"] in r for r in reach)
+    assert any(words["town"] in r for r in reach)
+    village = county.prepared.county.villages
+    v02 = next(v.name for v in village if v.id == "t01-v02")
+    assert any(v02 in r for r in reach)
+    await clerk.shot(f"i16-{lang}-09-schedules-week")
+
+    # A recording: no 会议通知 by default, and a player wide enough to use.
+    await page.click("#sch-editor [data-source=media]")
+    assert await page.input_value("#sch-editor select[name=category]") == ""
+    await page.set_input_files("#sch-editor input[type=file]", str(tone_wav(tmp_path / "t.wav")))
+    player = page.locator("#sch-editor .media-player")
+    await player.wait_for()
+    box = await player.bounding_box()
+    assert box is not None and box["width"] >= 200
+    await clerk.shot(f"i16-{lang}-11-schedule-recording")
+
+    # A text schedule: hear it before saving.
+    await page.click("#sch-editor [data-source=text]")
+    await page.fill("#sch-editor textarea[name=text]", "明天上午九点在村委会开会。")
+    await page.select_option("#sch-editor select[name=category]", "meeting")
+    await page.click("#sch-preview-btn")
+    await page.wait_for_selector("#sch-preview-audio")
+    await clerk.shot(f"i16-{lang}-10-schedule-preview")

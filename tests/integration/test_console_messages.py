@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -151,3 +152,35 @@ async def test_a_correction_names_its_original_and_both_officers_are_named(
     )
     assert status == 400
     assert (err["error"]["code"], err["error"]["field"]) == ("unknown_broadcast", "corrects")
+
+
+async def test_next_never_shows_a_time_inside_quiet_hours(
+    make_county: Any, console_login: Any
+) -> None:
+    county = await make_county(villages=3)
+    duty = await console_login(county, "duty1")
+    await duty.api(
+        "PUT",
+        "/api/townships/t01/quiet-hours",
+        json_body={"start": "22:00", "end": "07:00"},
+        expect=200,
+    )
+    schedule = {
+        "name": "早晚提醒",
+        "text": "请注意用火安全。",
+        "category": "fire_prevention",
+        "priority": "notice",
+        "targets": {"townships": ["t01"]},
+        "recurrence": {"kind": "daily", "times": ["06:30", "12:00"], "start_date": "2026-01-01"},
+    }
+    _, created = await duty.api("POST", "/api/schedules", json_body=schedule, expect=201)
+    _, view = await duty.api("GET", f"/api/schedules/{created['id']}", expect=200)
+    _, listing = await duty.api("GET", "/api/schedules", expect=200)
+    [listed] = [s for s in listing["schedules"] if s["id"] == created["id"]]
+    tz = ZoneInfo(county.prepared.settings.timezone)
+    for nexts in (view["next"], listed["next"]):
+        local = [datetime.fromisoformat(n).astimezone(tz).strftime("%H:%M") for n in nexts]
+        assert local and set(local) == {"12:00"}, local
+    # The calendar's own view still lists the silenced time, marked as such.
+    _, coming = await duty.api("GET", f"/api/schedules/{created['id']}/next?count=4", expect=200)
+    assert any(not n["plays"] for n in coming["next"])
