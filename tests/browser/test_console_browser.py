@@ -63,6 +63,9 @@ async def test_duty_officer_sends_a_drill_to_a_township_and_watches_it_finish(
         audio_url,
     )
     assert ogg == "79,103,103,83"  # "OggS": the real audio, playable in the browser
+    # The words shown are the words heard: a drill's framing included (issue 16).
+    spoken = await officer.text(".spoken")
+    assert spoken.startswith("现在进行的是演练") and spoken.endswith("以上是演练。")
     # Drill is marked on the preview and on the confirmation, and the button says so.
     assert await page.locator(".confirm-step .banner-drill").count() == 1
     assert await page.locator(".banner-real").count() == 0
