@@ -511,16 +511,24 @@ class ScheduleService:
         hours silence in every township it reaches is skipped (下次 never shows a time
         nobody will hear). Looks ahead a bounded number of fire times."""
         heard: tuple[datetime.datetime, ...] = ()
-        for instant in next_occurrences(rule, from_ms(p.now_ms()), count * NEXT_LOOKAHEAD):
-            silent = all(
-                (q := quiet.get(t)) is not None
-                and suppressed_by_quiet_hours(row.priority, q, instant, self.timezone)
-                for t in row.township_ids
-            )
-            if not silent:
-                heard += (instant,)
-                if len(heard) == count:
-                    break
+        after = from_ms(p.now_ms())
+        # In batches of `count`: with no quiet hours in the way (the usual case) this
+        # expands the rule exactly as far as before.
+        for _ in range(NEXT_LOOKAHEAD):
+            batch = next_occurrences(rule, after, count)
+            for instant in batch:
+                silent = all(
+                    (q := quiet.get(t)) is not None
+                    and suppressed_by_quiet_hours(row.priority, q, instant, self.timezone)
+                    for t in row.township_ids
+                )
+                if not silent:
+                    heard += (instant,)
+                    if len(heard) == count:
+                        return heard
+            if len(batch) < count:
+                break  # the rule ends
+            after = batch[-1]
         return heard
 
     async def next(self, principal: Principal, schedule_id: str, count: int) -> dict[str, Any]:
