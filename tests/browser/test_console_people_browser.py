@@ -37,6 +37,7 @@ WORDS = {
         "officers": "duty1 发起 · duty2 确认",
         "corrects": "更正",
         "queued": "终端离线",
+        "waiting_offline": "离线等待",
         "township_required": "乡镇工作人员必须指定所属乡镇",
     },
     "en": {
@@ -46,6 +47,7 @@ WORDS = {
         "officers": "sent by duty1 · confirmed by duty2",
         "corrects": "correction",
         "queued": "offline",
+        "waiting_offline": "offline",
         "township_required": "Township staff need a township",
     },
 }
@@ -189,6 +191,13 @@ async def test_the_console_as_its_people_want_it(
     await second.page.wait_for_selector("#toast.show")
     assert words["queued"] in await second.text("#toast")
     await second.shot(f"{tag}-08-test-tone-offline")
+    # Its board is settled (one terminal waiting offline), not 播发中 0/1 forever.
+    _, listing = await county.api("GET", "/api/broadcasts")
+    tone = next(b for b in listing["broadcasts"] if b["target"].get("devices") == [gone])
+    await second.go(f"board/{tone['id']}", "#board-status")
+    assert await second.page.get_attribute("#board-status", "data-status") == "finished"
+    assert words["waiting_offline"] in await second.text("#board-status")
+    await second.shot(f"{tag}-08b-test-tone-board")
 
     # A validation message from the server, in the console's language.
     admin = await open_console(county, "demo-admin")
