@@ -40,6 +40,18 @@ REASONS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"^stopped$", "stopped"),
         (r"^terminal refused the command: (?P<detail>\w+)", "refused"),
         (r"^media: could not fetch before start", "media_deadline"),
+        # A schedule's occurrence (controller/schedules): why it did not play as planned.
+        (
+            r"^quiet hours (?P<start>\d\d:\d\d)–(?P<end>\d\d:\d\d) in township "
+            r"(?P<township>\S+)$",
+            "quiet_hours",
+        ),
+        (r"^skip date$", "skip_date"),
+        (r"^broadcast cancelled by (?P<by>.+)$", "cancelled_by"),
+        (r"^no longer in the schedule after the edit by (?P<by>\S+)", "schedule_edited"),
+        (r"^schedule paused by (?P<by>\S+)$", "schedule_paused"),
+        (r"^schedule deleted by (?P<by>\S+)$", "schedule_deleted"),
+        (r"^firing failed", "firing_failed"),
         (r"^media: (?P<detail>.*)$", "media"),
     )
 )

@@ -494,6 +494,8 @@ class OccurrenceOut(ApiModel):
     expires_at: Instant | None
     outcome: str
     reason: str | None
+    reason_code: str | None = Field(default=None, description="the reason as a code")
+    reason_params: dict[str, str] = Field(default_factory=dict)
     suppressed: dict[str, Any]
     broadcast_id: str | None
     device_count: int | None
@@ -538,6 +540,8 @@ class TimelineEntry(ApiModel):
     rank: int
     outcome: str
     reason: str | None
+    reason_code: str | None = Field(default=None, description="the reason as a code")
+    reason_params: dict[str, str] = Field(default_factory=dict)
     fired_at: Instant | None = None
     start_at: Instant | None = None
     deliveries: dict[str, int] | None = None

@@ -39,6 +39,7 @@ from controller.errors import (
 )
 from controller.events import EventHub
 from controller.models import Delivery, Device, Media, Township
+from controller.reasons import reason_code, with_code
 from controller.schedules import store
 from controller.schedules.models import Occurrence, Schedule, TerminalSchedule
 from controller.schedules.plan import (
@@ -726,6 +727,7 @@ class ScheduleService:
         for e in entries:
             e["conflicts_with"] = overlaps.get(e["occurrence_id"], [])
             del e["_due"]
+            with_code(e)
         return {
             "township_id": township_id,
             "date": day.isoformat(),
@@ -897,6 +899,7 @@ def occurrence_view(
         "expires_at": iso(o.expires_at_ms),
         "outcome": o.outcome,
         "reason": o.reason,
+        **dict(zip(("reason_code", "reason_params"), reason_code(o.reason), strict=True)),
         "suppressed": o.suppressed,
         "broadcast_id": o.broadcast_id,
         "device_count": o.device_count,

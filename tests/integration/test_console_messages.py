@@ -184,3 +184,9 @@ async def test_next_never_shows_a_time_inside_quiet_hours(
     # The calendar's own view still lists the silenced time, marked as such.
     _, coming = await duty.api("GET", f"/api/schedules/{created['id']}/next?count=4", expect=200)
     assert any(not n["plays"] for n in coming["next"])
+    # The calendar says why in a code the console words: quiet hours, with their times.
+    day = (datetime.now(tz) + timedelta(days=1)).date().isoformat()
+    _, timeline = await duty.api("GET", f"/api/townships/t01/timeline?date={day}", expect=200)
+    [silenced] = [e for e in timeline["entries"] if e["local_time"].startswith("06:30")]
+    assert silenced["reason_code"] == "quiet_hours", silenced["reason"]
+    assert silenced["reason_params"] == {"start": "22:00", "end": "07:00", "township": "t01"}

@@ -174,3 +174,13 @@ def test_an_error_answer_carries_its_code_field_and_params() -> None:
             "params": {"max": 500},
         }
     }
+
+
+def test_no_key_is_worded_twice_in_one_language() -> None:
+    # Two helpers adding blocks to the same table: the later wording would win silently.
+    source = I18N.read_text(encoding="utf-8")
+    for name in ("zh", "en"):
+        start = source.index(f"const {name} = {{")
+        keys = re.findall(r'^\s*"([^"]+)":', source[start : source.index("\n};", start)], re.M)
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        assert not twice, f"{name}: {twice}"

@@ -3,7 +3,7 @@
 // Township staff see and pick only their own villages.
 import { ApiError, api, get, upload } from "../api.js";
 import { append, icon, clear, confirmDialog, fmtTime, h, select, toast, today } from "../dom.js";
-import { CATEGORIES, categoryName, t } from "../i18n.js";
+import { CATEGORIES, categoryName, reasonWords, t } from "../i18n.js";
 
 const KINDS = ["once", "daily", "weekly", "every_n_days", "monthly"];
 const OUTCOME_CLASS = {
@@ -106,7 +106,7 @@ export async function render(main, ctx) {
               // Items close in time share the row side by side, so none hides another.
               style: { top: `${top}%`, left: `calc(${(lane * 100) / of}% + 2px)`, right: `calc(${((of - lane - 1) * 100) / of}% + 2px)` },
               "data-lane": `${lane}/${of}`,
-              title: `${e.local_time.slice(0, 5)} ${e.title} — ${t(`out.${e.outcome}`)}${e.reason ? ` (${e.reason})` : ""}`,
+              title: `${e.local_time.slice(0, 5)} ${e.title} — ${t(`out.${e.outcome}`)}${e.reason ? ` (${reasonWords(e)})` : ""}`,
               "data-schedule": e.schedule_id,
             },
             h("b", {}, e.local_time.slice(0, 5)),
