@@ -34,7 +34,7 @@ from controller.dispatch import Dispatcher
 from controller.errors import ApiError, bad_request, forbidden, not_found
 from controller.events import ApprovalRequested, BroadcastChanged, DeliveryChanged, Event, EventHub
 from controller.media import MediaStore, media_ref
-from controller.models import Broadcast, Delivery, Device, Media, Township
+from controller.models import AuditEntry, Broadcast, Delivery, Device, Media, Township, User
 from controller.prepositioning import media_in_place
 from controller.reasons import with_code
 from controller.settings import Settings
@@ -112,6 +112,23 @@ class BroadcastIn(BaseModel):
         return self
 
 
+def recording_usable_by(session: Session, sha256: str, principal: Principal) -> bool:
+    """Least privilege for uploaded recordings: county-wide roles may use any; township
+    staff only those uploaded by someone of their own township (the upload's audit entry
+    is the record of who brought it in)."""
+    if principal.county_wide:
+        return True
+    uploaders = session.exec(
+        select(AuditEntry.actor).where(
+            AuditEntry.action == "media.upload", AuditEntry.target == sha256
+        )
+    ).all()
+    if principal.user in uploaders:
+        return True
+    townships = session.exec(select(User.township_id).where(col(User.name).in_(uploaders))).all()
+    return principal.township_id is not None and principal.township_id in townships
+
+
 class BroadcastService:
     def __init__(
         self,
@@ -184,7 +201,7 @@ class BroadcastService:
 
         if approval is None:
             await self._hold_for_second_person(principal, body, resolved)
-            media, voices = await self._media_for(body)
+            media, voices = await self._media_for(body, principal)
         else:
             approved = await self._db.run(lambda s: s.get(Media, approval.media_sha256))
             if approved is None:
@@ -354,7 +371,7 @@ class BroadcastService:
         if not counted_reach.held:
             return
         townships = list(counted_reach.own)
-        media, voices = await self._media_for(body)
+        media, voices = await self._media_for(body, principal)
         now = p.now_ms()
 
         def record(session: Session) -> dict[str, Any]:
@@ -394,22 +411,26 @@ class BroadcastService:
         raise ApprovalRequired(view)
 
     async def preview(
-        self, body: BroadcastIn, target: p.Target | None
+        self, body: BroadcastIn, target: p.Target | None, principal: Principal | None = None
     ) -> tuple[BroadcastIn, Media, str]:
         """The audio `create` would send for `body` (to `target`, whose townships decide
         the languages), rendered and stored content-addressed but sent nowhere."""
         body = await fill_content(
             self._db, body, target, max_text_chars=self._settings.max_text_chars
         )
-        media, voices = await self._media_for(body)
+        media, voices = await self._media_for(body, principal)
         return body, media, voices
 
-    async def _media_for(self, body: BroadcastIn) -> tuple[Media, str]:
+    async def _media_for(
+        self, body: BroadcastIn, principal: Principal | None = None
+    ) -> tuple[Media, str]:
         if body.media_id is not None:
             media_id = body.media_id
             row = await self._db.run(lambda s: s.get(Media, media_id))
             if row is None:
                 raise bad_request("media_id", "unknown media", "unknown_media")
+            if body.priority == "emergency":
+                return await self._recorded_emergency(body, row, principal)
             return row, row.voices
         assert body.text is not None
         assert body.category is not None and body.priority is not None  # fill_content
@@ -435,6 +456,41 @@ class BroadcastService:
             source="speech",
             voices=voices,
             text=body.text,
+        )
+        return row, voices
+
+    async def _recorded_emergency(
+        self, body: BroadcastIn, recording: Media, principal: Principal | None
+    ) -> tuple[Media, str]:
+        """An emergency in a recorded voice: only an uploaded recording the caller may use,
+        composed with the emergency signal and drill framing like a spoken one (the
+        recording alone would reach villages with neither)."""
+        if recording.source != "upload":
+            raise bad_request("media_id", "not an uploaded recording", "media_not_recording")
+        if principal is not None and not await self._db.run(
+            lambda s: recording_usable_by(s, recording.sha256, principal)
+        ):
+            raise bad_request(
+                "media_id", "a recording uploaded outside your township", "media_not_yours"
+            )
+        data = await asyncio.to_thread(self._media.path_for(recording.sha256).read_bytes)
+        rendered = await self._renderer.render_recording(
+            data,
+            recording_sha256=recording.sha256,
+            priority="emergency",
+            level=body.level,
+            drill=body.drill,
+            languages=body.languages,
+            repeat=body.repeat,
+        )
+        voices = ",".join(rendered.voices)
+        row = await self._media.put(
+            rendered.audio,
+            mime=rendered.mime,
+            duration_ms=rendered.duration_ms,
+            source="speech",
+            voices=voices,
+            text=recording.text,
         )
         return row, voices
 

@@ -58,7 +58,7 @@ async def preview(request: web.Request) -> web.StreamResponse:
     if targets_given:
         resolved = await request.app[keys.DB].run(lambda s: resolve(s, body.targets, principal))
         target = resolved.target
-    filled, media, voices = await request.app[keys.BROADCASTS].preview(body, target)
+    filled, media, voices = await request.app[keys.BROADCASTS].preview(body, target, principal)
     log.info("preview by %s: %s (%d ms)", principal.user, media.sha256[:12], media.duration_ms)
     if fmt == "audio":
         path = request.app[keys.MEDIA].path_for(media.sha256)

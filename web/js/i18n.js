@@ -617,6 +617,26 @@ const zh = {
   "field.category": "类别",
   "field.file": "文件",
   "field.priority": "优先级",
+  // --- issue 12 (12D): recorded and uploaded voice for emergencies (web/js/views/emergency.js) ---
+  "em.rec.record": "录音",
+  "em.rec.upload": "已上传录音",
+  "em.rec.start": "开始录音",
+  "em.rec.stop": "停止录音",
+  "em.rec.again": "重新录音",
+  "em.rec.seconds": "正在录音 {s} 秒",
+  "em.rec.listen": "试听录音",
+  "em.rec.listen_to": "试听：{title}",
+  "em.rec.denied": "无法使用麦克风：{msg}",
+  "em.rec.uploading": "正在上传并检查录音…",
+  "em.rec.none": "还没有上传过录音。可在日程页上传，或选择“录音”现场录制。",
+  "em.rec.label": "录音“{title}”（{s} 秒）",
+  "em.rec.untitled": "未命名录音",
+  "em.rec.auto_title": "紧急录音 {time}",
+  "em.need.recording": "录音",
+  "field.media_id": "录音",
+  "err.media_not_recording": "所选音频不是上传的录音，不能用于紧急广播。",
+  "err.media_not_yours": "这段录音由其他乡镇上传，您不能使用。",
+  // --- end issue 12 (12D) ---
 };
 
 const en = {
@@ -1236,6 +1256,26 @@ const en = {
   "field.category": "category",
   "field.file": "file",
   "field.priority": "priority",
+  // --- issue 12 (12D): recorded and uploaded voice for emergencies (web/js/views/emergency.js) ---
+  "em.rec.record": "Record",
+  "em.rec.upload": "Uploaded recording",
+  "em.rec.start": "Start recording",
+  "em.rec.stop": "Stop recording",
+  "em.rec.again": "Record again",
+  "em.rec.seconds": "Recording: {s} s",
+  "em.rec.listen": "Listen to the recording",
+  "em.rec.listen_to": "Listen: {title}",
+  "em.rec.denied": "The microphone cannot be used: {msg}",
+  "em.rec.uploading": "Uploading and checking the recording…",
+  "em.rec.none": "No recording uploaded yet. Upload one on the schedules page, or choose Record to record one now.",
+  "em.rec.label": "Recording “{title}” ({s} s)",
+  "em.rec.untitled": "Untitled recording",
+  "em.rec.auto_title": "Emergency recording {time}",
+  "em.need.recording": "a recording",
+  "field.media_id": "recording",
+  "err.media_not_recording": "The audio chosen is not an uploaded recording and cannot be used for an emergency.",
+  "err.media_not_yours": "This recording was uploaded by another township; you may not use it.",
+  // --- end issue 12 (12D) ---
 };
 
 const TABLES = { "zh-CN": zh, en };
