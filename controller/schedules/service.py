@@ -196,7 +196,9 @@ class ScheduleService:
                 {"max": self._settings.max_text_chars},
             )
         try:
-            filled, media, voices = await self._broadcasts.preview(content, resolved.target)
+            filled, media, voices = await self._broadcasts.preview(
+                content, resolved.target, principal
+            )
         except SpeechUnavailable as exc:
             message = f"text: could not be spoken ({exc})"
             raise ApiError(503, "speech_unavailable", message, "text") from None
