@@ -38,7 +38,7 @@ from controller.models import AuditEntry, Broadcast, Delivery, Device, Media, To
 from controller.prepositioning import media_in_place
 from controller.reasons import with_code
 from controller.settings import Settings
-from controller.speech import AnnouncementRenderer, AnnouncementRequest
+from controller.speech import AnnouncementRenderer, AnnouncementRequest, RenderedAnnouncement
 from controller.speech.types import known_category
 from controller.targets import TargetsIn, resolve, topics_for
 from controller.templates import TEMPLATE_ID_PATTERN, fill_content
@@ -447,7 +447,9 @@ class BroadcastService:
         except ValueError as exc:
             field, _, message = str(exc).partition(": ")
             raise bad_request(field if message else "text", message or str(exc)) from None
-        rendered = await self._renderer.render(request)
+        return await self._store_rendered(await self._renderer.render(request), body.text)
+
+    async def _store_rendered(self, rendered: RenderedAnnouncement, text: str) -> tuple[Media, str]:
         voices = ",".join(rendered.voices)
         row = await self._media.put(
             rendered.audio,
@@ -455,7 +457,7 @@ class BroadcastService:
             duration_ms=rendered.duration_ms,
             source="speech",
             voices=voices,
-            text=body.text,
+            text=text,
         )
         return row, voices
 
@@ -483,16 +485,7 @@ class BroadcastService:
             languages=body.languages,
             repeat=body.repeat,
         )
-        voices = ",".join(rendered.voices)
-        row = await self._media.put(
-            rendered.audio,
-            mime=rendered.mime,
-            duration_ms=rendered.duration_ms,
-            source="speech",
-            voices=voices,
-            text=recording.text,
-        )
-        return row, voices
+        return await self._store_rendered(rendered, recording.text)
 
     # ------------------------------------------------------------------ read
 
