@@ -73,7 +73,9 @@ async def test_officer_records_a_drill_in_the_browser_and_the_fleet_plays_it(
     await officer.shot("em-rec-01-recording")
     await button.click()
     await page.wait_for_selector("#rec-ok", timeout=60_000)  # uploaded and accepted
-    assert await page.locator("#rec-audio").count() == 1  # listen back
+    # Listen back to the take as the server stored it.
+    take_url = await page.get_attribute("#rec-audio", "src")
+    assert take_url and take_url.startswith("/media/")
     assert "重新录音" in await button.inner_text()
     await page.click("[data-area=townships]")
     await page.click("[data-township=t01]")
@@ -98,6 +100,7 @@ async def test_officer_records_a_drill_in_the_browser_and_the_fleet_plays_it(
     assert composed["voices"][0] == "upload" and len(composed["voices"]) == 2
     _, uploads = await county.api("GET", "/api/media?source=upload")
     [take] = uploads["media"]
+    assert take_url == take["url"]
     assert take["duration_ms"] >= 3000  # about what was recorded, not an empty take
     # Twice the recording, plus the signal and the drill framing.
     assert composed["duration_ms"] > 2 * take["duration_ms"] + 2000
@@ -169,3 +172,47 @@ async def test_uploaded_recording_for_a_real_level_two_emergency_needs_the_secon
     _, listing = await county.api("GET", "/api/broadcasts")
     [sent] = listing["broadcasts"]
     assert sent["media_id"] == composed_id and sent["level"] == 2 and sent["drill"] is False
+
+
+async def test_clerk_on_a_phone_is_offered_only_recordings_of_their_township(
+    make_county, open_console, capture_wav
+):
+    county = await make_county(villages=VILLAGES)
+    # The county's own recording (uploaded by the administrator, of no township).
+    async with county.http.post(
+        county.url + "/api/media?title=" + "县里的录音",
+        data=capture_wav.read_bytes(),
+        headers={**county.headers(None), "Content-Type": "application/octet-stream"},
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+        county_take = await resp.json()
+    clerk = await open_console(county, "clerk-t01", phone=True)
+    page = clerk.page
+    await clerk.go("emergency", "[data-template=upload]")
+    await page.click("[data-template=upload]")
+    await page.wait_for_function(
+        "() => !document.querySelector('.rec-list [data-media]') && "
+        "document.body.innerText.includes('没有您可用的已上传录音')"
+    )
+    # Recorded on the phone, it is the clerk's own: offered from then on.
+    await page.click("[data-template=record]")
+    await page.click("#rec-btn")
+    await page.wait_for_selector("#rec-btn[data-rec=recording]")
+    await page.wait_for_function(
+        "() => /[2-9]/.test(document.getElementById('rec-seconds')?.textContent || '')",
+        timeout=30_000,
+    )
+    await page.click("#rec-btn")
+    await page.wait_for_selector("#rec-ok", timeout=60_000)
+    await clerk.shot("em-rec-04-phone-recorded")
+    await page.reload()  # the page anew: the list is read again
+    await page.wait_for_selector("[data-template=upload]")
+    await page.click("[data-template=upload]")
+    await page.wait_for_selector(".rec-list [data-media]")
+    offered = await page.locator(".rec-list [data-media]").evaluate_all(
+        "bs => bs.map(b => b.dataset.media)"
+    )
+    assert len(offered) == 1 and county_take["media_id"] not in offered
+    # Nothing is wider than the phone.
+    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    await clerk.shot("em-rec-05-phone-uploads")

@@ -150,6 +150,12 @@ async def test_recorded_drill_is_framed_and_played_and_other_audio_is_refused(
     )
     assert status == 400 and err["error"]["field"] == "media_id", err
     assert err["error"]["code"] == "media_not_yours"
+    # ... and is not offered it on the emergency page, where t01's clerk is.
+    path = "/api/media?source=upload&usable=1"
+    _, offered = await county.api("GET", path, token=other, expect=200)
+    assert recording["media_id"] not in {m["media_id"] for m in offered["media"]}
+    _, offered = await county.api("GET", path, token=who["staff"], expect=200)
+    assert recording["media_id"] in {m["media_id"] for m in offered["media"]}
 
 
 async def test_real_county_wide_recorded_emergency_waits_for_the_second_officer(

@@ -360,7 +360,10 @@ export async function render(main, ctx) {
     );
     panel.append(h("div", { class: "control-row" }, toggle, live ? h("span", { id: "rec-seconds", class: "rec-live", role: "status" }, t("em.rec.seconds", { s: r.seconds })) : null));
     if (r.blobUrl) {
-      panel.append(h("audio", { controls: true, src: r.blobUrl, id: "rec-audio", class: "media-player", "aria-label": t("em.rec.listen") }));
+      // Once stored, the take is heard as the server keeps it (checked, levelled, with
+      // its length known: a browser's own WebM take often declares none).
+      const src = r.media ? r.media.url : r.blobUrl;
+      panel.append(h("audio", { controls: true, src, id: "rec-audio", class: "media-player", "aria-label": t("em.rec.listen") }));
     }
     let status = null;
     if (r.error) status = h("p", { class: "error", role: "alert" }, r.error.status ? r.error.message : t("em.rec.denied", { msg: r.error.message }));
@@ -372,7 +375,7 @@ export async function render(main, ctx) {
 
   async function loadUploads() {
     try {
-      state.uploads = (await get("/api/media?source=upload&limit=50")).media;
+      state.uploads = (await get("/api/media?source=upload&usable=1&limit=50")).media;
     } catch (e) {
       state.uploads = [];
       toast(e.message, "error");
@@ -706,7 +709,7 @@ export async function render(main, ctx) {
         h("dt", {}, t("em.fact.content")),
         h("dd", { id: "sum-content" }, !state.template ? "—" : contentName()),
       ),
-      state.template ? h("p", { class: "spoken small" }, fillText().slice(0, 160)) : null,
+      fillText() ? h("p", { class: "spoken small" }, fillText().slice(0, 160)) : null,
     ]);
   }
 
