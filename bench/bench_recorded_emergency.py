@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import datetime as dt
 import io
+import os
 import statistics
 import sys
 import tempfile
@@ -26,9 +27,9 @@ from pydub.generators import Sine
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from machine import machine_facts  # noqa: E402
+from machine import machine_facts
 
-from controller.speech import AnnouncementRenderer, normalise_upload  # noqa: E402
+from controller.speech import AnnouncementRenderer, normalise_upload
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -75,15 +76,15 @@ async def main() -> None:
     args = parser.parse_args()
     rows = [await one(s, args.runs) for s in (10, 60)]
     facts = machine_facts()
-    with open("/proc/loadavg") as f:
-        load = f.read().split()[:3]
+    load = os.getloadavg()
     lines = [
         f"# Recorded emergency rendering, {dt.date.today().isoformat()}",
         "",
         f"- Machine: {facts['nproc']} CPUs, {facts['cpu']}, {facts['ram']}, "
         f"Python {facts['python']}",
-        f"- Load average at the end (1/5/15 min): {' '.join(load)} (other helpers' tests "
-        "were running: the figures are upper bounds)",
+        "- Load average at the end (1/5/15 min): "
+        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (other helpers' tests were running: "
+        "the figures are upper bounds)",
         f"- Command: `.venv/bin/python bench/bench_recorded_emergency.py --runs {args.runs}`",
         "- Level II drill, repeat 3, framing by espeak-ng (cmn); cold = empty cache.",
         "",
