@@ -221,7 +221,8 @@ class BroadcastService:
         start_at = max(requested_start or 0, now + lead)
         expires_in_s = body.expires_in_s or self._settings.default_expiry_s[body.priority]
         expires_at = start_at + expires_in_s * 1000
-        title = body.title or (body.text or "")[:40]
+        # A recording has no text: its upload title names it on the board and records.
+        title = body.title or (body.text or media.text or "")[:40]
         play = p.PlayBody(
             broadcast_id=uuid.uuid4().hex,
             priority=p.Priority(body.priority),

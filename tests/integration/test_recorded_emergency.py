@@ -190,6 +190,7 @@ async def test_real_county_wide_recorded_emergency_waits_for_the_second_officer(
 
     _, approved = await duty2.api("POST", f"/api/approvals/{item['id']}/approve", expect=201)
     assert approved["approval"]["decided_by"] == "duty2"
+    assert approved["title"] == "县级录音"  # named by its upload's title
     await county.wait_states(approved["id"], {"done"}, timeout_s=60)
     played = played_wavs(county, approved["id"])
     assert played
