@@ -19,7 +19,6 @@ import statistics
 import sys
 import tempfile
 import time
-import wave
 from pathlib import Path
 
 from pydub.generators import Sine
@@ -37,11 +36,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 async def stored_recording(seconds: int) -> bytes:
     tone = Sine(300).to_audio_segment(duration=seconds * 1000).set_frame_rate(16000)
     buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(tone.set_sample_width(2).raw_data)
+    tone.set_sample_width(2).export(buf, format="wav")
     return (await normalise_upload(buf.getvalue())).audio
 
 

@@ -47,6 +47,18 @@ async def browser(capture_wav: Path) -> AsyncIterator[Browser]:
         await b.close()
 
 
+async def upload_as_admin(county: Any, wav: bytes, title: str) -> dict[str, Any]:
+    """The administrator's upload (a county-wide user of no township)."""
+    async with county.http.post(
+        county.url + "/api/media",
+        params={"title": title},
+        data=wav,
+        headers={**county.headers(None), "Content-Type": "application/octet-stream"},
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+        return dict(await resp.json())
+
+
 async def media_info(county: Any, media_id: str) -> dict[str, Any]:
     _, info = await county.api("GET", f"/api/media/{media_id}", expect=200)
     return dict(info)
@@ -123,13 +135,7 @@ async def test_uploaded_recording_for_a_real_level_two_emergency_needs_the_secon
     make_county, open_console, tmp_path, capture_wav
 ):
     county = await make_county(villages=VILLAGES, two_person_levels=(1, 2))
-    async with county.http.post(
-        county.url + "/api/media?title=" + "堤坝险情录音",
-        data=capture_wav.read_bytes(),
-        headers={**county.headers(None), "Content-Type": "application/octet-stream"},
-    ) as resp:
-        assert resp.status == 201, await resp.text()
-        recording = await resp.json()
+    recording = await upload_as_admin(county, capture_wav.read_bytes(), "堤坝险情录音")
 
     first = await open_console(county, "duty1")
     page = first.page
@@ -179,13 +185,7 @@ async def test_clerk_on_a_phone_is_offered_only_recordings_of_their_township(
 ):
     county = await make_county(villages=VILLAGES)
     # The county's own recording (uploaded by the administrator, of no township).
-    async with county.http.post(
-        county.url + "/api/media?title=" + "县里的录音",
-        data=capture_wav.read_bytes(),
-        headers={**county.headers(None), "Content-Type": "application/octet-stream"},
-    ) as resp:
-        assert resp.status == 201, await resp.text()
-        county_take = await resp.json()
+    county_take = await upload_as_admin(county, capture_wav.read_bytes(), "县里的录音")
     clerk = await open_console(county, "clerk-t01", phone=True)
     page = clerk.page
     await clerk.go("emergency", "[data-template=upload]")

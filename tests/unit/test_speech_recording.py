@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import pathlib
-import wave
 
 from pydub.generators import Sine
 
@@ -22,11 +21,7 @@ async def recording() -> bytes:
     """An uploaded recording as stored: a tone brought to the announcement format."""
     tone = Sine(2300).to_audio_segment(duration=RECORDING_MS).set_frame_rate(16000)
     buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(tone.set_sample_width(2).raw_data)
+    tone.set_sample_width(2).export(buf, format="wav")
     return (await normalise_upload(buf.getvalue())).audio
 
 
