@@ -34,10 +34,11 @@ from controller.dispatch import Dispatcher
 from controller.errors import ApiError, bad_request, forbidden, not_found
 from controller.events import ApprovalRequested, BroadcastChanged, DeliveryChanged, Event, EventHub
 from controller.media import MediaStore, media_ref
-from controller.models import Broadcast, Delivery, Device, Media, Township
+from controller.models import AuditEntry, Broadcast, Delivery, Device, Media, Township, User
 from controller.prepositioning import media_in_place
+from controller.reasons import with_code
 from controller.settings import Settings
-from controller.speech import AnnouncementRenderer, AnnouncementRequest
+from controller.speech import AnnouncementRenderer, AnnouncementRequest, RenderedAnnouncement
 from controller.speech.types import known_category
 from controller.targets import TargetsIn, resolve, topics_for
 from controller.templates import TEMPLATE_ID_PATTERN, fill_content
@@ -81,6 +82,8 @@ class BroadcastIn(BaseModel):
     drill: bool = False
     languages: list[Language] = Field(default_factory=_mandarin_only, min_length=1)
     repeat: int | None = Field(default=None, ge=1, le=10)
+    # A correction or update of an earlier broadcast: its id (shown on both boards).
+    corrects: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
 
     @field_validator("category")
     @classmethod
@@ -107,6 +110,23 @@ class BroadcastIn(BaseModel):
         if self.priority is not None and self.priority != "emergency" and self.level is not None:
             raise ValueError("level: only emergencies have a level")
         return self
+
+
+def recording_usable_by(session: Session, sha256: str, principal: Principal) -> bool:
+    """Least privilege for uploaded recordings: county-wide roles may use any; township
+    staff only those uploaded by someone of their own township (the upload's audit entry
+    is the record of who brought it in)."""
+    if principal.county_wide:
+        return True
+    uploaders = session.exec(
+        select(AuditEntry.actor).where(
+            AuditEntry.action == "media.upload", AuditEntry.target == sha256
+        )
+    ).all()
+    if principal.user in uploaders:
+        return True
+    townships = session.exec(select(User.township_id).where(col(User.name).in_(uploaders))).all()
+    return principal.township_id is not None and principal.township_id in townships
 
 
 class BroadcastService:
@@ -152,19 +172,26 @@ class BroadcastService:
         holds it back. `approval` is the approved request: its audio is what is sent."""
         principal.require_broadcast()
         if body.text is not None and len(body.text) > self._settings.max_text_chars:
-            raise bad_request("text", f"longer than {self._settings.max_text_chars} characters")
+            raise bad_request(
+                "text",
+                f"longer than {self._settings.max_text_chars} characters",
+                "text_too_long",
+                {"max": self._settings.max_text_chars},
+            )
         t0 = p.now_ms()
         requested_start = None
         if body.start_at is not None:
             requested_start = parse_instant(body.start_at, "start_at")
             if requested_start < t0 - START_PAST_TOLERANCE_MS:
-                raise bad_request("start_at", "is in the past")
+                raise bad_request("start_at", "is in the past", "start_at_past")
             if requested_start > t0 + MAX_START_AHEAD_MS:
-                raise bad_request("start_at", "is more than 7 days ahead")
+                raise bad_request("start_at", "is more than 7 days ahead", "start_at_too_far")
 
         resolved = await self._db.run(lambda s: resolve(s, body.targets, principal))
         if not resolved.device_ids:
-            raise bad_request("targets", "no terminal is installed in the chosen area")
+            raise bad_request(
+                "targets", "no terminal is installed in the chosen area", "no_terminals_in_area"
+            )
         template = body.template
         body = await fill_content(
             self._db, body, resolved.target, max_text_chars=self._settings.max_text_chars
@@ -178,11 +205,11 @@ class BroadcastService:
             # is not an officer whose sends add up across the county.
             if not principal.warning_intake:
                 await self._hold_for_second_person(principal, body, resolved)
-            media, voices = await self._media_for(body)
+            media, voices = await self._media_for(body, principal)
         else:
             approved = await self._db.run(lambda s: s.get(Media, approval.media_sha256))
             if approved is None:
-                raise bad_request("media_id", "the approved audio is gone")
+                raise bad_request("media_id", "the approved audio is gone", "media_gone")
             media, voices = approved, approval.voices
         # Audio rendered earlier for a request that waited has not reached any terminal.
         media_is_new = (
@@ -198,7 +225,8 @@ class BroadcastService:
         start_at = max(requested_start or 0, now + lead)
         expires_in_s = body.expires_in_s or self._settings.default_expiry_s[body.priority]
         expires_at = start_at + expires_in_s * 1000
-        title = body.title or (body.text or "")[:40]
+        # A recording has no text: its upload title names it on the board and records.
+        title = body.title or (body.text or media.text or "")[:40]
         play = p.PlayBody(
             broadcast_id=uuid.uuid4().hex,
             priority=p.Priority(body.priority),
@@ -216,6 +244,13 @@ class BroadcastService:
         )
 
         def record(session: Session) -> Broadcast:
+            if body.corrects is not None and session.get(Broadcast, body.corrects) is None:
+                raise bad_request(
+                    "corrects",
+                    f"unknown broadcast {body.corrects!r}",
+                    "unknown_broadcast",
+                    {"id": body.corrects},
+                )
             broadcast = Broadcast(
                 id=play.broadcast_id,
                 created_ms=now,
@@ -234,6 +269,8 @@ class BroadcastService:
                 command_id=command.id,
                 voices=voices,
                 device_count=len(resolved.device_ids),
+                corrects_id=body.corrects,
+                approved_by=approval.decided_by if approval else None,
             )
             session.add(broadcast)
             session.flush()
@@ -363,7 +400,7 @@ class BroadcastService:
         """Render `body` and put it in the approvals queue (what `why` says is shown to
         the officer). The two-person rule and warnings in review mode come here."""
         settings = self._settings
-        media, voices = await self._media_for(body)
+        media, voices = await self._media_for(body, principal)
         now = p.now_ms()
 
         def record(session: Session) -> dict[str, Any]:
@@ -401,22 +438,26 @@ class BroadcastService:
         return view
 
     async def preview(
-        self, body: BroadcastIn, target: p.Target | None
+        self, body: BroadcastIn, target: p.Target | None, principal: Principal | None = None
     ) -> tuple[BroadcastIn, Media, str]:
         """The audio `create` would send for `body` (to `target`, whose townships decide
         the languages), rendered and stored content-addressed but sent nowhere."""
         body = await fill_content(
             self._db, body, target, max_text_chars=self._settings.max_text_chars
         )
-        media, voices = await self._media_for(body)
+        media, voices = await self._media_for(body, principal)
         return body, media, voices
 
-    async def _media_for(self, body: BroadcastIn) -> tuple[Media, str]:
+    async def _media_for(
+        self, body: BroadcastIn, principal: Principal | None = None
+    ) -> tuple[Media, str]:
         if body.media_id is not None:
             media_id = body.media_id
             row = await self._db.run(lambda s: s.get(Media, media_id))
             if row is None:
-                raise bad_request("media_id", "unknown media")
+                raise bad_request("media_id", "unknown media", "unknown_media")
+            if body.priority == "emergency":
+                return await self._recorded_emergency(body, row, principal)
             return row, row.voices
         assert body.text is not None
         assert body.category is not None and body.priority is not None  # fill_content
@@ -433,7 +474,9 @@ class BroadcastService:
         except ValueError as exc:
             field, _, message = str(exc).partition(": ")
             raise bad_request(field if message else "text", message or str(exc)) from None
-        rendered = await self._renderer.render(request)
+        return await self._store_rendered(await self._renderer.render(request), body.text)
+
+    async def _store_rendered(self, rendered: RenderedAnnouncement, text: str) -> tuple[Media, str]:
         voices = ",".join(rendered.voices)
         row = await self._media.put(
             rendered.audio,
@@ -441,9 +484,35 @@ class BroadcastService:
             duration_ms=rendered.duration_ms,
             source="speech",
             voices=voices,
-            text=body.text,
+            text=text,
         )
         return row, voices
+
+    async def _recorded_emergency(
+        self, body: BroadcastIn, recording: Media, principal: Principal | None
+    ) -> tuple[Media, str]:
+        """An emergency in a recorded voice: only an uploaded recording the caller may use,
+        composed with the emergency signal and drill framing like a spoken one (the
+        recording alone would reach villages with neither)."""
+        if recording.source != "upload":
+            raise bad_request("media_id", "not an uploaded recording", "media_not_recording")
+        if principal is not None and not await self._db.run(
+            lambda s: recording_usable_by(s, recording.sha256, principal)
+        ):
+            raise bad_request(
+                "media_id", "a recording uploaded outside your township", "media_not_yours"
+            )
+        data = await asyncio.to_thread(self._media.path_for(recording.sha256).read_bytes)
+        rendered = await self._renderer.render_recording(
+            data,
+            recording_sha256=recording.sha256,
+            priority="emergency",
+            level=body.level,
+            drill=body.drill,
+            languages=body.languages,
+            repeat=body.repeat,
+        )
+        return await self._store_rendered(rendered, recording.text)
 
     # ------------------------------------------------------------------ read
 
@@ -462,6 +531,14 @@ class BroadcastService:
             outside = scope is not None and not view["reach"]["targeted"]
             if outside and broadcast.created_by != principal.user:
                 raise forbidden("this broadcast did not reach your township")
+            view["corrections"] = [
+                {"id": c.id, "title": c.title, "created_at": iso(c.created_ms)}
+                for c in session.exec(
+                    select(Broadcast)
+                    .where(Broadcast.corrects_id == broadcast.id)
+                    .order_by(col(Broadcast.created_ms))
+                ).all()
+            ]
             if not deliveries:
                 return view
             query = (
@@ -880,6 +957,8 @@ def broadcast_summary(b: Broadcast) -> dict[str, Any]:
         "device_count": b.device_count,
         "cancelled_at": iso(b.cancelled_ms),
         "cancelled_by": b.cancelled_by,
+        "corrects": b.corrects_id,
+        "approved_by": b.approved_by,
         # The signed, normalised target: live views use it to tell who it reached.
         "target": b.target,
         "attempt": b.attempt,
@@ -930,18 +1009,20 @@ def progress(b: Broadcast, by_state: dict[str, int], reached: int) -> dict[str, 
 
 def delivery_views(rows: Any) -> list[dict[str, Any]]:
     return [
-        {
-            "device_id": d.device_id,
-            "village_id": device.village_id,
-            "township_id": device.township_id,
-            "state": d.state,
-            "reason": d.reason,
-            "updated_at": iso(d.updated_ms),
-            "source": d.state_source,
-            "attempt": d.attempt,
-            "transitions": [
-                {**t, "at": iso(t["at"]), "rx": iso(t.get("rx"))} for t in d.transitions
-            ],
-        }
+        with_code(
+            {
+                "device_id": d.device_id,
+                "village_id": device.village_id,
+                "township_id": device.township_id,
+                "state": d.state,
+                "reason": d.reason,
+                "updated_at": iso(d.updated_ms),
+                "source": d.state_source,
+                "attempt": d.attempt,
+                "transitions": [
+                    {**t, "at": iso(t["at"]), "rx": iso(t.get("rx"))} for t in d.transitions
+                ],
+            }
+        )
         for d, device in rows
     ]

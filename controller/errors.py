@@ -43,22 +43,41 @@ def json_response(
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    """An answer a person may read: `code` is what the console translates (`err.<code>`
+    in web/js/i18n.js, checked by tests/unit/test_message_catalogue.py), `params` the
+    parts its wording fills in; `message` is the English sentence for logs and scripts."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        params: Mapping[str, str | int] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        self.params = dict(params or {})
 
     def response(self) -> web.Response:
         body: dict[str, object] = {"code": self.code, "message": self.message}
         if self.field is not None:
             body["field"] = self.field
+        if self.params:
+            body["params"] = self.params
         return json_response({"error": body}, status=self.status)
 
 
-def bad_request(field: str, message: str, code: str = "invalid") -> ApiError:
-    return ApiError(400, code, f"{field}: {message}", field)
+def bad_request(
+    field: str,
+    message: str,
+    code: str = "invalid",
+    params: Mapping[str, str | int] | None = None,
+) -> ApiError:
+    return ApiError(400, code, f"{field}: {message}", field, params)
 
 
 def not_found(what: str) -> ApiError:

@@ -29,6 +29,7 @@ from controller.events import (
     EventHub,
 )
 from controller.models import Broadcast, Device, Village
+from controller.reasons import reason_code
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class LiveHub:
                 "device_id": e.device_id,
                 "state": e.state.value,
                 "reason": e.reason,
+                **dict(zip(("reason_code", "reason_params"), reason_code(e.reason), strict=True)),
                 "at": e.at,
                 "village_id": e.village_id,
                 "township_id": e.township_id,

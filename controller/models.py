@@ -117,6 +117,10 @@ class Broadcast(SQLModel, table=True):
     attempt: int = 0  # resends so far
     # [{"attempt", "command_id", "at", "by", "devices"}] for each resend
     resends: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    # A correction or update names the broadcast it corrects (shown on both boards).
+    corrects_id: str | None = Field(default=None, index=True)
+    # The second duty officer who confirmed it, when the two-person rule held it.
+    approved_by: str | None = None
 
 
 class Delivery(SQLModel, table=True):

@@ -81,6 +81,9 @@ class ErrorDetail(ApiModel):
     why: TwoPersonReach | None = Field(
         default=None, description="two_person_rule refusals: the numbers behind it"
     )
+    params: dict[str, str | int] | None = Field(
+        default=None, description="the parts the console's wording of `code` fills in"
+    )
 
 
 class TwoPersonReach(ApiModel):
@@ -156,6 +159,12 @@ class BroadcastSummary(ApiModel):
     target: dict[str, Any] = Field(description="the normalised target, as signed")
     attempt: int = Field(description="resends so far (0: sent once)")
     resends: list[ResendOut]
+    corrects: str | None = Field(
+        default=None, description="the broadcast this one corrects or updates"
+    )
+    approved_by: str | None = Field(
+        default=None, description="the second duty officer who confirmed it"
+    )
 
 
 class BroadcastProgress(BroadcastSummary):
@@ -189,15 +198,30 @@ class DeliveryOut(ApiModel):
     township_id: str
     state: DeliveryState
     reason: str | None
+    reason_code: str | None = Field(
+        default=None, description="the reason as a code the console translates (reason.<code>)"
+    )
+    reason_params: dict[str, str] = Field(
+        default_factory=dict, description="the varying parts of the reason (who, attempt)"
+    )
     updated_at: Instant
     source: Source
     attempt: int
     transitions: list[TransitionOut]
 
 
+class CorrectionRef(ApiModel):
+    id: str
+    title: str
+    created_at: Instant
+
+
 class BroadcastDetail(BroadcastProgress):
     deliveries: list[DeliveryOut] | None = Field(
         default=None, description="one per terminal; left out with ?deliveries=0"
+    )
+    corrections: list[CorrectionRef] = Field(
+        default_factory=list, description="later broadcasts that correct or update this one"
     )
 
 
@@ -268,6 +292,9 @@ class PreviewOut(ApiModel):
     duration_ms: int
     voices: list[str]
     text: str | None
+    spoken: str | None = Field(
+        default=None, description="the words as the villages hear them, drill framing included"
+    )
     title: str
     category: str | None
     priority: PriorityName | None
@@ -328,6 +355,12 @@ class DeviceDeliveryOut(ApiModel):
     created_at: Instant
     state: DeliveryState
     reason: str | None
+    reason_code: str | None = Field(
+        default=None, description="the reason as a code the console translates (reason.<code>)"
+    )
+    reason_params: dict[str, str] = Field(
+        default_factory=dict, description="the varying parts of the reason (who, attempt)"
+    )
     updated_at: Instant
     states: list[DeliveryState] = Field(description="every state it went through, in order")
 
@@ -347,6 +380,12 @@ class TestToneCreated(ApiModel):
     id: str = Field(description="the broadcast carrying the tone")
     device_id: str
     media_id: str
+    delivery_state: DeliveryState | None = Field(
+        default=None,
+        description="`offline`: queued by the broker, plays only if the terminal returns "
+        "before `expires_in_s`; `sent`: on its way, the terminal reports what happens",
+    )
+    expires_in_s: int | None = None
 
 
 class LocalScheduleOut(ApiModel):
@@ -474,6 +513,8 @@ class OccurrenceOut(ApiModel):
     expires_at: Instant | None
     outcome: str
     reason: str | None
+    reason_code: str | None = Field(default=None, description="the reason as a code")
+    reason_params: dict[str, str] = Field(default_factory=dict)
     suppressed: dict[str, Any]
     broadcast_id: str | None
     device_count: int | None
@@ -518,6 +559,8 @@ class TimelineEntry(ApiModel):
     rank: int
     outcome: str
     reason: str | None
+    reason_code: str | None = Field(default=None, description="the reason as a code")
+    reason_params: dict[str, str] = Field(default_factory=dict)
     fired_at: Instant | None = None
     start_at: Instant | None = None
     deliveries: dict[str, int] | None = None

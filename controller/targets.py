@@ -95,7 +95,12 @@ def resolve(session: Session, requested: TargetsIn, principal: Principal) -> Res
     all_townships = set(session.exec(select(Township.id)).all())
     for i, tid in enumerate(requested.townships):
         if tid not in all_townships:
-            raise bad_request(f"targets.townships[{i}]", f"unknown township {tid!r}")
+            raise bad_request(
+                f"targets.townships[{i}]",
+                f"unknown township {tid!r}",
+                "unknown_township",
+                {"id": tid},
+            )
         if scope is not None and tid != scope:
             raise forbidden(f"targets.townships[{i}]: {tid} is outside your township")
 
@@ -105,7 +110,9 @@ def resolve(session: Session, requested: TargetsIn, principal: Principal) -> Res
     }
     for i, vid in enumerate(requested.villages):
         if vid not in villages:
-            raise bad_request(f"targets.villages[{i}]", f"unknown village {vid!r}")
+            raise bad_request(
+                f"targets.villages[{i}]", f"unknown village {vid!r}", "unknown_village", {"id": vid}
+            )
         if scope is not None and villages[vid] != scope:
             raise forbidden(f"targets.villages[{i}]: {vid} is outside your township")
 
@@ -115,7 +122,9 @@ def resolve(session: Session, requested: TargetsIn, principal: Principal) -> Res
     }
     for i, did in enumerate(requested.devices):
         if did not in devices:
-            raise bad_request(f"targets.devices[{i}]", f"unknown device {did!r}")
+            raise bad_request(
+                f"targets.devices[{i}]", f"unknown device {did!r}", "unknown_device", {"id": did}
+            )
         if scope is not None and devices[did].township_id != scope:
             raise forbidden(f"targets.devices[{i}]: {did} is outside your township")
 

@@ -29,6 +29,6 @@ def parse_instant(value: object, field: str) -> int:
         except ValueError:
             raise bad_request(field, f"{value!r} is not an ISO 8601 time") from None
         if dt.tzinfo is None:
-            raise bad_request(field, "needs a timezone (e.g. +08:00 or Z)")
+            raise bad_request(field, "needs a timezone (e.g. +08:00 or Z)", "time_needs_timezone")
         return int(dt.timestamp() * 1000)
     raise bad_request(field, "must be an ISO 8601 time or epoch milliseconds")

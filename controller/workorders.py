@@ -298,7 +298,9 @@ class WorkOrderService:
             raise bad_request("status", f"one of {', '.join(STATUSES)} or all")
         scope = principal.township_scope()
         if scope is not None and township not in (None, scope):
-            raise bad_request("township", f"{township} is outside your township")
+            raise bad_request(
+                "township", f"{township} is outside your township", "outside_township"
+            )
         township = scope or township
 
         def load(session: Session) -> list[dict[str, Any]]:

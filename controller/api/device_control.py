@@ -15,7 +15,7 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydub.generators import Sine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from controller import audit
 from controller import schemas as s
@@ -23,7 +23,7 @@ from controller.api import keys
 from controller.auth import Principal, principal_of
 from controller.broadcasts import BroadcastIn
 from controller.errors import forbidden, not_found, parse_body, read_json, read_optional_json
-from controller.models import Device, Media
+from controller.models import Delivery, Device, Media
 from controller.openapi import describe
 from controller.speech import tones
 from controller.speech.render import concat, encode_ogg_opus, silence
@@ -34,6 +34,7 @@ routes = web.RouteTableDef()
 CONFIG_VALID_S = 300  # a terminal offline longer than this gets the change by hand
 TEST_TONE_TITLE = "测试音 test tone"
 TEST_TONE_HZ = 1000.0
+TEST_TONE_EXPIRES_S = 120  # a tone heard later than this proves nothing to who asked
 
 
 class VolumeIn(BaseModel):
@@ -135,10 +136,24 @@ async def test_tone(request: web.Request) -> web.Response:
         category="other",
         priority="routine",
         targets={"devices": [device.id]},  # type: ignore[arg-type]
-        expires_in_s=120,
+        expires_in_s=TEST_TONE_EXPIRES_S,
     )
     broadcast = await request.app[keys.BROADCASTS].create(principal.for_test_tone(), body)
-    created = {"id": broadcast.id, "device_id": device.id, "media_id": media.sha256}
+    # Say honestly what happened: an offline terminal has the tone queued, not played.
+    delivery = await request.app[keys.DB].run(
+        lambda s: s.exec(
+            select(Delivery)
+            .where(Delivery.broadcast_id == broadcast.id)
+            .where(Delivery.device_id == device.id)
+        ).first()
+    )
+    created = {
+        "id": broadcast.id,
+        "device_id": device.id,
+        "media_id": media.sha256,
+        "delivery_state": delivery.state if delivery is not None else None,
+        "expires_in_s": TEST_TONE_EXPIRES_S,
+    }
     return s.respond(
         s.TestToneCreated, created, status=201, location=f"/api/broadcasts/{broadcast.id}"
     )

@@ -12,6 +12,7 @@ from controller.auth import principal_of
 from controller.errors import forbidden, not_found
 from controller.models import Broadcast, Delivery, Device, TelemetrySample
 from controller.openapi import Param, describe
+from controller.reasons import with_code
 from controller.timefmt import iso, parse_instant
 from dalaba import protocol as p
 
@@ -150,19 +151,21 @@ async def last_deliveries(request: web.Request) -> web.Response:
             .limit(limit)
         ).all()
         return [
-            {
-                "broadcast_id": b.id,
-                "title": b.title,
-                "category": b.category,
-                "priority": b.priority,
-                "level": b.level,
-                "drill": b.drill,
-                "created_at": iso(b.created_ms),
-                "state": d.state,
-                "reason": d.reason,
-                "updated_at": iso(d.updated_ms),
-                "states": [t["state"] for t in d.transitions],
-            }
+            with_code(
+                {
+                    "broadcast_id": b.id,
+                    "title": b.title,
+                    "category": b.category,
+                    "priority": b.priority,
+                    "level": b.level,
+                    "drill": b.drill,
+                    "created_at": iso(b.created_ms),
+                    "state": d.state,
+                    "reason": d.reason,
+                    "updated_at": iso(d.updated_ms),
+                    "states": [t["state"] for t in d.transitions],
+                }
+            )
             for d, b in rows
         ]
 

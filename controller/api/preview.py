@@ -19,6 +19,7 @@ from controller.auth import principal_of
 from controller.broadcasts import BroadcastIn
 from controller.errors import bad_request, parse_body, read_json
 from controller.openapi import Content, Param, describe
+from controller.speech.service import spoken_text
 from controller.targets import resolve
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ async def preview(request: web.Request) -> web.StreamResponse:
     if targets_given:
         resolved = await request.app[keys.DB].run(lambda s: resolve(s, body.targets, principal))
         target = resolved.target
-    filled, media, voices = await request.app[keys.BROADCASTS].preview(body, target)
+    filled, media, voices = await request.app[keys.BROADCASTS].preview(body, target, principal)
     log.info("preview by %s: %s (%d ms)", principal.user, media.sha256[:12], media.duration_ms)
     if fmt == "audio":
         path = request.app[keys.MEDIA].path_for(media.sha256)
@@ -80,6 +81,7 @@ async def preview(request: web.Request) -> web.StreamResponse:
             "duration_ms": media.duration_ms,
             "voices": voices.split(",") if voices else [],
             "text": filled.text,
+            "spoken": spoken_text(filled.text, drill=filled.drill),
             "title": filled.title or (filled.text or "")[:40],
             "category": filled.category,
             "priority": filled.priority,

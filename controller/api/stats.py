@@ -163,7 +163,9 @@ def _scope_args(request: web.Request) -> tuple[str | None, str | None]:
     village = request.query.get("village") or None
     if own is not None:
         if township not in (None, own):
-            raise bad_request("township", f"{township} is outside your township")
+            raise bad_request(
+                "township", f"{township} is outside your township", "outside_township"
+            )
         township = own
     return township, village
 

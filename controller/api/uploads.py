@@ -21,6 +21,7 @@ from sqlmodel import Session, col, select
 from controller import audit
 from controller.api import keys
 from controller.auth import principal_of
+from controller.broadcasts import recording_usable_by
 from controller.errors import bad_request, json_response, not_found
 from controller.models import Media
 from controller.speech import NotPlainAudio, UnsupportedAudio, normalise_upload
@@ -133,7 +134,12 @@ async def upload(request: web.Request) -> web.Response:
     data, filename, title = await _read_upload(request, limit)
     title = title.strip()
     if len(title) > MAX_TITLE_CHARS:
-        raise bad_request("title", f"longer than {MAX_TITLE_CHARS} characters")
+        raise bad_request(
+            "title",
+            f"longer than {MAX_TITLE_CHARS} characters",
+            "title_too_long",
+            {"max": MAX_TITLE_CHARS},
+        )
     try:
         rendered = await normalise_upload(
             data, max_duration_s=settings.upload_max_duration_s, max_bytes=limit
@@ -185,11 +191,19 @@ async def list_media(request: web.Request) -> web.Response:
     except ValueError:
         raise bad_request("limit", "must be a number") from None
 
+    # ?usable=1: only what the caller may send as an emergency (the emergency page's
+    # list; a township clerk is not offered another township's recordings).
+    usable = request.query.get("usable") == "1"
+    principal = principal_of(request)
+
     def load(session: Session) -> list[dict[str, Any]]:
         query = select(Media).order_by(col(Media.created_ms).desc()).limit(limit)
         if source != "all":
             query = query.where(Media.source == source)
-        return [media_view(m) for m in session.exec(query)]
+        rows = session.exec(query).all()
+        if usable:
+            rows = [m for m in rows if recording_usable_by(session, m.sha256, principal)]
+        return [media_view(m) for m in rows]
 
     return json_response({"media": await request.app[keys.DB].run(load)})
 

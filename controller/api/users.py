@@ -82,9 +82,14 @@ def _check_township(session: Session, role: str, township_id: str | None) -> str
     if role != Role.TOWNSHIP_STAFF.value:
         return None
     if not township_id:
-        raise bad_request("township_id", "required for township_staff")
+        raise bad_request("township_id", "required for township_staff", "township_required")
     if session.get(Township, township_id) is None:
-        raise bad_request("township_id", f"unknown township {township_id!r}")
+        raise bad_request(
+            "township_id",
+            f"unknown township {township_id!r}",
+            "unknown_township",
+            {"id": township_id},
+        )
     return township_id
 
 
@@ -152,7 +157,7 @@ async def update_user(request: web.Request) -> web.Response:
         if user is None:
             raise not_found(f"user {user_id}")
         if user.name == principal.user and (body.disabled or body.role not in (None, "admin")):
-            raise bad_request("role", "an admin cannot lock themselves out")
+            raise bad_request("role", "an admin cannot lock themselves out", "self_lockout")
         if user.role == Role.UPSTREAM.value and (
             body.role is not None or body.password is not None
         ):

@@ -39,6 +39,7 @@ from controller.errors import (
 )
 from controller.events import EventHub
 from controller.models import Delivery, Device, Media, Township
+from controller.reasons import reason_code, with_code
 from controller.schedules import store
 from controller.schedules.models import Occurrence, Schedule, TerminalSchedule
 from controller.schedules.plan import (
@@ -76,6 +77,12 @@ SOURCE_KEYS = ("text", "media_id", "template")
 MAX_NEXT = 200
 MAX_OCCURRENCES = 500
 _HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
+
+
+NEXT_IN_VIEW = 5  # fire times a schedule's view lists under `next`
+# How many fire times per listed one are looked at for one that is heard: a daily 07:00
+# inside quiet hours in every township is never heard, and must not loop forever.
+NEXT_LOOKAHEAD = 20
 
 
 class ScheduleFields(BaseModel):
@@ -172,15 +179,26 @@ class ScheduleService:
             raise bad_request(field if message else "recurrence", message or str(exc)) from None
         now = p.now_ms()
         if not next_occurrences(rule, from_ms(now), 1):
-            raise bad_request("recurrence", "never fires after now (its times are all in the past)")
+            raise bad_request(
+                "recurrence", "never fires after now (its times are all in the past)", "never_fires"
+            )
 
         resolved = await self._db.run(lambda s: resolve(s, content.targets, principal))
         if not resolved.device_ids:
-            raise bad_request("targets", "no terminal is installed in the chosen area")
+            raise bad_request(
+                "targets", "no terminal is installed in the chosen area", "no_terminals_in_area"
+            )
         if content.text is not None and len(content.text) > self._settings.max_text_chars:
-            raise bad_request("text", f"longer than {self._settings.max_text_chars} characters")
+            raise bad_request(
+                "text",
+                f"longer than {self._settings.max_text_chars} characters",
+                "text_too_long",
+                {"max": self._settings.max_text_chars},
+            )
         try:
-            filled, media, voices = await self._broadcasts.preview(content, resolved.target)
+            filled, media, voices = await self._broadcasts.preview(
+                content, resolved.target, principal
+            )
         except SpeechUnavailable as exc:
             message = f"text: could not be spoken ({exc})"
             raise ApiError(503, "speech_unavailable", message, "text") from None
@@ -364,7 +382,9 @@ class ScheduleService:
                 raise ApiError(409, "not_paused", f"schedule {schedule_id}: is {row.status}")
             rule = recurrence_from_dict(row.recurrence)
             if not next_occurrences(rule, from_ms(p.now_ms()), 1):
-                raise bad_request("recurrence", "never fires after now; nothing to resume")
+                raise bad_request(
+                    "recurrence", "never fires after now; nothing to resume", "never_fires"
+                )
         now = p.now_ms()
 
         def record(session: Session) -> None:
@@ -416,7 +436,7 @@ class ScheduleService:
                     ).all()
                 )
             )
-            return self._view(row, principal, counts)
+            return self._view(row, principal, counts, _quiet_hours(session))
 
         return await self._db.run(load)
 
@@ -437,12 +457,17 @@ class ScheduleService:
                 if (scope is None or scope in r.township_ids)
                 and (township is None or township in r.township_ids)
             ]
-            return [self._view(r, principal, None) for r in rows]
+            quiet = _quiet_hours(session)
+            return [self._view(r, principal, None, quiet) for r in rows]
 
         return await self._db.run(load)
 
     def _view(
-        self, row: Schedule, principal: Principal, counts: Counter[str] | None
+        self,
+        row: Schedule,
+        principal: Principal,
+        counts: Counter[str] | None,
+        quiet: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         view: dict[str, Any] = {
             "id": row.id,
@@ -475,10 +500,39 @@ class ScheduleService:
         }
         if row.status == "active":
             rule = recurrence_from_dict(row.recurrence)
-            view["next"] = [iso(to_ms(t)) for t in next_occurrences(rule, from_ms(p.now_ms()), 5)]
+            view["next"] = [
+                iso(to_ms(t)) for t in self._next_heard(row, rule, quiet or {}, NEXT_IN_VIEW)
+            ]
         if counts is not None:
             view["occurrences"] = {o: counts.get(o, 0) for o in store.OUTCOMES}
         return view
+
+    def _next_heard(
+        self, row: Schedule, rule: Any, quiet: dict[str, Any], count: int
+    ) -> tuple[datetime.datetime, ...]:
+        """The next `count` times the schedule is heard somewhere: a time that quiet
+        hours silence in every township it reaches is skipped (下次 never shows a time
+        nobody will hear). Looks ahead a bounded number of fire times."""
+        heard: tuple[datetime.datetime, ...] = ()
+        after = from_ms(p.now_ms())
+        # In batches of `count`: with no quiet hours in the way (the usual case) this
+        # expands the rule exactly as far as before.
+        for _ in range(NEXT_LOOKAHEAD):
+            batch = next_occurrences(rule, after, count)
+            for instant in batch:
+                silent = all(
+                    (q := quiet.get(t)) is not None
+                    and suppressed_by_quiet_hours(row.priority, q, instant, self.timezone)
+                    for t in row.township_ids
+                )
+                if not silent:
+                    heard += (instant,)
+                    if len(heard) == count:
+                        return heard
+            if len(batch) < count:
+                break  # the rule ends
+            after = batch[-1]
+        return heard
 
     async def next(self, principal: Principal, schedule_id: str, count: int) -> dict[str, Any]:
         """The next `count` fire times for the console's calendar, each with the
@@ -675,6 +729,7 @@ class ScheduleService:
         for e in entries:
             e["conflicts_with"] = overlaps.get(e["occurrence_id"], [])
             del e["_due"]
+            with_code(e)
         return {
             "township_id": township_id,
             "date": day.isoformat(),
@@ -710,7 +765,9 @@ class ScheduleService:
                 "give both start and end, or neither to clear quiet hours",
             )
         if body.start is not None and body.start == body.end:
-            raise bad_request("end", "equal to start would mean no quiet hours; send nulls")
+            raise bad_request(
+                "end", "equal to start would mean no quiet hours; send nulls", "quiet_hours_empty"
+            )
 
         def record(session: Session) -> Township:
             township = session.get(Township, township_id)
@@ -800,6 +857,15 @@ _COMPARED = (
 )
 
 
+def _quiet_hours(session: Session) -> dict[str, Any]:
+    """Each township's parsed quiet hours, for those that have them."""
+    return {
+        t.id: q
+        for t in session.exec(select(Township))
+        if (q := parse_quiet(t.quiet_start, t.quiet_end)) is not None
+    }
+
+
 def _quiet_view(t: Township) -> dict[str, Any]:
     return {"township_id": t.id, "start": t.quiet_start, "end": t.quiet_end}
 
@@ -835,6 +901,7 @@ def occurrence_view(
         "expires_at": iso(o.expires_at_ms),
         "outcome": o.outcome,
         "reason": o.reason,
+        **dict(zip(("reason_code", "reason_params"), reason_code(o.reason), strict=True)),
         "suppressed": o.suppressed,
         "broadcast_id": o.broadcast_id,
         "device_count": o.device_count,

@@ -58,6 +58,15 @@ DRILL_START: dict[str, str] = {
 }
 DRILL_END: dict[str, str] = {"cmn": "以上是演练。", "yue": "以上係演練。"}
 
+
+def spoken_text(text: str | None, *, drill: bool, lang: str = "cmn") -> str | None:
+    """The words of an announcement in the order they are heard: a drill is framed by
+    its notice before and after (the preview shows what the villages hear, all of it)."""
+    if not text:
+        return text
+    return f"{DRILL_START[lang]}{text}{DRILL_END[lang]}" if drill else text
+
+
 DEFAULT_RATE = -5  # percent; loudspeakers on poles echo between houses, a touch slower helps
 
 
@@ -158,11 +167,7 @@ class AnnouncementRenderer:
         texts = {lang: self._texts(request, lang) for lang in request.languages}
         key = self.announcement_key(request, texts)
         cached = await asyncio.to_thread(self._read_announcement, key, False)
-        if cached is None and any(
-            self._is_resting(name)
-            for name in {self._preferred(lang) for lang in request.languages}
-            if name is not None
-        ):
+        if cached is None and self._any_resting(request):
             cached = await asyncio.to_thread(self._read_announcement, key, True)
         if cached is not None:
             return cached
@@ -177,6 +182,86 @@ class AnnouncementRenderer:
             # nobody is left to retrieve it and asyncio would log it as lost.
             pending.add_done_callback(lambda f: f.cancelled() or f.exception())
         return await asyncio.shield(pending)
+
+    async def render_recording(
+        self,
+        recording: bytes,
+        *,
+        recording_sha256: str,
+        priority: str,
+        level: int | None,
+        drill: bool,
+        languages: Sequence[str] = ("cmn",),
+        repeat: int | None = None,
+    ) -> RenderedAnnouncement:
+        """An uploaded recording (already in the announcement format) laid out as an
+        announcement: the attention signal, the drill framing spoken around it in each
+        language, the recording repeated. Villages hear a recorded emergency exactly as
+        a spoken one, with the recorder's own voice in place of the synthesized text."""
+        request = AnnouncementRequest(
+            text="(recording)",  # validates priority/level/repeat; never spoken
+            category="other",
+            priority=priority,
+            level=level,
+            drill=drill,
+            languages=tuple(languages),
+            repeat=repeat,
+        )
+        framing = {lang: self._framing_texts(lang) if drill else () for lang in request.languages}
+        key = _digest(
+            {
+                "v": RENDER_VERSION,
+                "recording": recording_sha256,
+                "framing": [[lang, list(framing[lang])] for lang in request.languages],
+                "priority": priority,
+                "level": level,
+                "repeat": request.effective_repeat,
+                "voices": [
+                    [name, {lang: self._voice_or_none(name, lang) for lang in request.languages}]
+                    for name in self.backend_order
+                ],
+            }
+        )
+        for fallback in (False, True):
+            cached = await asyncio.to_thread(self._read_announcement, key, fallback)
+            if cached is not None and (not fallback or self._any_resting(request)):
+                return cached
+        spoken = (
+            [await self.speak(lang, framing[lang]) for lang in request.languages] if drill else []
+        )
+        decoded = await audio.decode_audio(recording)
+
+        def compose() -> AudioSegment:
+            return audio.compose_announcement(
+                signal=tones.attention_signal(priority, level),
+                speech=[decoded],
+                repeat=request.effective_repeat,
+                drill_start=[s.segments[0] for s in spoken],
+                drill_end=[s.segments[1] for s in spoken],
+            )
+
+        composed = await asyncio.to_thread(compose)
+        encoded = await audio.encode_ogg_opus(composed)
+        voices = ("upload", *(s.voice for s in spoken))
+        result = audio.rendered(encoded, len(composed), voices)
+        fallback = not all(s.preferred for s in spoken)
+        await asyncio.to_thread(self._write_announcement, key, result, fallback)
+        return result
+
+    def _framing_texts(self, lang: str) -> tuple[str, ...]:
+        """The drill notice before and after, normalised like any phrase."""
+        dictionary = self.dictionary if lang == "cmn" else None
+        return tuple(
+            normalize(p, lang=lang, dictionary=dictionary)
+            for p in (DRILL_START[lang], DRILL_END[lang])
+        )
+
+    def _any_resting(self, request: AnnouncementRequest) -> bool:
+        return any(
+            self._is_resting(name)
+            for name in {self._preferred(lang) for lang in request.languages}
+            if name is not None
+        )
 
     def announcement_key(
         self, request: AnnouncementRequest, texts: Mapping[str, Sequence[str]] | None = None

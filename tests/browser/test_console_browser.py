@@ -63,6 +63,9 @@ async def test_duty_officer_sends_a_drill_to_a_township_and_watches_it_finish(
         audio_url,
     )
     assert ogg == "79,103,103,83"  # "OggS": the real audio, playable in the browser
+    # The words shown are the words heard: a drill's framing included (issue 16).
+    spoken = await officer.text(".spoken")
+    assert spoken.startswith("现在进行的是演练") and spoken.endswith("以上是演练。")
     # Drill is marked on the preview and on the confirmation, and the button says so.
     assert await page.locator(".confirm-step .banner-drill").count() == 1
     assert await page.locator(".banner-real").count() == 0
@@ -163,11 +166,11 @@ async def test_real_county_wide_alert_needs_a_second_officer_then_cancel_and_cor
 
     await second.page.click("#correction-btn")
     await second.page.wait_for_selector("dialog audio")
-    assert "误报" in await second.text("dialog .spoken")
+    assert "误报" in await second.page.input_value("dialog #correction-text")
     await second.shot("13-correction-dialog")
     await second.page.click("dialog [data-ok]")
     await second.page.wait_for_function(
-        "() => document.querySelector('#board-title')?.textContent.includes('误报')"
+        "() => document.querySelector('#board-title')?.textContent.includes('更正')"
     )
     assert "Ⅳ级" in await second.text(".board-title")
     await wait_count(second.page, "done", everyone, timeout_s=60)

@@ -1,4 +1,4 @@
-import { t } from "./i18n.js";
+import { hasKey, t } from "./i18n.js";
 
 // The console's only way to the server: same-origin fetch with the session cookie, the
 // CSRF token on every state-changing request, and the API's one error envelope.
@@ -8,18 +8,22 @@ export function setCsrf(token) {
   csrfToken = token;
 }
 
-// Server messages the console words in the reader's language, by error code; any
-// other error shows the server's own message, which names the field.
-const TRANSLATED = new Set([
-  "not_plain_audio", "unsupported_audio", "too_large", "malformed_json", "unauthenticated",
-  "csrf", "idempotency_key_in_flight", "idempotency_key_reused", "idempotency_key_unfinished",
-  "enrol_unavailable",
-]);
+// Every server error carries a code (controller/errors.py); the console words it in the
+// reader's language (`err.<code>`, with the error's params and the field's label), and
+// shows the server's own sentence only for a code it does not know yet.
+// tests/unit/test_message_catalogue.py keeps the catalogue complete.
+export function errorText(err, status) {
+  if (err.code && hasKey(`err.${err.code}`)) {
+    const field = err.field ? (hasKey(`field.${err.field}`) ? t(`field.${err.field}`) : err.field) : "";
+    return t(`err.${err.code}`, { why: "", ...(err.params || {}), field, message: err.message || "" });
+  }
+  return err.message || `HTTP ${status}`;
+}
 
 export class ApiError extends Error {
   constructor(status, body) {
     const err = (body && body.error) || {};
-    super(TRANSLATED.has(err.code) ? t(`err.${err.code}`) : err.message || `HTTP ${status}`);
+    super(errorText(err, status));
     this.status = status;
     this.code = err.code || "http_error";
     this.field = err.field || null;

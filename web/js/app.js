@@ -1,4 +1,5 @@
 // The console shell: session, navigation by role, hash router, live connection.
+import { alertApproval } from "./alerts.js";
 import { api, connectLive, disconnectLive, get, onLive, post, setCsrf } from "./api.js";
 import { clear, h, toast } from "./dom.js";
 import { applyStaticText, lang, setLang, t } from "./i18n.js";
@@ -117,6 +118,7 @@ async function route() {
     }
     cleanup = null;
   }
+  setMenuOpen(false);
   const main = clear(document.getElementById("main"));
   document.body.dataset.view = name || "home";
   document.body.classList.remove("drill-mode", "real-mode");
@@ -160,8 +162,11 @@ ctx.loggedIn = async (me) => {
   ctx.go(next);
 };
 
-onLive((kind) => {
-  if (kind === "approval") refreshApprovals();
+onLive((kind, data) => {
+  if (kind !== "approval") return;
+  refreshApprovals();
+  // The second officer is alerted on whatever page they are (issue 16).
+  alertApproval(ctx, data);
 });
 
 window.addEventListener("dalaba:unauthenticated", () => {
@@ -188,6 +193,17 @@ document.getElementById("lang").addEventListener("click", () => {
   setLang(lang() === "en" ? "zh-CN" : "en");
   applyStaticText();
   route();
+});
+
+// On a phone the navigation folds behind one button (style.css shows it below 600 px):
+// ten links in a row would make the header scroll sideways.
+function setMenuOpen(open) {
+  document.getElementById("top").classList.toggle("menu-open", open);
+  document.getElementById("menu-toggle").setAttribute("aria-expanded", String(open));
+}
+
+document.getElementById("menu-toggle").addEventListener("click", () => {
+  setMenuOpen(!document.getElementById("top").classList.contains("menu-open"));
 });
 
 window.addEventListener("hashchange", route);

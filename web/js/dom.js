@@ -2,19 +2,73 @@
 import { t, lang } from "./i18n.js";
 
 export function h(tag, attrs, ...children) {
+  if (tag === "input" && (attrs?.type === "date" || attrs?.type === "time")) return dateTimeInput(attrs);
   const el = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === null || v === undefined || v === false) continue;
     if (k === "class") el.className = v;
     else if (k === "style" && typeof v === "object") Object.assign(el.style, v);
     else if (k === "dataset") Object.assign(el.dataset, v);
-    else if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
+    else if (k.startsWith("on") && typeof v === "function") listen(el, k.slice(2), v);
     else if (k === "html") el.innerHTML = v; // only ever used with our own constant strings
     else if (v === true) el.setAttribute(k, "");
     else el.setAttribute(k, v);
   }
   append(el, children);
   return el;
+}
+
+// Handlers given to h() live in one table per element, so that patch() can hand the
+// handlers of a freshly built element to the one already on screen (which keeps its
+// focus, its caret and its place under the pointer).
+const HANDLERS = new WeakMap();
+
+function listen(el, type, fn) {
+  let table = HANDLERS.get(el);
+  if (!table) HANDLERS.set(el, (table = {}));
+  if (!(type in table)) el.addEventListener(type, (e) => HANDLERS.get(el)[type]?.call(el, e));
+  table[type] = fn;
+}
+
+function adoptHandlers(old, fresh) {
+  const table = HANDLERS.get(fresh) || {};
+  const mine = HANDLERS.get(old);
+  if (mine) for (const type of Object.keys(mine)) if (!(type in table)) mine[type] = null;
+  for (const [type, fn] of Object.entries(table)) listen(old, type, fn);
+}
+
+// Elements that must never be patched into one another (a form field is its name).
+const keyOf = (el) => `${el.id}|${el.getAttribute("name") || ""}|${el.getAttribute("type") || ""}`;
+
+// Make `old` look and behave like `fresh`, keeping every element that is still the same
+// kind of element at the same place. A re-render through patch() leaves keyboard focus
+// where the person put it: the emergency form redraws after every choice, and a screen
+// reader or keyboard user must not be thrown back to the top of the page each time.
+// Only for trees built with h() (listeners added otherwise are not carried over).
+export function patch(old, fresh) {
+  const same =
+    old.nodeType === fresh.nodeType &&
+    old.nodeName === fresh.nodeName &&
+    (old.nodeType !== Node.ELEMENT_NODE || keyOf(old) === keyOf(fresh));
+  if (!same || (old.nodeType !== Node.ELEMENT_NODE && old.nodeType !== Node.TEXT_NODE)) {
+    old.replaceWith(fresh);
+    return fresh;
+  }
+  if (old.nodeType === Node.TEXT_NODE) {
+    if (old.data !== fresh.data) old.data = fresh.data;
+    return old;
+  }
+  for (const a of [...old.attributes]) if (!fresh.hasAttribute(a.name)) old.removeAttribute(a.name);
+  for (const a of [...fresh.attributes]) if (old.getAttribute(a.name) !== a.value) old.setAttribute(a.name, a.value);
+  adoptHandlers(old, fresh);
+  const had = [...old.childNodes];
+  const wanted = [...fresh.childNodes];
+  wanted.forEach((node, i) => (i < had.length ? patch(had[i], node) : old.append(node)));
+  for (const node of had.slice(wanted.length)) node.remove();
+  // What a person typed or ticked lives in properties, not attributes.
+  if (/^(INPUT|TEXTAREA|SELECT)$/.test(old.nodeName) && old.value !== fresh.value) old.value = fresh.value;
+  if (old.nodeName === "INPUT" && old.checked !== fresh.checked) old.checked = fresh.checked;
+  return old;
 }
 
 export function append(el, children) {
@@ -58,6 +112,88 @@ export function modeBanner(drill) {
 }
 
 const pad = (n) => String(n).padStart(2, "0");
+
+// Date and time fields in the console's own format. Chromium draws <input type=date>
+// and <input type=time> in the browser's locale whatever the page's language: on a
+// county PC with an English system the Chinese console would show mm/dd/yyyy and
+// "02:30 PM". So h("input", { type: "date" | "time" }) builds a text field that shows
+// 2026年05月01日 (2026-05-01 in English) and 14:30, and whose .value is what a native
+// field's would be: yyyy-mm-dd or hh:mm, or "" while the text is not a valid date or
+// time. The views keep reading and setting .value as before. min, max and required
+// are checked with the field's own validity message.
+const NATIVE_VALUE = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, "value");
+
+export function parseDate(text) {
+  const m =
+    /^\s*(\d{4})\s*\D{1,2}\s*(\d{1,2})\s*\D{1,2}\s*(\d{1,2})\s*日?\s*$/.exec(text) ||
+    /^\s*(\d{4})(\d{2})(\d{2})\s*$/.exec(text);
+  if (!m) return "";
+  const [y, mo, d] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  const day = new Date(y, mo - 1, d);
+  if (day.getFullYear() !== y || day.getMonth() !== mo - 1 || day.getDate() !== d) return "";
+  return `${m[1]}-${pad(mo)}-${pad(d)}`;
+}
+
+export function parseTime(text) {
+  const m = /^\s*(\d{1,2})\s*[:：.时]?\s*(\d{2})\s*分?\s*$/.exec(text);
+  if (!m || Number(m[1]) > 23 || Number(m[2]) > 59) return "";
+  return `${pad(Number(m[1]))}:${m[2]}`;
+}
+
+export function showDate(iso) {
+  if (!iso) return "";
+  const [y, m, d] = iso.split("-");
+  return lang() === "en" ? iso : `${y}年${m}月${d}日`;
+}
+
+function dateTimeInput(attrs) {
+  const { type, value, min, max, ...rest } = attrs;
+  const isDate = type === "date";
+  const parse = isDate ? parseDate : parseTime;
+  const show = isDate ? showDate : (v) => v;
+  const el = h("input", {
+    ...rest,
+    type: "text",
+    inputmode: "numeric",
+    autocomplete: "off",
+    spellcheck: "false",
+    size: isDate ? 14 : 6,
+    placeholder: rest.placeholder || t(isDate ? "date.placeholder" : "time.placeholder"),
+    class: `${rest.class || ""} ${isDate ? "date-field" : "time-field"}`.trim(),
+    "data-kind": type,
+  });
+  const shown = () => NATIVE_VALUE.get.call(el);
+  function validate() {
+    const text = shown().trim();
+    const v = parse(text);
+    let message = "";
+    if (text && !v) message = t(isDate ? "date.invalid" : "time.invalid");
+    else if (v && min && v < min) message = t("date.before_min", { d: show(min) });
+    else if (v && max && v > max) message = t("date.after_max", { d: show(max) });
+    el.setCustomValidity(message);
+    if (message) el.setAttribute("aria-invalid", "true");
+    else el.removeAttribute("aria-invalid");
+  }
+  Object.defineProperty(el, "value", {
+    configurable: true,
+    get: () => parse(shown()),
+    set: (v) => {
+      const text = String(v ?? "");
+      NATIVE_VALUE.set.call(el, parse(text) ? show(parse(text)) : text);
+      validate();
+    },
+  });
+  // Typed as 20260501, 2026-5-1 or 2026/05/01: shown the reader's way once left. This
+  // listener is the field's first, so a view's own change handler reads the tidy value.
+  el.addEventListener("change", () => {
+    const v = parse(shown());
+    if (v) NATIVE_VALUE.set.call(el, show(v));
+    validate();
+  });
+  el.addEventListener("input", validate);
+  if (value) el.value = value;
+  return el;
+}
 
 export function fmtTime(iso, withDate = false) {
   if (!iso) return "—";

@@ -47,8 +47,8 @@ function projection(villages) {
  *   label     the map's accessible name
  *   kind      an extra class on the <svg> (the page's colour scheme: map-delivery, map-health)
  *   markClass the class every mark carries ("dev" on the terminals page, "vmark" elsewhere)
- *   dotR      a mark's radius in map units; minDotPx, if set, keeps every mark at least
- *             that many screen pixels across however narrow the map is drawn
+ *   dotR      a mark's radius in map units; minDotPx (12 unless given; 0 for none) keeps
+ *             every mark at least that many screen pixels across however narrow the map is
  *   showNames draw the villages' names
  *   onOpen    (href) => void: a mark was clicked or Enter pressed on it
  *
@@ -56,7 +56,9 @@ function projection(villages) {
  * page can call it on every event; several marks in one village sit side by side.
  */
 export function countyMap(ctx, options = {}) {
-  const { label = "", kind = "", markClass = "vmark", dotR = 6.5, minDotPx = 0, onOpen = null } = options;
+  // Every map keeps its marks at least 12 px across unless told otherwise: a mark drawn
+  // at map scale on a 390 px phone is a 3 px speck no finger can hit.
+  const { label = "", kind = "", markClass = "vmark", dotR = 6.5, minDotPx = 12, onOpen = null } = options;
   let showNames = Boolean(options.showNames);
   const villages = ctx.villages.filter((v) => Number.isFinite(v.lat) && Number.isFinite(v.lon));
   const { height, project } = projection(villages);

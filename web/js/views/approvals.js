@@ -4,6 +4,7 @@ import { api, get, onLive } from "../api.js";
 import { icon, clear, confirmDialog, fmtAgo, fmtTime, h, levelChip, modeBanner, toast } from "../dom.js";
 import { categoryName, t } from "../i18n.js";
 import { areaPreview } from "./inbox.js";
+import { fmtLeft, notifyButton, secondsLeft } from "../alerts.js";
 
 export async function render(main, ctx, [approvalId]) {
   await ctx.loadPlaces();
@@ -32,7 +33,7 @@ export async function render(main, ctx, [approvalId]) {
 
   function draw(items) {
     clear(root);
-    root.append(h("div", { class: "page-head" }, h("h1", {}, approvalId ? t("ap.one") : t("ap.title")), h("p", { class: "muted" }, t("ap.subtitle"))));
+    root.append(h("div", { class: "page-head" }, h("h1", {}, approvalId ? t("ap.one") : t("ap.title")), h("p", { class: "muted" }, t("ap.subtitle")), ctx.isOfficer() ? notifyButton() : null));
     if (!items.length) {
       root.append(h("div", { class: "card empty", id: "no-approvals" }, t("ap.none")));
       return;
@@ -96,6 +97,12 @@ export async function render(main, ctx, [approvalId]) {
         { class: "confirm-facts" },
         h("div", { class: "fact" }, h("span", { class: "fact-label" }, t("em.fact.area")), h("strong", { class: "fact-value" }, areaOf(item)), h("small", {}, `${item.device_count}${t("unit.terminal")}`)),
         h("div", { class: "fact" }, h("span", { class: "fact-label" }, t("ap.status")), h("strong", { class: "fact-value", "data-status": item.status }, t(`ap.st.${item.status}`))),
+        item.status === "pending" && item.expires_at
+          ? h("div", { class: "fact" }, h("span", { class: "fact-label" }, t("ap.time_left")), h("strong", { class: "fact-value approval-left", "data-expires": item.expires_at }, fmtLeft(secondsLeft(item.expires_at))))
+          : null,
+        item.decided_by && item.status === "approved"
+          ? h("div", { class: "fact" }, h("span", { class: "fact-label" }, t("ap.officers")), h("strong", { class: "fact-value approval-officers" }, t("board.officers", { by: item.requested_by, approver: item.decided_by })))
+          : null,
       ),
       // Native append writes null as text: leave out what does not apply.
       ...[why(item), upstream(item)].filter(Boolean),
@@ -173,6 +180,13 @@ export async function render(main, ctx, [approvalId]) {
     }
     load();
   });
+  // The time left ticks without redrawing (a redraw would cut the audio being heard).
+  const tick = setInterval(() => {
+    for (const el of root.querySelectorAll(".approval-left")) el.textContent = fmtLeft(secondsLeft(el.dataset.expires));
+  }, 1000);
   await load();
-  return stop;
+  return () => {
+    stop();
+    clearInterval(tick);
+  };
 }

@@ -8,7 +8,7 @@
 // the county map colours each village the same way as its tile, event by event.
 import { api, get, onLive } from "../api.js";
 import { append, icon, clear, confirmDialog, fmtDuration, fmtTime, h, levelChip, modeBanner, toast } from "../dom.js";
-import { categoryName, t } from "../i18n.js";
+import { categoryName, reasonWords, t } from "../i18n.js";
 import { countyMap } from "../map.js";
 import { BUCKETS, FINAL, PROBLEMS, bucketOf, deliveryName, reasonText } from "../states.js";
 
@@ -111,6 +111,8 @@ export async function render(main, ctx, [broadcastId]) {
       if (!d) return;
       d.state = data.state;
       d.reason = data.reason;
+      d.reason_code = data.reason_code;
+      d.reason_params = data.reason_params;
       d.updated_at = new Date(data.at).toISOString();
       if (REACHED.has(data.state)) d.reached = true;
       schedule();
@@ -184,6 +186,23 @@ export async function render(main, ctx, [broadcastId]) {
     return h("span", { class: `status-pill st-${cls}`, id: "board-status", "data-status": cls }, text);
   }
 
+  // Who sent it, and the second officer who confirmed it when the two-person rule held it.
+  function officers() {
+    return view.approved_by ? t("board.officers", { by: view.created_by, approver: view.approved_by }) : view.created_by;
+  }
+
+  // A correction and its original point at each other.
+  function links() {
+    const items = [];
+    if (view.corrects) {
+      items.push(h("a", { href: `#/board/${view.corrects}`, id: "board-corrects" }, t("board.corrects")));
+    }
+    for (const c of view.corrections || []) {
+      items.push(h("a", { href: `#/board/${c.id}`, class: "board-corrected-by", "data-correction": c.id }, t("board.corrected_by", { title: c.title, at: fmtTime(c.created_at) })));
+    }
+    return items.length ? h("p", { class: "board-links" }, items.map((a, i) => [i ? " · " : "", a])) : null;
+  }
+
   function draw() {
     clear(root);
     // Drill or real is a question for emergencies (and any drill); a daily notice is
@@ -203,7 +222,13 @@ export async function render(main, ctx, [broadcastId]) {
           "div",
           { class: "board-title" },
           levelChip(view.level, true),
-          h("div", {}, h("h1", { id: "board-title" }, view.title), h("p", { class: "muted" }, `${categoryName(view.category)} · ${view.created_by} · ${fmtTime(view.created_at, true)}`)),
+          h(
+            "div",
+            {},
+            h("h1", { id: "board-title" }, view.title),
+            h("p", { class: "muted" }, `${categoryName(view.category)} · ${officers()} · ${fmtTime(view.created_at, true)}`),
+            links(),
+          ),
         ),
         h(
           "div",
@@ -297,7 +322,9 @@ export async function render(main, ctx, [broadcastId]) {
       btn.addEventListener("click", onResend);
       row.append(btn);
     }
-    if (ctx.me.can_broadcast && view.priority === "emergency") {
+    // A correction is not corrected again from its own board: its original's board is
+    // where a further correction starts.
+    if (ctx.me.can_broadcast && view.priority === "emergency" && !view.corrects) {
       const btn = h("button", { type: "button", class: "btn btn-correction", id: "correction-btn" }, icon("undo"), " ", t("board.correction"));
       btn.addEventListener("click", onCorrection);
       row.append(btn);
@@ -394,7 +421,7 @@ export async function render(main, ctx, [broadcastId]) {
         // Named by the terminal that decided the colour, so "interrupted" or "expired
         // (never reached)" reads as such and not as a bare "failed".
         const { st, label, device } = villageLook(ds);
-        const reason = ds.filter((d) => d.reason && !["done", "cancelled"].includes(d.state)).map((d) => reasonText(d.reason));
+        const reason = ds.filter((d) => d.reason && !["done", "cancelled"].includes(d.state)).map((d) => reasonWords(d, reasonText));
         return h(
           "a",
           { class: `tile st-${st}`, href: `#/terminal/${device}`, "data-village": vid, "data-state": st, title: [label, ...new Set(reason)].join(" · ") },
@@ -435,7 +462,7 @@ export async function render(main, ctx, [broadcastId]) {
                 h("td", {}, ctx.village(d.village_id)?.name || d.village_id),
                 h("td", {}, h("a", { href: `#/terminal/${d.device_id}` }, d.device_id)),
                 h("td", {}, h("span", { class: `mini st-${bucketOf(d.state, d.reason)}` }, deliveryName(d.state, d.reason))),
-                h("td", { title: d.reason || "" }, reasonText(d.reason) || "—"),
+                h("td", { title: d.reason || "" }, reasonWords(d, reasonText) || "—"),
               ),
             ),
           ),
@@ -484,36 +511,57 @@ export async function render(main, ctx, [broadcastId]) {
     }
   }
 
+  // What the correction names: the original's own alert name from its text or title
+  // (a 暴雨橙色预警 retraction names 暴雨橙色预警), else its category and colour.
+  function correctedSubject() {
+    const named = /[\u4e00-\u9fa5]{1,8}?[红橙黄蓝]色预警/.exec(`${view.title} ${view.text || ""}`);
+    if (named) return named[0].replace(/^.*发布/, "");
+    const colour = { 1: "红色", 2: "橙色", 3: "黄色", 4: "蓝色" }[view.level] || "";
+    return `${categoryName(view.category)}${colour}${colour ? "预警" : ""}`;
+  }
+
   async function onCorrection() {
     const original = fmtTime(view.created_at).slice(0, 5);
     // Short on purpose: the correction names what was wrong, it does not repeat it.
-    const colour = { 1: "红色", 2: "橙色", 3: "黄色", 4: "蓝色" }[view.level] || "";
-    const params = { time: `今天${original}`, subject: `${categoryName(view.category)}${colour}预警` };
-    const body = {
-      template: "false_alarm_correction",
-      params,
+    const subject = correctedSubject();
+    const base = {
       priority: "emergency",
       level: 4,
       drill: view.drill,
       targets: view.targets,
+      category: view.category,
+      corrects: view.id,
+      title: t("board.correction.named", { subject }),
     };
     const player = h("div", { class: "muted" }, t("em.preview.making"));
-    const textBox = h("p", { class: "spoken" });
+    const textBox = h("textarea", { class: "spoken", id: "correction-text", rows: 4, "aria-label": t("em.text") });
+    const again = h("button", { type: "button", class: "btn", id: "correction-preview" }, t("board.correction.preview"));
+    let heard = null; // the text the player holds
+    async function preview(body) {
+      clear(player).append(t("em.preview.making"));
+      try {
+        const { data } = await api("POST", "/api/preview", body);
+        if (!textBox.value) textBox.value = data.text;
+        heard = textBox.value;
+        clear(player).append(h("p", { class: "muted", id: "correction-spoken" }, data.spoken || data.text), h("audio", { controls: true, src: data.url, preload: "auto" }));
+      } catch (e) {
+        player.textContent = e.message;
+      }
+    }
+    again.addEventListener("click", () => preview({ ...base, text: textBox.value }));
     const dlg = confirmDialog({
       title: t("board.correction.title"),
-      body: h("div", {}, modeBanner(view.drill), h("p", {}, t("board.correction.body", { area: areaLabel() })), textBox, player),
+      body: h("div", {}, modeBanner(view.drill), h("p", {}, t("board.correction.body", { area: areaLabel() })), textBox, again, player),
       ok: t("board.correction.send"),
       okClass: view.drill ? "btn-drill" : "btn-real",
     });
-    try {
-      const { data } = await api("POST", "/api/preview", body);
-      textBox.textContent = data.text;
-      clear(player).append(h("audio", { controls: true, src: data.url, preload: "auto" }));
-    } catch (e) {
-      player.textContent = e.message;
-    }
+    // Pre-filled from the template, with the original's own time and name; then editable.
+    await preview({ ...base, template: "false_alarm_correction", params: { time: `今天${original}`, subject } });
     if (!(await dlg)) return;
+    const body = { ...base, text: textBox.value.trim() };
     try {
+      // What is sent is what was heard: an edit since the last preview is rendered first.
+      if (body.text !== heard) await api("POST", "/api/preview", body);
       const { status, data } = await api("POST", "/api/broadcasts", body);
       if (status === 202) ctx.go(`#/approvals/${data.approval_id}`);
       else ctx.go(`#/board/${data.id}`);

@@ -2,10 +2,18 @@
 // Everything on one page, the choices so far always in view in the summary panel, and
 // drill and real coloured differently from the moment one is chosen.
 import { ApiError, api, get } from "../api.js";
-import { append, h, clear, icon, levelChip, modeBanner, toast, select } from "../dom.js";
+import { append, h, clear, icon, levelChip, modeBanner, patch, toast, select } from "../dom.js";
 import { t, categoryName } from "../i18n.js";
+import { createRecorder, IDLE, RECORDING } from "../recorder.js";
 
 const FREE_CATEGORIES = ["flood", "forest_fire", "typhoon", "earthquake", "epidemic", "other"];
+// Content kinds that are a recording rather than words: sent as media_id, and the server
+// lays the emergency signal and the drill framing around them (controller/broadcasts.py).
+const RECORDED = new Set(["record", "upload"]);
+// What villages hear around a recorded drill, as the server speaks it
+// (controller/speech/service.py DRILL_START/DRILL_END): heard in Mandarin whatever the
+// console's language, so shown as heard.
+const DRILL_FRAME = ["现在进行的是演练，不是真实警报。", "以上是演练。"];
 
 export async function render(main, ctx) {
   await ctx.loadPlaces();
@@ -20,7 +28,9 @@ export async function render(main, ctx) {
   const groups = groupData.groups;
 
   const state = {
-    template: null, // a template object, or "free"
+    template: null, // a template object, "free", "record" (in the browser) or "upload"
+    uploads: null, // uploaded recordings (GET /api/media), loaded when first offered
+    picked: null, // the uploaded recording chosen, its media view
     params: {},
     text: "",
     category: "flood",
@@ -37,6 +47,21 @@ export async function render(main, ctx) {
     villageQuery: "",
     repeat: 3,
   };
+
+  const recorder = createRecorder({
+    onChange: () => update(),
+    // The elapsed time ticks without a redraw, so the stop button keeps focus untouched.
+    onTick: (s) => {
+      const el = document.getElementById("rec-seconds");
+      if (el) el.textContent = t("em.rec.seconds", { s });
+    },
+  });
+
+  function recording() {
+    if (state.template === "record") return recorder.media;
+    if (state.template === "upload") return state.picked;
+    return null;
+  }
 
   const summary = h("aside", { class: "summary card", id: "em-summary" });
   const steps = h("div", { class: "steps" });
@@ -94,6 +119,7 @@ export async function render(main, ctx) {
 
   function fillText() {
     if (state.template === "free") return state.text;
+    if (RECORDED.has(state.template)) return recording() ? recordingLabel(recording()) : "";
     if (!state.template) return "";
     const colours = { 1: "红色", 2: "橙色", 3: "黄色", 4: "蓝色" };
     const grades = { 1: "一级", 2: "二级", 3: "三级", 4: "四级" };
@@ -105,6 +131,23 @@ export async function render(main, ctx) {
     });
   }
 
+  function recordingLabel(m) {
+    return t("em.rec.label", { title: m.text || t("em.rec.untitled"), s: Math.round(m.duration_ms / 1000) });
+  }
+
+  // The words of a recorded announcement in the order heard: the recording in brackets,
+  // framed for a drill.
+  function heardRecording() {
+    const inner = `〔${recordingLabel(recording())}〕`;
+    return state.drill ? `${DRILL_FRAME[0]}${inner}${DRILL_FRAME[1]}` : inner;
+  }
+
+  function contentName() {
+    if (state.template === "free") return categoryName(state.category);
+    if (RECORDED.has(state.template)) return t(state.template === "record" ? "em.rec.record" : "em.rec.upload");
+    return state.template.name;
+  }
+
   function placeholderLabel(name) {
     const ph = state.template?.placeholders?.find((p) => p.name === name);
     return ph?.label || name;
@@ -114,7 +157,9 @@ export async function render(main, ctx) {
     const out = [];
     if (!state.template) out.push(t("em.need.content"));
     else if (state.template === "free" && !state.text.trim()) out.push(t("em.need.text"));
-    else if (state.template !== "free") {
+    else if (RECORDED.has(state.template)) {
+      if (!recording()) out.push(t("em.need.recording"));
+    } else if (state.template !== "free") {
       for (const ph of state.template.placeholders) if (ph.required && !state.params[ph.name]?.trim()) out.push(ph.label || ph.name);
     }
     if (!targets()) out.push(t("em.need.area"));
@@ -126,7 +171,10 @@ export async function render(main, ctx) {
   function body() {
     const b = { priority: "emergency", level: state.level, drill: state.drill, targets: targets(), repeat: state.repeat };
     if (state.template === "free") Object.assign(b, { text: state.text.trim(), category: state.category });
-    else {
+    else if (RECORDED.has(state.template)) {
+      const m = recording();
+      Object.assign(b, { media_id: m.media_id, category: state.category, title: (m.text || t("em.rec.untitled")).slice(0, 100) });
+    } else {
       b.template = state.template.id;
       b.params = Object.fromEntries(Object.entries(state.params).filter(([, v]) => v && v.trim()));
     }
@@ -166,8 +214,16 @@ export async function render(main, ctx) {
   steps.append(...slots);
   const builders = [contentStep, areaStep, levelStep, previewStep, confirmStep];
 
+  // The choice steps are patched in place: the button just pressed (or the field being
+  // typed in) stays the same element and keeps focus. The tail is rebuilt whole; nothing
+  // in it is ever focused while a choice above changes.
   function renderSteps() {
-    builders.forEach((build, i) => clear(slots[i]).append(build()));
+    builders.slice(0, 3).forEach((build, i) => {
+      const fresh = build();
+      if (slots[i].firstChild) patch(slots[i].firstChild, fresh);
+      else slots[i].append(fresh);
+    });
+    renderTail();
   }
 
   function renderTail() {
@@ -184,6 +240,7 @@ export async function render(main, ctx) {
           {
             type: "button",
             class: `tpl${state.template === tpl ? " selected" : ""}`,
+            "aria-pressed": String(state.template === tpl),
             "data-template": tpl.id,
             onclick: () => {
               state.template = tpl;
@@ -205,6 +262,7 @@ export async function render(main, ctx) {
         {
           type: "button",
           class: `tpl${state.template === "free" ? " selected" : ""}`,
+          "aria-pressed": String(state.template === "free"),
           "data-template": "free",
           onclick: () => {
             state.template = "free";
@@ -215,38 +273,160 @@ export async function render(main, ctx) {
         h("span", { class: "tpl-name" }, t("em.free")),
       ),
     );
-    const section = h("section", { class: "card step" }, stepHead(1, t("em.step.content"), !!state.template), grid);
-    if (state.template === "free") {
-      const ta = h("textarea", { rows: 4, name: "text", placeholder: t("em.text.placeholder"), maxlength: 2000 }, state.text);
-      ta.addEventListener("input", () => {
-        state.text = ta.value;
-        update(true);
-      });
+    for (const [kind, glyph, label] of [["record", "mic", "em.rec.record"], ["upload", "play", "em.rec.upload"]]) {
+      grid.append(
+        h(
+          "button",
+          {
+            type: "button",
+            class: `tpl${state.template === kind ? " selected" : ""}`,
+            "aria-pressed": String(state.template === kind),
+            "data-template": kind,
+            onclick: () => {
+              state.template = kind;
+              if (kind === "upload" && state.uploads === null) loadUploads();
+              update();
+            },
+          },
+          h("span", { class: "tpl-icon" }, icon(glyph)),
+          h("span", { class: "tpl-name" }, t(label)),
+        ),
+      );
+    }
+    const section = h("section", { class: "card step" }, stepHead(1, t("em.step.content"), !!state.template && !missingContent()), grid);
+    if (state.template === "record") section.append(recordPanel(), categoryField());
+    else if (state.template === "upload") section.append(uploadsPanel(), categoryField());
+    else if (state.template === "free") {
+      const ta = h("textarea", {
+        rows: 4,
+        name: "text",
+        placeholder: t("em.text.placeholder"),
+        maxlength: 2000,
+        oninput: (e) => {
+          state.text = e.target.value;
+          update(true);
+        },
+      }, state.text);
       const cat = select(
         FREE_CATEGORIES.map((c) => [c, categoryName(c)]),
         state.category,
-        { name: "category" },
+        {
+          name: "category",
+          onchange: (e) => {
+            state.category = e.target.value;
+            update();
+          },
+        },
       );
-      cat.addEventListener("change", () => {
-        state.category = cat.value;
-        update();
-      });
       section.append(h("div", { class: "form-grid" }, h("label", { class: "field wide" }, h("span", { class: "field-label" }, t("em.text")), ta), h("label", { class: "field" }, h("span", { class: "field-label" }, t("em.category")), cat)));
     } else if (state.template) {
       const fields = h("div", { class: "form-grid" });
       for (const ph of state.template.placeholders) {
-        const input = h("input", { name: `param-${ph.name}`, value: state.params[ph.name] || "", placeholder: ph.example || "" });
-        input.addEventListener("input", () => {
-          state.params[ph.name] = input.value;
-          const spoken = document.getElementById("em-spoken");
-          if (spoken) spoken.textContent = fillText();
-          update(true);
+        const input = h("input", {
+          name: `param-${ph.name}`,
+          value: state.params[ph.name] || "",
+          placeholder: ph.example || "",
+          oninput: (e) => {
+            state.params[ph.name] = e.target.value;
+            const spoken = document.getElementById("em-spoken");
+            if (spoken) spoken.textContent = fillText();
+            update(true);
+          },
         });
         fields.append(h("label", { class: "field" }, h("span", { class: "field-label" }, ph.label || ph.name, ph.required ? h("b", { class: "req" }, " *") : null), input));
       }
       section.append(fields, h("p", { class: "spoken", id: "em-spoken" }, fillText()));
     }
     return section;
+  }
+
+  function missingContent() {
+    return RECORDED.has(state.template) && !recording();
+  }
+
+  function categoryField() {
+    const cat = select(
+      FREE_CATEGORIES.map((c) => [c, categoryName(c)]),
+      state.category,
+      { name: "category", onchange: (e) => ((state.category = e.target.value), update()) },
+    );
+    return h("div", { class: "form-grid" }, h("label", { class: "field" }, h("span", { class: "field-label" }, t("em.category")), cat));
+  }
+
+  // Record in the browser: one button that starts and stops (the same element, so focus
+  // stays on it), then the take to listen back to, and a second take on request.
+  function recordPanel() {
+    const r = recorder;
+    const panel = h("div", { class: "rec-panel", id: "rec-panel" });
+    const live = r.state === RECORDING;
+    const toggle = h(
+      "button",
+      {
+        type: "button",
+        class: `btn${live ? " btn-real" : ""}`,
+        id: "rec-btn",
+        "data-rec": r.state,
+        "aria-pressed": String(live),
+        onclick: () => (live ? r.stop() : r.start(() => t("em.rec.auto_title", { time: new Date().toLocaleTimeString() }))),
+      },
+      icon(live ? "stop" : "mic"),
+      " ",
+      t(live ? "em.rec.stop" : r.state === IDLE ? "em.rec.start" : "em.rec.again"),
+    );
+    panel.append(h("div", { class: "control-row" }, toggle, live ? h("span", { id: "rec-seconds", class: "rec-live", role: "status" }, t("em.rec.seconds", { s: r.seconds })) : null));
+    if (r.blobUrl) {
+      // Once stored, the take is heard as the server keeps it (checked, levelled, with
+      // its length known: a browser's own WebM take often declares none).
+      const src = r.media ? r.media.url : r.blobUrl;
+      panel.append(h("audio", { controls: true, src, id: "rec-audio", class: "media-player", "aria-label": t("em.rec.listen") }));
+    }
+    let status = null;
+    if (r.error) status = h("p", { class: "error", role: "alert" }, r.error.status ? r.error.message : t("em.rec.denied", { msg: r.error.message }));
+    else if (r.uploading) status = h("p", { class: "muted", role: "status" }, t("em.rec.uploading"));
+    else if (r.media) status = h("p", { class: "muted", id: "rec-ok", role: "status" }, "✓ ", recordingLabel(r.media));
+    if (status) panel.append(status);
+    return panel;
+  }
+
+  async function loadUploads() {
+    try {
+      state.uploads = (await get("/api/media?source=upload&usable=1&limit=50")).media;
+    } catch (e) {
+      state.uploads = [];
+      toast(e.message, "error");
+    }
+    update();
+  }
+
+  // Pick an uploaded recording: each with its own player, to hear it before choosing.
+  function uploadsPanel() {
+    if (state.uploads === null) return h("p", { class: "muted" }, t("common.loading"));
+    if (!state.uploads.length) return h("p", { class: "muted" }, t("em.rec.none"));
+    return h(
+      "ul",
+      { class: "rec-list", "aria-label": t("em.rec.upload") },
+      state.uploads.map((m) => {
+        const on = state.picked?.media_id === m.media_id;
+        return h(
+          "li",
+          { class: `rec-item${on ? " on" : ""}` },
+          h(
+            "button",
+            {
+              type: "button",
+              class: `chip${on ? " on" : ""}`,
+              "aria-pressed": String(on),
+              "data-media": m.media_id,
+              onclick: () => ((state.picked = m), update()),
+            },
+            on ? "✓ " : "",
+            recordingLabel(m),
+            h("small", {}, ` ${m.created_at.slice(0, 16).replace("T", " ")}`),
+          ),
+          h("audio", { controls: true, preload: "none", src: m.url, class: "media-player", "aria-label": t("em.rec.listen_to", { title: m.text || t("em.rec.untitled") }) }),
+        );
+      }),
+    );
   }
 
   function areaStep() {
@@ -257,13 +437,14 @@ export async function render(main, ctx) {
     if (groups.length) kinds.push(["group", t("em.area.group")]);
     const seg = h(
       "div",
-      { class: "seg", role: "tablist" },
+      { class: "seg", role: "group", "aria-label": t("em.step.area") },
       kinds.map(([k, label]) =>
         h(
           "button",
           {
             type: "button",
             class: state.areaKind === k ? "on" : "",
+            "aria-pressed": String(state.areaKind === k),
             "data-area": k,
             onclick: () => {
               state.areaKind = k;
@@ -285,11 +466,21 @@ export async function render(main, ctx) {
       }
       section.append(list);
     } else if (state.areaKind === "villages") {
-      const search = h("input", { type: "search", placeholder: t("em.area.search"), class: "search", value: state.villageQuery });
+      const search = h("input", {
+        type: "search",
+        name: "village-search",
+        placeholder: t("em.area.search"),
+        "aria-label": t("em.area.search"),
+        class: "search",
+        value: state.villageQuery,
+        oninput: (e) => {
+          state.villageQuery = e.target.value;
+          update();
+        },
+      });
       const box = h("div", { class: "village-box" });
-      const draw = () => {
-        clear(box);
-        const q = search.value.trim();
+      {
+        const q = state.villageQuery.trim();
         for (const tw of ctx.townships) {
           const vs = ctx.villages.filter((v) => v.township_id === tw.id && (!q || v.name.includes(q)));
           if (!vs.length) continue;
@@ -323,12 +514,7 @@ export async function render(main, ctx) {
             ),
           );
         }
-      };
-      search.addEventListener("input", () => {
-        state.villageQuery = search.value;
-        draw();
-      });
-      draw();
+      }
       section.append(search, box);
     } else if (state.areaKind === "codes") {
       const input = h("input", { type: "text", name: "areas", inputmode: "numeric", class: "search", placeholder: t("em.area.codes_hint"), value: state.codes || "" });
@@ -380,13 +566,14 @@ export async function render(main, ctx) {
   function levelStep() {
     const levels = h(
       "div",
-      { class: `levels${state.level ? " chosen" : ""}` },
+      { class: `levels${state.level ? " chosen" : ""}`, role: "group", "aria-label": t("em.level") },
       [1, 2, 3, 4].map((lv) =>
         h(
           "button",
           {
             type: "button",
             class: `level-btn lv${lv}${state.level === lv ? " on" : ""}`,
+            "aria-pressed": String(state.level === lv),
             "data-level": lv,
             onclick: () => {
               state.level = lv;
@@ -400,16 +587,16 @@ export async function render(main, ctx) {
     );
     const modes = h(
       "div",
-      { class: "modes" },
+      { class: "modes", role: "group", "aria-label": t("em.mode") },
       h(
         "button",
-        { type: "button", class: `mode-btn drill${state.drill === true ? " on" : ""}`, "data-mode": "drill", onclick: () => ((state.drill = true), (state.confirmedReal = false), update()) },
+        { type: "button", class: `mode-btn drill${state.drill === true ? " on" : ""}`, "aria-pressed": String(state.drill === true), "data-mode": "drill", onclick: () => ((state.drill = true), (state.confirmedReal = false), update()) },
         h("strong", {}, t("mode.drill")),
         h("small", {}, t("em.mode.drill_desc")),
       ),
       h(
         "button",
-        { type: "button", class: `mode-btn real${state.drill === false ? " on" : ""}`, "data-mode": "real", onclick: () => ((state.drill = false), update()) },
+        { type: "button", class: `mode-btn real${state.drill === false ? " on" : ""}`, "aria-pressed": String(state.drill === false), "data-mode": "real", onclick: () => ((state.drill = false), update()) },
         h("strong", {}, t("mode.real")),
         h("small", {}, t("em.mode.real_desc")),
       ),
@@ -425,9 +612,9 @@ export async function render(main, ctx) {
       h("h3", { class: "sub" }, t("em.repeat")),
       h(
         "div",
-        { class: "seg" },
+        { class: "seg", role: "group", "aria-label": t("em.repeat") },
         [1, 2, 3, 5].map((n) =>
-          h("button", { type: "button", class: state.repeat === n ? "on" : "", "data-repeat": n, onclick: () => ((state.repeat = n), update()) }, t("em.repeat.n", { n })),
+          h("button", { type: "button", class: state.repeat === n ? "on" : "", "aria-pressed": String(state.repeat === n), "data-repeat": n, onclick: () => ((state.repeat = n), update()) }, t("em.repeat.n", { n })),
         ),
       ),
     );
@@ -446,7 +633,7 @@ export async function render(main, ctx) {
       section.append(
         audio,
         h("p", { class: "muted" }, t("em.preview.length", { s: Math.round(state.preview.duration_ms / 1000) })),
-        h("p", { class: "spoken" }, state.preview.text || fillText()),
+        h("p", { class: "spoken" }, RECORDED.has(state.template) ? heardRecording() : state.preview.spoken || state.preview.text || fillText()),
       );
     } else {
       const btn = h("button", { type: "button", class: "btn btn-big", id: "preview-btn" }, icon("play"), " ", t("em.preview.make"));
@@ -461,6 +648,8 @@ export async function render(main, ctx) {
           renderTail();
           renderSummary();
           const audio = document.getElementById("preview-audio");
+          // The button pressed is gone: the keyboard continues from what replaced it.
+          audio?.focus();
           audio?.play().catch(() => {});
         } catch (e) {
           toast(e.message, "error");
@@ -488,7 +677,7 @@ export async function render(main, ctx) {
         fact(t("em.fact.mode"), h("span", { class: `mode-word ${state.drill ? "drill" : "real"}` }, t(state.drill ? "mode.drill" : "mode.real"))),
         fact(t("em.fact.level"), levelChip(state.level, true)),
         fact(t("em.fact.area"), h("strong", {}, a.name), h("small", {}, `${a.villages}${t("unit.village")} · ${a.devices}${t("unit.terminal")}`)),
-        fact(t("em.fact.content"), state.template === "free" ? categoryName(state.category) : state.template.name),
+        fact(t("em.fact.content"), contentName()),
       ),
     );
     if (needsSecond()) section.append(h("p", { class: "notice-second" }, icon("people"), " ", t("em.second_needed")));
@@ -550,12 +739,15 @@ export async function render(main, ctx) {
         h("dt", {}, t("em.fact.area")),
         h("dd", { id: "sum-area" }, a.name ? h("strong", {}, a.name) : "—", a.name ? h("div", { class: "muted" }, `${a.villages}${t("unit.village")} · ${a.devices}${t("unit.terminal")}`) : null),
         h("dt", {}, t("em.fact.content")),
-        h("dd", { id: "sum-content" }, !state.template ? "—" : state.template === "free" ? categoryName(state.category) : state.template.name),
+        h("dd", { id: "sum-content" }, !state.template ? "—" : contentName()),
       ),
-      state.template ? h("p", { class: "spoken small" }, fillText().slice(0, 160)) : null,
+      fillText() ? h("p", { class: "spoken small" }, fillText().slice(0, 160)) : null,
     ]);
   }
 
   update();
-  return () => document.body.classList.remove("drill-mode", "real-mode");
+  return () => {
+    recorder.dispose();
+    document.body.classList.remove("drill-mode", "real-mode");
+  };
 }

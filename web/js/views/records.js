@@ -1,7 +1,7 @@
 // 记录: the broadcast log with per-village outcomes, filters and CSV export.
 import { get } from "../api.js";
 import { icon, clear, fmtTime, h, levelChip, modeBadge, select, today } from "../dom.js";
-import { CATEGORIES, categoryName, t } from "../i18n.js";
+import { CATEGORIES, categoryName, reasonWords, t } from "../i18n.js";
 import { bucketOf, deliveryName, reasonText, settled } from "../states.js";
 
 export async function render(main, ctx) {
@@ -52,15 +52,24 @@ export async function render(main, ctx) {
       const row = h(
         "tr",
         { class: `rec-row${b.drill ? " is-drill" : ""}`, "data-broadcast": b.id, tabindex: 0 },
-        h("td", {}, fmtTime(b.created_at, true)),
-        h("td", {}, modeBadge(b.drill), " ", levelChip(b.level)),
-        h("td", {}, h("strong", {}, b.title), h("div", { class: "muted small" }, categoryName(b.category), " · ", b.created_by)),
+        // 时间 is when it played (its start), not when the row was written: a schedule's
+        // occurrence is written ahead of its time.
+        h("td", { title: t("rec.created_at", { at: fmtTime(b.created_at, true) }) }, fmtTime(b.start_at || b.created_at, true)),
+        // REAL only on real emergencies; routine notices and test tones carry no badge.
+        h("td", {}, b.drill || b.priority === "emergency" ? modeBadge(b.drill) : null, " ", levelChip(b.level)),
+        h("td", {}, h("strong", {}, b.title), h("div", { class: "muted small" }, categoryName(b.category), " · ", b.approved_by ? t("board.officers", { by: b.created_by, approver: b.approved_by }) : b.created_by)),
         h("td", {}, b.townships.map((id) => ctx.township(id)?.name || id).join(t("sep"))),
         h("td", { class: "num" }, h("span", { class: "ok" }, `${b.outcomes.done || 0}`), `/${total}`, failed ? h("span", { class: "bad" }, ` ✗${failed}`) : null),
         h("td", {}, t(settled(b, total) ? "board.all_final" : `bstatus.${b.status}`)),
       );
       const detail = h("tr", { class: "rec-detail", hidden: true }, h("td", { colspan: 6 }));
       row.addEventListener("click", () => toggleDetail(b, detail));
+      // A focusable row is a control: Enter or Space opens it as a click does (issue 16).
+      row.addEventListener("keydown", (e) => {
+        if (e.target !== row || (e.key !== "Enter" && e.key !== " ")) return;
+        e.preventDefault();
+        toggleDetail(b, detail);
+      });
       body.append(row, detail);
     }
     table.append(
@@ -106,7 +115,7 @@ export async function render(main, ctx) {
                 "span",
                 { class: `mini st-${d.state} st-${bucketOf(d.state, d.reason)}`, title: d.reason || "" },
                 deliveryName(d.state, d.reason),
-                d.reason ? ` (${reasonText(d.reason)})` : "",
+                d.reason ? ` (${reasonWords(d, reasonText)})` : "",
               ),
             ),
           ),

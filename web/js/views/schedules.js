@@ -3,7 +3,7 @@
 // Township staff see and pick only their own villages.
 import { ApiError, api, get, upload } from "../api.js";
 import { append, icon, clear, confirmDialog, fmtTime, h, select, toast, today } from "../dom.js";
-import { CATEGORIES, categoryName, t } from "../i18n.js";
+import { CATEGORIES, categoryName, reasonWords, t } from "../i18n.js";
 
 const KINDS = ["once", "daily", "weekly", "every_n_days", "monthly"];
 const OUTCOME_CLASS = {
@@ -93,16 +93,20 @@ export async function render(main, ctx) {
           body.append(h("div", { class: "quiet-span", title: t("sch.quiet"), style: { top: `${from}%`, height: `${to - from}%` } }));
         }
       }
-      for (const e of tl.entries) {
+      const lanes = sideBySide(tl.entries);
+      tl.entries.forEach((e, k) => {
         const [hh, mm] = e.local_time.split(":").map(Number);
         const top = ((hh * 60 + mm) / 1440) * 100;
+        const { lane, of } = lanes[k];
         body.append(
           h(
             "div",
             {
               class: `slot out-${OUTCOME_CLASS[e.outcome] || "planned"}${e.conflicts_with?.length ? " conflict" : ""}`,
-              style: { top: `${top}%` },
-              title: `${e.local_time.slice(0, 5)} ${e.title} — ${t(`out.${e.outcome}`)}${e.reason ? ` (${e.reason})` : ""}`,
+              // Items close in time share the row side by side, so none hides another.
+              style: { top: `${top}%`, left: `calc(${(lane * 100) / of}% + 2px)`, right: `calc(${((of - lane - 1) * 100) / of}% + 2px)` },
+              "data-lane": `${lane}/${of}`,
+              title: `${e.local_time.slice(0, 5)} ${e.title} — ${t(`out.${e.outcome}`)}${e.reason ? ` (${reasonWords(e)})` : ""}`,
               "data-schedule": e.schedule_id,
             },
             h("b", {}, e.local_time.slice(0, 5)),
@@ -111,7 +115,7 @@ export async function render(main, ctx) {
             e.conflicts_with?.length ? " ⚠" : "",
           ),
         );
-      }
+      });
       col.append(body);
       grid.append(col);
     });
@@ -121,6 +125,29 @@ export async function render(main, ctx) {
       narrow ? agenda(days, timelines) : h("div", { class: "week-scroll" }, grid),
       h("p", { class: "legend-inline muted" }, ["planned", "played", "quiet", "missed"].map((k) => h("span", { class: `slot-key out-${k}` }, t(`outk.${k}`)))),
     );
+  }
+
+  // A lane for each entry: entries whose slots would overlap on the day's column (closer
+  // than SLOT_MIN minutes) sit side by side, each group split evenly.
+  function sideBySide(entries) {
+    const SLOT_MIN = 45;
+    const minutes = entries.map((e) => {
+      const [hh, mm] = e.local_time.split(":").map(Number);
+      return hh * 60 + mm;
+    });
+    const order = minutes.map((m, i) => [m, i]).sort((a, b) => a[0] - b[0]);
+    const out = new Array(entries.length);
+    let group = [];
+    const flush = () => group.forEach((i, lane) => (out[i] = { lane, of: group.length }));
+    for (const [m, i] of order) {
+      if (group.length && m - minutes[group[0]] >= SLOT_MIN) {
+        flush();
+        group = [];
+      }
+      group.push(i);
+    }
+    flush();
+    return out;
   }
 
   function agenda(days, timelines) {
@@ -183,6 +210,7 @@ export async function render(main, ctx) {
         { class: `sch-item st-${s.status}`, "data-schedule": s.id },
         h("div", {}, h("strong", {}, s.name), " ", h("span", { class: "status-pill" }, t(`schst.${s.status}`))),
         h("div", { class: "muted small" }, describe(s.recurrence), " · ", categoryName(s.category), s.next?.length ? ` · ${t("sch.next")} ${fmtTime(s.next[0], true)}` : ""),
+        h("div", { class: "muted small sch-reach", "data-reach": s.id }, t("sch.reaches", { places: reachOf(s.targets) })),
       );
       if (s.editable) {
         const actions = h("div", { class: "sch-actions" });
@@ -194,6 +222,14 @@ export async function render(main, ctx) {
       }
       listBox.append(row);
     }
+  }
+
+  // Which villages a schedule reaches, by name: a whole township, or its villages.
+  function reachOf(targets) {
+    const towns = (targets?.townships || []).map((id) => t("sch.reaches.township", { name: ctx.township(id)?.name || id }));
+    const names = (targets?.villages || []).map((id) => ctx.village(id)?.name || id);
+    const shown = names.length > 6 ? [...names.slice(0, 6), t("sch.reaches.more", { n: names.length - 6 })] : names;
+    return [...towns, ...shown].join(t("sep")) || "—";
   }
 
   function describe(r) {
@@ -254,10 +290,11 @@ export async function render(main, ctx) {
     const params = h("div", { class: "form-grid" });
     const paramValues = { ...(s?.params || {}) };
     const text = h("textarea", { rows: 3, name: "text" }, s?.text || "");
-    const category = select(CATEGORIES.map((c) => [c, categoryName(c)]), s?.category || "meeting", { name: "category" });
+    // No default category: a recording or a text is not a 会议通知 unless someone says so.
+    const category = select([["", t("sch.category.choose")], ...CATEGORIES.map((c) => [c, categoryName(c)])], s?.category || "", { name: "category" });
     const priority = select([["notice", t("prio.notice")], ["routine", t("prio.routine")]], s?.priority || "notice", { name: "priority" });
     let mediaId = s?.media_id && !s?.text && !s?.template ? s.media_id : null;
-    const mediaInfo = h("span", { class: "muted small" }, mediaId ? `✓ ${mediaId.slice(0, 10)}…` : "");
+    const mediaInfo = h("div", { class: "muted small media-info", style: { flexBasis: "100%" } }, mediaId ? `✓ ${mediaId.slice(0, 10)}…` : "");
     const kind = select(KINDS.map((k) => [k, t(`kind.${k}`, { n: "N" })]), rec.kind, { name: "kind" });
     const times = h("input", { name: "times", value: (rec.times || []).join(", "), placeholder: "08:00, 18:30" });
     const startDate = h("input", { type: "date", name: "start_date", value: rec.start_date || today() });
@@ -364,7 +401,7 @@ export async function render(main, ctx) {
         try {
           const data = await upload("/api/media", form);
           mediaId = data.media_id;
-          clear(mediaInfo).append(`✓ ${Math.round(data.duration_ms / 1000)}s `, h("audio", { controls: true, src: data.url }));
+          clear(mediaInfo).append(`✓ ${Math.round(data.duration_ms / 1000)}s `, h("audio", { controls: true, src: data.url, class: "media-player", style: { display: "block", width: "100%", minWidth: "260px" } }));
         } catch (e) {
           mediaInfo.textContent = e.message;
         }
@@ -393,6 +430,7 @@ export async function render(main, ctx) {
     drawRec();
 
     function body() {
+      if (source.kind !== "template" && !category.value) throw new Error(t("sch.category.required"));
       const r = { kind: kind.value, times: times.value.split(/[,，\s]+/).filter(Boolean), start_date: startDate.value };
       if (kind.value !== "once" && endDate.value) r.end_date = endDate.value;
       if (kind.value === "weekly") r.weekdays = [...weekdays].sort();
@@ -419,6 +457,30 @@ export async function render(main, ctx) {
     }
 
     const error = h("p", { class: "form-error" });
+    // Hear it before saving: the same rendering the villages will hear.
+    const heard = h("div", { class: "sch-preview", id: "sch-preview" });
+    const hear = h("button", { type: "button", class: "btn", id: "sch-preview-btn" }, icon("play"), " ", t("sch.preview"));
+    hear.addEventListener("click", async () => {
+      const b = body();
+      delete b.name;
+      delete b.recurrence;
+      error.textContent = "";
+      hear.disabled = true;
+      clear(heard).append(h("span", { class: "muted" }, t("em.preview.making")));
+      try {
+        const { data } = await api("POST", "/api/preview", b);
+        const audio = h("audio", { controls: true, src: data.url, preload: "auto", id: "sch-preview-audio", style: { display: "block", width: "100%" } });
+        clear(heard);
+        if (data.spoken || data.text) heard.append(h("p", { class: "spoken" }, data.spoken || data.text));
+        heard.append(audio);
+        audio.play().catch(() => {});
+      } catch (err) {
+        clear(heard);
+        error.textContent = err.message;
+      } finally {
+        hear.disabled = false;
+      }
+    });
     const save = h("button", { type: "submit", class: "btn btn-primary", id: "sch-save" }, s ? t("common.save") : t("sch.create"));
     clear(editBox).append(
       h("h2", {}, s ? t("sch.edit") : t("sch.new")),
@@ -445,7 +507,8 @@ export async function render(main, ctx) {
                   }),
                 });
               } else {
-                error.textContent = err instanceof ApiError && err.field ? `${err.field}: ${err.message}` : err.message;
+                // The message is already in the reader's language and names the field.
+                error.textContent = err.message;
               }
             } finally {
               save.disabled = false;
@@ -462,7 +525,8 @@ export async function render(main, ctx) {
         h("label", { class: "inline" }, whole, " ", t("sch.whole_township")),
         villageChips,
         error,
-        save,
+        h("div", { class: "control-row" }, hear, save),
+        heard,
       ),
     );
   }

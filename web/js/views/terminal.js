@@ -3,7 +3,7 @@
 // staff in their township): volume, a test tone and a health check.
 import { api, get, onLive } from "../api.js";
 import { icon, clear, fmtAgo, fmtTime, h, levelChip, modeBadge, svg, toast } from "../dom.js";
-import { faultName, t } from "../i18n.js";
+import { faultName, reasonWords, t } from "../i18n.js";
 import { deliveryName, reasonText } from "../states.js";
 import { deviceState } from "./terminals.js";
 
@@ -121,7 +121,7 @@ export async function render(main, ctx, [deviceId]) {
                 h("td", {}, fmtTime(x.created_at, true)),
                 h("td", {}, x.priority === "emergency" ? [modeBadge(x.drill), " ", levelChip(x.level), " "] : null, h("a", { href: `#/board/${x.broadcast_id}` }, x.title)),
                 h("td", { "data-state": x.state }, deliveryName(x.state, x.reason)),
-                h("td", { title: x.reason || "" }, reasonText(x.reason)),
+                h("td", { title: x.reason || "" }, reasonWords(x, reasonText)),
               ),
             ),
           ),
@@ -148,8 +148,10 @@ export async function render(main, ctx, [deviceId]) {
     tone.addEventListener("click", async () => {
       tone.disabled = true;
       try {
-        await api("POST", `/api/devices/${deviceId}/test-tone`);
-        toast(t("dev.tone.sent"));
+        const { data } = await api("POST", `/api/devices/${deviceId}/test-tone`);
+        // Never "sent" for a tone nobody can hear yet: offline means queued until expiry.
+        if (data.delivery_state === "offline") toast(t("dev.tone.queued", { min: Math.round((data.expires_in_s || 120) / 60) }), "error");
+        else toast(t("dev.tone.waiting"));
         setTimeout(load, 500);
       } catch (e) {
         toast(e.message, "error");
