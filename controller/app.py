@@ -17,6 +17,7 @@ from aiohttp import web
 
 from controller import pronunciations
 from controller.api import keys, routes
+from controller.api import live_paging as live_paging_api
 from controller.api import workorders as workorders_api
 from controller.api.docs import public_docs_middleware
 from controller.auth import TokenAuthenticator, auth_middleware
@@ -31,6 +32,7 @@ from controller.ingest import Ingestor
 from controller.live import LiveHub
 from controller.media import MediaStore
 from controller.metrics import Metrics
+from controller.paging_live import LivePagingService
 from controller.prepositioning import Prepositioner
 from controller.retention import RetentionJob
 from controller.schedules.service import ScheduleService
@@ -99,6 +101,7 @@ def build_app(settings: Settings) -> web.Application:
     retention = RetentionJob.from_settings(db, settings)  # daily, when started
     workorders = WorkOrderService(db, settings)  # sweeps when started
     workorders.listen(events)
+    live_paging = LivePagingService(db, media, dispatcher, settings, events)
 
     app = web.Application(
         middlewares=[
@@ -123,6 +126,7 @@ def build_app(settings: Settings) -> web.Application:
     app[keys.SCHEDULES] = schedules
     app[keys.EVENTS] = events
     app[workorders_api.SERVICE] = workorders
+    app[live_paging_api.SERVICE] = live_paging
     app.add_routes(routes())
     # Prometheus scrapes /metrics by convention; counts only, no login (controller.metrics).
     app.router.add_get("/metrics", metrics.handle)
@@ -144,6 +148,7 @@ def build_app(settings: Settings) -> web.Application:
         await workorders.start()
         log.info("controller up: http://%s:%d/", settings.http_host, settings.http_port)
         yield
+        await live_paging.close()
         await retention.stop()
         await workorders.stop()
         await schedules.stop()

@@ -44,6 +44,8 @@ class Permission(enum.StrEnum):
     READ = "read"
     # Send, schedule, cancel, preview, upload audio, edit groups and templates.
     BROADCAST = "broadcast"
+    # Speak live through the terminals (实时喊话) from the console's microphone.
+    LIVE_PAGING = "live_paging"
     # Be the second officer of the two-person rule.
     APPROVE = "approve"
     # Volume, test tone, diagnostics, resend to a broadcast's unreached terminals.
@@ -58,10 +60,16 @@ class Permission(enum.StrEnum):
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
     Role.DUTY_OFFICER: frozenset(
-        {Permission.READ, Permission.BROADCAST, Permission.APPROVE, Permission.TERMINAL_CONTROL}
+        {
+            Permission.READ,
+            Permission.BROADCAST,
+            Permission.LIVE_PAGING,
+            Permission.APPROVE,
+            Permission.TERMINAL_CONTROL,
+        }
     ),
     Role.TOWNSHIP_STAFF: frozenset(
-        {Permission.READ, Permission.BROADCAST, Permission.TERMINAL_CONTROL}
+        {Permission.READ, Permission.BROADCAST, Permission.LIVE_PAGING, Permission.TERMINAL_CONTROL}
     ),
     Role.TECHNICIAN: frozenset(
         {Permission.READ, Permission.TERMINAL_CONTROL, Permission.WORK_ORDERS}
@@ -98,6 +106,10 @@ class Principal:
     def require_broadcast(self) -> None:
         if not self.can_broadcast:
             raise forbidden(f"role {self.role.value} may not broadcast")
+
+    def require_live_paging(self) -> None:
+        if not self.can(Permission.LIVE_PAGING):
+            raise forbidden(f"role {self.role.value} may not speak live")
 
     def require_terminal_control(self) -> None:
         if not self.can(Permission.TERMINAL_CONTROL):

@@ -18,10 +18,14 @@ import base64
 import binascii
 import enum
 import json
+import struct
 import time
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dalaba.signing import Signer, VerifierSet
@@ -103,6 +107,20 @@ class Topics:
         return f"{TOPIC_ROOT}/device/{check_id(device_id)}/event"
 
     @staticmethod
+    def live(broadcast_id: str) -> str:
+        """One live paging session's audio frames (QoS 0, signed frame by frame)."""
+        return f"{TOPIC_ROOT}/live/{check_id(broadcast_id)}"
+
+    @staticmethod
+    def parse_live_topic(topic: str) -> str | None:
+        """`dalaba/v1/live/<broadcast id>` -> the id, or None for anything else."""
+        prefix = f"{TOPIC_ROOT}/live/"
+        if not topic.startswith(prefix):
+            return None
+        broadcast_id = topic[len(prefix) :]
+        return broadcast_id if broadcast_id and "/" not in broadcast_id else None
+
+    @staticmethod
     def subscriptions_for(device_id: str, village_id: str, township_id: str) -> list[str]:
         """The command topics one terminal listens on: county, its township, village, itself."""
         return [
@@ -125,7 +143,9 @@ class Topics:
     @staticmethod
     def acl_device_reads() -> list[str]:
         """What any terminal may read regardless of place: its own and the county's."""
-        return [f"{TOPIC_ROOT}/cmd/device/%u", Topics.COMMAND_ALL]
+        # Any live session's frames: a terminal subscribes to the one its signed start
+        # command names, and plays only frames signed by that command's session key.
+        return [f"{TOPIC_ROOT}/cmd/device/%u", Topics.COMMAND_ALL, f"{TOPIC_ROOT}/live/+"]
 
     @staticmethod
     def parse_device_topic(topic: str) -> tuple[str, str] | None:
@@ -184,6 +204,10 @@ class DeliveryState(enum.StrEnum):
     # controller-side only: was playing, and its audio ended long ago without a word
     # from the terminal. Not `done`: nobody knows whether it finished.
     UNKNOWN = "unknown"
+    # Played to its end, but the output monitor found no sound on the speaker line for
+    # part or all of it (amplifier or line failed mid-play). Not `done`: people did not
+    # hear it all. `silent_ms` says how much.
+    SILENT = "silent"
 
     @property
     def final(self) -> bool:
@@ -198,6 +222,7 @@ _FINAL_STATES = frozenset(
         DeliveryState.EXPIRED,
         DeliveryState.CANCELLED,
         DeliveryState.UNKNOWN,
+        DeliveryState.SILENT,
     }
 )
 
@@ -276,6 +301,30 @@ class MediaRef(_Payload):
     mirrors: Annotated[tuple[str, ...], Field(max_length=4)] = ()
 
 
+class LiveStream(_Payload):
+    """Live paging: after the media (the paging chime) the terminal plays the frames
+    published on `Topics.live(broadcast_id)`, each signed with this session's own
+    Ed25519 key. The key arrives inside the signed command, so only the controller
+    that signed the command can speak through it (see `open_live_frame`)."""
+
+    session_key: Annotated[str, Field(min_length=40, max_length=48)]  # base64, 32 bytes raw
+    codec: Literal["pcmu"] = "pcmu"  # G.711 mu-law
+    sample_rate: Literal[16000] = 16000
+    frame_ms: Annotated[int, Field(ge=10, le=120)] = 40
+    # A frame stamped `t` (controller clock, epoch ms) sounds at `t + playout_delay_ms`
+    # on every terminal's clock: the jitter buffer's depth, and what keeps poles in step.
+    playout_delay_ms: Annotated[int, Field(ge=50, le=5000)] = 500
+    # No frame for this long: the session is lost here; silence until then.
+    loss_timeout_ms: Annotated[int, Field(ge=500, le=60_000)] = 5000
+
+    def public_key(self) -> Ed25519PublicKey:
+        try:
+            raw = base64.b64decode(self.session_key, validate=True)
+            return Ed25519PublicKey.from_public_bytes(raw)
+        except (binascii.Error, ValueError) as exc:
+            raise ProtocolError(RejectReason.MALFORMED, f"live.session_key: {exc}") from None
+
+
 class PlayBody(_Payload):
     kind: Literal["play"] = "play"
     broadcast_id: str
@@ -292,6 +341,9 @@ class PlayBody(_Payload):
     # attempt even though it has seen (and claimed) the broadcast id before.
     attempt: Annotated[int, Field(ge=0, le=100)] = 0
     resend_of: str | None = None  # the first command's id, for a resend
+    # Live paging: `media` is the chime, then the session's frames (older terminals
+    # that ignore the field play the chime alone).
+    live: LiveStream | None = None
 
     @model_validator(mode="after")
     def _level_only_for_emergencies(self) -> PlayBody:
@@ -441,6 +493,9 @@ class DeliveryReport(_Payload):
     # `failed`/`preempted`/`cancelled` mid-play: how far into the audio it got.
     offset_ms: Count | None = None
     attempt: Annotated[int, Field(ge=0, le=100)] = 0  # the PlayBody.attempt it answers
+    # `silent`: how long the output monitor found the line without sound (offset_ms is
+    # where into the audio the silence began).
+    silent_ms: Count | None = None
 
 
 class DeviceEvent(_Payload):
@@ -609,6 +664,69 @@ _REPORT_MODELS: dict[str, type[DeviceStatus | DeliveryReport | DeviceEvent | Tel
     "event": DeviceEvent,
     "telemetry": Telemetry,
 }
+
+
+# --------------------------------------------------------------------------- live frames
+
+# One live audio frame, binary (JSON and base64 would add a third to every frame):
+#   magic "DLF1" | seq u32 | t_ms u64 (controller clock) | flags u8 | audio | sig (64)
+# The Ed25519 signature covers LIVE_FRAME_CONTEXT, the broadcast id, and every byte
+# before it, so a frame cannot be replayed into another session or altered.
+LIVE_FRAME_MAGIC = b"DLF1"
+LIVE_FRAME_CONTEXT = b"dalaba-live-frame-v1\0"
+LIVE_FLAG_END = 0x01
+_LIVE_HEADER = struct.Struct(">4sIQB")
+LIVE_SIG_BYTES = 64
+MAX_LIVE_AUDIO_BYTES = 16_000 * 120 // 1000  # 120 ms of 16 kHz mu-law
+LIVE_QOS = 0  # a late frame is worthless: loss is silence, never a resend
+
+
+class LiveFrame(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    seq: int
+    t_ms: int
+    end: bool
+    audio: bytes
+
+
+def _live_signed_part(broadcast_id: str, header_and_audio: bytes) -> bytes:
+    return LIVE_FRAME_CONTEXT + broadcast_id.encode() + b"\0" + header_and_audio
+
+
+def seal_live_frame(
+    broadcast_id: str,
+    seq: int,
+    t_ms: int,
+    audio: bytes,
+    sign: Callable[[bytes], bytes],
+    *,
+    end: bool = False,
+) -> bytes:
+    if len(audio) > MAX_LIVE_AUDIO_BYTES:
+        raise ValueError(f"live frame audio {len(audio)} bytes > {MAX_LIVE_AUDIO_BYTES}")
+    body = _LIVE_HEADER.pack(LIVE_FRAME_MAGIC, seq, t_ms, LIVE_FLAG_END if end else 0) + audio
+    return body + sign(_live_signed_part(broadcast_id, body))
+
+
+def open_live_frame(raw: bytes, broadcast_id: str, key: Ed25519PublicKey) -> LiveFrame:
+    """Check a live frame's shape and signature against the session key from the
+    signed start command; raise `ProtocolError` for anything else."""
+    if len(raw) > _LIVE_HEADER.size + MAX_LIVE_AUDIO_BYTES + LIVE_SIG_BYTES:
+        raise ProtocolError(RejectReason.OVERSIZED, f"live frame of {len(raw)} bytes")
+    if len(raw) < _LIVE_HEADER.size + LIVE_SIG_BYTES:
+        raise ProtocolError(RejectReason.MALFORMED, "live frame too short")
+    body, sig = raw[:-LIVE_SIG_BYTES], raw[-LIVE_SIG_BYTES:]
+    magic, seq, t_ms, flags = _LIVE_HEADER.unpack_from(body)
+    if magic != LIVE_FRAME_MAGIC:
+        raise ProtocolError(RejectReason.MALFORMED, "live frame: bad magic")
+    try:
+        key.verify(sig, _live_signed_part(broadcast_id, body))
+    except InvalidSignature:
+        raise ProtocolError(RejectReason.BAD_SIGNATURE, "live frame signature") from None
+    return LiveFrame(
+        seq=seq, t_ms=t_ms, end=bool(flags & LIVE_FLAG_END), audio=body[_LIVE_HEADER.size :]
+    )
 
 
 # MQTT properties the contract fixes (see docs/protocol.md).

@@ -39,8 +39,10 @@ from edge_agent.config import FIRMWARE_VERSION, DeviceConfig
 from edge_agent.fetcher import PREFETCH_BACKOFF, FetchDeadline, MediaFetcher, MediaUnavailable
 from edge_agent.hardware import Hardware, HardwareFault, PreparedAudio
 from edge_agent.journal import OwedPlay, PlayJournal
+from edge_agent.live import LiveLost, LiveReceiver
 from edge_agent.local_schedule import LocalSchedule, PinnedMedia
 from edge_agent.outbox import Outbox
+from edge_agent.output_watch import SilenceWatch
 from edge_agent.replay import SeenCommands
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,9 @@ OUTBOX_ACK_TIMEOUT_S = 60.0
 PREFETCH_WINDOW_MS = 120_000
 # The attempt a cancelled broadcast is claimed for: no resend can exceed it.
 CANCELLED_CLAIM = 100
+
+# The faults that silence the output (named in a `silent` report's reason).
+_OUTPUT_FAULTS = frozenset({p.Fault.AMPLIFIER, p.Fault.SPEAKER_LINE})
 
 _PROGRESS_STATES = frozenset(
     {
@@ -178,6 +183,8 @@ class EdgeAgent:
         self.emergency_volume = config.emergency_volume
         self.telemetry_interval_s = config.telemetry_interval_s
         self._overrides_path = state / "config-overrides.json"
+        # Live paging sessions accepted and not yet over, by broadcast id.
+        self._live: dict[str, LiveReceiver] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -356,6 +363,10 @@ class EdgeAgent:
     # ------------------------------------------------------------------ commands
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        live_id = p.Topics.parse_live_topic(topic)
+        if live_id is not None:
+            self._on_live_frame(live_id, payload)
+            return
         now = self.hw.clock.now_ms()
         try:
             command = p.open_envelope(payload, self._verifiers, now)
@@ -420,9 +431,40 @@ class EdgeAgent:
         log.warning("%s: rejected command: %s %s", self.config.device_id, reason.value, detail)
 
     def _accept_play(self, command: p.Command, body: p.PlayBody) -> None:
-        self._start_track(_Track(command_id=command.id, expires_at=command.expires_at, body=body))
+        track = _Track(command_id=command.id, expires_at=command.expires_at, body=body)
+        if body.live is not None:
+            try:
+                receiver = LiveReceiver(body.broadcast_id, body.live)
+            except p.ProtocolError as exc:
+                self._reject(exc.reason, exc.detail, command)
+                return
+            if not self._start_track(track):
+                return
+            # Listen from now: frames spoken during the chime wait in the buffer.
+            self._live[body.broadcast_id] = receiver
+            if self.mqtt is not None:
+                self.mqtt.subscribe(p.Topics.live(body.broadcast_id), p.LIVE_QOS)
+            return
+        self._start_track(track)
 
-    def _start_track(self, track: _Track) -> None:
+    def _on_live_frame(self, broadcast_id: str, payload: bytes) -> None:
+        receiver = self._live.get(broadcast_id)
+        if receiver is None:
+            self.counters["live_frame_unexpected"] += 1
+            return
+        if not receiver.offer(payload):
+            self.counters["live_frames_refused"] += 1
+
+    def _end_live(self, broadcast_id: str) -> None:
+        receiver = self._live.pop(broadcast_id, None)
+        if receiver is None:
+            return
+        for name, n in receiver.counters.items():
+            self.counters[f"live_{name}"] += n
+        if self.mqtt is not None:
+            self.mqtt.unsubscribe(p.Topics.live(broadcast_id))
+
+    def _start_track(self, track: _Track) -> bool:
         """Take up a broadcast, unless this terminal already has or had it.
 
         One broadcast (or scheduled occurrence) plays once, whichever path brings it
@@ -432,13 +474,13 @@ class EdgeAgent:
         bid = track.body.broadcast_id
         if self._completed.seen(bid):
             self.counters["already_played"] += 1
-            return
+            return False
         current = self._tracks.get(bid)
         if current is not None and not current.finished:
-            return
+            return False
         claimed = self.schedule.claimed_attempt(bid)
         if claimed is not None and track.body.attempt <= claimed:
-            return
+            return False
         now = self.hw.clock.now_ms()
         self.schedule.claim(bid, track.expires_at, track.body.attempt)
         track.received_at = now
@@ -451,6 +493,7 @@ class EdgeAgent:
             # Warm the amplifier while the audio is fetched, so a download that ends
             # just before the start instant does not also wait for the warm-up.
             self._spawn(self._prewarm())
+        return True
 
     async def _prewarm(self) -> None:
         if self._amp_off_task is not None:
@@ -646,7 +689,9 @@ class EdgeAgent:
             rank=track.body.rank,
             start_at_ms=start,
             expires_at_ms=track.expires_at,
-            replay_after_preemption=track.body.priority is not p.Priority.ROUTINE,
+            # A live voice interrupted is not played again later: it would be stale.
+            replay_after_preemption=track.body.priority is not p.Priority.ROUTINE
+            and track.body.live is None,
             payload=prepared,
         )
         self._arbiter.offer(track.item)
@@ -714,6 +759,12 @@ class EdgeAgent:
         ]
         for bid in stale:
             del self._tracks[bid]
+        # A live session that never got to play (cancelled, expired, failed fetch).
+        playing = self._playing_item.broadcast_id if self._playing_item is not None else None
+        for bid in [b for b in self._live if b != playing]:
+            track = self._tracks.get(bid)
+            if track is None or track.finished:
+                self._end_live(bid)
 
     async def _play(self, item: Item) -> None:
         track = self._tracks[item.broadcast_id]
@@ -739,14 +790,31 @@ class EdgeAgent:
                 # Missed its instant (queued behind another, played again after an
                 # interruption, a slow warm-up): the next step of the late grid.
                 start = late_slot(body.start_at, now + START_MARGIN_MS)
-            await self.hw.speaker.play(
-                prepared,
-                start_at_ms=start,
-                broadcast_id=body.broadcast_id,
-                on_started=lambda: self._on_play_started(track, prepared),
-                attempt=body.attempt,
-            )
-            self._report(track, p.DeliveryState.DONE)
+            watch = SilenceWatch(self.hw.output_monitor)
+
+            def started() -> None:
+                watch.begin()
+                self._on_play_started(track, prepared)
+
+            try:
+                await self.hw.speaker.play(
+                    prepared,
+                    start_at_ms=start,
+                    broadcast_id=body.broadcast_id,
+                    on_started=started,
+                    attempt=body.attempt,
+                )
+            finally:
+                watch.stop()
+            receiver = self._live.get(body.broadcast_id)
+            if receiver is not None:
+                # After the chime, the live voice until the speaker's end frame.
+                await self.hw.speaker.play_stream(
+                    receiver.chunks(self.hw.clock.now_ms), broadcast_id=body.broadcast_id
+                )
+            self._report_played(track, watch.verdict(prepared.duration_ms))
+        except LiveLost as exc:
+            self._report(track, p.DeliveryState.FAILED, f"live: {exc}")
         except asyncio.CancelledError:
             if self._stopping:
                 # Power cut or shutdown: nothing is said now. The journal still holds
@@ -770,6 +838,7 @@ class EdgeAgent:
         except HardwareFault as exc:
             self._report(track, p.DeliveryState.FAILED, str(exc), offset_ms=self._offset_ms(track))
         finally:
+            self._end_live(body.broadcast_id)
             track.started_mono = None
             self._arbiter.finished(item)
             if self._playing_item is item:
@@ -779,6 +848,24 @@ class EdgeAgent:
             if not self._stopping:
                 self._amp_off_task = asyncio.create_task(self._amplifier_off_later())
                 self._wakeup.set()
+
+    def _report_played(self, track: _Track, silence: tuple[int, int] | None) -> None:
+        """The play ran to its end: `done`, or `silent` if the output monitor found the
+        line quiet for part of it (the seconds affected, and where they began)."""
+        if silence is None:
+            self._report(track, p.DeliveryState.DONE)
+            return
+        silent_ms, from_ms = silence
+        faults = sorted(f.value for f in self._current_faults() & _OUTPUT_FAULTS)
+        cause = ", ".join(faults) if faults else "no fault showing now"
+        self._report(
+            track,
+            p.DeliveryState.SILENT,
+            f"no sound on the speaker line for {silent_ms / 1000:.1f} s"
+            f" from {from_ms / 1000:.1f} s ({cause})",
+            offset_ms=from_ms,
+            silent_ms=silent_ms,
+        )
 
     def _on_play_started(self, track: _Track, prepared: PreparedAudio) -> None:
         now = self.hw.clock.now_ms()
@@ -819,6 +906,7 @@ class EdgeAgent:
         late_ms: int | None = None,
         offset_ms: int | None = None,
         final: bool | None = None,
+        silent_ms: int | None = None,
     ) -> None:
         """Report a state change of `track` (through the outbox). `final` (default: the
         state's own finality) means this terminal is done with the broadcast."""
@@ -834,6 +922,7 @@ class EdgeAgent:
             late_ms=late_ms,
             offset_ms=offset_ms,
             attempt=track.body.attempt,
+            silent_ms=silent_ms,
         )
         self.counters[f"state_{state.value}"] += 1
         self._send(
