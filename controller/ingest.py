@@ -312,6 +312,8 @@ class Ingestor:
                     extra["late_ms"] = message.late_ms
                 if message.offset_ms is not None:
                     extra["offset_ms"] = message.offset_ms
+                if message.silent_ms is not None:
+                    extra["silent_ms"] = message.silent_ms
                 applied = dm.apply(
                     delivery,
                     message.state,

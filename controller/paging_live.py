@@ -55,6 +55,7 @@ MAX_SESSION_S = 30 * 60  # a forgotten open microphone stops itself
 # Anchored frame stamps drift from the wall clock by at most this before re-anchoring
 # (the browser paused, the network stalled).
 REANCHOR_MS = 200
+ENDED_KEPT_MS = 3600_000  # an ended session still answers its view (and a late stop)
 CATEGORY = "other"
 TITLE = "实时喊话 live paging"
 
@@ -74,7 +75,9 @@ class LiveSession:
     pending: bytearray = field(default_factory=bytearray)
     recording: bytearray = field(default_factory=bytearray)
     bytes_published: int = 0
+    spoken_ms: int = 0
     ended: bool = False
+    ended_ms: int | None = None
     timer: asyncio.TimerHandle | None = None
 
     def view(self) -> dict[str, Any]:
@@ -84,7 +87,7 @@ class LiveSession:
             "speak_from_ms": self.speak_from_ms,
             "device_count": self.device_count,
             "frames": self.seq,
-            "spoken_ms": len(self.recording) * 1000 // (2 * SAMPLE_RATE),
+            "spoken_ms": self.spoken_ms,
             "ended": self.ended,
         }
 
@@ -125,6 +128,10 @@ class LivePagingService:
 
     async def start(self, principal: Principal, targets: TargetsIn) -> LiveSession:
         principal.require_live_paging()
+        forget_before = p.now_ms() - ENDED_KEPT_MS
+        for bid, old in list(self._sessions.items()):
+            if old.ended_ms is not None and old.ended_ms < forget_before:
+                del self._sessions[bid]
         resolved = await self._db.run(lambda s: resolve(s, targets, principal))
         if not resolved.device_ids:
             raise bad_request("targets", "no terminal is installed in the chosen area")
@@ -241,6 +248,7 @@ class LivePagingService:
             chunk = bytes(live.pending[:FRAME_BYTES])
             del live.pending[:FRAME_BYTES]
             live.recording += chunk
+            live.spoken_ms += FRAME_MS
             self._publish(live, audioop.lin2ulaw(chunk, 2), now)
 
     def _publish(self, live: LiveSession, ulaw: bytes, now: int, *, end: bool = False) -> None:
@@ -272,6 +280,7 @@ class LivePagingService:
         if live.ended:
             return
         live.ended = True
+        live.ended_ms = p.now_ms()
         if live.timer is not None:
             live.timer.cancel()
         now = p.now_ms()
@@ -279,10 +288,10 @@ class LivePagingService:
         # that misses all three ends on its loss timeout, in silence.
         for _ in range(3):
             self._publish(live, b"", now, end=True)
-        self._sessions.pop(live.broadcast_id, None)
         speech = AudioSegment(
             data=bytes(live.recording), sample_width=2, frame_rate=SAMPLE_RATE, channels=1
         )
+        live.recording = bytearray()  # the view stays a while (a late stop); the audio not
         chime = AudioSegment.from_file(self._media.path_for(live.chime.sha256))
         segment = concat([chime, speech])
         try:
@@ -316,4 +325,5 @@ class LivePagingService:
 
     async def close(self) -> None:
         for live in list(self._sessions.values()):
-            await self.end(live)
+            if not live.ended:
+                await self.end(live)

@@ -22,8 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller.auth import principal_of
 from controller.errors import ApiError, parse_body, read_json
-from controller.openapi import describe
+from controller.openapi import Content, describe
 from controller.paging_live import LivePagingService
+from controller.schemas import respond
 from controller.targets import TargetsIn
 
 routes = web.RouteTableDef()
@@ -61,10 +62,8 @@ async def start(request: web.Request) -> web.Response:
     principal.require_live_paging()
     body = parse_body(LivePagingIn, await read_json(request))
     live = await request.app[SERVICE].start(principal, body.targets)
-    return web.json_response(
-        LivePagingView.model_validate(live.view()).model_dump(),
-        status=201,
-        headers={"Location": f"/api/broadcasts/{live.broadcast_id}"},
+    return respond(
+        LivePagingView, live.view(), status=201, location=f"/api/broadcasts/{live.broadcast_id}"
     )
 
 
@@ -76,7 +75,7 @@ async def start(request: web.Request) -> web.Response:
 )
 async def stop(request: web.Request) -> web.Response:
     live = await request.app[SERVICE].stop(principal_of(request), request.match_info["id"])
-    return web.json_response(LivePagingView.model_validate(live.view()).model_dump())
+    return respond(LivePagingView, live.view())
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -91,7 +90,7 @@ def _same_origin(request: web.Request) -> bool:
 @describe(
     "WebSocket: binary messages of 16 kHz mono 16-bit little-endian PCM for the session",
     tag="broadcasts",
-    responses={101: LivePagingView},
+    responses={101: Content("application/octet-stream", {"type": "string", "format": "binary"})},
 )
 async def audio(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)

@@ -472,6 +472,21 @@ async def test_real_answers_match_their_schemas(make_county) -> None:
         assert b"hello" in first
         api.check("GET", "/api/live", resp.status, resp.content_type, b"")
 
+    # Live paging: start, the audio socket (opened and closed), stop.
+    _, session, _ = await api.call(
+        "POST", "/api/live-paging", json_body={"targets": {"villages": ["t01-v01"]}}, expect=201
+    )
+    audio = f"/api/live-paging/{session['id']}/audio"
+    ws = await county.http.ws_connect(county.url + audio, headers=county.headers())
+    await ws.close()
+    api.check("GET", "/api/live-paging/{id}/audio", 101, "application/octet-stream", b"")
+    await api.call(
+        "POST",
+        "/api/live-paging/{id}/stop",
+        path=f"/api/live-paging/{session['id']}/stop",
+        expect=200,
+    )
+
     # Every documented operation was called, except the upload (tests/integration/
     # test_content_uploads.py sends real audio files).
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
