@@ -232,7 +232,7 @@ class SimSpeaker:
             self._sounding = None
             ended = _true_now_ms()
             played_ms = audio.duration_ms if completed else min(ended - started, audio.duration_ms)
-            silent = self._silent_spans_ms(started, ended)
+            silent = self._silent_spans_ms(started, started + played_ms)
             self._record(
                 audio, broadcast_id, started, ended, played_ms, completed, warm_ms,
                 fault or self._silence_reason, silent,
@@ -240,7 +240,7 @@ class SimSpeaker:
         return PlayOutcome(played_ms=played_ms, completed=completed)
 
     def _silent_spans_ms(self, started: int, ended: int) -> list[tuple[int, int]]:
-        """The play's silent spans as offsets into it (ms), closed at its end."""
+        """The play's silent spans as offsets into it (ms), closed at the end of its audio."""
         spans = [
             (max(0, int(a) - started), max(0, (ended if b is None else int(b)) - started))
             for a, b in self._silent_spans

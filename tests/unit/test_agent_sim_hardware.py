@@ -152,7 +152,7 @@ async def test_a_fault_during_a_play_silences_the_line_and_the_monitor_sees_it(
     (end,) = hw.speaker.plays()
     assert reason in str(end["fault"])
     silent_ms = end["silent_ms"]
-    assert isinstance(silent_ms, int) and 0 < silent_ms <= 1_200, silent_ms
+    assert isinstance(silent_ms, int) and 0 < silent_ms < 1_500, silent_ms
     # What the loopback captured: sound before the fault, silence after it.
     clip = hw.output_monitor.last_clip(10_000)
     assert clip is not None and len(clip) == 1_500 * SAMPLE_RATE // 1000 * 2

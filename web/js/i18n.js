@@ -248,6 +248,10 @@ const zh = {
   "err.work_order_closed": "工单已关闭，不能再修改。",
   "err.too_many_notes": "这张工单的备注已达上限。",
   // --- end work orders ---
+  // --- phone calls and proof of sound (issue 12 parts 3-4) ---
+  "state.silent": "无声",
+  "reason.no_sound": "喇叭线路无声 {s} 秒（从第 {from} 秒起）",
+  // --- end phone calls and proof of sound ---
   "err.not_plain_audio": "上传的文件不是普通音频（播放列表、脚本或文件引用），已拒绝。",
   "err.unsupported_audio": "无法识别或已损坏的音频文件。请上传 WAV、MP3、M4A、OGG、WebM 或 AMR。",
   "err.too_large": "提交的内容太大。",
@@ -760,6 +764,10 @@ const en = {
   "err.work_order_closed": "The work order is closed and can no longer be changed.",
   "err.too_many_notes": "This work order has as many notes as it can keep.",
   // --- end work orders ---
+  // --- phone calls and proof of sound (issue 12 parts 3-4) ---
+  "state.silent": "silent",
+  "reason.no_sound": "no sound on the speaker line for {s} s (from {from} s)",
+  // --- end phone calls and proof of sound ---
   "err.not_plain_audio": "The file is not plain audio (a playlist, script or file reference) and was refused.",
   "err.unsupported_audio": "Unrecognised or damaged audio. Upload WAV, MP3, M4A, OGG, WebM or AMR.",
   "err.too_large": "What was sent is too large.",
