@@ -18,6 +18,7 @@ const VIEWS = {
   groups: () => import("./views/groups.js"),
   users: () => import("./views/users.js"),
   workorders: () => import("./views/workorders.js"),
+  live: () => import("./views/live.js"),
 };
 
 const ctx = {
@@ -55,6 +56,7 @@ let cleanup = null;
 function navItems(me) {
   const items = [["#/", "nav.home"]];
   if (me.can_broadcast) items.push(["#/emergency", "nav.emergency", "nav-emergency"]);
+  if (me.can_broadcast) items.push(["#/live", "nav.live_paging"]);
   if (ctx.seesApprovals()) items.push(["#/approvals", "nav.approvals"]);
   if (me.can_broadcast) items.push(["#/schedules", "nav.schedules"]);
   items.push(["#/terminals", "nav.terminals"], ["#/workorders", "nav.workorders"], ["#/records", "nav.records"], ["#/stats", "nav.stats"], ["#/audit", "nav.audit"]);
