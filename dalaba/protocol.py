@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import hashlib
 import json
 import struct
 import time
@@ -250,6 +251,7 @@ class EventKind(enum.StrEnum):
     SCHEDULE_APPLIED = "schedule_applied"
     CONFIG_APPLIED = "config_applied"
     PRELOADED = "preloaded"
+    CALL = "call"  # a phone call to the terminal's modem: detail says caller and outcome
 
 
 class Fault(enum.StrEnum):
@@ -427,8 +429,52 @@ class ConfigBody(_Payload):
     telemetry_interval_s: Annotated[float, Field(ge=5, le=3600)] | None = None
 
 
+# A phone number as a modem's caller id gives it: digits, an optional leading `+`.
+PhoneNumber = Annotated[str, Field(pattern=r"^\+?[0-9]{3,20}$")]
+# Numbers a terminal keeps (per terminal, its village and its township together).
+MAX_PHONE_BOOK = 500
+
+
+class CallOutcome(enum.StrEnum):
+    PLAYED = "played"  # answered and played live until the caller hung up
+    REJECTED = "rejected"  # not on the whitelist: not answered
+    WRONG_PIN = "wrong_pin"  # answered, the DTMF PIN was wrong or not given
+    BUSY = "busy"  # something of higher rank kept the speaker the whole time it waited
+    PREEMPTED = "preempted"  # an emergency took the speaker mid-call
+    FAILED = "failed"  # the amplifier or speaker line failed
+
+
+def normalise_phone(number: str) -> str:
+    """One form for comparing numbers: digits only, a mainland `+86`/`0086` dropped
+    (caller ids arrive both ways)."""
+    digits = "".join(c for c in number if c.isdigit())
+    for prefix in ("0086", "86"):
+        if digits.startswith(prefix) and len(digits) - len(prefix) == 11:
+            return digits[len(prefix) :]
+    return digits
+
+
+def phone_pin_digest(salt: str, pin: str) -> str:
+    """What a terminal holds instead of the PIN itself (it compares what is keyed in)."""
+    return hashlib.sha256(f"{salt}:{pin}".encode()).hexdigest()
+
+
+class PhoneBookBody(_Payload):
+    """Who may speak through this terminal by phone (电话广播): its whole whitelist,
+    replacing the previous one; `version` only grows. Sent on the terminal's own topic,
+    so no other terminal sees the numbers."""
+
+    kind: Literal["phone_book"] = "phone_book"
+    version: Annotated[int, Field(ge=0)]
+    numbers: Annotated[tuple[PhoneNumber, ...], Field(max_length=MAX_PHONE_BOOK)]
+    # Optional DTMF PIN asked after answering: a salted digest, never the PIN itself.
+    pin_salt: Annotated[str, Field(min_length=8, max_length=64)] | None = None
+    pin_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    pin_length: Annotated[int, Field(ge=4, le=8)] | None = None
+
+
 CommandBody = Annotated[
-    PlayBody | CancelBody | PreloadBody | ScheduleBody | ConfigBody,
+    PlayBody | CancelBody | PreloadBody | ScheduleBody | ConfigBody | PhoneBookBody,
     Field(discriminator="kind"),
 ]
 
@@ -444,7 +490,7 @@ class Command(_Payload):
     @classmethod
     def new(
         cls,
-        body: PlayBody | CancelBody | PreloadBody | ScheduleBody | ConfigBody,
+        body: PlayBody | CancelBody | PreloadBody | ScheduleBody | ConfigBody | PhoneBookBody,
         target: Target,
         expires_at: int,
     ) -> Command:

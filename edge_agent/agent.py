@@ -43,6 +43,7 @@ from edge_agent.live import LiveLost, LiveReceiver
 from edge_agent.local_schedule import LocalSchedule, PinnedMedia
 from edge_agent.outbox import Outbox
 from edge_agent.output_watch import SilenceWatch
+from edge_agent.phone import CallSession, PhoneLine
 from edge_agent.replay import SeenCommands
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,17 @@ class EdgeAgent:
         self.emergency_volume = config.emergency_volume
         self.telemetry_interval_s = config.telemetry_interval_s
         self._overrides_path = state / "config-overrides.json"
+        # Phone-call broadcast, on a terminal with a modem (edge_agent.phone).
+        self.phone: PhoneLine | None = None
+        if self.hw.modem is not None:
+            self.phone = PhoneLine(
+                self.hw.modem,
+                state,
+                offer=self._offer_call,
+                withdraw=self._withdraw_call,
+                report=self._report_call,
+                now_ms=self.hw.clock.now_ms,
+            )
         # Live paging sessions accepted and not yet over, by broadcast id.
         self._live: dict[str, LiveReceiver] = {}
 
@@ -198,6 +210,8 @@ class EdgeAgent:
         self.outbox.load()
         owed = self.journal.load()
         self._load_config_overrides()
+        if self.phone is not None:
+            self.phone.load()
         for sha in self._pinned.refs.keys() | self.schedule.media():
             self.cache.pin(sha)
         if self._http is None:
@@ -224,6 +238,8 @@ class EdgeAgent:
             asyncio.create_task(self._fault_watch_loop(), name=f"{cfg.device_id}-faults"),
             asyncio.create_task(self._schedule_loop(), name=f"{cfg.device_id}-schedule"),
         ]
+        if self.phone is not None:
+            self._tasks.append(asyncio.create_task(self.phone.run(), name=f"{cfg.device_id}-phone"))
         self._recover(owed)
         if self.schedule.items or self._pinned.refs:
             # After a reboot: make sure what must be on flash still is.
@@ -402,6 +418,8 @@ class EdgeAgent:
             self._spawn(self._prefetch(body.media, report_command=command.id))
         elif isinstance(body, p.ScheduleBody):
             self._apply_schedule(body)
+        elif isinstance(body, p.PhoneBookBody):
+            self._apply_phone_book(body)
         else:
             self._apply_config(body)
 
@@ -730,8 +748,9 @@ class EdgeAgent:
                     self._report(track, p.DeliveryState.EXPIRED, "expired before it could play")
             if decision.play is not None:
                 if decision.preempted is not None and self._play_task is not None:
-                    track = self._tracks[decision.preempted.broadcast_id]
-                    track.stop_reason = p.DeliveryState.PREEMPTED
+                    track = self._tracks.get(decision.preempted.broadcast_id)
+                    if track is not None:  # None: a phone call (it reports itself)
+                        track.stop_reason = p.DeliveryState.PREEMPTED
                     self._play_task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await self._play_task
@@ -767,6 +786,9 @@ class EdgeAgent:
                 self._end_live(bid)
 
     async def _play(self, item: Item) -> None:
+        if isinstance(item.payload, CallSession):
+            await self._play_call(item, item.payload)
+            return
         track = self._tracks[item.broadcast_id]
         body = track.body
         prepared = item.payload
@@ -845,6 +867,65 @@ class EdgeAgent:
                 self._playing_item = None
             if not requeued:
                 self._release(body.media.sha256)
+            if not self._stopping:
+                self._amp_off_task = asyncio.create_task(self._amplifier_off_later())
+                self._wakeup.set()
+
+    # ------------------------------------------------------------------ phone calls
+
+    def _apply_phone_book(self, body: p.PhoneBookBody) -> None:
+        if self.phone is None:
+            self.counters["phone_book_without_modem"] += 1
+            return
+        if not self.phone.apply(body):
+            self.counters["phone_book_not_newer"] += 1
+            return
+        # The count, never the numbers: events are read by more people than whitelists.
+        self._publish_event(
+            p.EventKind.CONFIG_APPLIED,
+            "phone_book",
+            self.hw.clock.now_ms(),
+            detail={"phone_book_version": body.version, "numbers": len(body.numbers)},
+        )
+
+    def _offer_call(self, item: Item) -> None:
+        self._arbiter.offer(item)
+        self._wakeup.set()
+
+    def _withdraw_call(self, broadcast_id: str) -> None:
+        self._arbiter.remove(broadcast_id)
+        self._wakeup.set()
+
+    def _report_call(self, detail: dict[str, object]) -> None:
+        self._publish_event(
+            p.EventKind.CALL, str(detail["outcome"]), self.hw.clock.now_ms(), detail=detail
+        )
+
+    async def _play_call(self, item: Item, call: CallSession) -> None:
+        """A whitelisted caller, live at paging rank, until they hang up."""
+        outcome, played_ms = p.CallOutcome.PLAYED, 0
+        try:
+            if self._amp_off_task is not None:
+                self._amp_off_task.cancel()
+            self.hw.speaker.set_volume(self.normal_volume)
+            await self.hw.amplifier.power_on()
+            call.started.set()
+            played = await self.hw.speaker.play_stream(
+                call.chunks(self.hw.clock.now_ms), broadcast_id=item.broadcast_id
+            )
+            played_ms = played.played_ms
+        except asyncio.CancelledError:
+            call.finish(p.CallOutcome.PREEMPTED, played_ms)
+            if self._stopping:
+                raise
+        except HardwareFault as exc:
+            log.warning("%s: call: %s", self.config.device_id, exc)
+            outcome = p.CallOutcome.FAILED
+        finally:
+            call.finish(outcome, played_ms)
+            self._arbiter.finished(item)
+            if self._playing_item is item:
+                self._playing_item = None
             if not self._stopping:
                 self._amp_off_task = asyncio.create_task(self._amplifier_off_later())
                 self._wakeup.set()

@@ -6,7 +6,7 @@ in software for tests, demos and benchmarks. The agent never knows which it has.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -101,6 +101,32 @@ class OutputMonitor(Protocol):
         ...
 
 
+class Modem(Protocol):
+    """A mobile modem for phone-call broadcast (电话广播): one call at a time."""
+
+    async def next_ring(self) -> str:
+        """Wait for an incoming call; its caller id ("" when withheld)."""
+        ...
+
+    async def answer(self) -> None: ...
+
+    async def reject(self) -> None:
+        """Refuse the ringing call without answering it (the caller hears busy)."""
+        ...
+
+    async def hang_up(self) -> None: ...
+
+    async def read_dtmf(self, digits: int, timeout_s: float) -> str:
+        """Keys the caller presses, until `digits` of them, `#`, the caller hanging up
+        or `timeout_s`; what was pressed (without `#`)."""
+        ...
+
+    def call_audio(self) -> AsyncIterator[bytes]:
+        """The answered call's downlink audio, 16 kHz mono 16-bit PCM frames as they
+        arrive; ends when the caller hangs up."""
+        ...
+
+
 class PowerSupply(Protocol):
     @property
     def source(self) -> Literal["mains", "battery"]: ...
@@ -143,3 +169,5 @@ class Hardware(Protocol):
     def network(self) -> NetworkLink: ...
     @property
     def output_monitor(self) -> OutputMonitor: ...
+    @property
+    def modem(self) -> Modem | None: ...  # None: a terminal without phone-call broadcast

@@ -27,6 +27,7 @@ from typing import Literal
 
 from edge_agent.hardware import HardwareFault, PlayOutcome, PreparedAudio
 from firmware_sim.audio import SAMPLE_RATE, decode_pcm
+from firmware_sim.modem import SimModem
 
 
 def _iso_ms(epoch_ms: int) -> str:
@@ -149,6 +150,7 @@ class SimSpeaker:
         self._silent_spans: list[list[int | None]] = []
         self._silence_reason: str | None = None
         self.last_output: bytes | None = None  # the loopback capture of the last play
+        self._streaming = False  # a live stream (paging, a phone call) is sounding
         amplifier.add_fault_listener(self._fault)
 
     @property
@@ -176,7 +178,8 @@ class SimSpeaker:
 
     def carrying(self) -> bool:
         """The current sense: a play is sounding through a warm amplifier and a whole line."""
-        return self._sounding is not None and not self._line_cut and self.amplifier.on
+        sounding = self._sounding is not None or self._streaming
+        return sounding and not self._line_cut and self.amplifier.on
 
     @property
     def line_ok(self) -> bool:
@@ -269,6 +272,7 @@ class SimSpeaker:
                 now = _true_now_ms()
                 if started is None:
                     started = now
+                    self._streaming = True
                     warm_ms = self.amplifier.warm_for_ms(now)
                     self._record_start(audio, broadcast_id, now, play_at, 0, warm_ms)
                 at_sample = (now - started) * SAMPLE_RATE // 1000
@@ -280,6 +284,7 @@ class SimSpeaker:
             fault = str(exc)
             raise
         finally:
+            self._streaming = False
             if started is not None:
                 ended = _true_now_ms()
                 played_ms = len(timeline) * 1000 // (2 * SAMPLE_RATE)
@@ -482,6 +487,7 @@ class SimHardware:
     clock: SimClock
     network: SimNetwork
     output_monitor: SimOutputMonitor
+    modem: SimModem | None = None
 
     @classmethod
     def create(cls, record_dir: Path, *, seed: int = 0, bind_address: str = "") -> SimHardware:
@@ -496,4 +502,5 @@ class SimHardware:
             clock=clock,
             network=SimNetwork(bind_address),
             output_monitor=SimOutputMonitor(speaker),
+            modem=SimModem(),
         )
