@@ -79,6 +79,7 @@ class LiveSession:
     ended: bool = False
     ended_ms: int | None = None
     timer: asyncio.TimerHandle | None = None
+    finishing: asyncio.Future[None] | None = None
 
     def view(self) -> dict[str, Any]:
         return {
@@ -276,9 +277,14 @@ class LivePagingService:
         return live
 
     async def end(self, live: LiveSession) -> None:
-        """Send the end frame, and keep what was said as the broadcast's media."""
-        if live.ended:
-            return
+        """Send the end frame, and keep what was said as the broadcast's media. Every
+        caller (stop, the socket closing, the time limit) waits for the same ending, so
+        an answer to `stop` means the recording is stored."""
+        if live.finishing is None:
+            live.finishing = asyncio.ensure_future(self._finish(live))
+        await asyncio.shield(live.finishing)
+
+    async def _finish(self, live: LiveSession) -> None:
         live.ended = True
         live.ended_ms = p.now_ms()
         if live.timer is not None:

@@ -170,22 +170,71 @@ async def test_an_emergency_cuts_the_live_voice_and_the_poles_report_preempted(m
 
 
 async def test_who_may_speak_and_from_where(make_county, console_login):
-    county = await make_county(villages=2)
-    # Another site cannot open the audio socket with an officer's cookie.
-    view = await start_session(county, {"villages": ["t01-v01"]})
-    async with county.http.get(
-        f"{county.url}/api/live-paging/{view['id']}/audio",
-        headers={
-            **county.headers(),
-            "Origin": "https://evil.example",
-            "Connection": "Upgrade",
-            "Upgrade": "websocket",
-            "Sec-WebSocket-Version": "13",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-        },
-    ) as resp:
-        assert resp.status == 403
-    await county.api("POST", f"/api/live-paging/{view['id']}/stop", expect=200)
+    county = await make_county(villages=20)  # t01 (16 villages) and t02 (4)
+    clerk = await console_login(county, "clerk-t01")
+    tech = await console_login(county, "tech1")
+    duty = await console_login(county, "duty1")
+    body = {"targets": {"townships": ["t02"]}}
+    # A technician never speaks; township staff only within their township.
+    status, err = await tech.api("POST", "/api/live-paging", json_body=body)
+    assert status == 403, err
+    status, err = await clerk.api("POST", "/api/live-paging", json_body=body)
+    assert status == 403 and "t02" in err["error"]["message"], err
+    status, err = await clerk.api("POST", "/api/live-paging", json_body={"targets": {"all": True}})
+    assert status == 403, err
+    _, view = await clerk.api(
+        "POST", "/api/live-paging", json_body={"targets": {"villages": ["t01-v01"]}}, expect=201
+    )
+    # Nobody else may speak in or stop the clerk's session.
+    status, err = await duty.api("POST", f"/api/live-paging/{view['id']}/stop")
+    assert status == 403, err
+    # Another site cannot open the audio socket with the clerk's cookie.
+    upgrade = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    audio = f"{county.url}/api/live-paging/{view['id']}/audio"
+    async with clerk.http.get(audio, headers={**upgrade, "Origin": "https://evil.example"}) as r:
+        assert r.status == 403
+    # From the console's own origin it opens.
+    ws = await clerk.http.ws_connect(audio, headers={"Origin": county.url})
+    await ws.close()
+    await clerk.api("POST", f"/api/live-paging/{view['id']}/stop", expect=200)
+    _, audit = await county.api("GET", "/api/audit?action=live_paging", expect=200)
+    actions = {(e["action"], e["actor"]) for e in audit["entries"]}
+    assert {("live_paging.start", "clerk-t01"), ("live_paging.end", "clerk-t01")} <= actions
     # Bad input names the field.
     status, body = await county.api("POST", "/api/live-paging", json_body={"targets": {}})
     assert status == 400 and "targets" in body["error"]["field"], body
+
+
+async def test_live_paging_interrupts_a_notice_which_plays_again_afterwards(make_county):
+    county = await make_county(villages=1)
+    (device_id,) = county.terminals_in({"villages": ["t01-v01"]})
+    notice = await county.broadcast(
+        text="各位村民请注意，" + "近期电信诈骗案件多发，请提高警惕。" * 4,
+        targets={"villages": ["t01-v01"]},
+    )
+    await county.wait_started(notice, [device_id], timeout_s=40)
+    view = await start_session(county, {"villages": ["t01-v01"]})
+    bid = view["id"]
+    ws = await county.http.ws_connect(
+        f"{county.url}/api/live-paging/{bid}/audio", headers=county.headers()
+    )
+    try:
+        await wait_until(view["speak_from_ms"])
+        await speak(ws, tone(VOICE_HZ, 1000))
+        await county.api("POST", f"/api/live-paging/{bid}/stop", expect=200)
+    finally:
+        await ws.close()
+    await county.wait_states(bid, {"done"}, timeout_s=30)
+    final = await county.wait_states(notice, {"done"}, timeout_s=90)
+    states = [t["state"] for t in final["deliveries"][0]["transitions"]]
+    assert "preempted" in states and states[-2:] == ["playing", "done"], states
+    plays = county.plays(device_id)
+    order = [(e["broadcast_id"], e["completed"]) for e in plays]
+    # The notice cut, the chime and the voice, then the notice again from its start.
+    assert order[0] == (notice, False) and order[-1] == (notice, True), order
+    assert [b for b, _ in order[1:3]] == [bid, bid], order
