@@ -95,12 +95,12 @@ async def test_a_duty_officer_speaks_from_the_browser_to_a_township(
             await page.select_option("#lp-township", "t01")
             assert await page.inner_text("#lp-start") == "开始喊话"
             await page.click("#lp-start")
-            await page.wait_for_selector("#lp-status[data-phase=live]", timeout=30_000)
+            await page.wait_for_selector("#lp-status[data-phase=live]", timeout=90_000)
             bid = await page.evaluate("document.body.dataset.liveSession")
             await page.wait_for_function(
                 "n => document.querySelectorAll('#lp-terminals tr[data-state=live]').length === n",
                 arg=len(devices),
-                timeout=30_000,
+                timeout=90_000,
             )
             assert "直播中" in await page.inner_text("#lp-terminals")
             # Someone on the broker tries to speak too.
@@ -115,12 +115,19 @@ async def test_a_duty_officer_speaks_from_the_browser_to_a_township(
             await asyncio.sleep(2.5)
             assert await page.inner_text("#lp-time") != "0:00"
             await page.click("#lp-stop")
-            await page.wait_for_selector("#lp-status[data-phase=ended]")
+            await page.wait_for_selector("#lp-status[data-phase=ended]", timeout=90_000)
             await page.wait_for_function(
                 "n => document.querySelectorAll('#lp-terminals tr[data-state=ended]').length === n",
                 arg=len(devices),
-                timeout=30_000,
+                timeout=90_000,
             )
+            # The session is on the records page, with its recording to listen to.
+            await page.click("#nav a[data-nav=records]")
+            await page.click(f"tr[data-broadcast='{bid}']")
+            await page.wait_for_selector("audio.live-recording", timeout=60_000)
+            src = await page.get_attribute("audio.live-recording", "src")
+            recording = await page.request.get(county.url + src)
+            assert recording.ok and recording.headers["content-type"].startswith("audio/")
             await context.close()
         finally:
             await browser.close()

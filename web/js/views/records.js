@@ -93,6 +93,10 @@ export async function render(main, ctx) {
     }
     clear(cell).append(
       h("p", { class: "spoken small" }, view.text || view.title),
+      // A live paging session's media is, once it ended, its recording (chime and voice).
+      view.priority === "paging"
+        ? h("p", { class: "small" }, t("lp.recording"), " ", h("audio", { controls: true, preload: "none", src: `/media/${view.media_id}`, class: "live-recording" }))
+        : null,
       h(
         "div",
         { class: "outcomes" },
