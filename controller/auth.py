@@ -53,6 +53,8 @@ class Permission(enum.StrEnum):
     # Assign, annotate and close work orders (controller/workorders.py).
     WORK_ORDERS = "work_orders"
     MANAGE_USERS = "manage_users"
+    # Read and change phone-call whitelists (personal numbers) and see callers unmasked.
+    PHONE_BOOK = "phone_book"
 
 
 # The role matrix. Township staff hold theirs only within their township
@@ -66,10 +68,17 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.LIVE_PAGING,
             Permission.APPROVE,
             Permission.TERMINAL_CONTROL,
+            Permission.PHONE_BOOK,
         }
     ),
     Role.TOWNSHIP_STAFF: frozenset(
-        {Permission.READ, Permission.BROADCAST, Permission.LIVE_PAGING, Permission.TERMINAL_CONTROL}
+        {
+            Permission.READ,
+            Permission.BROADCAST,
+            Permission.LIVE_PAGING,
+            Permission.TERMINAL_CONTROL,
+            Permission.PHONE_BOOK,
+        }
     ),
     Role.TECHNICIAN: frozenset(
         {Permission.READ, Permission.TERMINAL_CONTROL, Permission.WORK_ORDERS}
@@ -114,6 +123,10 @@ class Principal:
     def require_terminal_control(self) -> None:
         if not self.can(Permission.TERMINAL_CONTROL):
             raise forbidden(f"role {self.role.value} may not control terminals")
+
+    def require_phone_book(self) -> None:
+        if not self.can(Permission.PHONE_BOOK):
+            raise forbidden(f"role {self.role.value} may not see or change phone whitelists")
 
     def for_test_tone(self) -> Principal:
         """This principal, allowed to send the one routine test-tone broadcast."""

@@ -37,6 +37,7 @@ TABLE_MODULES: tuple[str, ...] = (
     "controller.schedules.models",
     "controller.idempotency",
     "controller.history",
+    "controller.phone",
 )
 
 

@@ -40,6 +40,7 @@ from controller.db import Database
 from controller.events import DeliveryChanged, DeviceLiveness, DeviceReported, Event, EventHub
 from controller.history import FaultBook, IntervalBook, repair
 from controller.models import Broadcast, Delivery, Device, SecurityEvent, TelemetrySample
+from controller.phone import record_call
 from controller.prepositioning import record_preload_report
 from dalaba import protocol as p
 
@@ -417,6 +418,12 @@ class Ingestor:
             return []
         if event.kind is p.EventKind.PRELOADED:
             record_preload_report(session, device.id, event, rx)
+            return []
+        if event.kind is p.EventKind.CALL:
+            try:
+                record_call(session, device, event, rx)
+            except ValueError:
+                self.counters["call_events_malformed"] += 1
             return []
         if event.kind is not p.EventKind.COMMAND_REJECTED:
             return []

@@ -417,6 +417,7 @@ TAGS = (
     ("approvals", "real emergencies waiting for a second duty officer"),
     ("devices", "the terminals: state, telemetry, volume, test tone, diagnostics"),
     ("workorders", "technicians' jobs opened by faults that last"),
+    ("phone", "phone-call broadcast: whitelists of callers, and the calls terminals took"),
     ("stats", "figures for any period and the year-end report"),
     ("schedules", "township programmes, their occurrences, quiet hours"),
     ("templates", "announcement templates and their pre-positioning on terminals"),

@@ -13,6 +13,7 @@ from controller.api import (
     live,
     live_paging,
     media,
+    phone,
     preview,
     pronunciations,
     records,
@@ -52,4 +53,5 @@ def routes() -> list[web.RouteDef]:
         *docs.routes,
         *stats.routes,
         *workorders.routes,
+        *phone.routes,
     ]

@@ -487,6 +487,17 @@ async def test_real_answers_match_their_schemas(make_county) -> None:
         expect=200,
     )
 
+    # Phone-call broadcast: a whitelist saved, the lists, the calls.
+    await api.call(
+        "PUT",
+        "/api/phone/whitelists/{scope}/{scope_id}",
+        path="/api/phone/whitelists/village/t01-v01",
+        json_body={"numbers": ["138 0013 8000"], "pin": "2468"},
+        expect=200,
+    )
+    await api.call("GET", "/api/phone/whitelists", expect=200)
+    await api.call("GET", "/api/calls", path="/api/calls?limit=10", expect=200)
+
     # Every documented operation was called, except the upload (tests/integration/
     # test_content_uploads.py sends real audio files).
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}

@@ -18,6 +18,7 @@ const VIEWS = {
   groups: () => import("./views/groups.js"),
   users: () => import("./views/users.js"),
   workorders: () => import("./views/workorders.js"),
+  calls: () => import("./views/calls.js"),
   live: () => import("./views/live.js"),
 };
 
@@ -60,6 +61,7 @@ function navItems(me) {
   if (ctx.seesApprovals()) items.push(["#/approvals", "nav.approvals"]);
   if (me.can_broadcast) items.push(["#/schedules", "nav.schedules"]);
   items.push(["#/terminals", "nav.terminals"], ["#/workorders", "nav.workorders"], ["#/records", "nav.records"], ["#/stats", "nav.stats"], ["#/audit", "nav.audit"]);
+  items.push(["#/calls", "nav.calls"]); // everyone reads calls; numbers masked without the permission
   if (me.can_broadcast) items.push(["#/groups", "nav.groups"]);
   if (me.role === "admin") items.push(["#/users", "nav.users"]);
   return items;
