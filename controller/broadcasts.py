@@ -233,16 +233,7 @@ class BroadcastService:
             )
             session.add(broadcast)
             session.flush()
-            offline = _offline_devices(session, resolved.device_ids)
-            session.add_all(
-                dm.new_delivery(
-                    broadcast.id,
-                    d,
-                    p.DeliveryState.OFFLINE if d in offline else p.DeliveryState.SENT,
-                    now,
-                )
-                for d in resolved.device_ids
-            )
+            add_deliveries(session, broadcast.id, resolved.device_ids, now)
             audit.record(
                 session,
                 principal,
@@ -790,6 +781,20 @@ def _delivery_event(session: Session, applied: dm.Applied) -> DeliveryChanged:
         reason=applied.reason,
         at=applied.at,
         cause=applied.cause,
+    )
+
+
+def add_deliveries(session: Session, broadcast_id: str, device_ids: Any, now: int) -> None:
+    """A new broadcast's deliveries: `sent`, or `offline` for a terminal known offline."""
+    offline = _offline_devices(session, device_ids)
+    session.add_all(
+        dm.new_delivery(
+            broadcast_id,
+            d,
+            p.DeliveryState.OFFLINE if d in offline else p.DeliveryState.SENT,
+            now,
+        )
+        for d in device_ids
     )
 
 

@@ -32,7 +32,7 @@ from sqlmodel import Session
 from controller import audit
 from controller import deliveries as dm
 from controller.auth import Principal
-from controller.broadcasts import _offline_devices
+from controller.broadcasts import add_deliveries
 from controller.db import Database
 from controller.dispatch import Dispatcher
 from controller.errors import bad_request, forbidden, not_found
@@ -178,16 +178,7 @@ class LivePagingService:
                 )
             )
             session.flush()
-            offline = _offline_devices(session, resolved.device_ids)
-            session.add_all(
-                dm.new_delivery(
-                    play.broadcast_id,
-                    d,
-                    p.DeliveryState.OFFLINE if d in offline else p.DeliveryState.SENT,
-                    now,
-                )
-                for d in resolved.device_ids
-            )
+            add_deliveries(session, play.broadcast_id, resolved.device_ids, now)
             audit.record(
                 session,
                 principal,
