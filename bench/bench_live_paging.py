@@ -163,11 +163,9 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         missing: dict[str, int] = {}
         states = {d["device_id"]: d["state"] for d in b_view["deliveries"]}
         for device_id, ddir in device_dirs.items():
-            entries = [
-                json.loads(line)
-                for line in (ddir / "plays.jsonl").read_text().splitlines()
-                if bid in line
-            ]
+            log_path = ddir / "plays.jsonl"
+            lines = log_path.read_text().splitlines() if log_path.exists() else []
+            entries = [json.loads(line) for line in lines if bid in line]
             chime_starts += [e["start_ms"] for e in entries if e["media_sha256"] != "live"]
             lives = [e for e in entries if e["media_sha256"] == "live"]
             if not lives:

@@ -47,6 +47,10 @@ from dalaba import protocol as p
 log = logging.getLogger(__name__)
 
 MAX_EXPIRY_S = 7 * 24 * 3600
+# A live paging session (controller/paging_live.py) is a broadcast with these `voices`;
+# when it ends its expiry is set at most this far ahead.
+LIVE_PAGING_VOICES = "live"
+LIVE_ENDED_EXPIRY_MS = 30_000
 MAX_START_AHEAD_MS = 7 * 24 * 3600 * 1000
 START_PAST_TOLERANCE_MS = 5_000
 
@@ -730,15 +734,19 @@ def sweep_silent_plays(session: Session, now: int, unknown_after_ms: int) -> lis
     """`playing` long after the audio must have ended, and nothing from the terminal:
     it may have finished, or died mid-way. Say so (`unknown`), never `done`."""
     rows = session.exec(
-        select(Delivery, Media.duration_ms)
+        select(Delivery, Media.duration_ms, Broadcast.voices, Broadcast.expires_at_ms)
         .where(Delivery.state == p.DeliveryState.PLAYING.value)
         .where(Delivery.broadcast_id == Broadcast.id)
         .where(Broadcast.media_sha256 == Media.sha256)
         .where(col(Delivery.updated_ms) < now - unknown_after_ms)
     ).all()
     events: list[Event] = []
-    for d, duration_ms in rows:
+    for d, duration_ms, voices, expires_at_ms in rows:
         if d.updated_ms + duration_ms + unknown_after_ms > now:
+            continue
+        if voices == LIVE_PAGING_VOICES and expires_at_ms > now + LIVE_ENDED_EXPIRY_MS:
+            # A live session still being spoken: its length is not known until it ends
+            # (then its media is the recording, and its expiry is brought near).
             continue
         applied = dm.apply(
             d,

@@ -32,7 +32,7 @@ from sqlmodel import Session
 from controller import audit
 from controller import deliveries as dm
 from controller.auth import Principal
-from controller.broadcasts import add_deliveries
+from controller.broadcasts import LIVE_ENDED_EXPIRY_MS, LIVE_PAGING_VOICES, add_deliveries
 from controller.db import Database
 from controller.dispatch import Dispatcher
 from controller.errors import bad_request, forbidden, not_found
@@ -172,7 +172,7 @@ class LivePagingService:
                     start_at_ms=start_at,
                     expires_at_ms=expires_at,
                     command_id=command.id,
-                    voices="live",
+                    voices=LIVE_PAGING_VOICES,
                     device_count=len(resolved.device_ids),
                     dispatch=dm.DispatchStatus.PENDING.value,
                 )
@@ -305,7 +305,7 @@ class LivePagingService:
             if row is not None:
                 row.media_sha256 = stored.sha256
                 # Settled by the sweep soon after the terminals' last reports.
-                row.expires_at_ms = min(row.expires_at_ms, p.now_ms() + 30_000)
+                row.expires_at_ms = min(row.expires_at_ms, p.now_ms() + LIVE_ENDED_EXPIRY_MS)
                 session.add(row)
             audit.record(
                 session,

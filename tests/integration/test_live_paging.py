@@ -89,6 +89,9 @@ async def test_the_voice_reaches_every_pole_after_the_chime_and_a_forged_frame_n
     make_county,
 ):
     county = await make_county(villages=3)
+    # Longer than the chime, shorter than the voice: a live session must not be taken
+    # for a play that went silent while it is still being spoken.
+    county.controller.settings.unknown_after_s = 1.0
     view = await start_session(county, {"townships": ["t01"]})
     bid = view["id"]
     devices = sorted(county.terminals_in({"townships": ["t01"]}))
@@ -115,6 +118,9 @@ async def test_the_voice_reaches_every_pole_after_the_chime_and_a_forged_frame_n
 
     done = await county.wait_states(bid, {"done"}, timeout_s=40)
     assert done["priority"] == "paging"
+    for delivery in done["deliveries"]:
+        states = [t["state"] for t in delivery["transitions"]]
+        assert "unknown" not in states, states
     for device_id in devices:
         (entry,) = live_recordings(county.data_dir, device_id, bid)
         pcm = wav_pcm(county.data_dir, device_id, entry)
