@@ -38,6 +38,7 @@ TABLE_MODULES: tuple[str, ...] = (
     "controller.idempotency",
     "controller.history",
     "controller.phone",
+    "controller.clips",
 )
 
 

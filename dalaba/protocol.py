@@ -473,8 +473,31 @@ class PhoneBookBody(_Payload):
     pin_length: Annotated[int, Field(ge=4, le=8)] | None = None
 
 
+# The longest clip of what it last played a terminal uploads on request.
+MAX_CLIP_MS = 30_000
+
+
+class ClipRequestBody(_Payload):
+    """Upload the first `max_ms` of what the loopback captured of the last play, so a
+    technician can hear the pole from the duty room. `token` authorises exactly one
+    upload to `upload_path` (on the controller that serves the terminal's media); it
+    travels only on this terminal's own topic."""
+
+    kind: Literal["clip_request"] = "clip_request"
+    request_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+    upload_path: Annotated[str, Field(pattern=r"^/device-clips/[A-Za-z0-9_-]{8,64}$")]
+    token: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{32,128}$")]
+    max_ms: Annotated[int, Field(ge=1000, le=MAX_CLIP_MS)] = 10_000
+
+
 CommandBody = Annotated[
-    PlayBody | CancelBody | PreloadBody | ScheduleBody | ConfigBody | PhoneBookBody,
+    PlayBody
+    | CancelBody
+    | PreloadBody
+    | ScheduleBody
+    | ConfigBody
+    | PhoneBookBody
+    | ClipRequestBody,
     Field(discriminator="kind"),
 ]
 
@@ -490,7 +513,13 @@ class Command(_Payload):
     @classmethod
     def new(
         cls,
-        body: PlayBody | CancelBody | PreloadBody | ScheduleBody | ConfigBody | PhoneBookBody,
+        body: PlayBody
+        | CancelBody
+        | PreloadBody
+        | ScheduleBody
+        | ConfigBody
+        | PhoneBookBody
+        | ClipRequestBody,
         target: Target,
         expires_at: int,
     ) -> Command:

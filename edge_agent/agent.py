@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urljoin
 
 import aiohttp
 import paho.mqtt.client as paho
@@ -42,7 +43,7 @@ from edge_agent.journal import OwedPlay, PlayJournal
 from edge_agent.live import LiveLost, LiveReceiver
 from edge_agent.local_schedule import LocalSchedule, PinnedMedia
 from edge_agent.outbox import Outbox
-from edge_agent.output_watch import SilenceWatch
+from edge_agent.output_watch import SilenceWatch, capture_to_wav
 from edge_agent.phone import CallSession, PhoneLine
 from edge_agent.replay import SeenCommands
 
@@ -420,6 +421,8 @@ class EdgeAgent:
             self._apply_schedule(body)
         elif isinstance(body, p.PhoneBookBody):
             self._apply_phone_book(body)
+        elif isinstance(body, p.ClipRequestBody):
+            self._spawn(self._upload_clip(body))
         else:
             self._apply_config(body)
 
@@ -870,6 +873,25 @@ class EdgeAgent:
             if not self._stopping:
                 self._amp_off_task = asyncio.create_task(self._amplifier_off_later())
                 self._wakeup.set()
+
+    async def _upload_clip(self, body: p.ClipRequestBody) -> None:
+        """The first seconds of what the loopback captured of the last play, to the one
+        upload the signed request authorises (an empty body: nothing played yet)."""
+        pcm = self.hw.output_monitor.last_clip(body.max_ms)
+        wav = b"" if pcm is None else capture_to_wav(pcm)
+        url = urljoin(self.config.media_base_url, body.upload_path)
+        try:
+            await self.hw.network.transfer_delay(len(wav))
+            async with self._session().put(
+                url,
+                data=wav,
+                headers={"X-Dalaba-Clip-Token": body.token, "Content-Type": "audio/wav"},
+            ) as resp:
+                ok = resp.status in (200, 201)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("%s: clip upload: %s", self.config.device_id, exc)
+            ok = False
+        self.counters["clips_uploaded" if ok else "clip_uploads_failed"] += 1
 
     # ------------------------------------------------------------------ phone calls
 

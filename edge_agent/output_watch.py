@@ -4,14 +4,17 @@ The DAC does not know whether the amplifier or the speaker line passed its signa
 current sense on the line (or a loopback capture) does. The agent reads it a few times
 a second while a play sounds and counts the time the line was quiet, so a play that
 ran to its end through a dead line is reported `silent` with the seconds affected
-instead of `done`.
+instead of `done`. On request, the first seconds of the capture go to the controller as
+a WAV file (`capture_to_wav`), so a technician can hear the pole from the duty room.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import time
+import wave
 
 from edge_agent.hardware import OutputMonitor
 
@@ -63,3 +66,18 @@ class SilenceWatch:
         if self.first_silent_at_ms is None:
             return None
         return min(self.silent_ms, duration_ms), min(self.first_silent_at_ms, duration_ms)
+
+
+# The loopback capture's format (edge_agent.hardware.OutputMonitor.last_clip).
+CAPTURE_RATE = 16_000
+
+
+def capture_to_wav(pcm: bytes) -> bytes:
+    """A loopback capture as the WAV file the controller keeps and the console plays."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(CAPTURE_RATE)
+        w.writeframes(pcm)
+    return out.getvalue()

@@ -5,6 +5,7 @@ from aiohttp import web
 from controller.api import (
     approvals,
     broadcasts,
+    clips,
     county,
     device_control,
     devices,
@@ -54,4 +55,5 @@ def routes() -> list[web.RouteDef]:
         *stats.routes,
         *workorders.routes,
         *phone.routes,
+        *clips.routes,
     ]

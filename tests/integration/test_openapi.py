@@ -497,6 +497,28 @@ async def test_real_answers_match_their_schemas(make_county) -> None:
     )
     await api.call("GET", "/api/phone/whitelists", expect=200)
     await api.call("GET", "/api/calls", path="/api/calls?limit=10", expect=200)
+    # A terminal's clip: asked for, then looked at; the upload answers a wrong token.
+    _, clip, _ = await api.call(
+        "POST",
+        "/api/devices/{id}/clip",
+        path="/api/devices/d-t01-v01-1/clip",
+        json_body={"seconds": 2},
+        expect=202,
+    )
+    await api.call(
+        "GET",
+        "/api/devices/{id}/clip/{request_id}",
+        path=f"/api/devices/d-t01-v01-1/clip/{clip['request_id']}",
+        expect=200,
+    )
+    await api.call(
+        "PUT",
+        "/device-clips/{request_id}",
+        path="/device-clips/not-a-request",
+        headers={"X-Dalaba-Clip-Token": "x" * 43},
+        anonymous=True,
+        expect=403,
+    )
 
     # Every documented operation was called, except the upload (tests/integration/
     # test_content_uploads.py sends real audio files).

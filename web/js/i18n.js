@@ -283,6 +283,11 @@ const zh = {
   "calls.save": "保存并下发",
   "calls.saved": "已保存 {n} 个号码，已下发到 {p}/{d} 台终端。",
   "calls.count": "{n} 个号码",
+  "clip.request": "听一听",
+  "clip.waiting": "正在等待终端上传……",
+  "clip.empty": "终端开机后还没有播放过。",
+  "clip.timeout": "终端没有回应（可能离线）。",
+  "clip.hint": "终端回传它最近一次播放的前 10 秒（喇叭线路上实际输出的声音）。",
   // --- end phone calls and proof of sound ---
   // --- live paging (web/js/views/live.js) ---
   "nav.live_paging": "实时喊话",
@@ -857,6 +862,11 @@ const en = {
   "calls.save": "Save and send",
   "calls.saved": "{n} numbers saved, sent to {p} of {d} terminals.",
   "calls.count": "{n} numbers",
+  "clip.request": "Listen",
+  "clip.waiting": "Waiting for the terminal's upload…",
+  "clip.empty": "The terminal has played nothing since it was powered on.",
+  "clip.timeout": "The terminal did not answer (offline?).",
+  "clip.hint": "The terminal sends the first 10 s of its last play, as it really went out on the speaker line.",
   // --- end phone calls and proof of sound ---
   // --- live paging (web/js/views/live.js) ---
   "nav.live_paging": "Live paging",

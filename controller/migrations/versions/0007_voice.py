@@ -3,8 +3,9 @@
 Shared by the two halves of issue 12; each keeps to its marked section. Phone-call
 broadcast (controller/phone.py) adds two tables: whitelists per township, village or
 terminal (personal numbers, the PIN only as a salted digest) and the calls terminals
-report. Nothing in the older tables changes; `silent` is a new value of the existing
-delivery state column.
+report; proof of sound (controller/clips.py) adds the requests for a terminal's clip.
+Nothing in the older tables changes; `silent` is a new value of the existing delivery
+state column.
 
 Revision ID: 0007_voice
 Revises: 0004
@@ -25,7 +26,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # --- phone calls (12B) ---
+    # --- phone calls and terminal clips (12B) ---
     op.create_table(
         "phonecall",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -58,11 +59,35 @@ def upgrade() -> None:
         sa.Column("updated_by", sa.String(), nullable=False),
         sa.PrimaryKeyConstraint("scope", "scope_id"),
     )
-    # --- end phone calls (12B) ---
+    op.create_table(
+        "cliprequest",
+        sa.Column("id", sa.String(), nullable=False),
+        sa.Column("device_id", sa.String(), nullable=False),
+        sa.Column("township_id", sa.String(), nullable=False),
+        sa.Column("requested_by", sa.String(), nullable=False),
+        sa.Column("requested_ms", sa.BigInteger(), nullable=False),
+        sa.Column("max_ms", sa.Integer(), nullable=False),
+        sa.Column("token_sha256", sa.String(), nullable=False),
+        sa.Column("status", sa.String(), nullable=False),
+        sa.Column("media_sha256", sa.String(), nullable=True),
+        sa.Column("duration_ms", sa.Integer(), nullable=True),
+        sa.Column("received_ms", sa.BigInteger(), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("cliprequest", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_cliprequest_device_id"), ["device_id"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_cliprequest_township_id"), ["township_id"], unique=False
+        )
+    # --- end phone calls and terminal clips (12B) ---
 
 
 def downgrade() -> None:
-    # --- phone calls (12B) ---
+    # --- phone calls and terminal clips (12B) ---
+    with op.batch_alter_table("cliprequest", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_cliprequest_township_id"))
+        batch_op.drop_index(batch_op.f("ix_cliprequest_device_id"))
+    op.drop_table("cliprequest")
     op.drop_table("phonewhitelist")
     with op.batch_alter_table("phonecall", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_phonecall_village_id"))
@@ -71,4 +96,4 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_phonecall_device_id"))
 
     op.drop_table("phonecall")
-    # --- end phone calls (12B) ---
+    # --- end phone calls and terminal clips (12B) ---

@@ -116,3 +116,33 @@ export async function render(main, ctx) {
   await loadCalls();
   if (ctx.me.can_manage_phone_book) await loadLists();
 }
+
+// 听一听: on a terminal's page, ask it for the first seconds of what it last played and
+// play the clip here (terminal control; the terminal uploads it with a one-time token).
+export function clipControl(deviceId) {
+  const player = h("span", { class: "clip-player" });
+  const ask = h("button", { type: "button", class: "btn", id: "clip-request" }, t("clip.request"));
+  ask.addEventListener("click", async () => {
+    ask.disabled = true;
+    clear(player).append(h("small", { class: "muted" }, t("clip.waiting")));
+    try {
+      const { data } = await api("POST", `/api/devices/${deviceId}/clip`, { seconds: 10 });
+      let clip = data;
+      for (let i = 0; i < 60 && clip.status === "pending"; i++) {
+        await new Promise((r) => setTimeout(r, 1000));
+        clip = await get(`/api/devices/${deviceId}/clip/${data.request_id}`);
+      }
+      clear(player).append(
+        clip.status === "uploaded"
+          ? h("audio", { controls: true, src: clip.media_url, id: "clip-audio" })
+          : h("small", { class: "muted" }, t(clip.status === "empty" ? "clip.empty" : "clip.timeout")),
+      );
+    } catch (e) {
+      clear(player);
+      toast(e.message, "error");
+    } finally {
+      ask.disabled = false;
+    }
+  });
+  return h("div", { class: "control-row" }, ask, player, h("small", { class: "muted" }, t("clip.hint")));
+}

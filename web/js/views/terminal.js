@@ -6,6 +6,7 @@ import { icon, clear, fmtAgo, fmtTime, h, levelChip, modeBadge, svg, toast } fro
 import { faultName, t } from "../i18n.js";
 import { deliveryName, reasonText } from "../states.js";
 import { deviceState } from "./terminals.js";
+import { clipControl } from "./calls.js";
 
 function sparkline(samples, key, label, unit) {
   const values = samples.map((s) => s[key]).filter((v) => typeof v === "number");
@@ -174,6 +175,7 @@ export async function render(main, ctx, [deviceId]) {
       h("div", { class: "control-row" }, h("label", { class: "field" }, h("span", { class: "field-label" }, t("dev.volume.normal")), h("span", { class: "range" }, slider, out)), apply),
       h("div", { class: "control-row" }, tone, h("small", { class: "muted" }, t("dev.tone.hint"))),
       h("div", { class: "control-row" }, diag, h("label", { class: "field" }, h("span", { class: "field-label" }, t("dev.diag.interval")), interval), h("small", { class: "muted" }, t("dev.diag.hint"))),
+      clipControl(deviceId),
     );
   }
 
