@@ -72,12 +72,13 @@ class SilenceWatch:
 CAPTURE_RATE = 16_000
 
 
-def capture_to_wav(pcm: bytes) -> bytes:
-    """A loopback capture as the WAV file the controller keeps and the console plays."""
+def capture_to_wav(pcm: bytes, rate: int = CAPTURE_RATE) -> bytes:
+    """A loopback capture (mono 16-bit PCM) as the WAV file the controller keeps and the
+    console plays."""
     out = io.BytesIO()
     with wave.open(out, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
-        w.setframerate(CAPTURE_RATE)
+        w.setframerate(rate)
         w.writeframes(pcm)
     return out.getvalue()

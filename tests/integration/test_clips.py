@@ -15,6 +15,7 @@ import pytest
 from controller.clips import ClipRequest, token_digest
 from controller.db import Database
 from dalaba import protocol as p
+from edge_agent.output_watch import capture_to_wav
 from firmware_sim.fleet import device_dir
 from tests.integration.content_support import tokens
 
@@ -27,16 +28,6 @@ def frames(wav_bytes: bytes) -> bytes:
     with wave.open(io.BytesIO(wav_bytes), "rb") as w:
         assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 16_000)
         return w.readframes(w.getnframes())
-
-
-def wav_of(pcm: bytes, rate: int = 16_000) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm)
-    return out.getvalue()
 
 
 async def test_a_clip_of_the_last_play_is_uploaded_and_played_back(make_county) -> None:
@@ -71,7 +62,7 @@ async def test_a_clip_of_the_last_play_is_uploaded_and_played_back(make_county) 
     # The token was for one upload: a second one (or a guess) is refused.
     async with county.http.put(
         county.url + f"/device-clips/{asked['request_id']}",
-        data=wav_of(b"\0\0" * 16_000),
+        data=capture_to_wav(b"\0\0" * 16_000),
         headers={"X-Dalaba-Clip-Token": "x" * 43},
     ) as resp:
         assert resp.status == 403
@@ -115,17 +106,17 @@ async def test_bad_clip_uploads_and_requests_are_refused(make_county) -> None:
         ) as resp:
             return resp.status, await resp.json()
 
-    assert (await put(wav_of(b"\0\1" * 800), tok="wrong" * 9))[0] == 403
+    assert (await put(capture_to_wav(b"\0\1" * 800), tok="wrong" * 9))[0] == 403
     status, body = await put(b"RIFF....not a wav at all")
     assert status == 400 and body["error"]["field"] == "body", body
-    status, body = await put(wav_of(b"\0\1" * 800, rate=8_000))
+    status, body = await put(capture_to_wav(b"\0\1" * 800, 8_000))
     assert status == 400 and "16 kHz" in body["error"]["message"], body
-    status, body = await put(wav_of(b"\0\1" * 16_000 * 10))  # 10 s, 3 s asked
+    status, body = await put(capture_to_wav(b"\0\1" * 16_000 * 10))  # 10 s, 3 s asked
     assert status == 400 and "longer" in body["error"]["message"], body
     status, body = await put(b"\0" * (p.MAX_CLIP_MS * 32 + 2048))
     assert status == 413 and body["error"]["field"] == "body", body
     # Still pending after every refusal: nothing stored, and the real upload works.
-    status, body = await put(wav_of(b"\0\1" * 1600))
+    status, body = await put(capture_to_wav(b"\0\1" * 1600))
     assert status == 201 and body["status"] == "uploaded" and body["duration_ms"] == 100, body
 
     _, answer = await county.api(

@@ -6,14 +6,12 @@ whitelisted and a stranger's caller id; the calls come back as events and are li
 from __future__ import annotations
 
 import asyncio
-import math
-import struct
 from typing import Any
 
 import pytest
 
-from firmware_sim.audio import SAMPLE_RATE
 from tests.integration.content_support import tokens
+from tests.unit.test_agent_phone import voice
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -21,14 +19,6 @@ CADRE = "13800138000"
 STRANGER = "13900139000"
 # Synthetic numbers (never real people's), enough to show a list of 32 and more works.
 FILLER = [f"137 0000 {i:04d}" for i in range(40)]
-
-
-def voice(seconds: float) -> bytes:
-    n = int(SAMPLE_RATE * seconds)
-    return b"".join(
-        struct.pack("<h", int(8000 * math.sin(2 * math.pi * 300 * i / SAMPLE_RATE)))
-        for i in range(n)
-    )
 
 
 async def wait_for(check: Any, timeout_s: float, what: str) -> None:

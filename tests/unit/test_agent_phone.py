@@ -6,10 +6,8 @@ simulated speaker's own records, not the agent's word."""
 from __future__ import annotations
 
 import asyncio
-import io
 import math
 import struct
-import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import pytest
 
 from dalaba import protocol as p
+from edge_agent.output_watch import capture_to_wav
 from firmware_sim.audio import SAMPLE_RATE
 from firmware_sim.hardware import SimHardware
 from tests.unit.test_agent_truth import Rig, plays_ended
@@ -34,16 +33,6 @@ def voice(seconds: float) -> bytes:
         struct.pack("<h", int(8000 * math.sin(2 * math.pi * 300 * i / SAMPLE_RATE)))
         for i in range(n)
     )
-
-
-def wav(pcm: bytes) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(pcm)
-    return out.getvalue()
 
 
 @pytest.fixture
@@ -161,7 +150,9 @@ async def test_an_emergency_preempts_a_call(rig: Rig) -> None:
     for _ in range(20):
         call.say(voice(0.5))
     await rig.wait(lambda: hw.output_monitor.carrying(), what="the call sounding")
-    emergency = rig.play("e-1", wav(voice(1.0)), start_in_ms=500, priority=p.Priority.EMERGENCY)
+    emergency = rig.play(
+        "e-1", capture_to_wav(voice(1.0)), start_in_ms=500, priority=p.Priority.EMERGENCY
+    )
     await rig.send("d-1", emergency)
     await rig.wait_state("d-1", "e-1", p.DeliveryState.DONE)
     await rig.wait(lambda: bool(call_events(rig, "d-1")), what="call event")
