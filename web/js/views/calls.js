@@ -120,7 +120,7 @@ export async function render(main, ctx) {
 // 听一听: on a terminal's page, ask it for the first seconds of what it last played and
 // play the clip here (terminal control; the terminal uploads it with a one-time token).
 export function clipControl(deviceId) {
-  const player = h("span", { class: "clip-player" });
+  const player = h("div", { class: "clip-player" }); // its own line: the audio takes the card's width
   const ask = h("button", { type: "button", class: "btn", id: "clip-request" }, t("clip.request"));
   ask.addEventListener("click", async () => {
     ask.disabled = true;
@@ -144,5 +144,5 @@ export function clipControl(deviceId) {
       ask.disabled = false;
     }
   });
-  return h("div", { class: "control-row" }, ask, player, h("small", { class: "muted" }, t("clip.hint")));
+  return h("div", {}, h("div", { class: "control-row" }, ask, h("small", { class: "muted" }, t("clip.hint"))), player);
 }
