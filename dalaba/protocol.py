@@ -440,6 +440,7 @@ class CallOutcome(enum.StrEnum):
     REJECTED = "rejected"  # not on the whitelist: not answered
     WRONG_PIN = "wrong_pin"  # answered, the DTMF PIN was wrong or not given
     BUSY = "busy"  # something of higher rank kept the speaker the whole time it waited
+    ABANDONED = "abandoned"  # the caller hung up while waiting for the speaker
     PREEMPTED = "preempted"  # an emergency took the speaker mid-call
     FAILED = "failed"  # the amplifier or speaker line failed
 

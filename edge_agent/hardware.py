@@ -116,6 +116,10 @@ class Modem(Protocol):
 
     async def hang_up(self) -> None: ...
 
+    async def wait_hang_up(self) -> None:
+        """Return when the caller of the answered call hangs up."""
+        ...
+
     async def read_dtmf(self, digits: int, timeout_s: float) -> str:
         """Keys the caller presses, until `digits` of them, `#`, the caller hanging up
         or `timeout_s`; what was pressed (without `#`)."""

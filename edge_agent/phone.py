@@ -30,7 +30,7 @@ from edge_agent.hardware import HardwareFault, Modem
 log = logging.getLogger(__name__)
 
 # How long an answered caller may wait for the speaker (behind an emergency) before
-# the terminal gives up and hangs up (`busy`).
+# the terminal gives up and hangs up (`busy`; `abandoned` if the caller hangs up first).
 CALL_WAIT_S = 30.0
 # How long the caller has to key in the PIN.
 PIN_TIMEOUT_S = 15.0
@@ -156,12 +156,18 @@ class PhoneLine:
             payload=session,
         )
         self._offer(item)
-        try:
-            await asyncio.wait_for(session.started.wait(), CALL_WAIT_S)
-        except TimeoutError:
+        started = asyncio.ensure_future(session.started.wait())
+        gone = asyncio.ensure_future(self._modem.wait_hang_up())
+        done, _ = await asyncio.wait(
+            {started, gone}, timeout=CALL_WAIT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        started.cancel()
+        gone.cancel()
+        if not session.started.is_set():
+            # Still queued: the caller gave up, or the speaker stayed taken too long.
             self._withdraw(item.broadcast_id)
             await self._modem.hang_up()
-            return p.CallOutcome.BUSY, 0
+            return (p.CallOutcome.ABANDONED if gone in done else p.CallOutcome.BUSY), 0
         outcome, played_ms = await session.finished
         await self._modem.hang_up()
         return outcome, played_ms

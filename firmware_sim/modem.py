@@ -89,6 +89,9 @@ class SimModem:
         if self._call is not None:
             self._end(self._call)
 
+    async def wait_hang_up(self) -> None:
+        await self._current().ended.wait()
+
     def _end(self, call: SimCall) -> None:
         if not call.ended.is_set():
             call.ended_by = "terminal"

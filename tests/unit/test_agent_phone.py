@@ -159,3 +159,22 @@ async def test_an_emergency_preempts_a_call(rig: Rig) -> None:
     assert call_events(rig, "d-1")[0]["outcome"] == "preempted"
     assert call.ended_by == "terminal"
     assert [e["broadcast_id"] for e in plays_ended(hw, "e-1")] == ["e-1"]
+
+
+async def test_a_caller_who_hangs_up_while_an_emergency_plays_is_abandoned(rig: Rig) -> None:
+    hw = await with_book(rig, book(1, [WHITELISTED]))
+    assert hw.modem is not None
+    emergency = rig.play(
+        "e-1", capture_to_wav(voice(3.0)), start_in_ms=300, priority=p.Priority.EMERGENCY
+    )
+    await rig.send("d-1", emergency)
+    await rig.wait_state("d-1", "e-1", p.DeliveryState.PLAYING)
+    call = hw.modem.ring(WHITELISTED)
+    await asyncio.wait_for(call.answered.wait(), 10)  # answered, waits behind the emergency
+    call.hang_up()
+    await rig.wait(lambda: bool(call_events(rig, "d-1")), what="call event")
+    (event,) = call_events(rig, "d-1")
+    assert (event["outcome"], event["played_ms"]) == ("abandoned", 0)
+    await rig.wait_state("d-1", "e-1", p.DeliveryState.DONE)
+    # Nothing of the call ever sounded: the emergency was the only play.
+    assert [e["broadcast_id"] for e in hw.speaker.plays()] == ["e-1"]

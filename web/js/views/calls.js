@@ -6,7 +6,7 @@ import { api, get } from "../api.js";
 import { clear, field, fmtDuration, fmtTime, h, placeName, select, toast } from "../dom.js";
 import { t } from "../i18n.js";
 
-const OUTCOMES = ["played", "rejected", "wrong_pin", "busy", "preempted", "failed"];
+const OUTCOMES = ["played", "rejected", "wrong_pin", "busy", "abandoned", "preempted", "failed"];
 
 export async function render(main, ctx) {
   await ctx.loadPlaces();
