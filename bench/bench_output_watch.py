@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import machine_facts  # noqa: E402
-from edge_agent.hardware import PreparedAudio  # noqa: E402
-from edge_agent.output_watch import SilenceWatch  # noqa: E402
-from firmware_sim.audio import SAMPLE_RATE  # noqa: E402
-from firmware_sim.hardware import SimHardware  # noqa: E402
+from bench.machine import machine_facts
+from edge_agent.hardware import PreparedAudio
+from edge_agent.output_watch import SilenceWatch
+from firmware_sim.audio import SAMPLE_RATE
+from firmware_sim.hardware import SimHardware
 
 PLAY_MS = 4_000
 
@@ -88,7 +88,7 @@ async def cost(watches: int, seconds: float) -> dict[str, float]:
     }
 
 
-async def main() -> None:
+async def main() -> tuple[str, dict[str, object]]:
     ap = argparse.ArgumentParser()
     ap.add_argument("--terminals", type=int, default=50)
     ap.add_argument("--watches", type=int, default=1000)
@@ -97,9 +97,7 @@ async def main() -> None:
     args = ap.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        pairs = await asyncio.gather(
-            *(one_terminal(Path(tmp), i) for i in range(args.terminals))
-        )
+        pairs = await asyncio.gather(*(one_terminal(Path(tmp), i) for i in range(args.terminals)))
     errors = [watched - truth for watched, truth in pairs]
     spent = await cost(args.watches, args.seconds)
     result = {
@@ -118,9 +116,10 @@ async def main() -> None:
         },
         "cost": spent,
     }
-    Path(args.out + ".json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return args.out, result
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    out, result = asyncio.run(main())
+    Path(out + ".json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    print(json.dumps(result, indent=2, ensure_ascii=False))
