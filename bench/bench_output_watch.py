@@ -100,7 +100,7 @@ async def main() -> tuple[str, dict[str, object]]:
         pairs = await asyncio.gather(*(one_terminal(Path(tmp), i) for i in range(args.terminals)))
     errors = [watched - truth for watched, truth in pairs]
     spent = await cost(args.watches, args.seconds)
-    result = {
+    result: dict[str, object] = {
         "machine": machine_facts(),
         "load_before": load_before,
         "load_after": os.getloadavg(),
