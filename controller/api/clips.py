@@ -25,8 +25,14 @@ from controller.clips import (
     check_clip,
     token_digest,
 )
-from controller.errors import ApiError, bad_request, forbidden, not_found, parse_body
-from controller.errors import read_optional_json
+from controller.errors import (
+    ApiError,
+    bad_request,
+    forbidden,
+    not_found,
+    parse_body,
+    read_optional_json,
+)
 from controller.openapi import describe
 from dalaba import protocol as p
 
