@@ -150,7 +150,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             header + sig
         )
         # Let every terminal finish and write its recording.
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             async with http.get(f"{prepared.api_url}/api/broadcasts/{bid}") as resp:
                 b_view = await resp.json()
@@ -172,17 +172,15 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 missing[device_id] = len(mouths)
                 continue
             found = onsets(ddir / lives[0]["wav"], lives[0]["start_ms"], len(mouths))
-            # Pair each mouth instant with the first onset after it.
-            j = 0
+            # Each burst is the onset within GAP_MS after its mouth instant; none there:
+            # that burst was not heard (its frames came too late and became silence).
             for i, mouth in enumerate(mouths):
-                while j < len(found) and found[j] < mouth:
-                    j += 1
-                if j == len(found):
+                heard = [t for t in found if mouth <= t < mouth + GAP_MS]
+                if not heard:
                     missing[device_id] = missing.get(device_id, 0) + 1
                     continue
-                latencies.append(found[j] - mouth)
-                per_burst[i].append(found[j])
-                j += 1
+                latencies.append(heard[0] - mouth)
+                per_burst[i].append(heard[0])
         skews = [max(x) - min(x) for x in per_burst if x]
         per_terminal_bps = bytes_published / spoken_s
         topic_len = len(p.Topics.live(bid))
@@ -214,6 +212,9 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "frames": frames,
             "spoken_s": round(spoken_s, 2),
             "states": {s: list(states.values()).count(s) for s in set(states.values())},
+            "bursts_heard": len(latencies),
+            "bursts_expected": len(mouths) * len(device_dirs),
+            "terminals_missing_bursts": len(missing),
             "bursts_missing": missing,
             "stopped": stopped,
         }

@@ -49,7 +49,7 @@ from dalaba import protocol as p
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
-FRAME_MS = 40
+FRAME_MS = 60  # the brief allows 20-60 ms: fewer signatures to check, +20 ms latency
 FRAME_BYTES = SAMPLE_RATE * FRAME_MS // 1000 * 2  # 16-bit PCM in
 MAX_SESSION_S = 30 * 60  # a forgotten open microphone stops itself
 # Anchored frame stamps drift from the wall clock by at most this before re-anchoring

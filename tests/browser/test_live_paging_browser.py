@@ -81,7 +81,11 @@ async def test_a_duty_officer_speaks_from_the_browser_to_a_township(
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=args)
         try:
-            context = await browser.new_context(locale="zh-CN", permissions=["microphone"])
+            context = await browser.new_context(
+                locale="zh-CN",
+                timezone_id="Asia/Shanghai",  # the county's clock, as on the duty-room PC
+                permissions=["microphone"],
+            )
             page = await context.new_page()
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             await page.goto(county.url + "/")

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from controller.paging_live import FRAME_MS
 from dalaba import protocol as p
 from firmware_sim.fleet import device_dir
 
@@ -111,7 +112,7 @@ async def test_the_voice_reaches_every_pole_after_the_chime_and_a_forged_frame_n
             forger.publish(p.Topics.live(bid), frame, qos=0)
         await speak(ws, tone(VOICE_HZ, 2000))
         _, stopped = await county.api("POST", f"/api/live-paging/{bid}/stop", expect=200)
-        assert stopped["ended"] is True and stopped["frames"] >= 2000 // CHUNK_MS
+        assert stopped["ended"] is True and stopped["frames"] >= 2000 // FRAME_MS
     finally:
         await ws.close()
         await forger.stop()
