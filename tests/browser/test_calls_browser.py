@@ -66,6 +66,11 @@ async def test_calls_whitelists_and_a_clip_in_the_console(
     assert STRANGER in refused and "已拒接（不在白名单）" in refused
     await duty.shot("calls-duty-officer")
 
+    # The records page leads to them.
+    await duty.go("records", "#rec-calls")
+    await page.click("#rec-calls")
+    await page.wait_for_selector("#calls tbody tr")
+
     tech = await open_console(county, "tech1")
     await tech.go("calls", "#calls tbody tr")
     text = await tech.text("#calls")
