@@ -251,7 +251,9 @@ def main() -> None:
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     result["command"] = " ".join(["bench/bench_live_paging.py", *sys.argv[1:]])
     day = datetime.date.today().isoformat()
-    suffix = f"-fleet{args.fleet_processes}p" if args.fleet_processes else ""
+    suffix = f"-{args.villages}villages" + (
+        f"-fleet{args.fleet_processes}p" if args.fleet_processes else ""
+    )
     out = Path(args.out_dir) / f"live-paging-{day}{suffix}"
     out.with_suffix(".json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps(result, indent=2, ensure_ascii=False))
