@@ -245,3 +245,32 @@ async def test_live_paging_interrupts_a_notice_which_plays_again_afterwards(make
     # The notice cut, the chime and the voice, then the notice again from its start.
     assert order[0] == (notice, False) and order[-1] == (notice, True), order
     assert [b for b, _ in order[1:3]] == [bid, bid], order
+
+
+async def test_a_terminal_that_loses_the_stream_falls_silent_and_reports_it(make_county):
+    county = await make_county(villages=2)
+    lost, kept = "d-t01-v01-1", "d-t01-v02-1"
+    view = await start_session(county, {"villages": ["t01-v01", "t01-v02"]})
+    bid = view["id"]
+    ws = await county.http.ws_connect(
+        f"{county.url}/api/live-paging/{bid}/audio", headers=county.headers()
+    )
+    try:
+        await wait_until(view["speak_from_ms"])
+        await speak(ws, tone(VOICE_HZ, 1000))
+        county.fleet.network_down(lost)
+        # Longer than the loss timeout (5 s): the terminal gives the session up.
+        await speak(ws, tone(VOICE_HZ, 7000))
+        county.fleet.network_up(lost)
+        await county.api("POST", f"/api/live-paging/{bid}/stop", expect=200)
+    finally:
+        await ws.close()
+    final = await county.wait_states(bid, {lost: "failed", kept: "done"}, timeout_s=60)
+    (delivery,) = [d for d in final["deliveries"] if d["device_id"] == lost]
+    assert "live: no verified frame" in delivery["reason"], delivery
+    (cut,) = live_recordings(county.data_dir, lost, bid)
+    (whole,) = live_recordings(county.data_dir, kept, bid)
+    assert cut["completed"] is False and whole["completed"] is True
+    # What went out before the loss was the voice, and nothing after it: silence.
+    assert cut["duration_ms"] < whole["duration_ms"] - 5000, (cut, whole)
+    assert band_energy(wav_pcm(county.data_dir, lost, cut), VOICE_HZ) > 0.8
