@@ -74,6 +74,13 @@ async def start_session(county: Any, targets: dict[str, Any]) -> dict[str, Any]:
     return dict(view)
 
 
+async def audio_socket(county: Any, bid: str) -> aiohttp.ClientWebSocketResponse:
+    """The session's audio WebSocket, as the officer's browser opens it."""
+    return await county.http.ws_connect(
+        f"{county.url}/api/live-paging/{bid}/audio", headers=county.headers()
+    )
+
+
 async def speak(ws: aiohttp.ClientWebSocketResponse, pcm: bytes) -> None:
     """Send PCM at the pace a microphone produces it."""
     step = RATE * CHUNK_MS // 1000 * 2
@@ -97,9 +104,7 @@ async def test_the_voice_reaches_every_pole_after_the_chime_and_a_forged_frame_n
     bid = view["id"]
     devices = sorted(county.terminals_in({"townships": ["t01"]}))
     forger = await county.attacker()
-    ws = await county.http.ws_connect(
-        f"{county.url}/api/live-paging/{bid}/audio", headers=county.headers()
-    )
+    ws = await audio_socket(county, bid)
     try:
         await wait_until(view["speak_from_ms"])
         # Someone with a broker account publishes frames signed by a key of their own,
@@ -150,9 +155,7 @@ async def test_an_emergency_cuts_the_live_voice_and_the_poles_report_preempted(m
     view = await start_session(county, {"villages": ["t01-v01"]})
     bid = view["id"]
     (device_id,) = county.terminals_in({"villages": ["t01-v01"]})
-    ws = await county.http.ws_connect(
-        f"{county.url}/api/live-paging/{bid}/audio", headers=county.headers()
-    )
+    ws = await audio_socket(county, bid)
     speaking = asyncio.create_task(speak(ws, tone(VOICE_HZ, 60_000)))
     try:
         await wait_until(view["speak_from_ms"])
@@ -227,9 +230,7 @@ async def test_live_paging_interrupts_a_notice_which_plays_again_afterwards(make
     await county.wait_started(notice, [device_id], timeout_s=40)
     view = await start_session(county, {"villages": ["t01-v01"]})
     bid = view["id"]
-    ws = await county.http.ws_connect(
-        f"{county.url}/api/live-paging/{bid}/audio", headers=county.headers()
-    )
+    ws = await audio_socket(county, bid)
     try:
         await wait_until(view["speak_from_ms"])
         await speak(ws, tone(VOICE_HZ, 1000))
@@ -252,9 +253,7 @@ async def test_a_terminal_that_loses_the_stream_falls_silent_and_reports_it(make
     lost, kept = "d-t01-v01-1", "d-t01-v02-1"
     view = await start_session(county, {"villages": ["t01-v01", "t01-v02"]})
     bid = view["id"]
-    ws = await county.http.ws_connect(
-        f"{county.url}/api/live-paging/{bid}/audio", headers=county.headers()
-    )
+    ws = await audio_socket(county, bid)
     try:
         await wait_until(view["speak_from_ms"])
         await speak(ws, tone(VOICE_HZ, 1000))
