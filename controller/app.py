@@ -19,6 +19,7 @@ from controller import pronunciations
 from controller.api import ebd as ebd_api
 from controller.api import enrolment as enrolment_api
 from controller.api import keys, routes
+from controller.api import live_paging as live_paging_api
 from controller.api import updates as updates_api
 from controller.api import workorders as workorders_api
 from controller.api.docs import public_docs_middleware
@@ -35,6 +36,7 @@ from controller.ingest import Ingestor
 from controller.live import LiveHub
 from controller.media import MediaStore
 from controller.metrics import Metrics
+from controller.paging_live import LivePagingService
 from controller.prepositioning import Prepositioner
 from controller.retention import RetentionJob
 from controller.schedules.service import ScheduleService
@@ -109,6 +111,7 @@ def build_app(settings: Settings, broker_accounts: BrokerAccounts | None = None)
     workorders = WorkOrderService(db, settings)  # sweeps when started
     workorders.listen(events)
     updates = UpdateService(db, media, dispatcher)  # waves move on when started
+    live_paging = LivePagingService(db, media, dispatcher, settings, events)
 
     app = web.Application(
         middlewares=[
@@ -139,6 +142,7 @@ def build_app(settings: Settings, broker_accounts: BrokerAccounts | None = None)
     app[enrolment_api.SERVICE] = EnrolmentService(db, sessions, broker_accounts)
     app[enrolment_api.TRUST_PEMS] = [signer.trust_pem().decode()]
     app[updates_api.SERVICE] = updates
+    app[live_paging_api.SERVICE] = live_paging
     app.add_routes(routes())
     # Prometheus scrapes /metrics by convention; counts only, no login (controller.metrics).
     app.router.add_get("/metrics", metrics.handle)
@@ -164,6 +168,7 @@ def build_app(settings: Settings, broker_accounts: BrokerAccounts | None = None)
         yield
         await updates.stop()
         await upstream.stop()
+        await live_paging.close()
         await retention.stop()
         await workorders.stop()
         await schedules.stop()

@@ -47,6 +47,8 @@ class Permission(enum.StrEnum):
     READ = "read"
     # Send, schedule, cancel, preview, upload audio, edit groups and templates.
     BROADCAST = "broadcast"
+    # Speak live through the terminals (实时喊话) from the console's microphone.
+    LIVE_PAGING = "live_paging"
     # Be the second officer of the two-person rule.
     APPROVE = "approve"
     # Volume, test tone, diagnostics, resend to a broadcast's unreached terminals.
@@ -59,6 +61,8 @@ class Permission(enum.StrEnum):
     # Upload agent releases; start, halt and resume their rollouts (controller/updates.py).
     # Admins only: a release runs on every terminal of the county.
     UPDATES = "updates"
+    # Read and change phone-call whitelists (personal numbers) and see callers unmasked.
+    PHONE_BOOK = "phone_book"
 
 
 # The role matrix. Township staff hold theirs only within their township
@@ -67,10 +71,23 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     # An admin manages sources but is not one: warnings come with a source's token.
     Role.ADMIN: frozenset(Permission) - {Permission.POST_WARNINGS},
     Role.DUTY_OFFICER: frozenset(
-        {Permission.READ, Permission.BROADCAST, Permission.APPROVE, Permission.TERMINAL_CONTROL}
+        {
+            Permission.READ,
+            Permission.BROADCAST,
+            Permission.LIVE_PAGING,
+            Permission.APPROVE,
+            Permission.TERMINAL_CONTROL,
+            Permission.PHONE_BOOK,
+        }
     ),
     Role.TOWNSHIP_STAFF: frozenset(
-        {Permission.READ, Permission.BROADCAST, Permission.TERMINAL_CONTROL}
+        {
+            Permission.READ,
+            Permission.BROADCAST,
+            Permission.LIVE_PAGING,
+            Permission.TERMINAL_CONTROL,
+            Permission.PHONE_BOOK,
+        }
     ),
     Role.TECHNICIAN: frozenset(
         {Permission.READ, Permission.TERMINAL_CONTROL, Permission.WORK_ORDERS}
@@ -112,9 +129,17 @@ class Principal:
         if not self.can_broadcast:
             raise forbidden(f"role {self.role.value} may not broadcast")
 
+    def require_live_paging(self) -> None:
+        if not self.can(Permission.LIVE_PAGING):
+            raise forbidden(f"role {self.role.value} may not speak live")
+
     def require_terminal_control(self) -> None:
         if not self.can(Permission.TERMINAL_CONTROL):
             raise forbidden(f"role {self.role.value} may not control terminals")
+
+    def require_phone_book(self) -> None:
+        if not self.can(Permission.PHONE_BOOK):
+            raise forbidden(f"role {self.role.value} may not see or change phone whitelists")
 
     def for_test_tone(self) -> Principal:
         """This principal, allowed to send the one routine test-tone broadcast."""

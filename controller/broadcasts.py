@@ -48,6 +48,10 @@ from dalaba import protocol as p
 log = logging.getLogger(__name__)
 
 MAX_EXPIRY_S = 7 * 24 * 3600
+# A live paging session (controller/paging_live.py) is a broadcast with these `voices`;
+# when it ends its expiry is set at most this far ahead.
+LIVE_PAGING_VOICES = "live"
+LIVE_ENDED_EXPIRY_MS = 30_000
 MAX_START_AHEAD_MS = 7 * 24 * 3600 * 1000
 START_PAST_TOLERANCE_MS = 5_000
 
@@ -274,16 +278,7 @@ class BroadcastService:
             )
             session.add(broadcast)
             session.flush()
-            offline = _offline_devices(session, resolved.device_ids)
-            session.add_all(
-                dm.new_delivery(
-                    broadcast.id,
-                    d,
-                    p.DeliveryState.OFFLINE if d in offline else p.DeliveryState.SENT,
-                    now,
-                )
-                for d in resolved.device_ids
-            )
+            add_deliveries(session, broadcast.id, resolved.device_ids, now)
             audit.record(
                 session,
                 principal,
@@ -842,15 +837,19 @@ def sweep_silent_plays(session: Session, now: int, unknown_after_ms: int) -> lis
     """`playing` long after the audio must have ended, and nothing from the terminal:
     it may have finished, or died mid-way. Say so (`unknown`), never `done`."""
     rows = session.exec(
-        select(Delivery, Media.duration_ms)
+        select(Delivery, Media.duration_ms, Broadcast.voices, Broadcast.expires_at_ms)
         .where(Delivery.state == p.DeliveryState.PLAYING.value)
         .where(Delivery.broadcast_id == Broadcast.id)
         .where(Broadcast.media_sha256 == Media.sha256)
         .where(col(Delivery.updated_ms) < now - unknown_after_ms)
     ).all()
     events: list[Event] = []
-    for d, duration_ms in rows:
+    for d, duration_ms, voices, expires_at_ms in rows:
         if d.updated_ms + duration_ms + unknown_after_ms > now:
+            continue
+        if voices == LIVE_PAGING_VOICES and expires_at_ms > now + LIVE_ENDED_EXPIRY_MS:
+            # A live session still being spoken: its length is not known until it ends
+            # (then its media is the recording, and its expiry is brought near).
             continue
         applied = dm.apply(
             d,
@@ -893,6 +892,20 @@ def _delivery_event(session: Session, applied: dm.Applied) -> DeliveryChanged:
         reason=applied.reason,
         at=applied.at,
         cause=applied.cause,
+    )
+
+
+def add_deliveries(session: Session, broadcast_id: str, device_ids: Any, now: int) -> None:
+    """A new broadcast's deliveries: `sent`, or `offline` for a terminal known offline."""
+    offline = _offline_devices(session, device_ids)
+    session.add_all(
+        dm.new_delivery(
+            broadcast_id,
+            d,
+            p.DeliveryState.OFFLINE if d in offline else p.DeliveryState.SENT,
+            now,
+        )
+        for d in device_ids
     )
 
 

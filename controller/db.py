@@ -41,6 +41,8 @@ TABLE_MODULES: tuple[str, ...] = (
     "controller.upstream.models",
     "controller.enrolment",
     "controller.updates",
+    "controller.phone",
+    "controller.clips",
 )
 
 

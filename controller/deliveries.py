@@ -72,7 +72,7 @@ class DispatchStatus(enum.StrEnum):
 
 # States a terminal may report, and the controller-only ones.
 REPORTABLE = frozenset(
-    {S.RECEIVED, S.FETCHED, S.PLAYING, S.DONE, S.FAILED, S.REJECTED, S.PREEMPTED,
+    {S.RECEIVED, S.FETCHED, S.PLAYING, S.DONE, S.SILENT, S.FAILED, S.REJECTED, S.PREEMPTED,
      S.EXPIRED, S.CANCELLED}
 )  # fmt: skip
 CONTROLLER_ONLY = frozenset({S.SCHEDULED, S.SENT, S.OFFLINE, S.UNKNOWN})
@@ -81,8 +81,8 @@ CONTROLLER_ONLY = frozenset({S.SCHEDULED, S.SENT, S.OFFLINE, S.UNKNOWN})
 NOT_REACHED = frozenset({S.SCHEDULED, S.SENT, S.OFFLINE})
 # Still able to play before expiry (the sweep expires these).
 WAITING = frozenset({S.SCHEDULED, S.SENT, S.OFFLINE, S.RECEIVED, S.FETCHED, S.PREEMPTED})
-# Ended without sound that a resend may still fix.
-RESENDABLE = frozenset({S.FAILED, S.EXPIRED, S.UNKNOWN})
+# Ended without (all of its) sound, which a resend may still fix.
+RESENDABLE = frozenset({S.FAILED, S.SILENT, S.EXPIRED, S.UNKNOWN})
 
 _T, _D, _W, _O, _S = Cause.TERMINAL, Cause.DISPATCH, Cause.SWEEP, Cause.OPERATOR, Cause.SCHEDULE
 
@@ -119,6 +119,9 @@ TRANSITIONS: dict[DeliveryState, dict[DeliveryState, frozenset[Cause]]] = {
     S.PREEMPTED: _from((NOT_REACHED | {S.RECEIVED, S.FETCHED, S.PLAYING} | RESENDABLE, {_T})),
     S.DONE: _from((NOT_REACHED | _IN_FLIGHT | RESENDABLE | {S.CANCELLED}, {_T})),
     S.FAILED: _from((NOT_REACHED | _IN_FLIGHT | {S.UNKNOWN, S.EXPIRED}, {_T})),
+    # Played to its end with the output monitor finding seconds without sound: an ending
+    # of its own, like `failed` (a resend may fix it once the line is mended).
+    S.SILENT: _from((NOT_REACHED | _IN_FLIGHT | {S.UNKNOWN, S.EXPIRED}, {_T})),
     S.REJECTED: _from((NOT_REACHED | {S.EXPIRED}, {_T})),
     S.EXPIRED: _from(
         (NOT_REACHED | _IN_FLIGHT - {S.PLAYING}, {_T}),

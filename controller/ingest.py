@@ -40,6 +40,7 @@ from controller.db import Database
 from controller.events import DeliveryChanged, DeviceLiveness, DeviceReported, Event, EventHub
 from controller.history import FaultBook, IntervalBook, repair
 from controller.models import Broadcast, Delivery, Device, SecurityEvent, TelemetrySample
+from controller.phone import record_call
 from controller.prepositioning import record_preload_report
 from controller.updates import record_update_report
 from dalaba import protocol as p
@@ -315,6 +316,8 @@ class Ingestor:
                     extra["offset_ms"] = message.offset_ms
                 if message.on_receipt:
                     extra["on_receipt"] = True  # its clock could not be placed
+                if message.silent_ms is not None:
+                    extra["silent_ms"] = message.silent_ms
                 applied = dm.apply(
                     delivery,
                     message.state,
@@ -422,6 +425,12 @@ class Ingestor:
             return []
         if event.kind is p.EventKind.PRELOADED:
             record_preload_report(session, device.id, event, rx)
+            return []
+        if event.kind is p.EventKind.CALL:
+            try:
+                record_call(session, device, event, rx)
+            except ValueError:
+                self.counters["call_events_malformed"] += 1
             return []
         if event.kind is not p.EventKind.COMMAND_REJECTED:
             return []

@@ -419,6 +419,7 @@ TAGS = (
     ("devices", "the terminals: state, telemetry, volume, test tone, diagnostics"),
     ("workorders", "technicians' jobs opened by faults that last"),
     ("updates", "agent releases and their rollouts to terminals in waves"),
+    ("phone", "phone-call broadcast: whitelists of callers, and the calls terminals took"),
     ("stats", "figures for any period and the year-end report"),
     ("schedules", "township programmes, their occurrences, quiet hours"),
     ("templates", "announcement templates and their pre-positioning on terminals"),

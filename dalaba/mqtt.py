@@ -196,7 +196,7 @@ class MqttConnection:
         # Bumped on every connect: an acknowledgement owed on an older connection is
         # never sent on a newer one (the packet id would name another message there).
         self._generation = 0
-        self._subscriptions = subscriptions
+        self._subscriptions = list(subscriptions)
         self._session_expiry_s = session_expiry_s
         self._will = will
         self._on_connected_cb = on_connected
@@ -328,6 +328,18 @@ class MqttConnection:
             await asyncio.wait_for(fut, timeout_s)
         finally:
             self._pending_acks.pop(mid, None)
+
+    def subscribe(self, topic: str, qos: int) -> None:
+        """Add a subscription now and on every reconnect (a live paging session)."""
+        if (topic, qos) not in self._subscriptions:
+            self._subscriptions.append((topic, qos))
+        if self._client is not None and self.connected:
+            self._client.subscribe(topic, qos)
+
+    def unsubscribe(self, topic: str) -> None:
+        self._subscriptions[:] = [s for s in self._subscriptions if s[0] != topic]
+        if self._client is not None and self.connected:
+            self._client.unsubscribe(topic)
 
     # ------------------------------------------------------------------ connecting
 

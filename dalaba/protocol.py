@@ -17,11 +17,16 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import hashlib
 import json
+import struct
 import time
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dalaba.signing import Signer, VerifierSet
@@ -103,6 +108,20 @@ class Topics:
         return f"{TOPIC_ROOT}/device/{check_id(device_id)}/event"
 
     @staticmethod
+    def live(broadcast_id: str) -> str:
+        """One live paging session's audio frames (QoS 0, signed frame by frame)."""
+        return f"{TOPIC_ROOT}/live/{check_id(broadcast_id)}"
+
+    @staticmethod
+    def parse_live_topic(topic: str) -> str | None:
+        """`dalaba/v1/live/<broadcast id>` -> the id, or None for anything else."""
+        prefix = f"{TOPIC_ROOT}/live/"
+        if not topic.startswith(prefix):
+            return None
+        broadcast_id = topic[len(prefix) :]
+        return broadcast_id if broadcast_id and "/" not in broadcast_id else None
+
+    @staticmethod
     def subscriptions_for(device_id: str, village_id: str, township_id: str) -> list[str]:
         """The command topics one terminal listens on: county, its township, village, itself."""
         return [
@@ -125,7 +144,9 @@ class Topics:
     @staticmethod
     def acl_device_reads() -> list[str]:
         """What any terminal may read regardless of place: its own and the county's."""
-        return [f"{TOPIC_ROOT}/cmd/device/%u", Topics.COMMAND_ALL]
+        # Any live session's frames: a terminal subscribes to the one its signed start
+        # command names, and plays only frames signed by that command's session key.
+        return [f"{TOPIC_ROOT}/cmd/device/%u", Topics.COMMAND_ALL, f"{TOPIC_ROOT}/live/+"]
 
     @staticmethod
     def parse_device_topic(topic: str) -> tuple[str, str] | None:
@@ -184,6 +205,10 @@ class DeliveryState(enum.StrEnum):
     # controller-side only: was playing, and its audio ended long ago without a word
     # from the terminal. Not `done`: nobody knows whether it finished.
     UNKNOWN = "unknown"
+    # Played to its end, but the output monitor found no sound on the speaker line for
+    # part or all of it (amplifier or line failed mid-play). Not `done`: people did not
+    # hear it all. `silent_ms` says how much.
+    SILENT = "silent"
 
     @property
     def final(self) -> bool:
@@ -198,6 +223,7 @@ _FINAL_STATES = frozenset(
         DeliveryState.EXPIRED,
         DeliveryState.CANCELLED,
         DeliveryState.UNKNOWN,
+        DeliveryState.SILENT,
     }
 )
 
@@ -226,6 +252,7 @@ class EventKind(enum.StrEnum):
     CONFIG_APPLIED = "config_applied"
     PRELOADED = "preloaded"
     UPDATE_STATE = "update_state"  # an agent update moved (detail: UpdateProgress)
+    CALL = "call"  # a phone call to the terminal's modem: detail says caller and outcome
 
 
 class Fault(enum.StrEnum):
@@ -277,6 +304,30 @@ class MediaRef(_Payload):
     mirrors: Annotated[tuple[str, ...], Field(max_length=4)] = ()
 
 
+class LiveStream(_Payload):
+    """Live paging: after the media (the paging chime) the terminal plays the frames
+    published on `Topics.live(broadcast_id)`, each signed with this session's own
+    Ed25519 key. The key arrives inside the signed command, so only the controller
+    that signed the command can speak through it (see `open_live_frame`)."""
+
+    session_key: Annotated[str, Field(min_length=40, max_length=48)]  # base64, 32 bytes raw
+    codec: Literal["pcmu"] = "pcmu"  # G.711 mu-law
+    sample_rate: Literal[16000] = 16000
+    frame_ms: Annotated[int, Field(ge=10, le=120)] = 40
+    # A frame stamped `t` (controller clock, epoch ms) sounds at `t + playout_delay_ms`
+    # on every terminal's clock: the jitter buffer's depth, and what keeps poles in step.
+    playout_delay_ms: Annotated[int, Field(ge=50, le=5000)] = 500
+    # No frame for this long: the session is lost here; silence until then.
+    loss_timeout_ms: Annotated[int, Field(ge=500, le=60_000)] = 5000
+
+    def public_key(self) -> Ed25519PublicKey:
+        try:
+            raw = base64.b64decode(self.session_key, validate=True)
+            return Ed25519PublicKey.from_public_bytes(raw)
+        except (binascii.Error, ValueError) as exc:
+            raise ProtocolError(RejectReason.MALFORMED, f"live.session_key: {exc}") from None
+
+
 class PlayBody(_Payload):
     kind: Literal["play"] = "play"
     broadcast_id: str
@@ -293,6 +344,9 @@ class PlayBody(_Payload):
     # attempt even though it has seen (and claimed) the broadcast id before.
     attempt: Annotated[int, Field(ge=0, le=100)] = 0
     resend_of: str | None = None  # the first command's id, for a resend
+    # Live paging: `media` is the chime, then the session's frames (older terminals
+    # that ignore the field play the chime alone).
+    live: LiveStream | None = None
 
     @model_validator(mode="after")
     def _level_only_for_emergencies(self) -> PlayBody:
@@ -442,8 +496,77 @@ class UpdateProgress(_Payload):
     running: Annotated[str, Field(max_length=32)]  # the version the terminal now runs
 
 
+# A phone number as a modem's caller id gives it: digits, an optional leading `+`.
+PhoneNumber = Annotated[str, Field(pattern=r"^\+?[0-9]{3,20}$")]
+# Numbers a terminal keeps (per terminal, its village and its township together).
+MAX_PHONE_BOOK = 500
+
+
+class CallOutcome(enum.StrEnum):
+    PLAYED = "played"  # answered and played live until the caller hung up
+    REJECTED = "rejected"  # not on the whitelist: not answered
+    WRONG_PIN = "wrong_pin"  # answered, the DTMF PIN was wrong or not given
+    BUSY = "busy"  # something of higher rank kept the speaker the whole time it waited
+    ABANDONED = "abandoned"  # the caller hung up while waiting for the speaker
+    PREEMPTED = "preempted"  # an emergency took the speaker mid-call
+    FAILED = "failed"  # the amplifier or speaker line failed
+
+
+def normalise_phone(number: str) -> str:
+    """One form for comparing numbers: digits only, a mainland `+86`/`0086` dropped
+    (caller ids arrive both ways)."""
+    digits = "".join(c for c in number if c.isdigit())
+    for prefix in ("0086", "86"):
+        if digits.startswith(prefix) and len(digits) - len(prefix) == 11:
+            return digits[len(prefix) :]
+    return digits
+
+
+def phone_pin_digest(salt: str, pin: str) -> str:
+    """What a terminal holds instead of the PIN itself (it compares what is keyed in)."""
+    return hashlib.sha256(f"{salt}:{pin}".encode()).hexdigest()
+
+
+class PhoneBookBody(_Payload):
+    """Who may speak through this terminal by phone (电话广播): its whole whitelist,
+    replacing the previous one; `version` only grows. Sent on the terminal's own topic,
+    so no other terminal sees the numbers."""
+
+    kind: Literal["phone_book"] = "phone_book"
+    version: Annotated[int, Field(ge=0)]
+    numbers: Annotated[tuple[PhoneNumber, ...], Field(max_length=MAX_PHONE_BOOK)]
+    # Optional DTMF PIN asked after answering: a salted digest, never the PIN itself.
+    pin_salt: Annotated[str, Field(min_length=8, max_length=64)] | None = None
+    pin_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    pin_length: Annotated[int, Field(ge=4, le=8)] | None = None
+
+
+# The longest clip of what it last played a terminal uploads on request.
+MAX_CLIP_MS = 30_000
+
+
+class ClipRequestBody(_Payload):
+    """Upload the first `max_ms` of what the loopback captured of the last play, so a
+    technician can hear the pole from the duty room. `token` authorises exactly one
+    upload to `upload_path` (on the controller that serves the terminal's media); it
+    travels only on this terminal's own topic."""
+
+    kind: Literal["clip_request"] = "clip_request"
+    request_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+    upload_path: Annotated[str, Field(pattern=r"^/device-clips/[A-Za-z0-9_-]{8,64}$")]
+    token: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{32,128}$")]
+    max_ms: Annotated[int, Field(ge=1000, le=MAX_CLIP_MS)] = 10_000
+
+
 CommandBody = Annotated[
-    PlayBody | CancelBody | PreloadBody | ScheduleBody | ConfigBody | UpdateBody,
+    PlayBody
+    | CancelBody
+    | PreloadBody
+    | ScheduleBody
+    | ConfigBody
+    | UpdateBody
+    | PhoneBookBody
+    | ClipRequestBody,
     Field(discriminator="kind"),
 ]
 
@@ -459,7 +582,14 @@ class Command(_Payload):
     @classmethod
     def new(
         cls,
-        body: PlayBody | CancelBody | PreloadBody | ScheduleBody | ConfigBody | UpdateBody,
+        body: PlayBody
+        | CancelBody
+        | PreloadBody
+        | ScheduleBody
+        | ConfigBody
+        | UpdateBody
+        | PhoneBookBody
+        | ClipRequestBody,
         target: Target,
         expires_at: int,
     ) -> Command:
@@ -511,6 +641,10 @@ class DeliveryReport(_Payload):
     # `playing` on a terminal that could not estimate its clock's offset from the
     # controller's (see TimeAnswer): it played on receipt, not on the signed instant.
     on_receipt: bool = False
+    # `silent`: how long the output monitor found the line without sound (offset_ms is
+    # where into the audio the silence began).
+    silent_ms: Count | None = None
+
 
 
 # The controller's clock, for terminals that estimate their offset from it (NTP-style:
@@ -695,6 +829,69 @@ _REPORT_MODELS: dict[str, type[DeviceStatus | DeliveryReport | DeviceEvent | Tel
     "event": DeviceEvent,
     "telemetry": Telemetry,
 }
+
+
+# --------------------------------------------------------------------------- live frames
+
+# One live audio frame, binary (JSON and base64 would add a third to every frame):
+#   magic "DLF1" | seq u32 | t_ms u64 (controller clock) | flags u8 | audio | sig (64)
+# The Ed25519 signature covers LIVE_FRAME_CONTEXT, the broadcast id, and every byte
+# before it, so a frame cannot be replayed into another session or altered.
+LIVE_FRAME_MAGIC = b"DLF1"
+LIVE_FRAME_CONTEXT = b"dalaba-live-frame-v1\0"
+LIVE_FLAG_END = 0x01
+_LIVE_HEADER = struct.Struct(">4sIQB")
+LIVE_SIG_BYTES = 64
+MAX_LIVE_AUDIO_BYTES = 16_000 * 120 // 1000  # 120 ms of 16 kHz mu-law
+LIVE_QOS = 0  # a late frame is worthless: loss is silence, never a resend
+
+
+class LiveFrame(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    seq: int
+    t_ms: int
+    end: bool
+    audio: bytes
+
+
+def _live_signed_part(broadcast_id: str, header_and_audio: bytes) -> bytes:
+    return LIVE_FRAME_CONTEXT + broadcast_id.encode() + b"\0" + header_and_audio
+
+
+def seal_live_frame(
+    broadcast_id: str,
+    seq: int,
+    t_ms: int,
+    audio: bytes,
+    sign: Callable[[bytes], bytes],
+    *,
+    end: bool = False,
+) -> bytes:
+    if len(audio) > MAX_LIVE_AUDIO_BYTES:
+        raise ValueError(f"live frame audio {len(audio)} bytes > {MAX_LIVE_AUDIO_BYTES}")
+    body = _LIVE_HEADER.pack(LIVE_FRAME_MAGIC, seq, t_ms, LIVE_FLAG_END if end else 0) + audio
+    return body + sign(_live_signed_part(broadcast_id, body))
+
+
+def open_live_frame(raw: bytes, broadcast_id: str, key: Ed25519PublicKey) -> LiveFrame:
+    """Check a live frame's shape and signature against the session key from the
+    signed start command; raise `ProtocolError` for anything else."""
+    if len(raw) > _LIVE_HEADER.size + MAX_LIVE_AUDIO_BYTES + LIVE_SIG_BYTES:
+        raise ProtocolError(RejectReason.OVERSIZED, f"live frame of {len(raw)} bytes")
+    if len(raw) < _LIVE_HEADER.size + LIVE_SIG_BYTES:
+        raise ProtocolError(RejectReason.MALFORMED, "live frame too short")
+    body, sig = raw[:-LIVE_SIG_BYTES], raw[-LIVE_SIG_BYTES:]
+    magic, seq, t_ms, flags = _LIVE_HEADER.unpack_from(body)
+    if magic != LIVE_FRAME_MAGIC:
+        raise ProtocolError(RejectReason.MALFORMED, "live frame: bad magic")
+    try:
+        key.verify(sig, _live_signed_part(broadcast_id, body))
+    except InvalidSignature:
+        raise ProtocolError(RejectReason.BAD_SIGNATURE, "live frame signature") from None
+    return LiveFrame(
+        seq=seq, t_ms=t_ms, end=bool(flags & LIVE_FLAG_END), audio=body[_LIVE_HEADER.size :]
+    )
 
 
 # MQTT properties the contract fixes (see docs/protocol.md).

@@ -23,9 +23,10 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urljoin
 
 import aiohttp
 import paho.mqtt.client as paho
@@ -40,8 +41,11 @@ from edge_agent.config import FIRMWARE_VERSION, DeviceConfig
 from edge_agent.fetcher import PREFETCH_BACKOFF, FetchDeadline, MediaFetcher, MediaUnavailable
 from edge_agent.hardware import Hardware, HardwareFault, PreparedAudio
 from edge_agent.journal import OwedPlay, PlayJournal
+from edge_agent.live import LiveLost, LiveReceiver
 from edge_agent.local_schedule import LocalSchedule, PinnedMedia
 from edge_agent.outbox import Outbox
+from edge_agent.output_watch import SilenceWatch, capture_to_wav
+from edge_agent.phone import CallSession, PhoneLine
 from edge_agent.replay import SeenCommands
 from edge_agent.updater import Updater
 
@@ -68,6 +72,9 @@ OUTBOX_ACK_TIMEOUT_S = 60.0
 PREFETCH_WINDOW_MS = 120_000
 # The attempt a cancelled broadcast is claimed for: no resend can exceed it.
 CANCELLED_CLAIM = 100
+
+# The faults that silence the output (named in a `silent` report's reason).
+_OUTPUT_FAULTS = frozenset({p.Fault.AMPLIFIER, p.Fault.SPEAKER_LINE})
 
 _PROGRESS_STATES = frozenset(
     {
@@ -197,6 +204,19 @@ class EdgeAgent:
         self.emergency_volume = config.emergency_volume
         self.telemetry_interval_s = config.telemetry_interval_s
         self._overrides_path = state / "config-overrides.json"
+        # Phone-call broadcast, on a terminal with a modem (edge_agent.phone).
+        self.phone: PhoneLine | None = None
+        if self.hw.modem is not None:
+            self.phone = PhoneLine(
+                self.hw.modem,
+                state,
+                offer=self._offer_call,
+                withdraw=self._withdraw_call,
+                report=self._report_call,
+                now_ms=self.hw.clock.now_ms,
+            )
+        # Live paging sessions accepted and not yet over, by broadcast id.
+        self._live: dict[str, LiveReceiver] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -210,6 +230,8 @@ class EdgeAgent:
         self.outbox.load()
         owed = self.journal.load()
         self._load_config_overrides()
+        if self.phone is not None:
+            self.phone.load()
         for sha in self._pinned.refs.keys() | self.schedule.media():
             self.cache.pin(sha)
         if self._http is None:
@@ -240,6 +262,8 @@ class EdgeAgent:
             self._tasks.append(
                 asyncio.create_task(self.clock_sync.run(), name=f"{cfg.device_id}-clock")
             )
+        if self.phone is not None:
+            self._tasks.append(asyncio.create_task(self.phone.run(), name=f"{cfg.device_id}-phone"))
         self._recover(owed)
         if self.schedule.items or self._pinned.refs:
             # After a reboot: make sure what must be on flash still is.
@@ -393,6 +417,10 @@ class EdgeAgent:
     # ------------------------------------------------------------------ commands
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        live_id = p.Topics.parse_live_topic(topic)
+        if live_id is not None:
+            self._on_live_frame(live_id, payload)
+            return
         now = self.clock.now_ms()
         try:
             command = p.open_envelope(payload, self._verifiers, now)
@@ -430,6 +458,10 @@ class EdgeAgent:
             self._apply_schedule(body)
         elif isinstance(body, p.UpdateBody):
             self.updater.offer(body, payload)
+        elif isinstance(body, p.PhoneBookBody):
+            self._apply_phone_book(body)
+        elif isinstance(body, p.ClipRequestBody):
+            self._spawn(self._upload_clip(body))
         else:
             self._apply_config(body)
 
@@ -459,9 +491,40 @@ class EdgeAgent:
         log.warning("%s: rejected command: %s %s", self.config.device_id, reason.value, detail)
 
     def _accept_play(self, command: p.Command, body: p.PlayBody) -> None:
-        self._start_track(_Track(command_id=command.id, expires_at=command.expires_at, body=body))
+        track = _Track(command_id=command.id, expires_at=command.expires_at, body=body)
+        if body.live is not None:
+            try:
+                receiver = LiveReceiver(body.broadcast_id, body.live)
+            except p.ProtocolError as exc:
+                self._reject(exc.reason, exc.detail, command)
+                return
+            if not self._start_track(track):
+                return
+            # Listen from now: frames spoken during the chime wait in the buffer.
+            self._live[body.broadcast_id] = receiver
+            if self.mqtt is not None:
+                self.mqtt.subscribe(p.Topics.live(body.broadcast_id), p.LIVE_QOS)
+            return
+        self._start_track(track)
 
-    def _start_track(self, track: _Track) -> None:
+    def _on_live_frame(self, broadcast_id: str, payload: bytes) -> None:
+        receiver = self._live.get(broadcast_id)
+        if receiver is None:
+            self.counters["live_frame_unexpected"] += 1
+            return
+        if not receiver.offer(payload):
+            self.counters["live_frames_refused"] += 1
+
+    def _end_live(self, broadcast_id: str) -> None:
+        receiver = self._live.pop(broadcast_id, None)
+        if receiver is None:
+            return
+        for name, n in receiver.counters.items():
+            self.counters[f"live_{name}"] += n
+        if self.mqtt is not None:
+            self.mqtt.unsubscribe(p.Topics.live(broadcast_id))
+
+    def _start_track(self, track: _Track) -> bool:
         """Take up a broadcast, unless this terminal already has or had it.
 
         One broadcast (or scheduled occurrence) plays once, whichever path brings it
@@ -471,13 +534,13 @@ class EdgeAgent:
         bid = track.body.broadcast_id
         if self._completed.seen(bid):
             self.counters["already_played"] += 1
-            return
+            return False
         current = self._tracks.get(bid)
         if current is not None and not current.finished:
-            return
+            return False
         claimed = self.schedule.claimed_attempt(bid)
         if claimed is not None and track.body.attempt <= claimed:
-            return
+            return False
         now = self.clock.now_ms()
         self.schedule.claim(bid, track.expires_at, track.body.attempt)
         track.received_at = now
@@ -491,6 +554,7 @@ class EdgeAgent:
             # Warm the amplifier while the audio is fetched, so a download that ends
             # just before the start instant does not also wait for the warm-up.
             self._spawn(self._prewarm())
+        return True
 
     async def _prewarm(self) -> None:
         if self._amp_off_task is not None:
@@ -570,6 +634,14 @@ class EdgeAgent:
         )
         # Kept when the outbox is full: the console must learn where an update stands.
         self._send(p.Topics.device_event(self.config.device_id), event, keep=True)
+
+    async def _on_board_clock(
+        self, chunks: AsyncIterable[tuple[int, bytes]]
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """Live chunks are timed on the controller's clock (the frames' stamps); the
+        speaker counts on the board's own."""
+        async for at, pcm in chunks:
+            yield self.clock.to_local(at), pcm
 
     def _playing_emergency(self) -> bool:
         item = self._playing_item
@@ -716,7 +788,9 @@ class EdgeAgent:
             rank=track.body.rank,
             start_at_ms=start,
             expires_at_ms=track.expires_at,
-            replay_after_preemption=track.body.priority is not p.Priority.ROUTINE,
+            # A live voice interrupted is not played again later: it would be stale.
+            replay_after_preemption=track.body.priority is not p.Priority.ROUTINE
+            and track.body.live is None,
             payload=prepared,
         )
         self._arbiter.offer(track.item)
@@ -755,8 +829,9 @@ class EdgeAgent:
                     self._report(track, p.DeliveryState.EXPIRED, "expired before it could play")
             if decision.play is not None:
                 if decision.preempted is not None and self._play_task is not None:
-                    track = self._tracks[decision.preempted.broadcast_id]
-                    track.stop_reason = p.DeliveryState.PREEMPTED
+                    track = self._tracks.get(decision.preempted.broadcast_id)
+                    if track is not None:  # None: a phone call (it reports itself)
+                        track.stop_reason = p.DeliveryState.PREEMPTED
                     self._play_task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await self._play_task
@@ -784,8 +859,17 @@ class EdgeAgent:
         ]
         for bid in stale:
             del self._tracks[bid]
+        # A live session that never got to play (cancelled, expired, failed fetch).
+        playing = self._playing_item.broadcast_id if self._playing_item is not None else None
+        for bid in [b for b in self._live if b != playing]:
+            track = self._tracks.get(bid)
+            if track is None or track.finished:
+                self._end_live(bid)
 
     async def _play(self, item: Item) -> None:
+        if isinstance(item.payload, CallSession):
+            await self._play_call(item, item.payload)
+            return
         track = self._tracks[item.broadcast_id]
         body = track.body
         prepared = item.payload
@@ -811,15 +895,33 @@ class EdgeAgent:
                 # Missed its instant (queued behind another, played again after an
                 # interruption, a slow warm-up): the next step of the late grid.
                 start = late_slot(body.start_at, now + START_MARGIN_MS)
-            await self.hw.speaker.play(
-                prepared,
-                # The speaker counts on the board's own clock.
-                start_at_ms=self.clock.to_local(start),
-                broadcast_id=body.broadcast_id,
-                on_started=lambda: self._on_play_started(track, prepared),
-                attempt=body.attempt,
-            )
-            self._report(track, p.DeliveryState.DONE)
+            watch = SilenceWatch(self.hw.output_monitor)
+
+            def started() -> None:
+                watch.begin()
+                self._on_play_started(track, prepared)
+
+            try:
+                await self.hw.speaker.play(
+                    prepared,
+                    # The speaker counts on the board's own clock.
+                    start_at_ms=self.clock.to_local(start),
+                    broadcast_id=body.broadcast_id,
+                    on_started=started,
+                    attempt=body.attempt,
+                )
+            finally:
+                watch.stop()
+            receiver = self._live.get(body.broadcast_id)
+            if receiver is not None:
+                # After the chime, the live voice until the speaker's end frame.
+                await self.hw.speaker.play_stream(
+                    self._on_board_clock(receiver.chunks(self.clock.now_ms)),
+                    broadcast_id=body.broadcast_id,
+                )
+            self._report_played(track, watch.verdict(prepared.duration_ms))
+        except LiveLost as exc:
+            self._report(track, p.DeliveryState.FAILED, f"live: {exc}")
         except asyncio.CancelledError:
             if self._stopping:
                 # Power cut or shutdown: nothing is said now. The journal still holds
@@ -843,6 +945,7 @@ class EdgeAgent:
         except HardwareFault as exc:
             self._report(track, p.DeliveryState.FAILED, str(exc), offset_ms=self._offset_ms(track))
         finally:
+            self._end_live(body.broadcast_id)
             track.started_mono = None
             self._arbiter.finished(item)
             if self._playing_item is item:
@@ -852,6 +955,102 @@ class EdgeAgent:
             if not self._stopping:
                 self._amp_off_task = asyncio.create_task(self._amplifier_off_later())
                 self._wakeup.set()
+
+    async def _upload_clip(self, body: p.ClipRequestBody) -> None:
+        """The first seconds of what the loopback captured of the last play, to the one
+        upload the signed request authorises (an empty body: nothing played yet)."""
+        pcm = self.hw.output_monitor.last_clip(body.max_ms)
+        wav = b"" if pcm is None else capture_to_wav(pcm)
+        url = urljoin(self.config.media_base_url, body.upload_path)
+        try:
+            await self.hw.network.transfer_delay(len(wav))
+            async with self._session().put(
+                url,
+                data=wav,
+                headers={"X-Dalaba-Clip-Token": body.token, "Content-Type": "audio/wav"},
+            ) as resp:
+                ok = resp.status in (200, 201)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("%s: clip upload: %s", self.config.device_id, exc)
+            ok = False
+        self.counters["clips_uploaded" if ok else "clip_uploads_failed"] += 1
+
+    # ------------------------------------------------------------------ phone calls
+
+    def _apply_phone_book(self, body: p.PhoneBookBody) -> None:
+        if self.phone is None:
+            self.counters["phone_book_without_modem"] += 1
+            return
+        if not self.phone.apply(body):
+            self.counters["phone_book_not_newer"] += 1
+            return
+        # The count, never the numbers: events are read by more people than whitelists.
+        self._publish_event(
+            p.EventKind.CONFIG_APPLIED,
+            "phone_book",
+            self.hw.clock.now_ms(),
+            detail={"phone_book_version": body.version, "numbers": len(body.numbers)},
+        )
+
+    def _offer_call(self, item: Item) -> None:
+        self._arbiter.offer(item)
+        self._wakeup.set()
+
+    def _withdraw_call(self, broadcast_id: str) -> None:
+        self._arbiter.remove(broadcast_id)
+        self._wakeup.set()
+
+    def _report_call(self, detail: dict[str, object]) -> None:
+        self._publish_event(
+            p.EventKind.CALL, str(detail["outcome"]), self.hw.clock.now_ms(), detail=detail
+        )
+
+    async def _play_call(self, item: Item, call: CallSession) -> None:
+        """A whitelisted caller, live at paging rank, until they hang up."""
+        outcome, played_ms = p.CallOutcome.PLAYED, 0
+        try:
+            if self._amp_off_task is not None:
+                self._amp_off_task.cancel()
+            self.hw.speaker.set_volume(self.normal_volume)
+            await self.hw.amplifier.power_on()
+            call.started.set()
+            played = await self.hw.speaker.play_stream(
+                call.chunks(self.hw.clock.now_ms), broadcast_id=item.broadcast_id
+            )
+            played_ms = played.played_ms
+        except asyncio.CancelledError:
+            call.finish(p.CallOutcome.PREEMPTED, played_ms)
+            if self._stopping:
+                raise
+        except HardwareFault as exc:
+            log.warning("%s: call: %s", self.config.device_id, exc)
+            outcome = p.CallOutcome.FAILED
+        finally:
+            call.finish(outcome, played_ms)
+            self._arbiter.finished(item)
+            if self._playing_item is item:
+                self._playing_item = None
+            if not self._stopping:
+                self._amp_off_task = asyncio.create_task(self._amplifier_off_later())
+                self._wakeup.set()
+
+    def _report_played(self, track: _Track, silence: tuple[int, int] | None) -> None:
+        """The play ran to its end: `done`, or `silent` if the output monitor found the
+        line quiet for part of it (the seconds affected, and where they began)."""
+        if silence is None:
+            self._report(track, p.DeliveryState.DONE)
+            return
+        silent_ms, from_ms = silence
+        faults = sorted(f.value for f in self._current_faults() & _OUTPUT_FAULTS)
+        cause = ", ".join(faults) if faults else "no fault showing now"
+        self._report(
+            track,
+            p.DeliveryState.SILENT,
+            f"no sound on the speaker line for {silent_ms / 1000:.1f} s"
+            f" from {from_ms / 1000:.1f} s ({cause})",
+            offset_ms=from_ms,
+            silent_ms=silent_ms,
+        )
 
     def _on_play_started(self, track: _Track, prepared: PreparedAudio) -> None:
         now = self.clock.now_ms()
@@ -902,6 +1101,7 @@ class EdgeAgent:
         offset_ms: int | None = None,
         final: bool | None = None,
         on_receipt: bool = False,
+        silent_ms: int | None = None,
     ) -> None:
         """Report a state change of `track` (through the outbox). `final` (default: the
         state's own finality) means this terminal is done with the broadcast."""
@@ -918,6 +1118,7 @@ class EdgeAgent:
             offset_ms=offset_ms,
             attempt=track.body.attempt,
             on_receipt=on_receipt,
+            silent_ms=silent_ms,
         )
         self.counters[f"state_{state.value}"] += 1
         self._send(

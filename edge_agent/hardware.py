@@ -6,7 +6,7 @@ in software for tests, demos and benchmarks. The agent never knows which it has.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -75,6 +75,61 @@ class Speaker(Protocol):
         or the amplifier is not warm or fails, before or during the play."""
         ...
 
+    async def play_stream(
+        self, chunks: AsyncIterable[tuple[int, bytes]], *, broadcast_id: str
+    ) -> PlayOutcome:
+        """Play live audio: each chunk is (instant on the terminal clock, 16 kHz mono
+        16-bit PCM), sounding at that instant (at once if it has passed); a gap between
+        chunks is silence. Returns when the chunks end. Cancelling stops the sound at
+        once; raises HardwareFault as `play` does."""
+        ...
+
+
+class OutputMonitor(Protocol):
+    """Proof that sound came out: a current sense on the speaker line (or a loopback
+    capture of the amplifier's output), read independently of what the DAC was told."""
+
+    def carrying(self) -> bool:
+        """While a play sounds: does the speaker line really carry it now? False when
+        the amplifier or the line has failed although the DAC is still playing."""
+        ...
+
+    def last_clip(self, max_ms: int) -> bytes | None:
+        """The first `max_ms` of what the last play really put on the line, as the
+        loopback captured it (16 kHz mono 16-bit PCM; silence where nothing came out),
+        or None if nothing has played since power-on."""
+        ...
+
+
+class Modem(Protocol):
+    """A mobile modem for phone-call broadcast (电话广播): one call at a time."""
+
+    async def next_ring(self) -> str:
+        """Wait for an incoming call; its caller id ("" when withheld)."""
+        ...
+
+    async def answer(self) -> None: ...
+
+    async def reject(self) -> None:
+        """Refuse the ringing call without answering it (the caller hears busy)."""
+        ...
+
+    async def hang_up(self) -> None: ...
+
+    async def wait_hang_up(self) -> None:
+        """Return when the caller of the answered call hangs up."""
+        ...
+
+    async def read_dtmf(self, digits: int, timeout_s: float) -> str:
+        """Keys the caller presses, until `digits` of them, `#`, the caller hanging up
+        or `timeout_s`; what was pressed (without `#`)."""
+        ...
+
+    def call_audio(self) -> AsyncIterator[bytes]:
+        """The answered call's downlink audio, 16 kHz mono 16-bit PCM frames as they
+        arrive; ends when the caller hangs up."""
+        ...
+
 
 # A board that has no such sensor (no battery, no modem, no thermometer) says None:
 # reported absent, never as zero.
@@ -120,3 +175,7 @@ class Hardware(Protocol):
     def clock(self) -> Clock: ...
     @property
     def network(self) -> NetworkLink: ...
+    @property
+    def output_monitor(self) -> OutputMonitor: ...
+    @property
+    def modem(self) -> Modem | None: ...  # None: a terminal without phone-call broadcast

@@ -1,6 +1,10 @@
 """A terminal's hardware in software: amplifier relay, speaker line, power, sensors,
 clock and network, with faults that can be injected one terminal at a time.
 
+A fault that strikes mid-play does not stop the DAC (a real one does not know): the
+line goes quiet, the output monitor (a current sense) sees it, the WAV holds silence for
+those seconds and the play's record says how many (`silent_ms`).
+
 The speaker records what was really played: one JSON line per play in
 `plays-started.jsonl` at its first sample, one in `plays.jsonl` when it ends, and a WAV
 file of the samples output, with true wall-clock times, so tests and benchmarks can check
@@ -15,7 +19,7 @@ import json
 import random
 import time
 import wave
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +27,7 @@ from typing import Literal
 
 from edge_agent.hardware import HardwareFault, PlayOutcome, PreparedAudio
 from firmware_sim.audio import SAMPLE_RATE, decode_pcm
+from firmware_sim.modem import SimModem
 
 
 def _iso_ms(epoch_ms: int) -> str:
@@ -160,6 +165,12 @@ class SimSpeaker:
         self.starts_log = record_dir / "plays-started.jsonl"
         self._play_count = 0
         self._sounding: asyncio.Future[None] | None = None
+        # During a play: the true wall-clock spans the line was silent ([start, end or
+        # None while still silent]) and the first fault's reason.
+        self._silent_spans: list[list[int | None]] = []
+        self._silence_reason: str | None = None
+        self.last_output: bytes | None = None  # the loopback capture of the last play
+        self._streaming = False  # a live stream (paging, a phone call) is sounding
         amplifier.add_fault_listener(self._fault)
 
     @property
@@ -173,13 +184,22 @@ class SimSpeaker:
         self._line_cut = cut
         if cut:
             self._fault("speaker line cut during the play")
+        elif self._silent_spans and self._silent_spans[-1][1] is None and self.amplifier.on:
+            self._silent_spans[-1][1] = _true_now_ms()  # mended: sound again
 
     def _fault(self, reason: str) -> None:
-        # Event-driven rather than polled: the sound stops the instant the fault
-        # happens, and 10,000 simulated speakers cost nothing while nothing fails.
-        sounding = self._sounding
-        if sounding is not None and not sounding.done():
-            sounding.set_exception(HardwareFault(reason))
+        # Event-driven rather than polled: 10,000 simulated speakers cost nothing while
+        # nothing fails. The DAC plays on; only what reaches the line goes quiet.
+        if self._sounding is None or self._sounding.done():
+            return
+        self._silence_reason = self._silence_reason or reason
+        if not self._silent_spans or self._silent_spans[-1][1] is not None:
+            self._silent_spans.append([_true_now_ms(), None])
+
+    def carrying(self) -> bool:
+        """The current sense: a play is sounding through a warm amplifier and a whole line."""
+        sounding = self._sounding is not None or self._streaming
+        return sounding and not self._line_cut and self.amplifier.on
 
     @property
     def line_ok(self) -> bool:
@@ -218,6 +238,7 @@ class SimSpeaker:
         self._record_start(audio, broadcast_id, started, start_at_ms, attempt, warm_ms)
         loop = asyncio.get_running_loop()
         sounding = self._sounding = loop.create_future()
+        self._silent_spans, self._silence_reason = [], None
         timer = loop.call_later(audio.duration_ms / 1000, _settle, sounding)
         # The agent's bookkeeping for the first sample runs after the other simulated
         # terminals whose first sample is due now have started theirs: on a board each
@@ -239,8 +260,71 @@ class SimSpeaker:
             self._sounding = None
             ended = _true_now_ms()
             played_ms = audio.duration_ms if completed else min(ended - started, audio.duration_ms)
-            self._record(audio, broadcast_id, started, ended, played_ms, completed, warm_ms, fault)
+            silent = self._silent_spans_ms(started, started + played_ms)
+            self._record(
+                audio, broadcast_id, started, ended, played_ms, completed, warm_ms,
+                fault or self._silence_reason, silent,
+            )  # fmt: skip
         return PlayOutcome(played_ms=played_ms, completed=completed)
+
+    def _silent_spans_ms(self, started: int, ended: int) -> list[tuple[int, int]]:
+        """The play's silent spans as offsets into it (ms), closed at the end of its audio."""
+        spans = [
+            (max(0, int(a) - started), max(0, (ended if b is None else int(b)) - started))
+            for a, b in self._silent_spans
+            if a is not None
+        ]
+        self._silent_spans = []
+        return [(a, b) for a, b in spans if b > a]
+
+    async def play_stream(
+        self, chunks: AsyncIterable[tuple[int, bytes]], *, broadcast_id: str
+    ) -> PlayOutcome:
+        """Live audio, recorded like any play: the WAV holds exactly what went out, each
+        chunk placed at the true instant it sounded (its playout instant, or later if it
+        came late), with silence in the gaps."""
+        timeline = bytearray()
+        started: int | None = None
+        fault: str | None = None
+        completed = False
+        audio = PreparedAudio(sha256="live", duration_ms=0, handle=b"")
+        try:
+            async for play_at, pcm in chunks:
+                delay_ms = play_at - self.clock.now_ms()
+                if delay_ms > 0:
+                    await asyncio.sleep(delay_ms / 1000)
+                self._check_ready()
+                now = _true_now_ms()
+                if started is None:
+                    started = now
+                    self._streaming = True
+                    warm_ms = self.amplifier.warm_for_ms(now)
+                    self._record_start(audio, broadcast_id, now, play_at, 0, warm_ms)
+                at_sample = (now - started) * SAMPLE_RATE // 1000
+                if at_sample * 2 > len(timeline):
+                    timeline.extend(bytes(at_sample * 2 - len(timeline)))
+                timeline.extend(pcm)
+            completed = True
+        except HardwareFault as exc:
+            fault = str(exc)
+            raise
+        finally:
+            self._streaming = False
+            if started is not None:
+                ended = _true_now_ms()
+                played_ms = len(timeline) * 1000 // (2 * SAMPLE_RATE)
+                audio = PreparedAudio(sha256="live", duration_ms=played_ms, handle=bytes(timeline))
+                self._record(
+                    audio,
+                    broadcast_id,
+                    started,
+                    ended,
+                    played_ms,
+                    completed,
+                    self.amplifier.warm_for_ms(started),
+                    fault,
+                )
+        return PlayOutcome(played_ms=len(timeline) * 1000 // (2 * SAMPLE_RATE), completed=completed)
 
     def _check_ready(self) -> None:
         if self._line_cut:
@@ -284,6 +368,7 @@ class SimSpeaker:
         completed: bool,
         warm_ms: int | None,
         fault: str | None,
+        silent: list[tuple[int, int]] | None = None,
     ) -> None:
         self.record_dir.mkdir(parents=True, exist_ok=True)
         if self._play_count == 0 and self.plays_log.exists():
@@ -305,10 +390,19 @@ class SimSpeaker:
         }
         if fault is not None:
             entry["fault"] = fault
+        pcm = audio.handle
+        assert isinstance(pcm, bytes)
+        samples = len(pcm) // 2 if completed else played_ms * SAMPLE_RATE // 1000
+        if silent:
+            # What really reached the line: silence where the amplifier or line failed.
+            out = bytearray(pcm[: samples * 2])
+            for a, b in silent:
+                lo, hi = a * SAMPLE_RATE // 1000 * 2, b * SAMPLE_RATE // 1000 * 2
+                out[lo:hi] = bytes(len(out[lo:hi]))
+            pcm = bytes(out)
+            entry["silent_ms"] = min(played_ms, sum(b - a for a, b in silent))
+        self.last_output = pcm[: min(samples, CAPTURE_MAX_MS * SAMPLE_RATE // 1000) * 2]
         if self.record_wav:
-            pcm = audio.handle
-            assert isinstance(pcm, bytes)
-            samples = len(pcm) // 2 if completed else played_ms * SAMPLE_RATE // 1000
             wav_path = self.record_dir / "plays" / f"{self._play_count:04d}-{broadcast_id}.wav"
             wav_path.parent.mkdir(exist_ok=True)
             with wave.open(str(wav_path), "wb") as w:
@@ -325,6 +419,25 @@ class SimSpeaker:
 
     def plays_started(self) -> list[dict[str, object]]:
         return _read_json_lines(self.starts_log)
+
+
+# The loopback keeps this much of the last play (a real board's capture buffer).
+CAPTURE_MAX_MS = 30_000
+
+
+class SimOutputMonitor:
+    """The speaker line's current sense and loopback capture, read from what the
+    simulated speaker really put out; satisfies `edge_agent.hardware.OutputMonitor`."""
+
+    def __init__(self, speaker: SimSpeaker) -> None:
+        self._speaker = speaker
+
+    def carrying(self) -> bool:
+        return self._speaker.carrying()
+
+    def last_clip(self, max_ms: int) -> bytes | None:
+        pcm = self._speaker.last_output
+        return None if pcm is None else pcm[: max(0, max_ms) * SAMPLE_RATE // 1000 * 2]
 
 
 def _settle(future: asyncio.Future[None]) -> None:
@@ -408,16 +521,21 @@ class SimHardware:
     sensors: SimSensors
     clock: SimClock
     network: SimNetwork
+    output_monitor: SimOutputMonitor
+    modem: SimModem | None = None
 
     @classmethod
     def create(cls, record_dir: Path, *, seed: int = 0, bind_address: str = "") -> SimHardware:
         clock = SimClock()
         amplifier = SimAmplifier()
+        speaker = SimSpeaker(record_dir, clock, amplifier)
         return cls(
             amplifier=amplifier,
-            speaker=SimSpeaker(record_dir, clock, amplifier),
+            speaker=speaker,
             power=SimPower(),
             sensors=SimSensors(seed),
             clock=clock,
             network=SimNetwork(bind_address),
+            output_monitor=SimOutputMonitor(speaker),
+            modem=SimModem(),
         )

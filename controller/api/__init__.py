@@ -5,6 +5,7 @@ from aiohttp import web
 from controller.api import (
     approvals,
     broadcasts,
+    clips,
     county,
     device_control,
     devices,
@@ -13,7 +14,9 @@ from controller.api import (
     enrolment,
     groups,
     live,
+    live_paging,
     media,
+    phone,
     preview,
     pronunciations,
     records,
@@ -42,6 +45,7 @@ def routes() -> list[web.RouteDef]:
         *session.routes,
         *users.routes,
         *live.routes,
+        *live_paging.routes,
         *records.routes,
         *approvals.routes,
         *groups.routes,
@@ -58,4 +62,6 @@ def routes() -> list[web.RouteDef]:
         *ebd.routes,
         *upstream.routes,
         *updates.routes,
+        *phone.routes,
+        *clips.routes,
     ]

@@ -87,6 +87,7 @@ async def me(request: web.Request, principal: Principal) -> dict[str, object]:
             "can_approve": principal.can(Permission.APPROVE),
             "can_control_terminals": principal.can(Permission.TERMINAL_CONTROL),
             "can_manage_users": principal.can(Permission.MANAGE_USERS),
+            "can_manage_phone_book": principal.can(Permission.PHONE_BOOK),
             # So the console can say before sending that a second officer must confirm.
             "two_person_levels": list(settings.two_person_levels),
             "two_person_min_townships": settings.two_person_min_townships,

@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -47,6 +47,9 @@ CHUNK_MS = 20  # what is written to aplay at a time: the reaction time to a canc
 # more, so it fills at once and absorbs a loaded board's scheduling jitter.
 BUFFER_MS = 200
 LEAD_MS = 250
+# Live audio (paging, calls) and the output monitor's clips: 16 kHz mono 16-bit.
+LIVE_RATE = 16_000
+MAX_CLIP_BYTES = 30 * LIVE_RATE * 2
 
 
 def _now_ms() -> int:
@@ -118,6 +121,7 @@ class AlsaSpeaker:
         self._mixer_task: asyncio.Task[None] | None = None
         self._frame_bytes = 2 * board.channels
         self._chunk_bytes = board.sample_rate * CHUNK_MS // 1000 * self._frame_bytes
+        self.monitor = LineMonitor(self)
 
     @property
     def line_ok(self) -> bool:
@@ -198,6 +202,7 @@ class AlsaSpeaker:
                 await asyncio.sleep(delay_ms / 1000)
             self._check_ready()
             started = time.monotonic()
+            self.monitor.begin()
             on_started()
             await self._stream(proc, pcm, started)
             assert proc.stdin is not None
@@ -226,7 +231,103 @@ class AlsaSpeaker:
             self._check_ready()  # a fault between chunks stops the sound
             chunk = pcm[offset : offset + self._chunk_bytes]
             proc.stdin.write(_scaled(chunk, gain))
+            self.monitor.note_written(self._to_live(chunk))
             await proc.stdin.drain()
+
+
+    async def play_stream(
+        self, chunks: AsyncIterable[tuple[int, bytes]], *, broadcast_id: str
+    ) -> PlayOutcome:
+        """Live audio (16 kHz mono chunks, each at its instant on the board clock) through
+        one aplay: a chunk that comes late is written at once, a gap is written as
+        silence so the device never underruns into noise."""
+        self._check_ready()
+        proc = await self._open()
+        assert proc.stdin is not None
+        gain = self._gain()
+        written_until: int | None = None  # board-clock instant the device is fed up to
+        played = 0
+        self.monitor.begin()
+        try:
+            async for play_at, pcm in chunks:
+                delay_ms = play_at - _now_ms() - LEAD_MS
+                if delay_ms > 0:
+                    await asyncio.sleep(delay_ms / 1000)
+                self._check_ready()
+                out = self._from_live(pcm)
+                if written_until is not None and play_at > written_until:
+                    gap = (play_at - written_until) * self.board.sample_rate // 1000
+                    proc.stdin.write(bytes(gap * self._frame_bytes))
+                proc.stdin.write(_scaled(out, gain))
+                await proc.stdin.drain()
+                chunk_ms = len(pcm) * 1000 // (2 * LIVE_RATE)
+                written_until = max(written_until or play_at, play_at) + chunk_ms
+                played += chunk_ms
+                self.monitor.note_written(pcm)
+            proc.stdin.close()
+            await proc.wait()
+            return PlayOutcome(played_ms=played, completed=True)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise HardwareFault(f"aplay on {self.board.pcm}: {await _stderr(proc)}") from exc
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+    def _to_live(self, chunk: bytes) -> bytes:
+        """The board's samples → 16 kHz mono (first channel, nearest sample) for clips."""
+        src = array.array("h")
+        src.frombytes(chunk[: len(chunk) // 2 * 2])
+        step = self.board.channels
+        frames = len(src) // step
+        n_out = frames * LIVE_RATE // self.board.sample_rate
+        return array.array(
+            "h", (src[(i * self.board.sample_rate // LIVE_RATE) * step] for i in range(n_out))
+        ).tobytes()
+
+    def _from_live(self, pcm: bytes) -> bytes:
+        """16 kHz mono 16-bit → the board's rate and channels (nearest sample: live
+        speech through a loudspeaker horn needs nothing finer)."""
+        src = array.array("h")
+        src.frombytes(pcm[: len(pcm) // 2 * 2])
+        n_out = len(src) * self.board.sample_rate // LIVE_RATE
+        out = array.array("h", bytes(2 * n_out * self.board.channels))
+        for i in range(n_out):
+            sample = src[i * LIVE_RATE // self.board.sample_rate]
+            for c in range(self.board.channels):
+                out[i * self.board.channels + c] = sample
+        return out.tobytes()
+
+
+class LineMonitor:
+    """The output monitor a board without a loopback capture can have: the speaker-line
+    sense input (when wired) and the amplifier's fault input say whether the line
+    carries sound; the clip is what was written to the DAC while they said so (silence
+    where they did not). Not a loopback: a DAC that writes but does not sound is only
+    caught by the line sense."""
+
+    def __init__(self, speaker: AlsaSpeaker) -> None:
+        self._speaker = speaker
+        self._clip = bytearray()
+        self._max = MAX_CLIP_BYTES
+
+    def carrying(self) -> bool:
+        s = self._speaker
+        return s.line_ok and s.amplifier.ok and s.amplifier.on
+
+    def begin(self) -> None:
+        self._clip = bytearray()
+
+    def note_written(self, pcm16k: bytes) -> None:
+        if len(self._clip) >= self._max:
+            return
+        piece = pcm16k if self.carrying() else bytes(len(pcm16k))
+        self._clip.extend(piece[: self._max - len(self._clip)])
+
+    def last_clip(self, max_ms: int) -> bytes | None:
+        if not self._clip:
+            return None
+        return bytes(self._clip[: max_ms * LIVE_RATE * 2 // 1000])
 
 
 def _scaled(chunk: bytes, gain: float) -> bytes:
@@ -356,6 +457,13 @@ class LinuxHardware:
     clock: SystemClock
     network: LinuxNetwork
     _lines: tuple[GpioOutput | GpioInputLine, ...] = ()
+    # Phone-call broadcast needs voice calls through ModemManager: not driven yet on a
+    # board (docs/terminal.md); the simulator's modem is the only one today.
+    modem: None = None
+
+    @property
+    def output_monitor(self) -> LineMonitor:
+        return self.speaker.monitor
 
     @classmethod
     def create(cls, board: LinuxBoard) -> LinuxHardware:

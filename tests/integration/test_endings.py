@@ -1,6 +1,6 @@
-"""`failed`, produced for real: the simulated hardware's fault switches (speaker line
-cut, amplifier failed, before and during a play) and the media path (audio altered in
-the controller's store, audio gone from it).
+"""`failed` and `silent`, produced for real: the simulated hardware's fault switches
+(speaker line cut, amplifier failed: before a play `failed`, during it `silent`) and
+the media path (audio altered in the controller's store, audio gone from it).
 
 Every ending is checked twice: the delivery's state and reason from the API, and the
 simulated speaker's own records (`plays-started.jsonl` when a play starts,
@@ -57,9 +57,11 @@ async def test_a_cut_speaker_line_or_a_failed_amplifier_fails_the_play_without_s
     assert [e["completed"] for e in played[healthy]] == [True]
 
 
-async def test_a_speaker_line_cut_or_an_amplifier_failing_mid_play_cuts_it_and_fails_it(
+async def test_a_speaker_line_cut_or_an_amplifier_failing_mid_play_is_reported_silent(
     make_county,
 ):
+    # The DAC plays on through a dead line: the output monitor notices, and the play ends
+    # `silent` (not `done`) with the seconds that were not heard.
     county = await make_county(villages=3)
     cut, dead_amplifier, healthy = "d-t01-v01-1", "d-t01-v02-1", "d-t01-v03-1"
     bid = await county.broadcast(text=LONG_TEXT, targets={"townships": ["t01"]})
@@ -69,21 +71,24 @@ async def test_a_speaker_line_cut_or_an_amplifier_failing_mid_play_cuts_it_and_f
     county.fleet.set_amplifier_failed(dead_amplifier)
 
     view = await county.wait_states(
-        bid, {cut: "failed", dead_amplifier: "failed", healthy: "done"}, timeout_s=60
+        bid, {cut: "silent", dead_amplifier: "silent", healthy: "done"}, timeout_s=60
     )
-    assert_reason(view, cut, "speaker line")
+    assert_reason(view, cut, "speaker_line")
     assert_reason(view, dead_amplifier, "amplifier")
     audio_ms = county.media_ms(view["media_id"])
     started, ended = county.all_started(bid), county.all_plays(bid)
     assert started.keys() == ended.keys() == {cut, dead_amplifier, healthy}
     for device_id in (cut, dead_amplifier):
-        assert states_of(delivery_of(view, device_id))[-2:] == ["playing", "failed"], device_id
-        assert len(started[device_id]) == 1, started[device_id]
+        delivery = delivery_of(view, device_id)
+        assert states_of(delivery)[-2:] == ["playing", "silent"], device_id
+        reported = delivery["transitions"][-1]["silent_ms"]
         (end,) = ended[device_id]
-        assert not end["completed"], (device_id, end)
-        assert end["duration_ms"] < audio_ms, (device_id, end["duration_ms"], audio_ms)
+        # The speaker's own record: it ran on, and silence went out from the fault.
+        assert end["completed"] and 0 < end["silent_ms"] < audio_ms, (device_id, end)
+        assert abs(reported - end["silent_ms"]) < 1_500, (device_id, reported, end)
     (whole,) = ended[healthy]
     assert whole["completed"] and whole["duration_ms"] == audio_ms, (whole, audio_ms)
+    assert "silent_ms" not in whole
 
 
 async def _stored_preview(county: Any, text: str) -> str:

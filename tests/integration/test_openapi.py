@@ -547,6 +547,54 @@ async def test_real_answers_match_their_schemas(make_county) -> None:
         assert b"hello" in first
         api.check("GET", "/api/live", resp.status, resp.content_type, b"")
 
+    # Live paging: start, the audio socket (opened and closed), stop.
+    _, session, _ = await api.call(
+        "POST", "/api/live-paging", json_body={"targets": {"villages": ["t01-v01"]}}, expect=201
+    )
+    audio = f"/api/live-paging/{session['id']}/audio"
+    ws = await county.http.ws_connect(county.url + audio, headers=county.headers())
+    await ws.close()
+    api.check("GET", "/api/live-paging/{id}/audio", 101, "application/octet-stream", b"")
+    await api.call(
+        "POST",
+        "/api/live-paging/{id}/stop",
+        path=f"/api/live-paging/{session['id']}/stop",
+        expect=200,
+    )
+
+    # Phone-call broadcast: a whitelist saved, the lists, the calls.
+    await api.call(
+        "PUT",
+        "/api/phone/whitelists/{scope}/{scope_id}",
+        path="/api/phone/whitelists/village/t01-v01",
+        json_body={"numbers": ["138 0013 8000"], "pin": "2468"},
+        expect=200,
+    )
+    await api.call("GET", "/api/phone/whitelists", expect=200)
+    await api.call("GET", "/api/calls", path="/api/calls?limit=10", expect=200)
+    # A terminal's clip: asked for, then looked at; the upload answers a wrong token.
+    _, clip, _ = await api.call(
+        "POST",
+        "/api/devices/{id}/clip",
+        path="/api/devices/d-t01-v01-1/clip",
+        json_body={"seconds": 2},
+        expect=202,
+    )
+    await api.call(
+        "GET",
+        "/api/devices/{id}/clip/{request_id}",
+        path=f"/api/devices/d-t01-v01-1/clip/{clip['request_id']}",
+        expect=200,
+    )
+    await api.call(
+        "PUT",
+        "/device-clips/{request_id}",
+        path="/device-clips/not-a-request",
+        headers={"X-Dalaba-Clip-Token": "x" * 43},
+        anonymous=True,
+        expect=403,
+    )
+
     # Every documented operation was called, except the upload (tests/integration/
     # test_content_uploads.py sends real audio files).
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}

@@ -123,32 +123,62 @@ async def test_a_play_is_recorded_at_its_first_sample_and_at_its_end(tmp_path: P
     ("fault", "reason"),
     [("line", "speaker line cut during the play"), ("amplifier", "amplifier failed during")],
 )
-async def test_a_fault_during_a_play_stops_it_at_once(
+async def test_a_fault_during_a_play_silences_the_line_and_the_monitor_sees_it(
     tmp_path: Path, fault: str, reason: str
 ) -> None:
+    # A real DAC does not know the line is cut: it plays on. The current sense (output
+    # monitor) and the loopback capture are what show the silence.
     hw = SimHardware.create(tmp_path)
-    hw.speaker.record_wav = False
     await hw.amplifier.power_on()
     sounding = asyncio.Event()
     play = asyncio.create_task(
         hw.speaker.play(
-            audio(60_000),
+            audio(1_500),
             start_at_ms=hw.clock.now_ms(),
             broadcast_id="b-1",
             on_started=sounding.set,
         )
     )
     await sounding.wait()
+    assert hw.output_monitor.carrying()
+    await asyncio.sleep(0.3)
     if fault == "line":
         hw.speaker.line_cut = True
     else:
         hw.amplifier.failed = True
-    with pytest.raises(HardwareFault, match=reason):
-        await play
+    assert not hw.output_monitor.carrying()
+    outcome = await play
+    assert outcome.completed and outcome.played_ms == 1_500
     (end,) = hw.speaker.plays()
-    assert end["completed"] is False
-    assert isinstance(end["duration_ms"], int) and end["duration_ms"] < 60_000
     assert reason in str(end["fault"])
+    silent_ms = end["silent_ms"]
+    assert isinstance(silent_ms, int) and 0 < silent_ms < 1_500, silent_ms
+    # What the loopback captured: sound before the fault, silence after it.
+    clip = hw.output_monitor.last_clip(10_000)
+    assert clip is not None and len(clip) == 1_500 * SAMPLE_RATE // 1000 * 2
+    assert clip[:2] == b"\x01\x00" and clip[-2:] == b"\x00\x00"
+    assert hw.output_monitor.last_clip(100) == clip[: 100 * SAMPLE_RATE // 1000 * 2]
+
+
+async def test_a_line_mended_mid_play_carries_sound_again(tmp_path: Path) -> None:
+    hw = SimHardware.create(tmp_path)
+    hw.speaker.record_wav = False
+    await hw.amplifier.power_on()
+    sounding = asyncio.Event()
+    play = asyncio.create_task(
+        hw.speaker.play(
+            audio(1_500), start_at_ms=hw.clock.now_ms(), broadcast_id="b-1", on_started=sounding.set
+        )
+    )
+    await sounding.wait()
+    hw.speaker.line_cut = True
+    await asyncio.sleep(0.2)
+    hw.speaker.line_cut = False
+    assert hw.output_monitor.carrying()
+    await play
+    (end,) = hw.speaker.plays()
+    silent_ms = end["silent_ms"]
+    assert isinstance(silent_ms, int) and 150 <= silent_ms < 1_500, silent_ms
 
 
 async def test_a_fault_before_the_play_refuses_it(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -530,3 +531,35 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
         if "dalaba-agent.service" in line
     ]  # fmt: skip
     assert result.returncode == 0 and not problems, result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- live audio
+
+
+@needs_aplay
+async def test_live_chunks_reach_the_alsa_file_pcm_with_gaps_as_silence(
+    tmp_path: Path, alsa_file: Path
+) -> None:
+    """Live paging and phone calls: 16 kHz chunks at their instants, through one aplay;
+    a missing frame is written as silence, and the output monitor's clip holds what
+    went out while the line was whole."""
+    hw = LinuxHardware.create(board(pcm="dalaba_file", sample_rate=48_000))
+    hw.speaker.set_volume(100)
+    await hw.amplifier.power_on()
+    frame = array.array("h", [1000, -1000] * 480).tobytes()  # 60 ms at 16 kHz
+    now = int(time.time() * 1000)
+
+    async def chunks() -> AsyncIterator[tuple[int, bytes]]:
+        yield now + 100, frame
+        yield now + 220, frame  # the frame at +160 ms was lost: 60 ms of silence
+
+    outcome = await hw.speaker.play_stream(chunks(), broadcast_id="live-1")
+    assert outcome.completed and outcome.played_ms == 120
+    written = samples(contents(alsa_file))
+    # 48 kHz: each 16 kHz sample three times; 60 ms = 2,880 samples per frame.
+    assert list(written[:6]) == [1000, 1000, 1000, -1000, -1000, -1000]
+    assert set(written[2880 : 2 * 2880]) == {0}
+    assert list(written[2 * 2880 : 2 * 2880 + 3]) == [1000, 1000, 1000]
+    assert hw.output_monitor.carrying()
+    assert hw.output_monitor.last_clip(1000) == frame + frame
+    assert hw.modem is None

@@ -19,20 +19,23 @@ S = DeliveryState
 # The specification, written out by hand: (cause, from) -> the states it may move to.
 # The terminal's moves apply whatever the source of the current state, except that a
 # final state the terminal itself reported is never reopened (FINAL_BY_TERMINAL below).
-_REPORTED_FROM_WAITING = "received fetched playing done failed rejected preempted expired cancelled"
+_REPORTED_FROM_WAITING = (
+    "received fetched playing done silent failed rejected preempted expired cancelled"
+)
 SPEC: dict[tuple[Cause, str], str] = {
     (Cause.TERMINAL, "scheduled"): _REPORTED_FROM_WAITING,
     (Cause.TERMINAL, "sent"): _REPORTED_FROM_WAITING,
     (Cause.TERMINAL, "offline"): _REPORTED_FROM_WAITING,
-    (Cause.TERMINAL, "received"): "fetched playing done failed preempted expired cancelled",
-    (Cause.TERMINAL, "fetched"): "playing done failed preempted expired cancelled",
-    (Cause.TERMINAL, "playing"): "done failed preempted cancelled",
-    (Cause.TERMINAL, "preempted"): "received fetched playing done failed expired cancelled",
+    (Cause.TERMINAL, "received"): "fetched playing done silent failed preempted expired cancelled",
+    (Cause.TERMINAL, "fetched"): "playing done silent failed preempted expired cancelled",
+    (Cause.TERMINAL, "playing"): "done silent failed preempted cancelled",
+    (Cause.TERMINAL, "preempted"): "received fetched playing done silent failed expired cancelled",
     # Only reachable when the controller inferred them (rule 3):
-    (Cause.TERMINAL, "expired"): "received fetched playing done failed rejected preempted",
-    (Cause.TERMINAL, "unknown"): "received fetched playing done failed preempted",
+    (Cause.TERMINAL, "expired"): "received fetched playing done silent failed rejected preempted",
+    (Cause.TERMINAL, "unknown"): "received fetched playing done silent failed preempted",
     (Cause.TERMINAL, "cancelled"): "done",
     (Cause.TERMINAL, "failed"): "received fetched playing done preempted",  # after a resend
+    (Cause.TERMINAL, "silent"): "received fetched playing done preempted",  # after a resend
     (Cause.DISPATCH, "scheduled"): "sent offline",
     (Cause.DISPATCH, "sent"): "offline",
     (Cause.DISPATCH, "offline"): "sent",
@@ -47,12 +50,13 @@ SPEC: dict[tuple[Cause, str], str] = {
     (Cause.OPERATOR, "sent"): "cancelled",
     (Cause.OPERATOR, "offline"): "cancelled",
     (Cause.OPERATOR, "failed"): "sent offline",
+    (Cause.OPERATOR, "silent"): "sent offline",
     (Cause.OPERATOR, "expired"): "sent offline",
     (Cause.OPERATOR, "unknown"): "sent offline",
     (Cause.SCHEDULE, "scheduled"): "cancelled",
     (Cause.SCHEDULE, "cancelled"): "scheduled",
 }
-FINAL_BY_TERMINAL = {"done", "failed", "rejected", "expired", "cancelled", "unknown"}
+FINAL_BY_TERMINAL = {"done", "silent", "failed", "rejected", "expired", "cancelled", "unknown"}
 
 
 def expected(cause: Cause, current: S, source: Source) -> set[str]:

@@ -339,6 +339,7 @@ def test_delivery_state_final() -> None:
     final = {s for s in DeliveryState if s.final}
     assert final == {
         DeliveryState.DONE,
+        DeliveryState.SILENT,
         DeliveryState.FAILED,
         DeliveryState.REJECTED,
         DeliveryState.EXPIRED,

@@ -22,6 +22,8 @@ const VIEWS = {
   inbox: () => import("./views/inbox.js"),
   sources: () => import("./views/sources.js"),
   updates: () => import("./views/updates.js"),
+  calls: () => import("./views/calls.js"),
+  live: () => import("./views/live.js"),
 };
 
 const ctx = {
@@ -59,9 +61,11 @@ let cleanup = null;
 function navItems(me) {
   const items = [["#/", "nav.home"]];
   if (me.can_broadcast) items.push(["#/emergency", "nav.emergency", "nav-emergency"]);
+  if (me.can_broadcast) items.push(["#/live", "nav.live_paging"]);
   if (ctx.seesApprovals()) items.push(["#/approvals", "nav.approvals"], ["#/inbox", "nav.inbox"]);
   if (me.can_broadcast) items.push(["#/schedules", "nav.schedules"]);
   items.push(["#/terminals", "nav.terminals"], ["#/workorders", "nav.workorders"], ["#/records", "nav.records"], ["#/stats", "nav.stats"], ["#/audit", "nav.audit"]);
+  items.push(["#/calls", "nav.calls"]); // everyone reads calls; numbers masked without the permission
   if (me.can_broadcast) items.push(["#/groups", "nav.groups"]);
   if (me.role === "admin") items.push(["#/users", "nav.users"], ["#/sources", "nav.sources"]);
   // Agent updates: admins roll them out, technicians follow them on the terminals.

@@ -5,7 +5,15 @@
 import { t } from "./i18n.js";
 
 // Nothing more will happen to these (the controller's final states).
-export const FINAL = new Set(["done", "failed", "rejected", "expired", "cancelled", "unknown"]);
+export const FINAL = new Set([
+  "done",
+  "silent",
+  "failed",
+  "rejected",
+  "expired",
+  "cancelled",
+  "unknown",
+]);
 
 // A broadcast listed with its outcome counts is still "active" until it expires, but
 // nothing more will happen once every terminal has reached a final state or waits
@@ -43,6 +51,7 @@ const BUCKET = {
   unknown: "unknown",
   failed: "failed",
   interrupted: "failed",
+  silent: "failed", // played to its end, but the output monitor heard no sound for part of it
   rejected: "failed",
   expired: "failed",
   unreached: "unreached",
@@ -78,6 +87,7 @@ const REASONS = [
   [/^interrupted/, "reason.interrupted"],
   [/^not played before expiry/, "reason.not_played"],
   [/^amplifier failed/, "reason.amplifier"],
+  [/^no sound on the speaker line for (?<s>[\d.]+) s from (?<from>[\d.]+) s/, "reason.no_sound"],
   [/^no report from the terminal/, "reason.no_report"],
   [/^the terminal went silent/, "reason.silent"],
   [/^resent \(attempt (?<n>\d+)\) by (?<by>.+)$/, "reason.resent"],

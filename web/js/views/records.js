@@ -32,7 +32,9 @@ export async function render(main, ctx) {
     h("div", { class: "filter-actions" }, h("button", { class: "btn btn-primary", type: "submit" }, t("rec.apply")), csv),
   );
   for (const el of Object.values(f)) el.addEventListener("change", load);
-  main.append(h("div", { class: "page-head" }, h("h1", {}, t("rec.title"))), form, table);
+  // Phone calls are records too; they have their own list (web/js/views/calls.js).
+  const calls = h("a", { class: "btn", href: "#/calls", id: "rec-calls" }, t("calls.list"));
+  main.append(h("div", { class: "page-head" }, h("h1", {}, t("rec.title")), calls), form, table);
 
   function query() {
     const params = new URLSearchParams();
@@ -102,6 +104,10 @@ export async function render(main, ctx) {
     }
     clear(cell).append(
       h("p", { class: "spoken small" }, view.text || view.title),
+      // A live paging session's media is, once it ended, its recording (chime and voice).
+      view.priority === "paging"
+        ? h("p", { class: "small" }, t("lp.recording"), " ", h("audio", { controls: true, preload: "none", src: `/media/${view.media_id}`, class: "live-recording" }))
+        : null,
       h(
         "div",
         { class: "outcomes" },

@@ -6,6 +6,7 @@ import { icon, clear, fmtAgo, fmtTime, h, levelChip, modeBadge, svg, toast } fro
 import { faultName, reasonWords, t } from "../i18n.js";
 import { deliveryName, reasonText } from "../states.js";
 import { deviceState } from "./terminals.js";
+import { clipControl } from "./calls.js";
 
 function sparkline(samples, key, label, unit) {
   const values = samples.map((s) => s[key]).filter((v) => typeof v === "number");
@@ -209,6 +210,7 @@ export async function render(main, ctx, [deviceId]) {
       h("div", { class: "control-row" }, diag, h("label", { class: "field" }, h("span", { class: "field-label" }, t("dev.diag.interval")), interval), h("small", { class: "muted" }, t("dev.diag.hint"))),
       h("div", { class: "control-row" }, enrolNew, codeOut, h("small", { class: "muted" }, t("dev.enrol.hint"))),
       h("div", { class: "control-row" }, revoke, h("small", { class: "muted" }, t("dev.revoke.hint"))),
+      clipControl(deviceId),
     );
   }
 
