@@ -17,6 +17,7 @@ install, is not replaced by updates, and is small enough to trust. Its loop:
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -33,6 +34,16 @@ log = logging.getLogger(__name__)
 CRASH_PAUSE_S = 2.0
 POLL_S = 0.2
 STOP_GRACE_S = 15.0
+
+
+
+def _die_with_parent() -> None:
+    """In the agent, before it starts: SIGTERM when the launcher dies, however it dies.
+    A launcher killed outright (-9, OOM) must not leave an orphaned agent holding the
+    speaker and the broker identity while a new launcher starts another one."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Launcher:
@@ -54,7 +65,9 @@ class Launcher:
         argv = [self.python, "-m", "dalaba_ops.cli", "agent", "--config", str(self.config_path)]
         log.info("starting agent from %s", slot or "the base install")
         # cwd: the state dir, so `-m` cannot pick up packages from wherever we were run.
-        return subprocess.Popen(argv, env=env, cwd=self.layout.state_dir)
+        return subprocess.Popen(
+            argv, env=env, cwd=self.layout.state_dir, preexec_fn=_die_with_parent
+        )
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._stopping = True
