@@ -1,0 +1,380 @@
+"""Several controller replicas serving one county: real processes (two `dalaba
+controller`, one Mosquitto, the simulated fleet) on one throwaway PostgreSQL database;
+and a second controller on SQLite, refused.
+
+What must hold (issue 15, item 4): a report is stored by one replica only (MQTT 5 shared
+subscriptions), a console on either replica sees every terminal's progress (the
+PostgreSQL NOTIFY relay), and exactly one replica (the leader) fires schedules: killed
+before an occurrence's due time, the other takes over and fires it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import math
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import aiohttp
+import pytest
+from pydantic import SecretStr
+
+from dalaba_ops.broker import controller_username, free_port
+from dalaba_ops.demo import PreparedCounty, setup_county
+from firmware_sim.fleet import device_dir
+from tests.procs import (
+    Api,
+    BrokerProc,
+    Proc,
+    dalaba_argv,
+    read_json_lines,
+    wait_until,
+    write_env_file,
+)
+from tests.support import throwaway_postgres_url
+
+pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
+
+ZONE = ZoneInfo("Asia/Shanghai")
+VILLAGES = 3
+
+
+class ReplicaApi(Api):
+    """`Api` (admin token) aimed at one replica's HTTP port."""
+
+    def __init__(self, prepared: PreparedCounty, url: str, http: aiohttp.ClientSession) -> None:
+        super().__init__(SimpleNamespace(prepared=prepared), http)  # type: ignore[arg-type]
+        self._url = url
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+
+@dataclass
+class Cluster:
+    prepared: PreparedCounty
+    broker: BrokerProc
+    replicas: dict[str, Proc]  # replica id -> its `dalaba controller`
+    ports: dict[str, int]
+    fleet: Proc
+
+    @property
+    def terminals(self) -> frozenset[str]:
+        return frozenset(d for v in self.prepared.county.villages for d in v.device_ids())
+
+    def api(self, replica: str, http: aiohttp.ClientSession) -> ReplicaApi:
+        return ReplicaApi(self.prepared, f"http://127.0.0.1:{self.ports[replica]}", http)
+
+    def plays_started(self, device_id: str, broadcast_id: str) -> list[dict[str, Any]]:
+        path = device_dir(self.prepared.data_dir, device_id) / "plays-started.jsonl"
+        return [e for e in read_json_lines(path) if e.get("broadcast_id") == broadcast_id]
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.log_tail(30)}" for p in (self.broker, *self.replicas.values())
+        )
+
+    def shutdown(self) -> None:
+        for proc in (self.fleet, *self.replicas.values()):
+            proc.kill()
+        self.broker.stop()
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    yield from throwaway_postgres_url()
+
+
+@pytest.fixture
+def cluster(pg_database: str, tmp_path: Path) -> Iterator[Cluster]:
+    prepared = setup_county(
+        tmp_path / "county",
+        villages=VILLAGES,
+        speech_backends=("espeak-ng",),
+        telemetry_interval_s=2.0,
+        console_users=False,
+        database_url=pg_database,
+    )
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    # Each replica its own broker account (the broker binds client ids to accounts),
+    # HTTP port and replica id; one database, one data directory (keys, media).
+    accounts = {
+        "a": (controller_username(1), prepared.controller_password, prepared.settings.http_port),
+        "b": (controller_username(2), prepared.replica_password, free_port()),
+    }
+    replicas, ports = {}, {}
+    for name, (username, password, port) in accounts.items():
+        env = write_env_file(
+            prepared.settings,
+            tmp_path / f"controller-{name}.env",
+            broker_username=username,
+            broker_password=SecretStr(password),
+            http_port=port,
+            replica_id=f"replica-{name}",
+        )
+        replicas[name] = Proc(
+            f"replica-{name}",
+            dalaba_argv("controller", "--config", str(env)),
+            logs / f"replica-{name}.log",
+        )
+        ports[name] = port
+    fleet = Proc(
+        "fleet",
+        dalaba_argv("sim", "--data-dir", str(prepared.data_dir), "--villages", str(VILLAGES)),
+        logs / "fleet.log",
+    )
+    broker = BrokerProc(prepared.broker.files, prepared.broker_port, logs / "broker.log")
+    made = Cluster(prepared, broker, replicas, ports, fleet)
+    try:
+        broker.start()
+        for proc in replicas.values():
+            proc.start()
+        fleet.start()
+        yield made
+    finally:
+        made.shutdown()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def wait_ready(cluster: Cluster, http: aiohttp.ClientSession) -> dict[str, ReplicaApi]:
+    apis = {name: cluster.api(name, http) for name in cluster.replicas}
+
+    async def all_up() -> bool:
+        for name, api in apis.items():
+            if not cluster.replicas[name].running:
+                raise AssertionError(f"{name} exited:\n{cluster.logs()}")
+            if not await api.healthy():
+                return False
+        devices = await apis["a"].devices()
+        return set(devices) == cluster.terminals and all(d["online"] for d in devices.values())
+
+    await wait_until(all_up, 90, "both replicas up and every terminal online", detail=cluster.logs)
+    return apis
+
+
+async def leader_of(apis: dict[str, ReplicaApi]) -> str:
+    async def one_leader() -> str | None:
+        leaders = [n for n, api in apis.items() if (await api.metrics())["replica"]["leader"]]
+        return leaders[0] if len(leaders) == 1 else None
+
+    return await wait_until(one_leader, 30, "exactly one leader")
+
+
+async def read_live(
+    http: aiohttp.ClientSession, api: ReplicaApi, into: list[dict[str, Any]]
+) -> None:
+    """Every `delivery` event of one replica's /api/live stream, appended to `into`."""
+    headers = {"Authorization": f"Bearer {api.county.prepared.admin_token}"}
+    async with http.get(
+        api.url + "/api/live", headers=headers, timeout=aiohttp.ClientTimeout(total=None)
+    ) as resp:
+        assert resp.status == 200
+        kind = ""
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                kind = line[len("event: ") :]
+            elif line.startswith("data: ") and kind == "delivery":
+                into.append(json.loads(line[len("data: ") :]))
+
+
+async def test_broadcast_through_one_replica_is_stored_once_and_seen_live_on_the_other(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    apis = await wait_ready(cluster, http)
+    seen_on_b: list[dict[str, Any]] = []
+    reader = asyncio.create_task(read_live(http, apis["b"], seen_on_b))
+    try:
+        await asyncio.sleep(1.0)  # the stream is open before anything happens
+        created = await apis["a"].broadcast(text="村民请注意，今晚有大风。", targets={"all": True})
+        bid = created["id"]
+
+        async def all_done() -> bool:
+            deliveries = await apis["a"].deliveries(bid)
+            return set(deliveries) == cluster.terminals and all(
+                d["state"] == "done" for d in deliveries.values()
+            )
+
+        await wait_until(all_done, 60, f"{bid} done everywhere", detail=cluster.logs)
+
+        def done_live_on_b() -> set[str]:
+            return {
+                e["device_id"]
+                for e in seen_on_b
+                if e["broadcast_id"] == bid and e["state"] == "done"
+            }
+
+        async def b_saw_everything() -> bool:
+            return done_live_on_b() == cluster.terminals
+
+        await wait_until(
+            b_saw_everything,
+            20,
+            "replica b's live view showing every terminal done",
+            detail=lambda: f"b saw done from {sorted(done_live_on_b())}",
+        )
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+    # Stored once: each report reached one replica (shared subscription), so no
+    # replica met a report another had already applied, and no transition is doubled.
+    metrics = {name: await api.metrics() for name, api in apis.items()}
+    for name, m in metrics.items():
+        assert m["ingest"].get("reports_not_applied", 0) == 0, (name, m["ingest"])
+        assert m["replica"]["id"] == f"replica-{name}"
+    acks = [m["ingest"].get("received_ack", 0) for m in metrics.values()]
+    assert all(n > 0 for n in acks), f"reports were not shared between replicas: {acks}"
+    deliveries = await apis["b"].deliveries(bid)
+    for device_id, d in deliveries.items():
+        states = [t["state"] for t in d["transitions"]]
+        assert len(states) == len(set(states)), (device_id, states)
+        assert {"received", "playing", "done"} <= set(states), (device_id, states)
+    # Both replicas answer from the same database: the same view through either.
+    assert (await apis["a"].deliveries(bid)).keys() == deliveries.keys()
+
+
+def local_in(seconds: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(math.ceil(time.time() + seconds), ZONE)
+
+
+async def test_leader_killed_before_a_due_time_the_other_fires_it_once(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    apis = await wait_ready(cluster, http)
+    leader = await leader_of(apis)
+    follower = next(n for n in apis if n != leader)
+    due = local_in(25)
+    # Created through the follower: it plans the occurrence in the database and the
+    # leader picks it up (within a heartbeat) before it dies.
+    _, schedule = await apis[follower].call(
+        "POST",
+        "/api/schedules",
+        json_body={
+            "name": "村务通知",
+            "category": "fire_prevention",
+            "priority": "notice",
+            "text": "村务通知。",
+            "targets": {"villages": [cluster.prepared.county.villages[0].id]},
+            "recurrence": {
+                "kind": "once",
+                "times": [due.strftime("%H:%M:%S")],
+                "start_date": due.date().isoformat(),
+            },
+        },
+        expect=201,
+    )
+    schedule_id = schedule["id"]
+    targeted = frozenset(cluster.prepared.county.villages[0].device_ids())
+
+    # The leader dies well before the fire time (due minus the 3 s fire lead).
+    await asyncio.sleep(max(0.0, due.timestamp() - time.time() - 12))
+    cluster.replicas[leader].kill()
+    assert await leader_of({follower: apis[follower]}) == follower
+
+    async def fired() -> dict[str, Any] | None:
+        _, body = await apis[follower].call(
+            "GET", f"/api/schedules/{schedule_id}/occurrences", expect=200
+        )
+        found = body["occurrences"]
+        return found[0] if found and found[0]["outcome"] != "scheduled" else None
+
+    occurrence = await wait_until(fired, 40, "the occurrence settled", detail=cluster.logs)
+    assert occurrence["outcome"] == "fired", occurrence
+    oid = occurrence["id"]
+
+    def started_once() -> bool:
+        return all(len(cluster.plays_started(d, oid)) >= 1 for d in targeted)
+
+    async def every_speaker_started() -> bool:
+        return started_once()
+
+    await wait_until(every_speaker_started, 40, "every targeted speaker playing it")
+    await asyncio.sleep(3.0)  # a second fire would have reached the speakers by now
+    for device_id in targeted:
+        assert len(cluster.plays_started(device_id, oid)) == 1, device_id
+    fired_lines = {
+        name: proc.log_path.read_text(errors="replace").count(f"occurrence {oid} of")
+        for name, proc in cluster.replicas.items()
+    }
+    assert fired_lines == {leader: 0, follower: 1}, fired_lines
+
+
+async def test_a_second_controller_on_sqlite_is_refused(tmp_path: Path) -> None:
+    prepared = setup_county(
+        tmp_path / "county", villages=2, speech_backends=("espeak-ng",), console_users=False
+    )
+    logs = tmp_path / "logs"
+    broker = BrokerProc(prepared.broker.files, prepared.broker_port, logs / "broker.log")
+    first_env = write_env_file(prepared.settings, tmp_path / "first.env")
+    second_env = write_env_file(
+        prepared.settings,
+        tmp_path / "second.env",
+        broker_username=controller_username(2),
+        broker_password=SecretStr(prepared.replica_password),
+        http_port=free_port(),
+    )
+    first = Proc("first", dalaba_argv("controller", "--config", str(first_env)), logs / "a.log")
+    broker.start()
+    try:
+        first.start()
+        api = ReplicaApi(prepared, prepared.api_url, None)  # type: ignore[arg-type]
+        async with aiohttp.ClientSession() as http:
+            api.http = http
+            await wait_until(api.healthy, 60, "the first controller up", detail=first.log_tail)
+        second = await asyncio.create_subprocess_exec(
+            *dalaba_argv("controller", "--config", str(second_env)),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(second.communicate(), 60)
+        text = err.decode()
+        assert second.returncode != 0
+        assert "Traceback" not in text, text
+        last = text.strip().splitlines()[-1]
+        assert last.startswith("dalaba controller: error: another controller"), text
+        assert "already runs on the SQLite database" in last, last
+        assert "PostgreSQL" in last, last
+        assert first.running  # the first goes on
+        async with aiohttp.ClientSession() as http:
+            api.http = http
+            assert await api.healthy()
+        # Once the first is gone, a controller may start on the database again.
+        first.stop()
+        third = Proc(
+            "third", dalaba_argv("controller", "--config", str(second_env)), logs / "c.log"
+        )
+        third.start()
+        try:
+            again = ReplicaApi(prepared, f"http://127.0.0.1:{_port(second_env)}", None)  # type: ignore[arg-type]
+            async with aiohttp.ClientSession() as http:
+                again.http = http
+                await wait_until(
+                    again.healthy, 60, "a controller after the first", detail=third.log_tail
+                )
+        finally:
+            third.kill()
+    finally:
+        first.kill()
+        broker.stop()
+
+
+def _port(env_file: Path) -> int:
+    for line in env_file.read_text().splitlines():
+        if line.startswith("DALABA_HTTP_PORT="):
+            return int(line.split("=", 1)[1])
+    raise AssertionError(f"no port in {env_file}")
