@@ -307,6 +307,20 @@ async def test_leader_killed_before_a_due_time_the_other_fires_it_once(
     await asyncio.sleep(3.0)  # a second fire would have reached the speakers by now
     for device_id in targeted:
         assert len(cluster.plays_started(device_id, oid)) == 1, device_id
+    # The terminals' reports reach the surviving replica and are stored, every one:
+    # the dead replica's share of the reports is not left waiting in its session.
+    async def all_done() -> bool:
+        deliveries = await apis[follower].deliveries(oid)
+        return set(deliveries) == targeted and all(
+            d["state"] == "done" for d in deliveries.values()
+        )
+
+    await wait_until(
+        all_done,
+        60,
+        f"{oid} stored done for every targeted terminal",
+        detail=lambda: str(cluster.logs()),
+    )
     fired_lines = {
         name: proc.log_path.read_text(errors="replace").count(f"occurrence {oid} of")
         for name, proc in cluster.replicas.items()
