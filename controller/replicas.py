@@ -125,6 +125,7 @@ class Leadership:
         self._poll_s = poll_s
         self._task: asyncio.Task[None] | None = None
         self.is_leader = False
+        self._stopping = False
         self.terms = 0  # how many times this replica became the leader
 
     async def start(self) -> None:
@@ -134,11 +135,14 @@ class Leadership:
             self._task = asyncio.create_task(self._campaign(), name="leadership")
 
     async def stop(self) -> None:
+        # The jobs stop while the lock is still held, so no other replica starts its own
+        # before this one's have ended; closing the connection then releases it.
+        self._stopping = True
+        await self._step_down()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        await self._step_down()
 
     async def _lead(self) -> None:
         self.is_leader = True
@@ -165,7 +169,7 @@ class Leadership:
                 ) as conn:
                     for name, value in _KEEPALIVE.items():
                         await conn.execute(f"SET {name} = {int(value)}")
-                    while not await _try_lock(conn):
+                    while self._stopping or not await _try_lock(conn):
                         await asyncio.sleep(self._poll_s)
                     await self._lead()
                     # Hold: the lock lives as long as this connection; a connection that
@@ -173,13 +177,14 @@ class Leadership:
                     while True:
                         await asyncio.sleep(self._poll_s)
                         await asyncio.wait_for(conn.execute("SELECT 1"), self._poll_s * 3)
-            except asyncio.CancelledError:
-                raise
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 if self.is_leader:
                     log.warning("replica %s lost the leadership: %s", self.replica, exc)
                 else:
                     log.warning("leadership connection failed: %s", exc)
+            except Exception:
+                # A leader job that failed to start: give the lock up and try again.
+                log.exception("replica %s could not lead", self.replica)
             await self._step_down()
             await asyncio.sleep(self._poll_s)
 
@@ -254,7 +259,10 @@ class EventRelay:
         except asyncio.QueueFull:
             self.counters["dropped"] += 1
 
-    async def _send_loop(self) -> None:
+    async def _connected(self, what: str, use: Callable[[Any], Awaitable[None]]) -> None:
+        """`use` a connection of its own for ever, reconnecting after a failure. Events
+        in a batch being sent, or sent while a replica was not listening, are lost to
+        the others; their consoles catch up when they next reload what they show."""
         import psycopg
 
         while True:
@@ -262,14 +270,18 @@ class EventRelay:
                 async with await psycopg.AsyncConnection.connect(
                     self._url, autocommit=True, connect_timeout=5
                 ) as conn:
-                    while True:
-                        for payload in self._batches(await self._outbox.get()):
-                            await conn.execute("SELECT pg_notify(%s, %s)", (RELAY_CHANNEL, payload))
-            except asyncio.CancelledError:
-                raise
+                    await use(conn)
             except (psycopg.Error, OSError) as exc:
-                log.warning("live relay: sending failed (%s); reconnecting", exc)
+                log.warning("live relay: %s failed (%s); reconnecting", what, exc)
                 await asyncio.sleep(1.0)
+
+    async def _send_loop(self) -> None:
+        async def send(conn: Any) -> None:
+            while True:
+                for payload in self._batches(await self._outbox.get()):
+                    await conn.execute("SELECT pg_notify(%s, %s)", (RELAY_CHANNEL, payload))
+
+        await self._connected("sending", send)
 
     def _batches(self, first: Event) -> list[str]:
         """`first` and whatever else waits, as payloads under NOTIFY's size limit."""
@@ -296,24 +308,13 @@ class EventRelay:
         return json.dumps({"from": self.replica, "events": batch}, ensure_ascii=False)
 
     async def _listen_loop(self) -> None:
-        import psycopg
+        async def listen(conn: Any) -> None:
+            await conn.execute(f"LISTEN {RELAY_CHANNEL}")
+            self._listening.set()
+            async for notice in conn.notifies():
+                self._receive(notice.payload)
 
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    self._url, autocommit=True, connect_timeout=5
-                ) as conn:
-                    await conn.execute(f"LISTEN {RELAY_CHANNEL}")
-                    self._listening.set()
-                    async for notice in conn.notifies():
-                        self._receive(notice.payload)
-            except asyncio.CancelledError:
-                raise
-            except (psycopg.Error, OSError) as exc:
-                # Events NOTIFY carried while this replica was not listening are gone;
-                # the console reloads what it shows on its next resync.
-                log.warning("live relay: listening failed (%s); reconnecting", exc)
-                await asyncio.sleep(1.0)
+        await self._connected("listening", listen)
 
     def _receive(self, payload: str) -> None:
         try:
