@@ -26,6 +26,10 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
+from controller.db import Database
+from controller.models import Media
+from controller.schedules import store
+from controller.schedules.models import Occurrence, Schedule
 from dalaba_ops.broker import controller_username, free_port
 from dalaba_ops.demo import PreparedCounty, setup_county
 from firmware_sim.fleet import device_dir
@@ -307,6 +311,7 @@ async def test_leader_killed_before_a_due_time_the_other_fires_it_once(
     await asyncio.sleep(3.0)  # a second fire would have reached the speakers by now
     for device_id in targeted:
         assert len(cluster.plays_started(device_id, oid)) == 1, device_id
+
     # The terminals' reports reach the surviving replica and are stored, every one:
     # the dead replica's share of the reports is not left waiting in its session.
     async def all_done() -> bool:
@@ -392,3 +397,71 @@ def _port(env_file: Path) -> int:
         if line.startswith("DALABA_HTTP_PORT="):
             return int(line.split("=", 1)[1])
     raise AssertionError(f"no port in {env_file}")
+
+
+def test_an_occurrence_is_claimed_by_one_replica_at_a_time(pg_database: str) -> None:
+    """What keeps two replicas that both believe they lead from firing one occurrence
+    twice: the claim is a row lock held to the end of the fire's transaction."""
+    db = Database(pg_database)
+    db.start()
+    try:
+        now = 1_760_000_000_000
+        with db.session() as s:
+            s.add(
+                Media(
+                    sha256="a" * 64,
+                    mime="audio/ogg",
+                    size=1,
+                    duration_ms=1,
+                    source="speech",
+                    created_ms=now,
+                )
+            )
+            s.flush()  # parents first: no relationships tell the ORM the order
+            s.add(
+                Schedule(
+                    id="s1",
+                    name="x",
+                    created_ms=now,
+                    created_by="t",
+                    updated_ms=now,
+                    updated_by="t",
+                    recurrence={},
+                    media_sha256="a" * 64,
+                    category="meeting",
+                    priority="notice",
+                    targets={},
+                    target={},
+                    expires_in_s=60,
+                    misfire_grace_s=60,
+                )
+            )
+            s.flush()
+            s.add(
+                Occurrence(
+                    id="occ-1",
+                    schedule_id="s1",
+                    due_ms=now,
+                    expires_at_ms=now + 60_000,
+                    created_ms=now,
+                    updated_ms=now,
+                )
+            )
+            s.commit()
+        first, second = db.session(), db.session()
+        try:
+            assert store.claim_for_fire(first, "occ-1")
+            assert not store.claim_for_fire(second, "occ-1")  # held: skipped, not waited on
+            first.rollback()  # the first died mid-fire: the occurrence waits again
+            second.rollback()
+            assert store.claim_for_fire(second, "occ-1")
+            occurrence = second.get(Occurrence, "occ-1")
+            assert occurrence is not None
+            occurrence.outcome = "fired"
+            second.commit()
+            assert not store.claim_for_fire(first, "occ-1")  # fired: nothing to claim
+        finally:
+            first.close()
+            second.close()
+    finally:
+        db.stop()
