@@ -133,7 +133,14 @@ def cluster(pg_database: str, tmp_path: Path) -> Iterator[Cluster]:
         ports[name] = port
     fleet = Proc(
         "fleet",
-        dalaba_argv("sim", "--data-dir", str(prepared.data_dir), "--villages", str(VILLAGES)),
+        # `--villages N` runs the first N terminals: every one of the county's here.
+        dalaba_argv(
+            "sim",
+            "--data-dir",
+            str(prepared.data_dir),
+            "--villages",
+            str(sum(len(v.device_ids()) for v in prepared.county.villages)),
+        ),
         logs / "fleet.log",
     )
     broker = BrokerProc(prepared.broker.files, prepared.broker_port, logs / "broker.log")
