@@ -37,6 +37,7 @@ from tests.procs import (
     Api,
     BrokerProc,
     Proc,
+    controller_replica,
     dalaba_argv,
     read_json_lines,
     wait_until,
@@ -111,26 +112,9 @@ def cluster(pg_database: str, tmp_path: Path) -> Iterator[Cluster]:
     logs.mkdir()
     # Each replica its own broker account (the broker binds client ids to accounts),
     # HTTP port and replica id; one database, one data directory (keys, media).
-    accounts = {
-        "a": (controller_username(1), prepared.controller_password, prepared.settings.http_port),
-        "b": (controller_username(2), prepared.replica_password, free_port()),
-    }
     replicas, ports = {}, {}
-    for name, (username, password, port) in accounts.items():
-        env = write_env_file(
-            prepared.settings,
-            tmp_path / f"controller-{name}.env",
-            broker_username=username,
-            broker_password=SecretStr(password),
-            http_port=port,
-            replica_id=f"replica-{name}",
-        )
-        replicas[name] = Proc(
-            f"replica-{name}",
-            dalaba_argv("controller", "--config", str(env)),
-            logs / f"replica-{name}.log",
-        )
-        ports[name] = port
+    for name, number in (("a", 1), ("b", 2)):
+        replicas[name], ports[name] = controller_replica(prepared, number, tmp_path, logs)
     fleet = Proc(
         "fleet",
         # `--villages N` runs the first N terminals: every one of the county's here.
@@ -242,19 +226,27 @@ async def test_broadcast_through_one_replica_is_stored_once_and_seen_live_on_the
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
 
-    # Stored once: each report reached one replica (shared subscription), so no
-    # replica met a report another had already applied, and no transition is doubled.
+    # Stored once: each report reached one replica (shared subscription). Had every
+    # replica received every report, half of all arrivals would have found their
+    # report already applied by the other. A few may legitimately not apply: a
+    # terminal's reports taken in by two replicas can be stored out of order, and the
+    # older one then loses to the newer one's sequence number.
     metrics = {name: await api.metrics() for name, api in apis.items()}
     for name, m in metrics.items():
-        assert m["ingest"].get("reports_not_applied", 0) == 0, (name, m["ingest"])
-        assert m["replica"]["id"] == f"replica-{name}"
-    acks = [m["ingest"].get("received_ack", 0) for m in metrics.values()]
-    assert all(n > 0 for n in acks), f"reports were not shared between replicas: {acks}"
+        assert m["replica"]["id"] == {"a": "replica-1", "b": "replica-2"}[name]
+    arrived = {
+        n: sum(v for k, v in m["ingest"].items() if k.startswith("received_"))
+        for n, m in metrics.items()
+    }
+    acks = {n: m["ingest"].get("received_ack", 0) for n, m in metrics.items()}
+    not_applied = sum(m["ingest"].get("reports_not_applied", 0) for m in metrics.values())
+    assert all(n > 0 for n in acks.values()), f"reports were not shared: {acks}"
+    assert not_applied * 4 < sum(acks.values()), (not_applied, acks, arrived)
     deliveries = await apis["b"].deliveries(bid)
     for device_id, d in deliveries.items():
         states = [t["state"] for t in d["transitions"]]
         assert len(states) == len(set(states)), (device_id, states)
-        assert {"received", "playing", "done"} <= set(states), (device_id, states)
+        assert states[-1] == "done", (device_id, states)
     # Both replicas answer from the same database: the same view through either.
     assert (await apis["a"].deliveries(bid)).keys() == deliveries.keys()
 
