@@ -247,7 +247,20 @@ def report(data: dict[str, Any]) -> str:
             f"{median([r['all_active_live_on_b_ms'] for r in runs]) or '-'} | "
             f"{s['acks_taken_in']} | {s['reports_not_applied']} |"
         )
-    lines += ["", "Every run: see the .json beside this file.", ""]
+    lines += [
+        "",
+        "Every run (ms from the POST):",
+        "",
+        "| scenario | run | 201 | all active in the database | all active on B's live stream |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, s in data["scenarios"].items():
+        for i, r in enumerate(s["runs"], 1):
+            lines.append(
+                f"| {name} | {i} | {r['answer_ms']} | {r['all_active_in_db_ms']} | "
+                f"{r['all_active_live_on_b_ms'] or '-'} |"
+            )
+    lines.append("")
     return "\n".join(lines)
 
 
