@@ -249,6 +249,15 @@ async def test_broadcast_through_one_replica_is_stored_once_and_seen_live_on_the
         assert states[-1] == "done", (device_id, states)
     # Both replicas answer from the same database: the same view through either.
     assert (await apis["a"].deliveries(bid)).keys() == deliveries.keys()
+    # The audio rendered by A is served by B as well (one shared data directory), so a
+    # load balancer may send a terminal's fetch to either.
+    media_id = (await apis["b"].broadcast_view(bid))["media_id"]
+    bodies = []
+    for api in apis.values():
+        async with http.get(f"{api.url}/media/{media_id}") as resp:
+            assert resp.status == 200, (api.url, resp.status)
+            bodies.append(await resp.read())
+    assert bodies[0] == bodies[1] and len(bodies[0]) > 0
 
 
 def local_in(seconds: float) -> datetime.datetime:
