@@ -25,7 +25,7 @@ from controller.api import workorders as workorders_api
 from controller.api.docs import public_docs_middleware
 from controller.auth import TokenAuthenticator, auth_middleware
 from controller.broadcasts import BroadcastService
-from controller.db import Database
+from controller.db import Database, is_memory_url
 from controller.dispatch import Dispatcher
 from controller.enrolment import BrokerAccounts, EnrolmentService
 from controller.errors import error_middleware
@@ -38,6 +38,7 @@ from controller.media import MediaStore
 from controller.metrics import Metrics
 from controller.paging_live import LivePagingService
 from controller.prepositioning import Prepositioner
+from controller.replicas import EventRelay, Leadership, SqliteOwner
 from controller.retention import RetentionJob
 from controller.schedules.service import ScheduleService
 from controller.sessions import SessionStore
@@ -98,13 +99,20 @@ def build_app(settings: Settings, broker_accounts: BrokerAccounts | None = None)
         liveness_intervals=settings.liveness_intervals,
         default_telemetry_interval_s=settings.default_telemetry_interval_s,
     )
-    dispatcher = Dispatcher(settings.broker_address(), signer, ingestor.submit)
+    # PostgreSQL: this process may be one of several replicas (controller/replicas.py).
+    replicated = not db.is_sqlite
+    replica = settings.replica_name
+    dispatcher = Dispatcher(
+        settings.broker_address(), signer, ingestor.submit, shared_ingest=replicated
+    )
     broadcasts = BroadcastService(db, media, renderer, dispatcher, settings, events)
     prepositioner = Prepositioner(db, broadcasts, dispatcher, settings)
     sessions = SessionStore(db, settings)
     live = LiveHub(db, events)  # subscribes when started
     schedules = ScheduleService(db, broadcasts, dispatcher, settings)
     schedules.listen(events)
+    relay = EventRelay(settings.db_url, replica, events) if replicated else None
+    sqlite_owner = None if replicated or is_memory_url(db.url) else SqliteOwner(db.file_path())
     metrics = Metrics(db, ingestor, dispatcher, events)
     idempotency = IdempotencyStore(db)
     retention = RetentionJob.from_settings(db, settings)  # daily, when started
@@ -112,6 +120,29 @@ def build_app(settings: Settings, broker_accounts: BrokerAccounts | None = None)
     workorders.listen(events)
     updates = UpdateService(db, media, dispatcher)  # waves move on when started
     live_paging = LivePagingService(db, media, dispatcher, settings, events)
+
+    # The singletons: on exactly one replica at a time, the leader.
+    async def start_leader_jobs() -> None:
+        ingestor.start_liveness()
+        await broadcasts.start()
+        await schedules.start()
+        await retention.start()
+        await workorders.start()
+        await updates.start()  # rollout waves move on from one place
+        await upstream.start_reports()
+
+    async def stop_leader_jobs() -> None:
+        await upstream.stop_reports()
+        await updates.stop()
+        await retention.stop()
+        await workorders.stop()
+        await schedules.stop()
+        await broadcasts.stop()
+        await ingestor.stop_liveness()
+
+    leadership = Leadership(
+        settings.db_url if replicated else None, replica, start_leader_jobs, stop_leader_jobs
+    )
 
     app = web.Application(
         middlewares=[
@@ -135,6 +166,7 @@ def build_app(settings: Settings, broker_accounts: BrokerAccounts | None = None)
     app[keys.LIVE] = live
     app[keys.SCHEDULES] = schedules
     app[keys.EVENTS] = events
+    app[keys.LEADERSHIP] = leadership
     app[workorders_api.SERVICE] = workorders
     # The upper-level platform's link hands EBMs to the one warning intake.
     upstream = UpstreamLink.from_settings(settings, lambda: IntakeContext.from_app(app), media)
@@ -153,29 +185,33 @@ def build_app(settings: Settings, broker_accounts: BrokerAccounts | None = None)
         log.warning("no console files at %s: serving the API only", WEB_DIR)
 
     async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-        db.start()
-        await db.run(seed_builtin_templates)
-        await live.start()
-        await ingestor.start()
-        await dispatcher.start()
-        await broadcasts.start()
-        await schedules.start()
-        await retention.start()
-        await workorders.start()
-        await upstream.start()
-        await updates.start()
-        log.info("controller up: http://%s:%d/", settings.http_host, settings.http_port)
-        yield
-        await updates.stop()
-        await upstream.stop()
-        await live_paging.close()
-        await retention.stop()
-        await workorders.stop()
-        await schedules.stop()
-        await broadcasts.stop()
-        await dispatcher.stop()
-        await ingestor.stop()
-        db.stop()
+        if sqlite_owner is not None:
+            sqlite_owner.acquire()  # before anything: a second controller stops here
+        try:
+            db.start()
+            await db.run(seed_builtin_templates)
+            await live.start()
+            if relay is not None:
+                await relay.start()
+            await ingestor.start()
+            await dispatcher.start()
+            await upstream.start()
+            await leadership.start()
+            log.info(
+                "controller %s up: http://%s:%d/", replica, settings.http_host, settings.http_port
+            )
+            yield
+            await leadership.stop()
+            await live_paging.close()
+            await upstream.stop()
+            await dispatcher.stop()
+            await ingestor.stop()
+            if relay is not None:
+                await relay.stop()
+            db.stop()
+        finally:
+            if sqlite_owner is not None:
+                sqlite_owner.release()
 
     app.on_response_prepare.append(security_headers(https=settings.cookie_secure))
     app.cleanup_ctx.append(_lifecycle)

@@ -11,10 +11,11 @@ import importlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import MetaData, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
 from controller import migrations
@@ -91,6 +92,10 @@ class Database:
     @property
     def is_sqlite(self) -> bool:
         return self.url.startswith("sqlite")
+
+    def file_path(self) -> Path:
+        """A SQLite database's file."""
+        return Path(make_url(self.url).database or "")
 
     def start(self) -> None:
         """Open the database at this release's schema; SchemaError (one line for the

@@ -16,6 +16,14 @@ from dalaba.signing import Signer
 
 log = logging.getLogger(__name__)
 
+# Every report topic the controller takes in, with its QoS.
+REPORTS = (
+    (p.Topics.ALL_DEVICE_STATUS, 1),
+    (p.Topics.ALL_DEVICE_ACKS, 1),
+    (p.Topics.ALL_DEVICE_EVENTS, 1),
+    (p.Topics.ALL_DEVICE_TELEMETRY, 0),
+)
+
 
 class Dispatcher:
     def __init__(
@@ -23,6 +31,8 @@ class Dispatcher:
         broker: BrokerAddress,
         signer: Signer,
         on_report: Callable[[str, str, bytes, Callable[[], None]], None],
+        *,
+        shared_ingest: bool = False,
     ) -> None:
         if not broker.username:
             raise ValueError("the controller needs a broker account (DALABA_BROKER_USERNAME)")
@@ -33,6 +43,10 @@ class Dispatcher:
         # (use_username_as_clientid), so the id is the username: one session per replica,
         # dalaba-controller, dalaba-controller-2, ... (see dalaba_ops.broker.controller_username).
         self._client_id = broker.username
+        # Replicas (PostgreSQL) share the report topics, so each report reaches one of
+        # them; a single controller subscribes plainly. Each drops the other form, which
+        # its persistent session may hold from before the county changed its mind.
+        self._shared_ingest = shared_ingest
         self.counters: Counter[str] = Counter()
         self.mqtt: MqttConnection | None = None
 
@@ -43,15 +57,17 @@ class Dispatcher:
             # Reports are acknowledged to the broker by the ingestor once stored.
             on_message_manual_ack=self._on_message,
             subscriptions=[
-                (p.Topics.ALL_DEVICE_STATUS, 1),
-                (p.Topics.ALL_DEVICE_ACKS, 1),
-                (p.Topics.ALL_DEVICE_EVENTS, 1),
-                (p.Topics.ALL_DEVICE_TELEMETRY, 0),
+                (self._filter(topic, not self._shared_ingest), qos) for topic, qos in REPORTS
             ],
+            unsubscriptions=[self._filter(topic, self._shared_ingest) for topic, _ in REPORTS],
             session_expiry_s=p.CONTROLLER_SESSION_EXPIRY_S,
             max_inflight=1000,
         )
         await self.mqtt.start(timeout_s=15)
+
+    @staticmethod
+    def _filter(topic: str, plain: bool) -> str:
+        return topic if plain else p.Topics.shared(topic, p.Topics.CONTROLLER_SHARE_GROUP)
 
     async def stop(self) -> None:
         if self.mqtt is not None:

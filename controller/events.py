@@ -81,22 +81,44 @@ class ApprovalRequested(Event):
 
 E = TypeVar("E", bound=Event)
 
+# Every event type, in the order a reader meets them: what controller replicas relay to
+# each other (controller/replicas.py) so each sees what happened on any of them.
+EVENT_TYPES: tuple[type[Event], ...] = (
+    DeliveryChanged,
+    DeviceLiveness,
+    DeviceReported,
+    BroadcastChanged,
+    ApprovalRequested,
+)
+
 
 class EventHub:
     def __init__(self) -> None:
-        self._listeners: dict[type[Event], list[tuple[str, Callable[[Any], None]]]] = defaultdict(
-            list
+        self._listeners: dict[type[Event], list[tuple[str, Callable[[Any], None], bool]]] = (
+            defaultdict(list)
         )
 
-    def on(self, event_type: type[E], listener: Callable[[E], None], *, owner: str) -> None:
-        self._listeners[event_type].append((owner, listener))
+    def on(
+        self,
+        event_type: type[E],
+        listener: Callable[[E], None],
+        *,
+        owner: str,
+        relayed: bool = True,
+    ) -> None:
+        """`relayed=False`: only events of this process, not those another controller
+        replica relayed (a per-process counter must not count the county's twice)."""
+        self._listeners[event_type].append((owner, listener, relayed))
 
     def off(self, owner: str) -> None:
         for listeners in self._listeners.values():
-            listeners[:] = [(o, fn) for o, fn in listeners if o != owner]
+            listeners[:] = [entry for entry in listeners if entry[0] != owner]
 
-    def emit(self, event: Event) -> None:
-        for owner, listener in list(self._listeners.get(type(event), ())):
+    def emit(self, event: Event, *, relayed: bool = False) -> None:
+        """`relayed`: the event happened on another replica (controller/replicas.py)."""
+        for owner, listener, wants_relayed in list(self._listeners.get(type(event), ())):
+            if relayed and not wants_relayed:
+                continue
             try:
                 listener(event)
             except Exception:

@@ -110,13 +110,23 @@ class Ingestor:
         if repaired:
             log.warning("history mended at start: %s", repaired)
         self._task = asyncio.create_task(self._flush_loop())
-        self._liveness_task = asyncio.create_task(self._liveness_loop())
+
+    def start_liveness(self) -> None:
+        """The silence sweep: on one controller replica only, the leader (controller.app)."""
+        if self._liveness_task is None:
+            self._liveness_task = asyncio.create_task(self._liveness_loop())
+
+    async def stop_liveness(self) -> None:
+        task, self._liveness_task = self._liveness_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def stop(self) -> None:
-        for task in (self._task, self._liveness_task):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await self.stop_liveness()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
         await self.flush()
 
     # ------------------------------------------------------------------ arrival

@@ -112,8 +112,9 @@ class Metrics:
             registry=self.registry,
         )
         self._published: dict[str, float] = {}
-        events.on(BroadcastChanged, self._on_broadcast, owner="metrics")
-        events.on(DeliveryChanged, self._on_delivery, owner="metrics")
+        # This process's own events only: each replica counts what it did.
+        events.on(BroadcastChanged, self._on_broadcast, owner="metrics", relayed=False)
+        events.on(DeliveryChanged, self._on_delivery, owner="metrics", relayed=False)
 
     def _on_broadcast(self, e: BroadcastChanged) -> None:
         # Emitted right after the publish (create) or the resend's publish.

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -51,6 +53,11 @@ class Settings(BaseSettings):
     broker_ca_file: Path | None = None
     broker_cert_file: Path | None = None
     broker_key_file: Path | None = None
+    # This process's name among several controller replicas on one PostgreSQL database
+    # (logs, the scheduler leadership, the live relay); default <host>-<pid>. Its MQTT
+    # client id is its broker account (broker_username): every replica needs its own,
+    # dalaba-controller, dalaba-controller-2, ... (docs/operations.md, "Replicas").
+    replica_id: str | None = Field(default=None, min_length=1, max_length=64)
     # Demo mode allows generated/placeholder secrets and prints credentials.
     demo: bool = False
 
@@ -262,6 +269,10 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'dalaba.db'}"
+
+    @property
+    def replica_name(self) -> str:
+        return self.replica_id or f"{socket.gethostname()}-{os.getpid()}"
 
     @property
     def media_url(self) -> str:

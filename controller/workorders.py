@@ -253,8 +253,6 @@ class WorkOrderService:
         self._task = asyncio.create_task(self._loop(), name="workorders")
 
     async def stop(self) -> None:
-        if self._events is not None:
-            self._events.off("workorders")
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -16,7 +16,7 @@ import logging
 import random
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -180,6 +180,7 @@ class MqttConnection:
         on_message_manual_ack: AckingMessageHandler | None = None,
         subscriptions: list[tuple[str, int]],
         session_expiry_s: int,
+        unsubscriptions: Sequence[str] = (),
         will: WillMessage | None = None,
         on_connected: Callable[[], None] | None = None,
         keepalive_s: int = 30,
@@ -197,6 +198,9 @@ class MqttConnection:
         # never sent on a newer one (the packet id would name another message there).
         self._generation = 0
         self._subscriptions = list(subscriptions)
+        # Filters a persistent session may still hold from an earlier configuration
+        # (the broker keeps them across reconnects): dropped on every connect.
+        self._unsubscriptions = list(unsubscriptions)
         self._session_expiry_s = session_expiry_s
         self._will = will
         self._on_connected_cb = on_connected
@@ -459,6 +463,8 @@ class MqttConnection:
             return
         self._last_tls_failure = ""
         self._generation += 1
+        if self._unsubscriptions:
+            client.unsubscribe(self._unsubscriptions)
         if self._subscriptions:
             client.subscribe(self._subscriptions)
         self._connected.set()

@@ -78,6 +78,14 @@ class Topics:
     ALL_DEVICE_TELEMETRY = f"{TOPIC_ROOT}/device/+/telemetry"
     ALL_DEVICE_EVENTS = f"{TOPIC_ROOT}/device/+/event"
     ALL_COMMANDS = f"{TOPIC_ROOT}/cmd/#"
+    # Controller replicas share their report subscriptions in this MQTT 5 group: the
+    # broker hands each report to one member only, so it is stored once.
+    CONTROLLER_SHARE_GROUP = "dalaba-controllers"
+
+    @staticmethod
+    def shared(topic_filter: str, group: str) -> str:
+        """An MQTT 5 shared subscription (`$share/<group>/<filter>`) of `topic_filter`."""
+        return f"$share/{check_id(group)}/{topic_filter}"
 
     @staticmethod
     def command_township(township_id: str) -> str:

@@ -69,6 +69,7 @@ def _setup_logging(verbose: bool, long_running: bool) -> None:
 
 def cmd_controller(args: argparse.Namespace) -> int:
     from controller.app import serve_forever
+    from controller.replicas import SecondReplicaRefused
     from dalaba.mqtt import BrokerAddress
 
     settings = load_settings(args, strict=True)
@@ -80,6 +81,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
         accounts = MosquittoFileAccounts(settings.broker_accounts_dir, reload)
     try:
         asyncio.run(serve_forever(settings, accounts))
+    except SecondReplicaRefused as exc:
+        raise CliError(EXIT_USAGE, str(exc)) from exc
     except TimeoutError as exc:
         # The only wait at start is for the broker's first CONNACK (controller/dispatch.py).
         address = BrokerAddress.from_url(settings.broker_url)

@@ -43,7 +43,7 @@ from pydantic import SecretStr
 
 from controller.settings import Settings
 from dalaba.protocol import now_ms
-from dalaba_ops.broker import BrokerFiles, MosquittoProcess
+from dalaba_ops.broker import BrokerFiles, MosquittoProcess, controller_username, free_port
 from dalaba_ops.demo import PreparedCounty, setup_county
 from edge_agent.config import DeviceConfig
 from firmware_sim.fleet import device_dir, find_device_configs
@@ -215,6 +215,28 @@ def write_env_file(settings: Settings, path: Path, **overrides: object) -> Path:
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
+
+
+def controller_replica(
+    prepared: PreparedCounty, replica: int, work_dir: Path, log_dir: Path
+) -> tuple[Proc, int]:
+    """`dalaba controller` as replica `replica` of a prepared county (1: the county's own
+    controller): its own broker account, HTTP port (returned) and replica id
+    (`replica-<n>`); the county's database and data directory."""
+    password = prepared.controller_password if replica == 1 else prepared.replica_password
+    if replica > 2:
+        raise ValueError("setup_county makes broker accounts for two replicas")
+    port = prepared.settings.http_port if replica == 1 else free_port()
+    env = write_env_file(
+        prepared.settings,
+        work_dir / f"controller-{replica}.env",
+        broker_username=controller_username(replica),
+        broker_password=SecretStr(password),
+        http_port=port,
+        replica_id=f"replica-{replica}",
+    )
+    argv = dalaba_argv("controller", "--config", str(env))
+    return Proc(f"replica-{replica}", argv, log_dir / f"replica-{replica}.log"), port
 
 
 def read_json_lines(path: Path) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from controller.live import LiveHub
     from controller.media import MediaStore
     from controller.prepositioning import Prepositioner
+    from controller.replicas import Leadership
     from controller.schedules.service import ScheduleService
     from controller.sessions import SessionStore
     from controller.settings import Settings
@@ -32,3 +33,4 @@ LIVE: web.AppKey[LiveHub] = web.AppKey("live")
 SCHEDULES: web.AppKey[ScheduleService] = web.AppKey("schedules")
 RENDERER: web.AppKey[AnnouncementRenderer] = web.AppKey("renderer")
 EVENTS: web.AppKey[EventHub] = web.AppKey("events")
+LEADERSHIP: web.AppKey[Leadership] = web.AppKey("leadership")

@@ -57,10 +57,13 @@ async def controller_time(_request: web.Request) -> web.Response:
     "Counters of ingested, dropped and dispatched messages", tag="system", responses={200: GENERIC}
 )
 async def metrics(request: web.Request) -> web.Response:
+    leadership = request.app[keys.LEADERSHIP]
     return json_response(
         {
             "ingest": dict(request.app[keys.INGESTOR].counters),
             "dispatch": dict(request.app[keys.DISPATCHER].counters),
+            # Which controller replica answered, and whether it runs the singletons.
+            "replica": {"id": leadership.replica, "leader": leadership.is_leader},
         }
     )
 

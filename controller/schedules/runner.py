@@ -19,8 +19,8 @@ import asyncio
 import contextlib
 import datetime
 import logging
-from collections.abc import Collection, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.jobstores.base import JobLookupError
@@ -44,6 +44,7 @@ from dalaba import protocol as p
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 UTC = datetime.UTC
 HEARTBEAT_JOB = "schedules.heartbeat"
 REFRESH_JOB = "schedules.refresh"
@@ -178,6 +179,11 @@ class ScheduleRunner:
     async def _heartbeat(self) -> None:
         now = p.now_ms()
         await self._db.run(lambda s: store.write_heartbeat(s, now))
+        if not self._db.is_sqlite:
+            # Another replica may have planned occurrences (a schedule edited through
+            # it): waiting ones get their job here within a heartbeat.
+            for occurrence_id, due_ms, grace_s in await self._db.run(store.scheduled_rows):
+                self._add_job(occurrence_id, due_ms, grace_s)
 
     # ------------------------------------------------------------------ planning
 
@@ -220,7 +226,15 @@ class ScheduleRunner:
 
     # ------------------------------------------------------------------ jobs
 
+    @property
+    def active(self) -> bool:
+        """Running here: on the leader among controller replicas (controller/replicas.py).
+        A follower still plans occurrences in the database; the leader picks them up."""
+        return self._scheduler is not None and self._scheduler.running
+
     def _add_job(self, occurrence_id: str, due_ms: int, grace_s: int) -> None:
+        if not self.active:
+            return
         assert self._scheduler is not None
         run_date = from_ms(due_ms - self.lead_ms)
         job = self._scheduler.get_job(occurrence_id)
@@ -243,6 +257,8 @@ class ScheduleRunner:
         )
 
     def _remove_job(self, occurrence_id: str) -> None:
+        if not self.active:
+            return
         assert self._scheduler is not None
         self._grace.pop(occurrence_id, None)
         with contextlib.suppress(JobLookupError):
@@ -258,29 +274,46 @@ class ScheduleRunner:
             return
         self._in_flight.add(occurrence_id)
         try:
-            await self._fire_once(occurrence_id)
+            if self._db.is_sqlite:
+                await self._fire_once(occurrence_id, _QueuedTxn(self._db))
+            else:
+                await self._fire_claimed(occurrence_id)
         finally:
             self._in_flight.discard(occurrence_id)
             self._grace.pop(occurrence_id, None)
 
-    async def _fire_once(self, occurrence_id: str) -> None:
+    async def _fire_claimed(self, occurrence_id: str) -> None:
+        """PostgreSQL, where several controller replicas may run: the whole fire in one
+        transaction that holds the occurrence's row lock (store.claim_for_fire)."""
+        txn = _HeldTxn(self._db.session())
+        try:
+            if not await txn.read(lambda s: store.claim_for_fire(s, occurrence_id)):
+                log.info(
+                    "occurrence %s: no longer waiting, or being fired elsewhere", occurrence_id
+                )
+                return
+            await self._fire_once(occurrence_id, txn)
+            await txn.commit()
+        finally:
+            await txn.close()  # rolls back what was not committed, releasing the lock
+
+    async def _fire_once(self, occurrence_id: str, txn: _FireTxn) -> None:
         settings = self._settings
-        # Read beside the database's write queue (SQLite in WAL lets a reader in while
-        # the single writer works): a big reconcile or ingest batch never delays a fire.
-        plan = await asyncio.to_thread(
-            self._db.run_sync,
-            lambda s: store.load_fire_plan(s, occurrence_id, settings.media_mirrors),
+        plan = await txn.read(
+            lambda s: store.load_fire_plan(s, occurrence_id, settings.media_mirrors)
         )
         if plan is None:
             return
         if plan.cancelled_by is not None:
             reason = f"broadcast cancelled by {plan.cancelled_by}"
-            await self._db.run(lambda s: store.record_cancelled(s, occurrence_id, reason))
+            await txn.write(lambda s: store.record_cancelled(s, occurrence_id, reason))
             return
         now = p.now_ms()
         late_ms = now - plan.due_ms
         if late_ms > plan.grace_s * 1000:
-            await self._record_missed(occurrence_id, plan.due_ms, plan.grace_s, now)
+            await self._record_missed(
+                occurrence_id, plan.due_ms, plan.grace_s, now, write=txn.write
+            )
             return
         note = None
         start_at = plan.due_ms
@@ -301,7 +334,7 @@ class ScheduleRunner:
         body = plan.body.model_copy(update={"start_at": start_at})
         command = p.Command.new(body, plan.target, plan.expires_at_ms)
         published = await self._dispatcher.send(command, topics_for(plan.target))
-        await self._db.run(
+        await txn.write(
             lambda s: store.record_fired(
                 s,
                 occurrence_id,
@@ -312,10 +345,23 @@ class ScheduleRunner:
                 note=note,
             )
         )
+        log.info(
+            "occurrence %s of %s fired by replica %s",
+            occurrence_id,
+            plan.schedule_id,
+            settings.replica_name,
+        )
         if note:
             log.warning("occurrence %s of %s: %s", occurrence_id, plan.schedule_id, note)
 
-    async def _record_missed(self, occurrence_id: str, due_ms: int, grace_s: int, now: int) -> None:
+    async def _record_missed(
+        self,
+        occurrence_id: str,
+        due_ms: int,
+        grace_s: int,
+        now: int,
+        write: Callable[[Callable[[Session], bool]], Awaitable[bool]] | None = None,
+    ) -> None:
         if self.down_since_ms is not None and self.down_since_ms <= due_ms < self.started_ms:
             reason = store.downtime_reason(
                 due_ms, grace_s, self.down_since_ms, self.started_ms, self.timezone
@@ -326,7 +372,8 @@ class ScheduleRunner:
                 f"{(now - due_ms) / 1000:.1f} s late, past the grace of {grace_s} s "
                 "(controller overloaded, or its clock jumped)"
             )
-        recorded = await self._db.run(lambda s: store.record_missed(s, occurrence_id, reason))
+        write = write or self._db.run
+        recorded = await write(lambda s: store.record_missed(s, occurrence_id, reason))
         if recorded:
             log.warning("occurrence %s missed: %s", occurrence_id, reason)
 
@@ -353,9 +400,14 @@ class ScheduleRunner:
     def _on_delivery(self, e: DeliveryChanged) -> None:
         """A terminal's report on an occurrence may show it played one the controller
         could not dispatch."""
-        if e.broadcast_id.startswith(OCCURRENCE_PREFIX) and e.state in (
-            p.DeliveryState.PLAYING,
-            p.DeliveryState.DONE,
+        if (
+            self.active
+            and e.broadcast_id.startswith(OCCURRENCE_PREFIX)
+            and e.state
+            in (
+                p.DeliveryState.PLAYING,
+                p.DeliveryState.DONE,
+            )
         ):
             self._reported.add(e.broadcast_id)
             if self._settle_task is None or self._settle_task.done():
@@ -363,7 +415,7 @@ class ScheduleRunner:
 
     def _on_liveness(self, e: DeviceLiveness) -> None:
         """A terminal back online gets its local schedule if it is stale."""
-        if e.online:
+        if self.active and e.online:
             self._came_online.add(e.device_id)
             if self._online_task is None or self._online_task.done():
                 self._online_task = asyncio.create_task(self._push_came_online())
@@ -371,7 +423,7 @@ class ScheduleRunner:
     def _on_broadcast(self, e: BroadcastChanged) -> None:
         """An occurrence's broadcast cancelled by hand (before or after it fired) leaves
         the terminals' local schedules at once."""
-        if e.change == "cancelled" and e.broadcast_id.startswith(OCCURRENCE_PREFIX):
+        if self.active and e.change == "cancelled" and e.broadcast_id.startswith(OCCURRENCE_PREFIX):
             self._spawn(self._withdraw(e.broadcast_id, f"broadcast cancelled by {e.actor}"))
 
     async def _withdraw(self, occurrence_id: str, reason: str) -> None:
@@ -410,3 +462,44 @@ def _schedules(session: Session, ids: Collection[str] | None) -> list[Schedule]:
     else:
         query = query.where(col(Schedule.id).in_(list(ids)))
     return list(session.exec(query))
+
+
+class _FireTxn(Protocol):
+    """Where one fire reads and writes."""
+
+    async def read(self, fn: Callable[[Session], T]) -> T: ...
+
+    async def write(self, fn: Callable[[Session], T]) -> T: ...
+
+
+class _QueuedTxn:
+    """SQLite (one controller process): reads beside the database's write queue (WAL
+    lets a reader in while the single writer works, so a big reconcile or ingest batch
+    never delays a fire); writes through it."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def read(self, fn: Callable[[Session], T]) -> T:
+        return await asyncio.to_thread(self._db.run_sync, fn)
+
+    async def write(self, fn: Callable[[Session], T]) -> T:
+        return await self._db.run(fn)
+
+
+class _HeldTxn:
+    """PostgreSQL: one session and transaction for the whole fire, committed at the end."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    async def read(self, fn: Callable[[Session], T]) -> T:
+        return await asyncio.to_thread(fn, self._session)
+
+    write = read
+
+    async def commit(self) -> None:
+        await asyncio.to_thread(self._session.commit)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._session.close)

@@ -474,6 +474,21 @@ def scheduled_rows(session: Session) -> list[tuple[str, int, int]]:
     return [(i, due, grace) for i, due, grace in rows]
 
 
+def claim_for_fire(session: Session, occurrence_id: str) -> bool:
+    """Lock an occurrence still waiting to fire, for the rest of `session`'s transaction;
+    False when it is not waiting or another controller replica holds it (it is being
+    fired there). What the firing records commits with the lock, so an occurrence fires
+    once; a replica that dies mid-fire leaves it waiting for the next leader. SQLite has
+    no row locks, and needs none: one controller process per database."""
+    row = session.exec(
+        select(Occurrence.id)
+        .where(Occurrence.id == occurrence_id)
+        .where(Occurrence.outcome == SCHEDULED)
+        .with_for_update(skip_locked=True)
+    ).first()
+    return row is not None
+
+
 def read_heartbeat(session: Session) -> SchedulerHeartbeat | None:
     return session.get(SchedulerHeartbeat, HEARTBEAT_ID)
 

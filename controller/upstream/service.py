@@ -146,11 +146,21 @@ class UpstreamLink:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        """Every replica: packages come in on any of them (and their audio by URL)."""
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._settings.upstream_http_timeout_s)
         )
+
+    async def start_reports(self) -> None:
+        """The leader only (controller/replicas.py): one county, one report per round."""
         if self._settings.upstream_url and self._settings.upstream_report_interval_s > 0:
             self._task = asyncio.create_task(self._report_loop())
+
+    async def stop_reports(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
 
     async def stop(self) -> None:
         tasks = [*self._requested, *([self._task] if self._task else [])]
