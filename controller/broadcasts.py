@@ -451,7 +451,9 @@ class BroadcastService:
             row = await self._db.run(lambda s: s.get(Media, media_id))
             if row is None:
                 raise bad_request("media_id", "unknown media", "unknown_media")
-            if body.priority == "emergency":
+            # The upper-level platform's audio (controller/upstream) is its programme as
+            # it wants it heard: played as sent, not framed again like a local recording.
+            if body.priority == "emergency" and row.source != "upstream":
                 return await self._recorded_emergency(body, row, principal)
             return row, row.voices
         assert body.text is not None
