@@ -207,9 +207,10 @@ def test_acl_patterns_let_devices_write_only_under_their_own_topics(tmp_path: Pa
         assert topic.startswith("dalaba/v1/device/%u/"), topic
         assert "#" not in topic and "+" not in topic
     assert {t.rsplit("/", 1)[1] for t in writes} == {"status", "ack", "telemetry", "event"}
-    # Per-device commands: its own topic only; county-wide: everyone.
+    # Per-device commands: its own topic only; county-wide: everyone; live paging
+    # streams: any (only readable; every frame is signed by its session's key).
     reads = sorted(t for access, t in patterns if access == "read")
-    assert reads == sorted(["dalaba/v1/cmd/device/%u", Topics.COMMAND_ALL])
+    assert reads == sorted(["dalaba/v1/cmd/device/%u", Topics.COMMAND_ALL, "dalaba/v1/live/+"])
 
 
 def test_acl_gives_every_controller_replica_the_controllers_rights(tmp_path: Path) -> None:
