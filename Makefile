@@ -20,10 +20,11 @@ demo: setup-demo
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy dalaba dalaba_ops controller edge_agent firmware_sim
-	# Two processes: most integration tests wait on brokers, fleets and audio, so two
-	# run side by side in about the time of one. loadfile keeps a module's tests (and its
-	# module-scoped fixtures, such as the fault tests' processes) in one worker.
-	$(BIN)/pytest -n 2 --dist loadfile --durations=15
+	# Three processes on two cores: most integration tests wait on brokers, fleets,
+	# browsers and audio rather than compute (two took 16.6 min for 1,685 tests, too near
+	# the 20-minute budget). loadfile keeps a module's tests (and its module-scoped
+	# fixtures, such as the fault tests' processes) in one worker.
+	$(BIN)/pytest -n 3 --dist loadfile --durations=15
 
 setup: system-deps $(VENV)/.installed-test
 

@@ -177,8 +177,10 @@ class County:
             await self.wait_for(reached, timeout_s, f"{broadcast_id} in {states}")
         except WaitTimeout:
             wanted = states.keys() if isinstance(states, Mapping) else (expected or ())
+            # The state with its reason: a failure under load says why it failed.
+            reasons = {d["device_id"]: d.get("reason") for d in view.get("deliveries", [])}
             behind = {
-                d: by_device.get(d, "no delivery row")
+                d: f"{by_device.get(d, 'no delivery row')} ({reasons.get(d) or '-'})"
                 for d in sorted(wanted)
                 if by_device.get(d) not in (states[d] if isinstance(states, Mapping) else states)
             }
