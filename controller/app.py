@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
+from sqlalchemy.exc import IntegrityError
 
 from controller import pronunciations
 from controller.api import ebd as ebd_api
@@ -189,7 +190,12 @@ def build_app(settings: Settings, broker_accounts: BrokerAccounts | None = None)
             sqlite_owner.acquire()  # before anything: a second controller stops here
         try:
             db.start()
-            await db.run(seed_builtin_templates)
+            try:
+                await db.run(seed_builtin_templates)
+            except IntegrityError:
+                # Another replica seeded the same built-ins at the same instant (seen
+                # in tests/integration/test_replicas.py): theirs stand; add what is left.
+                await db.run(seed_builtin_templates)
             await live.start()
             if relay is not None:
                 await relay.start()
