@@ -123,7 +123,12 @@ async function route() {
     cleanup = null;
   }
   setMenuOpen(false);
-  const main = clear(document.getElementById("main"));
+  // A fresh element for each route: a view still rendering when the reader moves on
+  // (its data arrived late, or the language changed under it) finishes into the
+  // detached old one instead of appending to the next page.
+  const old = document.getElementById("main");
+  const main = old.cloneNode(false);
+  old.replaceWith(main);
   document.body.dataset.view = name || "home";
   document.body.classList.remove("drill-mode", "real-mode");
   document.getElementById("top").hidden = !ctx.me;
