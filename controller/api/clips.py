@@ -16,7 +16,7 @@ from sqlmodel import Session
 from controller import audit
 from controller import schemas as s
 from controller.api import keys
-from controller.api.device_control import _device_in_reach
+from controller.api.device_control import device_in_reach
 from controller.auth import principal_of
 from controller.clips import (
     CLIP_MAX_BYTES,
@@ -85,7 +85,7 @@ def _view(row: ClipRequest) -> dict[str, Any]:
 )
 async def request_clip(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    device = await _device_in_reach(request, principal)
+    device = await device_in_reach(request, principal)
     body = parse_body(ClipIn, await read_optional_json(request) or {})
     request_id, token = secrets.token_urlsafe(12), secrets.token_urlsafe(32)
     now = p.now_ms()

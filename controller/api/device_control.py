@@ -50,7 +50,9 @@ class VolumeIn(BaseModel):
         return self
 
 
-async def _device_in_reach(request: web.Request, principal: Principal) -> Device:
+async def device_in_reach(request: web.Request, principal: Principal) -> Device:
+    """The terminal named in the path, if the caller may control it (also used by the
+    clip and enrolment routes)."""
     principal.require_terminal_control()
     device_id = request.match_info["id"]
     scope = principal.township_scope()
@@ -72,7 +74,7 @@ async def _device_in_reach(request: web.Request, principal: Principal) -> Device
 )
 async def set_volume(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    device = await _device_in_reach(request, principal)
+    device = await device_in_reach(request, principal)
     body = parse_body(VolumeIn, await read_json(request))
     config = p.ConfigBody(normal_volume=body.normal_volume, emergency_volume=body.emergency_volume)
     command = p.Command.new(
@@ -128,7 +130,7 @@ async def _test_tone_media(request: web.Request) -> Media:
 )
 async def test_tone(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    device = await _device_in_reach(request, principal)
+    device = await device_in_reach(request, principal)
     media = await _test_tone_media(request)
     body = BroadcastIn(
         media_id=media.sha256,
@@ -184,7 +186,7 @@ class DiagnosticsSent(BaseModel):
 )
 async def diagnostics(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    device = await _device_in_reach(request, principal)
+    device = await device_in_reach(request, principal)
     body = parse_body(DiagnosticsIn, await read_optional_json(request, max_bytes=4096))
     config = p.ConfigBody(telemetry_interval_s=body.telemetry_interval_s)
     command = p.Command.new(

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller import schemas as s
 from controller.api import keys
-from controller.api.device_control import _device_in_reach
+from controller.api.device_control import device_in_reach
 from controller.api.session import _networks, _within, client_address
 from controller.auth import principal_of
 from controller.enrolment import ENROL_CODE_TTL_S, EnrolmentService
@@ -50,7 +50,7 @@ class EnrolIn(BaseModel):
 )
 async def new_code(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    device = await _device_in_reach(request, principal)
+    device = await device_in_reach(request, principal)
     body = parse_body(EnrolCodeIn, await read_json(request) if request.can_read_body else {})
     issued = await request.app[SERVICE].issue_code(device.id, principal.user, body.ttl_s)
     return s.respond(
@@ -67,7 +67,7 @@ async def new_code(request: web.Request) -> web.Response:
 )
 async def revoke(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    device = await _device_in_reach(request, principal)
+    device = await device_in_reach(request, principal)
     at = await request.app[SERVICE].revoke(device.id, principal.user)
     return s.respond(s.RevokedOut, {"device_id": device.id, "revoked_at": iso(at)})
 
