@@ -352,9 +352,9 @@ def render_emqx_conf(
 ## apps/emqx_conf/src/emqx_conf_schema.erl: fields("node"), fields("cluster").
 node {{
   name = {json.dumps(nodes[0])}
-  ## The Erlang cookie: the same secret on every node and nowhere else; keep it in
-  ## the environment (EMQX_NODE__COOKIE), never in this file under version control.
-  cookie = "${{EMQX_NODE__COOKIE}}"
+  ## node.cookie is deliberately not here: the same secret on every node, given as
+  ## EMQX_NODE__COOKIE in each node's environment (environment variables override
+  ## emqx.conf: apps/emqx_conf/etc/emqx_conf.conf; bin/emqx checks it at start).
 }}
 cluster {{
   name = {cluster_name}
