@@ -306,27 +306,56 @@ def emqx_authorize(rules: Sequence[EmqxRule], *, username: str, action: Action, 
 # --------------------------------------------------------------------------- emqx.conf
 
 
-def render_emqx_conf(
-    *,
-    nodes: Sequence[str],
-    cluster_name: str = "dalaba",
-    acl_path: str = "etc/acl.conf",
-    bootstrap_path: str = "etc/dalaba-users.csv",
-    certfile: str | None = None,
-    keyfile: str | None = None,
-    cacertfile: str | None = None,
-) -> str:
-    """The settings EMQX must have for dalaba, as an emqx.conf fragment (HOCON). Keys
-    are from the v5.8.9 schema: apps/emqx/src/emqx_schema.erl (mqtt, listeners,
-    authorization, durable_sessions), apps/emqx_conf/src/emqx_conf_schema.erl (node,
-    cluster), apps/emqx_auth_mnesia/src/emqx_authn_mnesia_schema.erl and
-    apps/emqx_auth/src/emqx_authn/emqx_authn_password_hashing.erl (authentication)."""
+def render_emqx_conf(*, nodes: Sequence[str], cluster_name: str = "dalaba") -> str:
+    """What must not change while EMQX runs, for etc/emqx.conf on every node: the node
+    and the cluster (apps/emqx_conf/src/emqx_conf_schema.erl, v5.8.9)."""
     if len(nodes) < 1:
         raise ValueError("--nodes: give at least one node name (emqx@host)")
     for node in nodes:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+", node):
             raise ValueError(f"--nodes: {node!r} is not an Erlang node name (emqx@host)")
     seeds = ", ".join(json.dumps(n) for n in nodes)
+    return f"""## Written by dalaba (dalaba broker-config --kind emqx) for EMQX {EMQX_RELEASE}, the
+## last Apache-2.0 release line. Append it to etc/emqx.conf on EVERY node; only node.name
+## differs per node (set EMQX_NODE__NAME in each node's environment, or edit it here).
+## Keys were read in the v5.8.9 schema, not guessed (files named beside each block).
+## The rest of dalaba's settings are in base.hocon: emqx.conf is read last and wins
+## over what the dashboard or the API change (emqx_config:do_parse_hocon/3 reads
+## base.hocon, cluster.hocon, emqx.conf in that order), so only what must never change
+## at run time is here.
+
+## apps/emqx_conf/src/emqx_conf_schema.erl: fields("node"), fields("cluster").
+node {{
+  name = {json.dumps(nodes[0])}
+  ## node.cookie is deliberately not here: the same secret on every node, given as
+  ## EMQX_NODE__COOKIE in each node's environment (environment variables override
+  ## emqx.conf: apps/emqx_conf/etc/emqx_conf.conf; bin/emqx checks it at start).
+}}
+cluster {{
+  name = {cluster_name}
+  ## Open-source 5.8 nodes are all `core` (replicant is Enterprise-only since 5.8.0).
+  discovery_strategy = static
+  static.seeds = [{seeds}]
+}}
+"""
+
+
+def render_emqx_base_hocon(
+    *,
+    # EMQX expands ${EMQX_ETC_DIR} in both paths itself (emqx_authz_file:filename/1,
+    # emqx_authn_mnesia:boostrap_user_from_file/2: naive_env_interpolation).
+    acl_path: str = "${EMQX_ETC_DIR}/acl.conf",
+    bootstrap_path: str = "${EMQX_ETC_DIR}/dalaba-users.csv",
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    cacertfile: str | None = None,
+) -> str:
+    """The rest of dalaba's settings, for etc/base.hocon on every node: read first, so
+    what an operator later changes through the dashboard or the API (written to
+    cluster.hocon, cluster-wide) takes effect. Keys from the v5.8.9 schema:
+    apps/emqx/src/emqx_schema.erl (mqtt, listeners, authorization, durable_sessions),
+    apps/emqx_auth_mnesia/src/emqx_authn_mnesia_schema.erl and
+    apps/emqx_auth/src/emqx_authn/emqx_authn_password_hashing.erl (authentication)."""
     ssl = ""
     if certfile and keyfile:
         ca = f"    cacertfile = {json.dumps(cacertfile)}\n" if cacertfile else ""
@@ -344,24 +373,9 @@ def render_emqx_conf(
             "  }\n"
             "}\n"
         )
-    return f"""## Written by dalaba (dalaba broker-config --kind emqx) for EMQX {EMQX_RELEASE}, the
-## last Apache-2.0 release line. Append it to etc/emqx.conf on EVERY node; only node.name
-## differs per node (set EMQX_NODE__NAME in each node's environment, or edit it here).
-## Keys were read in the v5.8.9 schema, not guessed (files named beside each block).
-
-## apps/emqx_conf/src/emqx_conf_schema.erl: fields("node"), fields("cluster").
-node {{
-  name = {json.dumps(nodes[0])}
-  ## node.cookie is deliberately not here: the same secret on every node, given as
-  ## EMQX_NODE__COOKIE in each node's environment (environment variables override
-  ## emqx.conf: apps/emqx_conf/etc/emqx_conf.conf; bin/emqx checks it at start).
-}}
-cluster {{
-  name = {cluster_name}
-  ## Open-source 5.8 nodes are all `core` (replicant is Enterprise-only since 5.8.0).
-  discovery_strategy = static
-  static.seeds = [{seeds}]
-}}
+    return f"""## Written by dalaba (dalaba broker-config --kind emqx) for EMQX {EMQX_RELEASE}:
+## append it to etc/base.hocon on EVERY node. Keys were read in the v5.8.9 schema (files
+## named beside each block).
 
 ## apps/emqx/src/emqx_schema.erl: mqtt_general(), mqtt_session().
 mqtt {{
@@ -371,7 +385,7 @@ mqtt {{
   ## Mosquitto runs with max_packet_size 262144; commands are a few kB.
   max_packet_size = "256KB"
   max_clientid_len = 64
-  max_topic_levels = 8
+  max_topic_levels = 16
   retain_available = true
   wildcard_subscription = true
   ## Controller replicas read every report through $share/{Topics.CONTROLLER_SHARE_GROUP}/...;
@@ -386,8 +400,9 @@ mqtt {{
   max_mqueue_len = 100000
   mqueue_store_qos0 = false
   max_inflight = 1000
-  max_awaiting_rel = 1000
-  server_keepalive = 120
+  ## server_keepalive stays `disabled`: EMQX would impose it on every client (it is
+  ## not a cap like Mosquitto's max_keepalive), and terminals keep 30 s so that a dead
+  ## link publishes their last will within 45 s.
 }}
 
 ## TCP for the load balancer's health check and for controllers on the private network.
@@ -458,6 +473,7 @@ def render_users_csv(users: Sequence[dict]) -> str:
 @dataclass(frozen=True)
 class EmqxFiles:
     conf: Path
+    base_hocon: Path
     acl: Path
     users_json: Path
     users_csv: Path
@@ -473,6 +489,7 @@ def write_emqx_files(
     out.mkdir(parents=True, exist_ok=True)
     files = EmqxFiles(
         conf=out / "emqx-dalaba.conf",
+        base_hocon=out / "base-dalaba.hocon",
         acl=out / "acl.conf",
         users_json=out / "dalaba-users.json",
         users_csv=out / "dalaba-users.csv",
@@ -480,6 +497,7 @@ def write_emqx_files(
         accounts=len(users),
     )
     _write_private(files.conf, render_emqx_conf(nodes=nodes, cluster_name=cluster_name))
+    _write_private(files.base_hocon, render_emqx_base_hocon())
     rules = emqx_acl_rules(accounts.controllers, accounts.devices)
     _write_private(files.acl, render_acl_conf(rules))
     _write_private(files.users_json, json.dumps(users, indent=1) + "\n")

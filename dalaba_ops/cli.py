@@ -682,7 +682,7 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
             Path(args.broker_dir), out, nodes=nodes, cluster_name=args.cluster_name
         )
         print(f"{emqx.accounts} accounts; EMQX {broker_cluster.EMQX_RELEASE} files in {out}:")
-        for path in (emqx.conf, emqx.acl, emqx.users_csv, emqx.users_json, emqx.authz_users):
+        for path in (emqx.conf, emqx.base_hocon, emqx.acl, emqx.users_csv, emqx.users_json):
             print(f"  {path.name}")
         return EXIT_OK
     if not args.county_id or not args.province:

@@ -42,6 +42,7 @@ from dalaba_ops.broker_cluster import (
     emqx_user_from_mosquitto,
     read_county_accounts,
     render_bridge_conf,
+    render_emqx_base_hocon,
     render_emqx_conf,
     write_emqx_files,
 )
@@ -360,7 +361,9 @@ def test_new_salts_are_printable_so_every_new_hash_imports() -> None:
 
 
 def test_emqx_conf_is_balanced_and_sets_what_dalaba_relies_on() -> None:
-    conf = render_emqx_conf(nodes=["emqx@n1", "emqx@n2", "emqx@n3"])
+    conf = render_emqx_conf(nodes=["emqx@n1", "emqx@n2", "emqx@n3"]) + render_emqx_base_hocon(
+        certfile="/etc/emqx/certs/server.pem", keyfile="/etc/emqx/certs/server.key"
+    )
     body = "\n".join(line for line in conf.splitlines() if not line.lstrip().startswith("#"))
     assert body.count("{") == body.count("}") and body.count("[") == body.count("]")
     for needed in (
@@ -375,6 +378,8 @@ def test_emqx_conf_is_balanced_and_sets_what_dalaba_relies_on() -> None:
         "no_match = deny",
         "type = file",
         'max_packet_size = "256KB"',
+        'path = "${EMQX_ETC_DIR}/acl.conf"',
+        'certfile = "/etc/emqx/certs/server.pem"',
     ):
         assert needed in body, needed
     assert "cookie" not in body  # the cluster's secret stays in the environment
@@ -431,7 +436,8 @@ def test_cli_writes_the_emqx_files(tmp_path: Path, capsys: pytest.CaptureFixture
     )  # fmt: skip
     assert code == 0
     assert "5 accounts" in capsys.readouterr().out
-    for name in ("emqx-dalaba.conf", "acl.conf", "dalaba-users.csv", "dalaba-users.json"):
+    names = ("emqx-dalaba.conf", "base-dalaba.hocon", "acl.conf", "dalaba-users.csv")
+    for name in (*names, "dalaba-users.json"):
         assert (out / name).stat().st_mode & 0o077 == 0, name  # hashes: owner only
     authz = json.loads((out / "dalaba-authz-users.json").read_text())
     assert {u["username"] for u in authz} == {A.device_id, B.device_id, D.device_id}
