@@ -36,14 +36,17 @@ from dalaba_ops.broker import (
 from dalaba_ops.broker_cluster import (
     PBKDF2_ITERATIONS,
     EmqxRule,
+    Placement,
     emqx_acl_rules,
     emqx_authorize,
     emqx_topic_match,
     emqx_user_from_mosquitto,
     read_county_accounts,
+    render_acl_conf,
     render_bridge_conf,
     render_emqx_base_hocon,
     render_emqx_conf,
+    render_province_bridge_acl,
     write_emqx_files,
 )
 from dalaba_ops.cli import main
@@ -441,3 +444,49 @@ def test_cli_writes_the_emqx_files(tmp_path: Path, capsys: pytest.CaptureFixture
         assert (out / name).stat().st_mode & 0o077 == 0, name  # hashes: owner only
     authz = json.loads((out / "dalaba-authz-users.json").read_text())
     assert {u["username"] for u in authz} == {A.device_id, B.device_id, D.device_id}
+
+
+# ------------------------------------------------------------- the examples in deploy/
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+EXAMPLE_NODES = [f"emqx@emqx{i}.province.example" for i in (1, 2, 3)]
+
+
+def expected_examples() -> dict[Path, str]:
+    """What deploy/ shows, as the generator writes it today. After changing the
+    generator, write these texts to their paths again."""
+    devices = [Placement("t01-v01-d1", "t01-v01", "t01"), Placement("t02-v05-d1", "t02-v05", "t02")]
+    acl = render_acl_conf(emqx_acl_rules([C1, C2], devices))
+    bridge = render_bridge_conf(
+        county_id="c1",
+        address="mqtt.province.example:8883",
+        remote_password="CHANGE-ME",
+        cafile="/etc/mosquitto/province-ca.pem",
+    )
+    return {
+        DEPLOY / "emqx/emqx-dalaba.conf.example": render_emqx_conf(nodes=EXAMPLE_NODES),
+        DEPLOY / "emqx/base-dalaba.hocon.example": render_emqx_base_hocon(
+            certfile="/etc/emqx/certs/server.pem", keyfile="/etc/emqx/certs/server.key"
+        ),
+        DEPLOY / "emqx/acl.conf.example": (
+            "%% Example for a county of two terminals; generate the real one with\n"
+            "%% `dalaba broker-config --kind emqx --broker-dir /etc/mosquitto/dalaba "
+            "--nodes ... --out DIR`.\n" + acl
+        ),
+        DEPLOY / "mosquitto/bridge-county.conf.example": (
+            "# Example; generate the real one (with its password) with\n"
+            "# `dalaba broker-config --kind mosquitto-bridge --county-id c1 --province "
+            "HOST:8883\n#  --cafile CA.pem --out DIR`, and install it as "
+            "/etc/mosquitto/conf.d/dalaba-bridge.conf.\n" + bridge
+        ),
+        DEPLOY / "mosquitto/province-bridge-acl.example": (
+            "# Example: the block the province broker's Mosquitto ACL gets for county c1's "
+            "bridge\n# (province-acl-bridge-c1.txt from dalaba broker-config --kind "
+            "mosquitto-bridge).\n" + render_province_bridge_acl("c1")
+        ),
+    }
+
+
+@pytest.mark.parametrize("path", list(expected_examples()), ids=lambda p: p.name)
+def test_deploy_examples_are_what_the_generator_writes(path: Path) -> None:
+    assert path.read_text() == expected_examples()[path]
