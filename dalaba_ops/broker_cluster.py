@@ -482,8 +482,18 @@ class EmqxFiles:
 
 
 def write_emqx_files(
-    broker_dir: Path, out: Path, *, nodes: Sequence[str], cluster_name: str = "dalaba"
+    broker_dir: Path,
+    out: Path,
+    *,
+    nodes: Sequence[str],
+    cluster_name: str = "dalaba",
+    certfile: str | None = None,
+    keyfile: str | None = None,
 ) -> EmqxFiles:
+    """Everything `dalaba broker-config --kind emqx` writes. With `certfile` and
+    `keyfile` (paths on the EMQX nodes), the TLS listener for terminals too."""
+    if (certfile is None) != (keyfile is None):
+        raise ValueError("--tls-cert and --tls-key: give both or neither")
     accounts = read_county_accounts(broker_dir)
     users = emqx_users(accounts)
     out.mkdir(parents=True, exist_ok=True)
@@ -497,7 +507,7 @@ def write_emqx_files(
         accounts=len(users),
     )
     _write_private(files.conf, render_emqx_conf(nodes=nodes, cluster_name=cluster_name))
-    _write_private(files.base_hocon, render_emqx_base_hocon())
+    _write_private(files.base_hocon, render_emqx_base_hocon(certfile=certfile, keyfile=keyfile))
     rules = emqx_acl_rules(accounts.controllers, accounts.devices)
     _write_private(files.acl, render_acl_conf(rules))
     _write_private(files.users_json, json.dumps(users, indent=1) + "\n")

@@ -679,7 +679,12 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
             raise CliError(EXIT_USAGE, "--kind emqx: give --broker-dir and --nodes")
         nodes = [n.strip() for n in args.nodes.split(",") if n.strip()]
         emqx = broker_cluster.write_emqx_files(
-            Path(args.broker_dir), out, nodes=nodes, cluster_name=args.cluster_name
+            Path(args.broker_dir),
+            out,
+            nodes=nodes,
+            cluster_name=args.cluster_name,
+            certfile=args.tls_cert,
+            keyfile=args.tls_key,
         )
         print(f"{emqx.accounts} accounts; EMQX {broker_cluster.EMQX_RELEASE} files in {out}:")
         for path in (emqx.conf, emqx.base_hocon, emqx.acl, emqx.users_csv, emqx.users_json):
@@ -951,6 +956,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--nodes", metavar="N1,N2,N3", help="emqx: the cluster's node names (emqx@host, ...)"
     )
     p.add_argument("--cluster-name", default="dalaba", help="emqx: cluster.name")
+    p.add_argument(
+        "--tls-cert", metavar="PATH", help="emqx: server certificate on the nodes (TLS on 8883)"
+    )
+    p.add_argument("--tls-key", metavar="PATH", help="emqx: its private key on the nodes")
     p.add_argument("--county-id", help="mosquitto-bridge: this county's id (the topic prefix)")
     p.add_argument("--province", metavar="HOST:PORT", help="mosquitto-bridge: the province broker")
     p.add_argument("--cafile", metavar="FILE", help="mosquitto-bridge: CA of the province (TLS)")

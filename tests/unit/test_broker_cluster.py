@@ -442,6 +442,14 @@ def test_cli_writes_the_emqx_files(tmp_path: Path, capsys: pytest.CaptureFixture
     names = ("emqx-dalaba.conf", "base-dalaba.hocon", "acl.conf", "dalaba-users.csv")
     for name in (*names, "dalaba-users.json"):
         assert (out / name).stat().st_mode & 0o077 == 0, name  # hashes: owner only
+    assert "listeners.ssl.default" not in (out / "base-dalaba.hocon").read_text()
+    code = main(
+        ["broker-config", "--kind", "emqx", "--broker-dir", str(broker_dir), "--nodes",
+         "emqx@a", "--tls-cert", "/etc/emqx/s.pem", "--tls-key", "/etc/emqx/s.key",
+         "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    assert 'certfile = "/etc/emqx/s.pem"' in (out / "base-dalaba.hocon").read_text()
     authz = json.loads((out / "dalaba-authz-users.json").read_text())
     assert {u["username"] for u in authz} == {A.device_id, B.device_id, D.device_id}
 
