@@ -111,7 +111,7 @@ def emqx_user_from_mosquitto(username: str, encoded: str, *, superuser: bool = F
     if not salt or not set(salt.decode("latin-1")) <= set(SALT_ALPHABET):
         # Hashes written before salts were printable: EMQX cannot hold their salt.
         raise ValueError(
-            f"account {username}: its salt is binary (a hash from before dalaba 0.19); "
+            f"account {username}: its salt is binary (written before salts were printable); "
             "give it a new password (dalaba provision --rotate) and export again"
         )
     digest = base64.b64decode(parts[4])
