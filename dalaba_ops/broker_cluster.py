@@ -100,6 +100,10 @@ def read_county_accounts(broker_dir: Path) -> CountyAccounts:
     return CountyAccounts(hashes, controllers, devices)
 
 
+class BinarySalt(ValueError):
+    """A hash written before dalaba's salts were printable: EMQX cannot hold its salt."""
+
+
 def emqx_user_from_mosquitto(username: str, encoded: str, *, superuser: bool = False) -> dict:
     """One entry of EMQX's user import JSON (`user_id`, `password_hash`, `salt`,
     `is_superuser`: apps/emqx_auth/data/user-credentials.json and
@@ -109,11 +113,7 @@ def emqx_user_from_mosquitto(username: str, encoded: str, *, superuser: bool = F
         raise ValueError(f"account {username}: not a $7$101 Mosquitto hash")
     salt = base64.b64decode(parts[3])
     if not salt or not set(salt.decode("latin-1")) <= set(SALT_ALPHABET):
-        # Hashes written before salts were printable: EMQX cannot hold their salt.
-        raise ValueError(
-            f"account {username}: its salt is binary (written before salts were printable); "
-            "give it a new password (dalaba provision --rotate) and export again"
-        )
+        raise BinarySalt(f"account {username}: its salt is binary")
     digest = base64.b64decode(parts[4])
     if len(digest) != PBKDF2_DK_LENGTH:
         raise ValueError(f"account {username}: digest is {len(digest)} bytes, not 64")
@@ -125,21 +125,39 @@ def emqx_user_from_mosquitto(username: str, encoded: str, *, superuser: bool = F
     }
 
 
-def emqx_users(accounts: CountyAccounts) -> list[dict]:
-    """Every account, controllers first. No one is a superuser: a superuser skips
-    authorization (emqx_authz:authorize/5), and controllers are bound by the ACL too."""
-    names = accounts.controllers + [d.device_id for d in accounts.devices]
-    users, refused = [], []
-    for name in names:
+def emqx_users(accounts: CountyAccounts) -> tuple[list[dict], list[str]]:
+    """Every account, controllers first, and the controller accounts left out because
+    their hash has a binary salt (the operator adds them to EMQX with their password:
+    docs/operations.md, 12). No one is a superuser: a superuser skips authorization
+    (emqx_authz:authorize/5), and controllers are bound by the ACL too.
+
+    A terminal with a binary salt is refused: `dalaba provision` run again for it
+    keeps its password (from its device file) and writes a new hash, whose salt is
+    printable, so nothing on the board changes."""
+    users, controllers_left, terminals_refused = [], [], []
+    for name in accounts.controllers:
         try:
             users.append(emqx_user_from_mosquitto(name, accounts.hashes[name]))
-        except ValueError as exc:
-            refused.append((name, str(exc)))
-    if refused:
-        first = refused[0][1]
-        more = f" (and {len(refused) - 1} more accounts)" if len(refused) > 1 else ""
-        raise ValueError(first + more)
-    return users
+        except BinarySalt:
+            controllers_left.append(name)
+    for device in accounts.devices:
+        try:
+            users.append(
+                emqx_user_from_mosquitto(device.device_id, accounts.hashes[device.device_id])
+            )
+        except BinarySalt:
+            terminals_refused.append(device.device_id)
+    if terminals_refused:
+        villages = sorted(
+            {d.village_id for d in accounts.devices if d.device_id in terminals_refused}
+        )
+        raise ValueError(
+            f"{len(terminals_refused)} terminal accounts have hashes with binary salts "
+            f"(first: {terminals_refused[0]}), which EMQX cannot import: run "
+            f"`dalaba provision --village V` again for their villages ({', '.join(villages[:5])}"
+            f"{', ...' if len(villages) > 5 else ''}); it keeps their passwords"
+        )
+    return users, controllers_left
 
 
 # --------------------------------------------------------------------------- EMQX ACL
@@ -479,6 +497,8 @@ class EmqxFiles:
     users_csv: Path
     authz_users: Path
     accounts: int
+    # Controller accounts whose hash could not be carried over (binary salt).
+    controllers_left: list[str]
 
 
 def write_emqx_files(
@@ -495,7 +515,7 @@ def write_emqx_files(
     if (certfile is None) != (keyfile is None):
         raise ValueError("--tls-cert and --tls-key: give both or neither")
     accounts = read_county_accounts(broker_dir)
-    users = emqx_users(accounts)
+    users, controllers_left = emqx_users(accounts)
     out.mkdir(parents=True, exist_ok=True)
     files = EmqxFiles(
         conf=out / "emqx-dalaba.conf",
@@ -505,6 +525,7 @@ def write_emqx_files(
         users_csv=out / "dalaba-users.csv",
         authz_users=out / "dalaba-authz-users.json",
         accounts=len(users),
+        controllers_left=controllers_left,
     )
     _write_private(files.conf, render_emqx_conf(nodes=nodes, cluster_name=cluster_name))
     _write_private(files.base_hocon, render_emqx_base_hocon(certfile=certfile, keyfile=keyfile))

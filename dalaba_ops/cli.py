@@ -689,6 +689,11 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         print(f"{emqx.accounts} accounts; EMQX {broker_cluster.EMQX_RELEASE} files in {out}:")
         for path in (emqx.conf, emqx.base_hocon, emqx.acl, emqx.users_csv, emqx.users_json):
             print(f"  {path.name}")
+        if emqx.controllers_left:
+            print(
+                f"not carried over (hash with a binary salt): {', '.join(emqx.controllers_left)}; "
+                "add each to EMQX with its password (docs/operations.md, section 12)"
+            )
         return EXIT_OK
     if not args.county_id or not args.province:
         raise CliError(EXIT_USAGE, "--kind mosquitto-bridge: give --county-id and --province")

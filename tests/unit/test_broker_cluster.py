@@ -11,6 +11,7 @@ hashes are checked with Erlang's crypto the way emqx_passwd.erl checks them."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import shutil
@@ -50,6 +51,7 @@ from dalaba_ops.broker_cluster import (
     write_emqx_files,
 )
 from dalaba_ops.cli import main
+from dalaba_ops.provisioning import merge_broker_files
 
 C1, C2 = "dalaba-controller", "dalaba-controller-2"
 A = DeviceAccount("t01-v01-d1", "t01-v01", "t01", "pw-a-123")
@@ -498,3 +500,54 @@ def expected_examples() -> dict[Path, str]:
 @pytest.mark.parametrize("path", list(expected_examples()), ids=lambda p: p.name)
 def test_deploy_examples_are_what_the_generator_writes(path: Path) -> None:
     assert path.read_text() == expected_examples()[path]
+
+
+# ------------------------------------------------------------- hashes from before printable salts
+
+
+def old_style_hash(password: str) -> str:
+    """How dalaba hashed before salts were printable: 12 random bytes."""
+    salt = bytes([0x80 + i for i in range(12)])  # certainly not printable
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101, 64)
+    return f"$7$101${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def with_old_hash(broker_dir: Path, user: str) -> None:
+    passwd = broker_dir / "passwd"
+    lines = [
+        f"{user}:{old_style_hash(PASSWORDS[user])}" if line.startswith(f"{user}:") else line
+        for line in passwd.read_text().splitlines()
+    ]
+    passwd.write_text("\n".join(lines) + "\n")
+
+
+def test_an_old_terminal_hash_is_refused_until_provision_rehashes_it(tmp_path: Path) -> None:
+    broker_dir = county_broker_dir(tmp_path)
+    with_old_hash(broker_dir, A.device_id)
+    with pytest.raises(ValueError, match=r"first: t01-v01-d1.*provision --village V.*t01-v01"):
+        write_emqx_files(broker_dir, tmp_path / "out", nodes=["emqx@a"])
+    # What `dalaba provision --village t01-v01` does with the terminal's device file:
+    # the same password, a new hash.
+    merge_broker_files(broker_dir, [A], controller_password=None)
+    files = write_emqx_files(broker_dir, tmp_path / "out", nodes=["emqx@a"])
+    users = {u["user_id"]: u for u in json.loads(files.users_json.read_text())}
+    a = users[A.device_id]
+    computed = hashlib.pbkdf2_hmac("sha512", A.password.encode(), a["salt"].encode(), 101, 64)
+    assert computed.hex() == a["password_hash"]
+
+
+def test_an_old_controller_hash_is_left_out_and_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broker_dir = county_broker_dir(tmp_path)
+    with_old_hash(broker_dir, C1)
+    code = main(
+        ["broker-config", "--kind", "emqx", "--broker-dir", str(broker_dir), "--nodes",
+         "emqx@a", "--out", str(tmp_path / "out")]
+    )  # fmt: skip
+    assert code == 0
+    assert (
+        "not carried over (hash with a binary salt): dalaba-controller;" in capsys.readouterr().out
+    )
+    users = json.loads((tmp_path / "out" / "dalaba-users.json").read_text())
+    assert {u["user_id"] for u in users} == set(PASSWORDS) - {C1}
