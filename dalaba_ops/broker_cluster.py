@@ -398,7 +398,9 @@ def render_emqx_base_hocon(
 ## apps/emqx/src/emqx_schema.erl: mqtt_general(), mqtt_session().
 mqtt {{
   ## A client's id is its username, as on the county's Mosquitto
-  ## (use_username_as_clientid): no account can take over another's session.
+  ## (use_username_as_clientid): no account can take over another's session. Set
+  ## before authentication, and an empty username is refused
+  ## (emqx_channel:maybe_username_as_clientid/2).
   use_username_as_clientid = true
   ## Mosquitto runs with max_packet_size 262144; commands are a few kB.
   max_packet_size = "256KB"
