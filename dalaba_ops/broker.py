@@ -44,10 +44,18 @@ def controller_username(replica: int) -> str:
     return CONTROLLER_USER if replica == 1 else f"{CONTROLLER_USER}-{replica}"
 
 
+# Letters of a salt that EMQX's JSON/CSV user import carries unchanged (no comma,
+# quote or backslash).
+SALT_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789./"
+
+
 def mosquitto_password_hash(password: str) -> str:
     """Mosquitto 2's own format ($7$: PBKDF2-SHA512, 101 rounds), written directly
-    because calling `mosquitto_passwd` once per terminal is far too slow at 10,000."""
-    salt = secrets.token_bytes(12)
+    because calling `mosquitto_passwd` once per terminal is far too slow at 10,000.
+    The 12 salt bytes are printable (72 random bits from a 64-letter alphabet) so that
+    the same hash can be imported into EMQX, which takes a salt as text
+    (dalaba_ops/broker_cluster.py)."""
+    salt = "".join(secrets.choice(SALT_ALPHABET) for _ in range(12)).encode()
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101, 64)
     return f"$7$101${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 

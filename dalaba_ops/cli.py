@@ -1,5 +1,5 @@
 """`dalaba`: the one command. Subcommands: controller, agent, sim, demo, db, county,
-token, user, provision, voice, check.
+token, user, provision, voice, broker-config, check.
 
 A mistake is one line on stderr and an exit code from `cli_support` (README, "The dalaba
 command"); a traceback only with -v. Everything above the wire kernel is imported inside
@@ -670,6 +670,50 @@ def cmd_voice_install_neural(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_broker_config(args: argparse.Namespace) -> int:
+    from dalaba_ops import broker_cluster
+
+    out = Path(args.out)
+    if args.kind == "emqx":
+        if not args.broker_dir or not args.nodes:
+            raise CliError(EXIT_USAGE, "--kind emqx: give --broker-dir and --nodes")
+        nodes = [n.strip() for n in args.nodes.split(",") if n.strip()]
+        emqx = broker_cluster.write_emqx_files(
+            Path(args.broker_dir),
+            out,
+            nodes=nodes,
+            cluster_name=args.cluster_name,
+            certfile=args.tls_cert,
+            keyfile=args.tls_key,
+        )
+        print(f"{emqx.accounts} accounts; EMQX {broker_cluster.EMQX_RELEASE} files in {out}:")
+        for path in (emqx.conf, emqx.base_hocon, emqx.acl, emqx.users_csv, emqx.users_json):
+            print(f"  {path.name}")
+        if emqx.controllers_left:
+            print(
+                f"not carried over (hash with a binary salt): {', '.join(emqx.controllers_left)}; "
+                "add each to EMQX with its password (docs/operations.md, section 12)"
+            )
+        return EXIT_OK
+    if not args.county_id or not args.province:
+        raise CliError(EXIT_USAGE, "--kind mosquitto-bridge: give --county-id and --province")
+    if args.cafile and not Path(args.cafile).is_file():
+        raise CliError(EXIT_NOT_FOUND, f"--cafile {args.cafile}: not found")
+    bridge = broker_cluster.write_bridge_files(
+        out, county_id=args.county_id, address=args.province, cafile=args.cafile
+    )
+    print(f"county {args.county_id}: bridge files in {out}:")
+    for path in (
+        bridge.county_conf,
+        bridge.province_acl,
+        bridge.province_passwd_line,
+        bridge.province_acl_emqx,
+        bridge.province_emqx_user,
+    ):
+        print(f"  {path.name}")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ the parser
 
 
@@ -900,6 +944,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_argument(c)
     c.add_argument("--data-dir", metavar="DIR", help="the controller's DALABA_DATA_DIR")
     c.set_defaults(func=cmd_voice_install_neural)
+
+    p = sub.add_parser(
+        "broker-config",
+        parents=common,
+        help="EMQX cluster or county-to-province bridge files from the county's broker",
+        description="Writes files for another broker from the county's Mosquitto accounts "
+        "(docs/operations.md, section 12). Nothing is sent anywhere.",
+    )
+    p.add_argument("--kind", required=True, choices=["emqx", "mosquitto-bridge"])
+    p.add_argument("--out", required=True, metavar="DIR", help="where to write the files")
+    p.add_argument(
+        "--broker-dir", metavar="DIR", help="emqx: the county Mosquitto's passwd and acl folder"
+    )
+    p.add_argument(
+        "--nodes", metavar="N1,N2,N3", help="emqx: the cluster's node names (emqx@host, ...)"
+    )
+    p.add_argument("--cluster-name", default="dalaba", help="emqx: cluster.name")
+    p.add_argument(
+        "--tls-cert", metavar="PATH", help="emqx: server certificate on the nodes (TLS on 8883)"
+    )
+    p.add_argument("--tls-key", metavar="PATH", help="emqx: its private key on the nodes")
+    p.add_argument("--county-id", help="mosquitto-bridge: this county's id (the topic prefix)")
+    p.add_argument("--province", metavar="HOST:PORT", help="mosquitto-bridge: the province broker")
+    p.add_argument("--cafile", metavar="FILE", help="mosquitto-bridge: CA of the province (TLS)")
+    p.set_defaults(func=cmd_broker_config)
 
     p = sub.add_parser(
         "check",
