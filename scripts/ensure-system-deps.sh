@@ -5,7 +5,8 @@
 #                                        broker (mosquitto), ffmpeg, the offline voice
 #                                        (espeak-ng)
 #   scripts/ensure-system-deps.sh test   the same, plus what only the tests need: ALSA's
-#                                        aplay (alsa-utils), and for the console's browser
+#                                        aplay (alsa-utils), Erlang (the EMQX config
+#                                        checks), and for the console's browser
 #                                        tests Chromium and CJK fonts (~380 MB)
 #
 # Supported: Debian 12 and 13, Ubuntu 22.04 and 24.04 (the CI and the benchmarks run on
@@ -63,6 +64,10 @@ have espeak-ng || need+=(espeak-ng)
 # The `linux` board driver's tests play through the real aplay into ALSA file PCMs.
 if [ "$what" = test ]; then
   have aplay || need+=(alsa-utils)
+  # The EMQX cluster files are checked the way EMQX reads them: Erlang's file:consult
+  # for acl.conf and its crypto for the imported password hashes (test_broker_cluster).
+  have escript || need+=(erlang-base)
+  compgen -G "$root/usr/lib/erlang/lib/crypto-*" >/dev/null || need+=(erlang-crypto)
 fi
 
 if [ "$what" = test ] && [ "${DALABA_SKIP_BROWSER:-0}" != "1" ]; then

@@ -18,7 +18,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ensure-system-deps.s
 DEBIAN_12 = 'ID=debian\nVERSION_ID="12"\n'
 UBUNTU_24 = 'ID=ubuntu\nID_LIKE=debian\nVERSION_ID="24.04"\n'
 DEMO_TOOLS = ("mosquitto", "mosquitto_passwd", "ffmpeg", "espeak-ng")
-ALL_TOOLS = (*DEMO_TOOLS, "aplay")  # the tests also play through ALSA
+ALL_TOOLS = (*DEMO_TOOLS, "aplay", "escript")  # the tests also play through ALSA, read Erlang
 
 
 @dataclass
@@ -61,6 +61,8 @@ def run_script(
     _exe(bin_dir / "id", "echo 0\n")  # root: no sudo involved
     for tool in tools:
         _exe(bin_dir / tool, "exit 0\n")
+    if "escript" in tools:  # Debian's erlang-crypto, which the EMQX hash checks load
+        (root / "usr" / "lib" / "erlang" / "lib" / "crypto-5.1.2").mkdir(parents=True)
     _exe(
         bin_dir / "fc-list",
         "echo 'NotoSansCJK-Regular.ttc: Noto Sans CJK SC'\n" if cjk_fonts else "",
@@ -116,9 +118,16 @@ def test_tests_add_chromium_and_fonts_on_debian(tmp_path: Path) -> None:
 
 
 def test_tests_add_alsa_utils_for_aplay(tmp_path: Path) -> None:
-    run = run_script(tmp_path, "test", tools=DEMO_TOOLS)
+    run = run_script(tmp_path, "test", tools=(*DEMO_TOOLS, "escript"))
     assert run.code == 0, run.stderr
     assert run.installed == ["alsa-utils"]
+    assert run_script(tmp_path / "demo", "demo", tools=DEMO_TOOLS).installed == []
+
+
+def test_tests_add_erlang_for_the_emqx_config_checks(tmp_path: Path) -> None:
+    run = run_script(tmp_path, "test", tools=(*DEMO_TOOLS, "aplay"))
+    assert run.code == 0, run.stderr
+    assert run.installed == ["erlang-base", "erlang-crypto"]
     assert run_script(tmp_path / "demo", "demo", tools=DEMO_TOOLS).installed == []
 
 
