@@ -273,15 +273,17 @@ class Ingestor:
         devices = {
             d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(device_ids)))
         }
-        reports = [i.message for i in batch if isinstance(i.message, p.DeliveryReport)]
-        deliveries: dict[tuple[str, str], Delivery] = {}
-        if reports:
-            rows = session.exec(
-                select(Delivery)
-                .where(col(Delivery.broadcast_id).in_({m.broadcast_id for m in reports}))
-                .where(col(Delivery.device_id).in_({m.device_id for m in reports}))
-            )
-            deliveries = {(d.broadcast_id, d.device_id): d for d in rows}
+        # Deliveries as plain rows, written back with one executemany UPDATE and their
+        # transitions appended with one INSERT (controller.deliveries): a batch of 5,000
+        # reports as ORM objects cost more than everything else here together.
+        deliveries = dm.load_rows(
+            session,
+            (
+                (i.message.broadcast_id, i.message.device_id)
+                for i in batch
+                if isinstance(i.message, p.DeliveryReport)
+            ),
+        )
         issued = self._issued_command_ids(session, batch)
         came_online: list[Device] = []
         intervals = IntervalBook(session, device_ids)
@@ -338,6 +340,7 @@ class Ingestor:
                     seq=message.seq,
                     attempt=message.attempt,
                     extra=extra,
+                    session=session,
                 )
                 if applied is None:
                     self.counters["reports_not_applied"] += 1
@@ -363,6 +366,7 @@ class Ingestor:
                 )
             elif isinstance(message, p.Telemetry):
                 self._apply_telemetry(session, device, message, rx)
+        dm.save_rows(session, deliveries.values())
         for device in came_online:
             events += _release_offline(session, device, now)
         return events
@@ -418,7 +422,7 @@ class Ingestor:
         event: p.DeviceEvent,
         rx: int,
         issued: set[str],
-        deliveries: dict[tuple[str, str], Delivery],
+        deliveries: dict[tuple[str, str], dm.DeliveryRow],
         faults: FaultBook | None = None,
     ) -> list[dm.Applied]:
         if event.kind in (p.EventKind.FAULT_RAISED, p.EventKind.FAULT_CLEARED) and event.reason:
@@ -469,14 +473,11 @@ class Ingestor:
         }
         if not (known and event.broadcast_id is not None and event.reason in ends_delivery):
             return []
-        delivery = (
-            deliveries.get((event.broadcast_id, device.id))
-            or session.exec(
-                select(Delivery)
-                .where(Delivery.broadcast_id == event.broadcast_id)
-                .where(Delivery.device_id == device.id)
-            ).first()
-        )
+        key = (event.broadcast_id, device.id)
+        if key not in deliveries:
+            # Kept with the batch's rows, so `_write` saves it with them.
+            deliveries.update(dm.load_rows(session, [key]))
+        delivery = deliveries.get(key)
         if delivery is None or delivery.state not in (
             p.DeliveryState.SENT.value,
             p.DeliveryState.OFFLINE.value,
@@ -490,6 +491,7 @@ class Ingestor:
             at=event.at,
             reason=f"terminal refused the command: {event.reason}",
             attempt=delivery.attempt,
+            session=session,
         )
         return [applied] if applied else []
 

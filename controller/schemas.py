@@ -218,7 +218,12 @@ class CorrectionRef(ApiModel):
 
 class BroadcastDetail(BroadcastProgress):
     deliveries: list[DeliveryOut] | None = Field(
-        default=None, description="one per terminal; left out with ?deliveries=0"
+        default=None,
+        description="one page of them (one per terminal, by device id); left out with "
+        "?deliveries=0",
+    )
+    deliveries_next: str | None = Field(
+        default=None, description="`after` for the next page of deliveries; null at the end"
     )
     corrections: list[CorrectionRef] = Field(
         default_factory=list, description="later broadcasts that correct or update this one"
