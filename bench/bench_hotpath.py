@@ -20,6 +20,11 @@ answers), in this one process, with `--terminals` terminals provisioned (online)
 - **GET**: `BroadcastService.get` then `schemas.respond` (the body GET
   /api/broadcasts/{id} sends): time and body size, default and `?deliveries=0`.
 
+Wall time and this process's CPU time (`process_time`, every thread) are both kept: on
+a shared machine the wall time carries everyone else's load, and for SQLite (in this
+process) the CPU time is the controller's whole cost. For PostgreSQL the server's own
+CPU is not in it.
+
 `--code DIR` runs the same on another tree's controller (for the "before" figures:
 `git archive <commit> | tar -x -C DIR`).
 
@@ -173,7 +178,11 @@ async def run_backend(name: str, url: str, args: argparse.Namespace, tmp: Path) 
         )
         dispatcher.mqtt = stub  # type: ignore[assignment]
         service = BroadcastService(
-            db, MediaStore(tmp / "media", db), None, dispatcher, settings  # type: ignore[arg-type]
+            db,
+            MediaStore(tmp / "media", db),
+            None,
+            dispatcher,
+            settings,  # type: ignore[arg-type]
         )
         officer = Principal(user="bench", role=Role.DUTY_OFFICER)
         body = BroadcastIn.model_validate(
@@ -184,15 +193,16 @@ async def run_backend(name: str, url: str, args: argparse.Namespace, tmp: Path) 
         broadcast_id = ""
         for _ in range(args.creates):
             stub.first_at = None
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             broadcast = await service.create(officer, body)
-            end = time.perf_counter()
+            end, cpu_end = time.perf_counter(), time.process_time()
             assert stub.first_at is not None
             broadcast_id = broadcast.id
             creates.append(
                 {
                     "total_ms": (end - start) * 1000,
                     "before_publish_ms": (stub.first_at - start) * 1000,
+                    "cpu_ms": (cpu_end - cpu) * 1000,
                 }
             )
         # Ingest: every terminal's four reports for the last broadcast.
@@ -208,26 +218,29 @@ async def run_backend(name: str, url: str, args: argparse.Namespace, tmp: Path) 
                     command_id=broadcast.command_id, state=p.DeliveryState(state), at=at, seq=seq,
                 )  # fmt: skip
                 reports.append((device_id(i), msg.to_bytes()))
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for k in range(0, len(reports), args.batch):
             for device, payload in reports[k : k + args.batch]:
                 ingestor.submit(device, "ack", payload)
             await ingestor.flush()
         ingest_s = time.perf_counter() - start
+        ingest_cpu_s = time.process_time() - cpu
         done = db.run_sync(lambda s: count_done(s, broadcast_id))
         assert done == args.terminals, f"{name}: {done} of {args.terminals} done"
         not_applied = ingestor.counters.get("reports_not_applied", 0)
         # GET, default and counts only.
         gets: dict[str, dict[str, float]] = {}
         for label, kwargs in (("default", {}), ("deliveries=0", {"deliveries": False})):
-            times, size = [], 0
+            times, cpus, size = [], [], 0
             for _ in range(3):
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 view = await service.get(officer, broadcast_id, **kwargs)
                 response = schemas.respond(schemas.BroadcastDetail, view, bulk="deliveries")
                 times.append((time.perf_counter() - start) * 1000)
+                cpus.append((time.process_time() - cpu) * 1000)
                 size = len(response.body)  # type: ignore[arg-type]
-            gets[label] = {"ms": statistics.median(times), "bytes": size,
+            gets[label] = {"ms": statistics.median(times), "cpu_ms": statistics.median(cpus),
+                           "bytes": size,
                            "deliveries": len(view.get("deliveries") or [])}  # fmt: skip
         return {
             "backend": name,
@@ -237,6 +250,10 @@ async def run_backend(name: str, url: str, args: argparse.Namespace, tmp: Path) 
             "before_publish_median_ms": round(
                 statistics.median(c["before_publish_ms"] for c in creates), 1
             ),
+            "create_cpu_median_ms": round(statistics.median(c["cpu_ms"] for c in creates), 1),
+            "ingest_cpu_s": round(ingest_cpu_s, 3),
+            "reports_per_cpu_s": round(len(reports) / ingest_cpu_s),
+            "load_average": os.getloadavg(),
             "reports": len(reports),
             "ingest_s": round(ingest_s, 3),
             "reports_per_s": round(len(reports) / ingest_s),
