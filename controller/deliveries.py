@@ -456,13 +456,22 @@ def insert_new(
     broadcast_id: str,
     states: Iterable[tuple[str, DeliveryState]],
     now: int,
+) -> int:
+    """Many new deliveries of one broadcast, `(device_id, first state)` each."""
+    return insert_many(session, ((broadcast_id, d, st) for d, st in states), now)
+
+
+def insert_many(
+    session: Session,
+    rows: Iterable[tuple[str, str, DeliveryState]],
+    now: int,
     *,
     chunk: int = 5000,
 ) -> int:
-    """Many new deliveries of one broadcast, `(device_id, first state)` each, written with
-    Core executemany in chunks (10,000 ORM objects took 0.9 s; this takes a tenth).
-    Their first transitions and counts are written with them."""
-    count: Counter[str] = Counter()
+    """New deliveries, `(broadcast_id, device_id, first state)` each, of any broadcasts,
+    written with one bulk statement per chunk (10,000 ORM objects took 0.9 s of CPU;
+    this a seventh of that). Their first transitions and counts are written with them."""
+    count: Counter[tuple[str, str]] = Counter()
     written = 0
     deliveries: list[dict[str, Any]] = []
     firsts: list[dict[str, Any]] = []
@@ -475,7 +484,7 @@ def insert_new(
             deliveries.clear()
             firsts.clear()
 
-    for device_id, state in states:
+    for broadcast_id, device_id, state in rows:
         if state not in NOT_REACHED:
             raise ValueError(f"a delivery starts scheduled, sent or offline, not {state}")
         reason = OFFLINE_AT_SEND if state is S.OFFLINE else None
@@ -492,14 +501,12 @@ def insert_new(
             }
         )
         firsts.append(_first_row(broadcast_id, device_id, state, now, reason))
-        count[state.value] += 1
+        count[(broadcast_id, state.value)] += 1
         written += 1
         if len(deliveries) >= chunk:
             flush()
     flush()
-    book = ledger(session)
-    for state_value, n in count.items():
-        book.counts[(broadcast_id, state_value)] += n
+    ledger(session).counts.update(count)
     return written
 
 

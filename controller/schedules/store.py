@@ -205,13 +205,15 @@ class _Inserter:
     def write(self, session: Session) -> None:
         if self.broadcasts:
             session.execute(insert(Broadcast), self.broadcasts)
-        for broadcast_id, device_ids in self.deliveries.items():
-            dm.insert_new(
-                session,
-                broadcast_id,
-                ((d, p.DeliveryState.SCHEDULED) for d in device_ids),
-                self.now,
-            )
+        dm.insert_many(
+            session,
+            (
+                (broadcast_id, d, p.DeliveryState.SCHEDULED)
+                for broadcast_id, device_ids in self.deliveries.items()
+                for d in device_ids
+            ),
+            self.now,
+        )
         session.add_all(self.occurrences)
 
 
