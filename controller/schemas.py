@@ -190,6 +190,11 @@ class TransitionOut(ApiModel):
         default=None,
         description="played on receipt: the terminal could not estimate its clock's offset",
     )
+    stale: bool | None = Field(
+        default=None,
+        description="stored after a newer report of the terminal: history in its place by "
+        "`at`, the delivery's state did not move",
+    )
 
 
 class DeliveryOut(ApiModel):
