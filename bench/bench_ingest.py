@@ -65,10 +65,19 @@ with warnings.catch_warnings():
     from machine import machine_facts
     from sqlmodel import Session, col, func, select
 
+    from controller import deliveries as dm
     from controller.db import Database
     from controller.dispatch import Dispatcher
     from controller.ingest import Ingestor
-    from controller.models import Broadcast, Delivery, Device, Media, Township, Village
+    from controller.models import (
+        Broadcast,
+        Delivery,
+        DeliveryTransition,
+        Device,
+        Media,
+        Township,
+        Village,
+    )
     from dalaba import protocol as p
     from dalaba.mqtt import BrokerAddress, MqttConnection
     from dalaba.signing import Ed25519Signer
@@ -259,16 +268,13 @@ def seed(session: Session, terminals: int, broadcasts: int) -> None:
             )
         )  # fmt: skip
     session.flush()
-    session.add_all(
-        Delivery(
-            broadcast_id=broadcast_id(b),
-            device_id=device_id(i),
-            updated_ms=now,
-            transitions=[{"state": "sent", "at": now}],
+    for b in range(broadcasts):
+        dm.insert_new(
+            session,
+            broadcast_id(b),
+            ((device_id(i), p.DeliveryState.SENT) for i in range(terminals)),
+            now,
         )
-        for b in range(broadcasts)
-        for i in range(terminals)
-    )
 
 
 def count_done(session: Session) -> int:
@@ -281,11 +287,15 @@ def count_done(session: Session) -> int:
 
 def transitions_recorded(session: Session) -> tuple[int, int]:
     """(deliveries with every one of the four reports recorded, deliveries)."""
-    rows = session.exec(select(Delivery.transitions)).all()
-    complete = sum(
-        1 for transitions in rows if set(STATES) <= {t["state"] for t in transitions or []}
-    )
-    return complete, len(rows)
+    seen: dict[tuple[str, str], set[str]] = {}
+    for b, d, state in session.exec(
+        select(DeliveryTransition.broadcast_id, DeliveryTransition.device_id,
+               DeliveryTransition.state)
+    ):  # fmt: skip
+        seen.setdefault((b, d), set()).add(state)
+    rows = session.exec(select(func.count()).select_from(Delivery)).one()
+    complete = sum(1 for states in seen.values() if set(STATES) <= states)
+    return complete, int(rows)
 
 
 # ---------------------------------------------------------------------- one run

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import case
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, func, select
 
 from controller import audit
@@ -57,6 +58,11 @@ START_PAST_TOLERANCE_MS = 5_000
 
 
 Language = Literal["cmn", "yue"]
+
+
+# Deliveries in one answer of GET /api/broadcasts/{id} (about 650 KB with histories).
+DELIVERY_PAGE = 1000
+MAX_DELIVERY_PAGE = 5000
 
 
 def _mandarin_only() -> list[Language]:
@@ -514,10 +520,20 @@ class BroadcastService:
     # ------------------------------------------------------------------ read
 
     async def get(
-        self, principal: Principal, broadcast_id: str, *, deliveries: bool = True
+        self,
+        principal: Principal,
+        broadcast_id: str,
+        *,
+        deliveries: bool = True,
+        limit: int = DELIVERY_PAGE,
+        after: str | None = None,
+        state: str | None = None,
     ) -> dict[str, Any]:
         """The broadcast with a count per state and, unless `deliveries` is False (a
-        county of thousands of terminals polled for progress), every delivery."""
+        county of thousands of terminals polled for progress), one page of its
+        deliveries: `limit` of them by device id after `after` (optionally only those in
+        `state`), with `deliveries_next` the cursor for the next page (None at the end).
+        At 10,000 terminals every delivery with its history is 6.5 MB: a page is not."""
         scope = principal.township_scope()
 
         def load(session: Session) -> dict[str, Any]:
@@ -539,14 +555,30 @@ class BroadcastService:
             if not deliveries:
                 return view
             query = (
-                select(Delivery, Device)
-                .where(Delivery.broadcast_id == broadcast_id)
-                .where(Delivery.device_id == Device.id)
+                # Columns, not ORM objects: a page of a thousand, with no JSON parsed.
+                sa_select(
+                    *(col(c) for c in (Delivery.device_id, Delivery.state, Delivery.reason)),
+                    *(col(c) for c in (Delivery.updated_ms, Delivery.attempt)),
+                    col(Delivery.state_source),
+                    col(Device.village_id),
+                    col(Device.township_id),
+                )
+                .where(col(Delivery.broadcast_id) == broadcast_id)
+                .where(col(Delivery.device_id) == col(Device.id))
                 .order_by(col(Delivery.device_id))
+                .limit(limit + 1)
             )
             if scope is not None:
-                query = query.where(Device.township_id == scope)
-            view["deliveries"] = delivery_views(session.exec(query).all())
+                query = query.where(col(Device.township_id) == scope)
+            if after is not None:
+                query = query.where(col(Delivery.device_id) > after)
+            if state is not None:
+                query = query.where(col(Delivery.state) == state)
+            rows = list(session.execute(query).all())
+            more = len(rows) > limit
+            rows = rows[:limit]
+            view["deliveries"] = delivery_views(session, broadcast_id, rows)
+            view["deliveries_next"] = rows[-1].device_id if more and rows else None
             return view
 
         return await self._db.run(load)
@@ -898,22 +930,30 @@ def _delivery_event(session: Session, applied: dm.Applied) -> DeliveryChanged:
 
 
 def add_deliveries(session: Session, broadcast_id: str, device_ids: Any, now: int) -> None:
-    """A new broadcast's deliveries: `sent`, or `offline` for a terminal known offline."""
+    """A new broadcast's deliveries: `sent`, or `offline` for a terminal known offline.
+    Written in bulk (`deliveries.insert_new`): nothing per terminal before the publish
+    but its row."""
     offline = _offline_devices(session, device_ids)
-    session.add_all(
-        dm.new_delivery(
-            broadcast_id,
-            d,
-            p.DeliveryState.OFFLINE if d in offline else p.DeliveryState.SENT,
-            now,
-        )
-        for d in device_ids
+    dm.insert_new(
+        session,
+        broadcast_id,
+        (
+            (d, p.DeliveryState.OFFLINE if d in offline else p.DeliveryState.SENT)
+            for d in device_ids
+        ),
+        now,
     )
 
 
 def _offline_devices(session: Session, device_ids: Any) -> set[str]:
     ids = list(device_ids)
     found: set[str] = set()
+    if len(ids) > 900:
+        # A county or more: every offline terminal in one query (few, and indexed by
+        # nothing better than a scan anyway) beats a dozen IN lists of 900.
+        wanted = set(ids)
+        offline = session.exec(select(Device.id).where(Device.online == False))  # noqa: E712
+        return {d for d in offline if d in wanted}
     for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
         found.update(
             session.exec(
@@ -983,20 +1023,27 @@ def broadcast_summary(b: Broadcast) -> dict[str, Any]:
 
 def counted_view(session: Session, b: Broadcast, scope: str | None = None) -> dict[str, Any]:
     """The broadcast's summary with a count per state and its progress (within one
-    township's terminals when `scope` is given): what the board shows without rows."""
-    reached_one = func.sum(case((col(Delivery.last_seq) > 0, 1), else_=0))
-    query = (
-        select(Delivery.state, func.count(), reached_one)
-        .where(Delivery.broadcast_id == b.id)
-        .group_by(col(Delivery.state))
-    )
-    if scope is not None:
-        query = query.where(Delivery.device_id == Device.id).where(Device.township_id == scope)
-    rows = session.exec(query).all()
-    by_state = {state: n for state, n, _ in rows}
+    township's terminals when `scope` is given): what the board shows without rows.
+    The whole broadcast's counts are `BroadcastCount`'s few rows, kept with every
+    transition; one township's are counted from its deliveries (a township is small)."""
+    if scope is None:
+        by_state = dm.counts(session, [b.id])[b.id]
+        reached = by_state.pop(dm.REACHED, 0)
+    else:
+        reached_one = func.sum(case((col(Delivery.last_seq) > 0, 1), else_=0))
+        query = (
+            select(Delivery.state, func.count(), reached_one)
+            .where(Delivery.broadcast_id == b.id)
+            .where(Delivery.device_id == Device.id)
+            .where(Device.township_id == scope)
+            .group_by(col(Delivery.state))
+        )
+        rows = session.exec(query).all()
+        by_state = {state: n for state, n, _ in rows}
+        reached = sum(int(r or 0) for _, _, r in rows)
     view = broadcast_summary(b)
     view["summary"] = {st.value: by_state.get(st.value, 0) for st in p.DeliveryState}
-    view.update(progress(b, by_state, sum(int(r or 0) for _, _, r in rows)))
+    view.update(progress(b, by_state, reached))
     return view
 
 
@@ -1022,22 +1069,27 @@ def progress(b: Broadcast, by_state: dict[str, int], reached: int) -> dict[str, 
     }
 
 
-def delivery_views(rows: Any) -> list[dict[str, Any]]:
+def delivery_views(session: Session, broadcast_id: str, rows: Any) -> list[dict[str, Any]]:
+    """Rows of one broadcast's deliveries (their columns and the device's village and
+    township) as the API shows them, each with its transitions (one query a page)."""
+    rows = list(rows)
+    history = dm.history(session, broadcast_id, [d.device_id for d in rows])
     return [
         with_code(
             {
                 "device_id": d.device_id,
-                "village_id": device.village_id,
-                "township_id": device.township_id,
+                "village_id": d.village_id,
+                "township_id": d.township_id,
                 "state": d.state,
                 "reason": d.reason,
                 "updated_at": iso(d.updated_ms),
                 "source": d.state_source,
                 "attempt": d.attempt,
                 "transitions": [
-                    {**t, "at": iso(t["at"]), "rx": iso(t.get("rx"))} for t in d.transitions
+                    {**t, "at": iso(t["at"]), "rx": iso(t.get("rx"))}
+                    for t in history.get(d.device_id, [])
                 ],
             }
         )
-        for d, device in rows
+        for d in rows
     ]

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from controller import deliveries as dm
@@ -270,18 +271,18 @@ class Ingestor:
         events: list[Event] = []
         now = p.now_ms()
         device_ids = {i.device_id for i in batch}
-        devices = {
-            d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(device_ids)))
-        }
-        reports = [i.message for i in batch if isinstance(i.message, p.DeliveryReport)]
-        deliveries: dict[tuple[str, str], Delivery] = {}
-        if reports:
-            rows = session.exec(
-                select(Delivery)
-                .where(col(Delivery.broadcast_id).in_({m.broadcast_id for m in reports}))
-                .where(col(Delivery.device_id).in_({m.device_id for m in reports}))
-            )
-            deliveries = {(d.broadcast_id, d.device_id): d for d in rows}
+        devices = self._devices(session, batch, device_ids)
+        # Deliveries as plain rows, written back with one executemany UPDATE and their
+        # transitions appended with one INSERT (controller.deliveries): a batch of 5,000
+        # reports as ORM objects cost more than everything else here together.
+        deliveries = dm.load_rows(
+            session,
+            (
+                (i.message.broadcast_id, i.message.device_id)
+                for i in batch
+                if isinstance(i.message, p.DeliveryReport)
+            ),
+        )
         issued = self._issued_command_ids(session, batch)
         came_online: list[Device] = []
         intervals = IntervalBook(session, device_ids)
@@ -338,6 +339,7 @@ class Ingestor:
                     seq=message.seq,
                     attempt=message.attempt,
                     extra=extra,
+                    session=session,
                 )
                 if applied is None:
                     self.counters["reports_not_applied"] += 1
@@ -363,9 +365,46 @@ class Ingestor:
                 )
             elif isinstance(message, p.Telemetry):
                 self._apply_telemetry(session, device, message, rx)
+        dm.save_rows(session, deliveries.values())
+        _save_seen(session, devices.values())
         for device in came_online:
             events += _release_offline(session, device, now)
         return events
+
+    def _devices(
+        self, session: Session, batch: list[_Inbound], device_ids: set[str]
+    ) -> dict[str, Any]:
+        """The batch's terminals: a `_Seen` row (five columns, saved in bulk) for one
+        online that only reports deliveries, the hot path of a county-wide broadcast;
+        the ORM `Device` for everyone else (status, events, telemetry, back online),
+        whose history books need it."""
+        busy = {i.device_id for i in batch if not isinstance(i.message, p.DeliveryReport)}
+        quiet = sorted(device_ids - busy)
+        found: dict[str, Any] = {}
+        table = Device.__table__  # type: ignore[attr-defined]
+        columns = [table.c[name] for name in _Seen.COLUMNS]
+        conn = session.connection()
+        if conn.dialect.name == "postgresql" and quiet:
+            # Joined to an array of ids: an IN list of thousands filters every row there.
+            rows: Any = conn.exec_driver_sql(
+                f"SELECT {', '.join('d.' + c for c in _Seen.COLUMNS)} FROM device AS d "
+                "JOIN unnest(%s::text[]) AS k(id) ON d.id = k.id",
+                (quiet,),
+            )
+            found.update((row.id, _Seen(*row)) for row in rows if row.online)
+            quiet = []
+        for start in range(0, len(quiet), 900):  # within SQLite's bound-parameter limit
+            for row in session.execute(
+                sa_select(*columns).where(table.c.id.in_(quiet[start : start + 900]))
+            ):
+                if row.online:
+                    found[row.id] = _Seen(*row)
+        full = device_ids - found.keys()
+        if full:
+            found.update(
+                (d.id, d) for d in session.exec(select(Device).where(col(Device.id).in_(full)))
+            )
+        return found
 
     def _set_online(
         self,
@@ -418,7 +457,7 @@ class Ingestor:
         event: p.DeviceEvent,
         rx: int,
         issued: set[str],
-        deliveries: dict[tuple[str, str], Delivery],
+        deliveries: dict[tuple[str, str], dm.DeliveryRow],
         faults: FaultBook | None = None,
     ) -> list[dm.Applied]:
         if event.kind in (p.EventKind.FAULT_RAISED, p.EventKind.FAULT_CLEARED) and event.reason:
@@ -469,14 +508,11 @@ class Ingestor:
         }
         if not (known and event.broadcast_id is not None and event.reason in ends_delivery):
             return []
-        delivery = (
-            deliveries.get((event.broadcast_id, device.id))
-            or session.exec(
-                select(Delivery)
-                .where(Delivery.broadcast_id == event.broadcast_id)
-                .where(Delivery.device_id == device.id)
-            ).first()
-        )
+        key = (event.broadcast_id, device.id)
+        if key not in deliveries:
+            # Kept with the batch's rows, so `_write` saves it with them.
+            deliveries.update(dm.load_rows(session, [key]))
+        delivery = deliveries.get(key)
         if delivery is None or delivery.state not in (
             p.DeliveryState.SENT.value,
             p.DeliveryState.OFFLINE.value,
@@ -490,6 +526,7 @@ class Ingestor:
             at=event.at,
             reason=f"terminal refused the command: {event.reason}",
             attempt=delivery.attempt,
+            session=session,
         )
         return [applied] if applied else []
 
@@ -551,6 +588,36 @@ class Ingestor:
                 if applied:
                     events.append(_delivery_event(applied, device))
         return events
+
+
+@dataclass(eq=False)
+class _Seen:
+    """A terminal that is online and only reported deliveries in this batch: what the
+    batch reads and changes of it, without an ORM object."""
+
+    COLUMNS = ("id", "village_id", "township_id", "online", "playing_broadcast_id")
+
+    id: str
+    village_id: str
+    township_id: str
+    online: bool
+    playing_broadcast_id: str | None
+    last_seen_ms: int | None = None
+
+
+def _save_seen(session: Session, devices: Any) -> None:
+    """One executemany UPDATE for the `_Seen` terminals of a batch."""
+    rows = [
+        {"id": d.id, "last_seen_ms": d.last_seen_ms, "playing_broadcast_id": d.playing_broadcast_id}
+        for d in devices
+        if isinstance(d, _Seen)
+    ]
+    dm.executemany(session.connection(), _UPDATE_SEEN, rows)
+
+
+_UPDATE_SEEN = dm.Bulk(
+    "device", ("id", "last_seen_ms", "playing_broadcast_id"), ("text", "bigint", "text"), key="id"
+)
 
 
 def _release_offline(session: Session, device: Device, now: int) -> list[Event]:

@@ -137,7 +137,47 @@ class Delivery(SQLModel, table=True):
     # delivered before expiry); a terminal's own later report overrides an inference.
     state_source: str = "controller"
     attempt: int = 0  # the send (0) or resend (n) the current state belongs to
-    transitions: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+
+
+class DeliveryTransition(SQLModel, table=True):
+    """A delivery's history, one row per state it was in: appended, never rewritten
+    (controller/deliveries.py). Read in the terminal's order: `at_ms`, then `id`. Keyed
+    by broadcast and device rather than the delivery's id, so a broadcast's deliveries
+    and their first rows are written together in bulk before any id is known."""
+
+    __tablename__ = "delivery_transition"
+    # Also the index every reader uses (a delivery's rows); a report the broker delivered
+    # twice has the same seq and is stored once (controller rows have none).
+    __table_args__ = (
+        UniqueConstraint("broadcast_id", "device_id", "seq", name="uq_delivery_transition_seq"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    broadcast_id: str
+    device_id: str
+    state: str
+    at_ms: int = _ms_column()  # when it happened, by the terminal's clock
+    rx_ms: int = _ms_column()  # when the controller learned it
+    reason: str | None = None
+    inferred: bool = False  # the controller's inference, not the terminal's word
+    cause: str | None = None  # for an inference: dispatch | sweep | operator | schedule
+    seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    # Milliseconds of the announcement skipped by an interruption (statistics read it).
+    offset_ms: int | None = _ms_column(nullable=True)
+    # The rest the terminal said (offline, late_ms, on_receipt, silent_ms); null when none.
+    extra: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class BroadcastCount(SQLModel, table=True):
+    """How many of a broadcast's deliveries are in each state, kept in the transaction
+    that moves them (controller/deliveries.py), so a board of 10,000 terminals reads a
+    dozen rows. The pseudo-state `REACHED` counts deliveries the terminal answered."""
+
+    __tablename__ = "broadcast_count"
+
+    broadcast_id: str = Field(primary_key=True)
+    state: str = Field(primary_key=True)
+    n: int = 0
 
 
 class AuditEntry(SQLModel, table=True):

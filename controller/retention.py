@@ -50,7 +50,15 @@ from controller.history import (
     local_hour_start,
     next_local_day,
 )
-from controller.models import AuditEntry, Broadcast, Delivery, SecurityEvent, TelemetrySample
+from controller.models import (
+    AuditEntry,
+    Broadcast,
+    BroadcastCount,
+    Delivery,
+    DeliveryTransition,
+    SecurityEvent,
+    TelemetrySample,
+)
 from controller.schedules.models import Occurrence
 from dalaba import protocol as p
 
@@ -434,6 +442,23 @@ def plan(policy: RetentionPolicy, now_ms: int, counts: Counter[str]) -> Iterator
         # By expiry, the last moment a broadcast could still be played: 5 years after
         # it nothing of it is live, whatever its status says.
         old = select(Broadcast.id).where(col(Broadcast.expires_at_ms) < cutoff)
+        # A delivery's history before the delivery, its broadcast's counts with it.
+        yield _prune(
+            "delivery_transitions",
+            DeliveryTransition,
+            col(DeliveryTransition.id),
+            col(DeliveryTransition.broadcast_id).in_(old),
+            batch,
+            counts,
+        )
+        yield _prune(
+            "broadcast_counts",
+            BroadcastCount,
+            col(BroadcastCount.broadcast_id),
+            col(BroadcastCount.broadcast_id).in_(old),
+            batch,
+            counts,
+        )
         yield _prune(
             "deliveries",
             Delivery,

@@ -190,6 +190,11 @@ class TransitionOut(ApiModel):
         default=None,
         description="played on receipt: the terminal could not estimate its clock's offset",
     )
+    stale: bool | None = Field(
+        default=None,
+        description="stored after a newer report of the terminal: history in its place by "
+        "`at`, the delivery's state did not move",
+    )
 
 
 class DeliveryOut(ApiModel):
@@ -218,7 +223,12 @@ class CorrectionRef(ApiModel):
 
 class BroadcastDetail(BroadcastProgress):
     deliveries: list[DeliveryOut] | None = Field(
-        default=None, description="one per terminal; left out with ?deliveries=0"
+        default=None,
+        description="one page of them (one per terminal, by device id); left out with "
+        "?deliveries=0",
+    )
+    deliveries_next: str | None = Field(
+        default=None, description="`after` for the next page of deliveries; null at the end"
     )
     corrections: list[CorrectionRef] = Field(
         default_factory=list, description="later broadcasts that correct or update this one"

@@ -11,10 +11,16 @@ from controller import schemas as s
 from controller.api import keys
 from controller.api.paging import limit_param, query_int
 from controller.auth import Principal, principal_of
-from controller.broadcasts import BroadcastIn, broadcast_summary
+from controller.broadcasts import (
+    DELIVERY_PAGE,
+    MAX_DELIVERY_PAGE,
+    BroadcastIn,
+    broadcast_summary,
+)
 from controller.errors import bad_request, json_response, parse_body, read_json
 from controller.models import Broadcast, Delivery, Device
 from controller.openapi import Param, describe
+from dalaba import protocol as p
 
 routes = web.RouteTableDef()
 
@@ -104,7 +110,8 @@ def _page(session: Session, principal: Principal, limit: int, before: str | None
 
 @routes.get("/api/broadcasts/{id}")
 @describe(
-    "A broadcast: counts per state, progress and (unless ?deliveries=0) every delivery",
+    "A broadcast: counts per state, progress and (unless ?deliveries=0) one page of its "
+    "deliveries by device id; `deliveries_next` is the `after` of the next page",
     tag="broadcasts",
     responses={200: s.BroadcastDetail},
     query=(
@@ -113,14 +120,35 @@ def _page(session: Session, principal: Principal, limit: int, before: str | None
             "0: counts only, for polling a large county",
             {"type": "string", "enum": ["0", "1", "false", "true"], "default": "1"},
         ),
+        Param(
+            "limit",
+            "deliveries in this page",
+            {"type": "integer", "minimum": 1, "maximum": MAX_DELIVERY_PAGE,
+             "default": DELIVERY_PAGE},
+        ),
+        Param("after", "the device id the previous page ended with", {"type": "string"}),
+        Param(
+            "state",
+            "only deliveries in this state",
+            {"type": "string", "enum": [st.value for st in p.DeliveryState]},
+        ),
     ),
-)
+)  # fmt: skip
 async def get_broadcast(request: web.Request) -> web.Response:
     flag = request.query.get("deliveries", "1")
     if flag not in ("0", "1", "false", "true"):
         raise bad_request("deliveries", "0 or 1")
+    limit = query_int(request, "limit", DELIVERY_PAGE, 1, MAX_DELIVERY_PAGE)
+    state = request.query.get("state")
+    if state is not None and state not in {st.value for st in p.DeliveryState}:
+        raise bad_request("state", "not a delivery state")
     view = await request.app[keys.BROADCASTS].get(
-        principal_of(request), request.match_info["id"], deliveries=flag in ("1", "true")
+        principal_of(request),
+        request.match_info["id"],
+        deliveries=flag in ("1", "true"),
+        limit=limit,
+        after=request.query.get("after") or None,
+        state=state,
     )
     return s.respond(s.BroadcastDetail, view, bulk="deliveries")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from controller import schemas as s
@@ -10,7 +11,7 @@ from controller.api import keys
 from controller.api.paging import limit_param, query_int
 from controller.auth import principal_of
 from controller.errors import forbidden, not_found
-from controller.models import Broadcast, Delivery, Device, TelemetrySample
+from controller.models import Broadcast, Delivery, DeliveryTransition, Device, TelemetrySample
 from controller.openapi import Param, describe
 from controller.reasons import with_code
 from controller.timefmt import iso, parse_instant
@@ -150,6 +151,7 @@ async def last_deliveries(request: web.Request) -> web.Response:
             .order_by(col(Broadcast.created_ms).desc())
             .limit(limit)
         ).all()
+        states = _states(session, device_id, [b.id for _, b in rows])
         return [
             with_code(
                 {
@@ -163,10 +165,26 @@ async def last_deliveries(request: web.Request) -> web.Response:
                     "state": d.state,
                     "reason": d.reason,
                     "updated_at": iso(d.updated_ms),
-                    "states": [t["state"] for t in d.transitions],
+                    "states": states.get(b.id, []),
                 }
             )
             for d, b in rows
         ]
 
     return s.respond(s.DeviceDeliveries, {"deliveries": await request.app[keys.DB].run(load)})
+
+
+def _states(session: Session, device_id: str, broadcast_ids: list[str]) -> dict[str, list[str]]:
+    """Each delivery's states in the terminal's order, from the transition table."""
+    t = DeliveryTransition.__table__  # type: ignore[attr-defined]
+    out: dict[str, list[str]] = {}
+    if not broadcast_ids:
+        return out
+    for broadcast_id, state in session.execute(
+        sa_select(t.c.broadcast_id, t.c.state)
+        .where(t.c.device_id == device_id)
+        .where(t.c.broadcast_id.in_(broadcast_ids))
+        .order_by(t.c.broadcast_id, t.c.at_ms, t.c.id)
+    ):
+        out.setdefault(broadcast_id, []).append(state)
+    return out

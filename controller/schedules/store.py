@@ -150,7 +150,7 @@ class _Inserter:
     def __init__(self, now: int) -> None:
         self.now = now
         self.broadcasts: list[dict[str, Any]] = []
-        self.deliveries: list[dict[str, Any]] = []
+        self.deliveries: dict[str, list[str]] = {}  # broadcast id -> its terminals
         self.occurrences: list[Occurrence] = []
 
     def add(
@@ -200,27 +200,20 @@ class _Inserter:
                 "resends": [],
             }
         )
-        first = [{"state": SCHEDULED, "at": now, "rx": now}]
-        self.deliveries.extend(
-            {
-                "broadcast_id": po.id,
-                "device_id": d,
-                "state": SCHEDULED,
-                "reason": None,
-                "updated_ms": now,
-                "last_seq": 0,
-                "state_source": dm.Source.CONTROLLER.value,
-                "attempt": 0,
-                "transitions": first,
-            }
-            for d in po.device_ids
-        )
+        self.deliveries[po.id] = list(po.device_ids)
 
     def write(self, session: Session) -> None:
         if self.broadcasts:
             session.execute(insert(Broadcast), self.broadcasts)
-        if self.deliveries:
-            session.execute(insert(Delivery), self.deliveries)
+        dm.insert_many(
+            session,
+            (
+                (broadcast_id, d, p.DeliveryState.SCHEDULED)
+                for broadcast_id, device_ids in self.deliveries.items()
+                for d in device_ids
+            ),
+            self.now,
+        )
         session.add_all(self.occurrences)
 
 
@@ -362,7 +355,9 @@ def _update(
         elif d.device_id in wanted and d.state == CANCELLED:
             _transition(d, SCHEDULED, None, now)
     for device_id in sorted(wanted - have.keys()):
-        session.add(dm.new_delivery(row.id, device_id, p.DeliveryState.SCHEDULED, now))
+        session.add(
+            dm.new_delivery(row.id, device_id, p.DeliveryState.SCHEDULED, now, session=session)
+        )
 
 
 def _cancel(
@@ -658,7 +653,7 @@ def settle_played_offline(session: Session, occurrence_ids: Iterable[str]) -> li
         undispatched = occ.outcome == MISSED or (occ.outcome == FIRED and occ.dispatch == "failed")
         if not undispatched or occ.broadcast_id is None:
             continue
-        played = sum(1 for d in _deliveries(session, occ.broadcast_id) if dm.played(d))
+        played = sum(1 for d in _deliveries(session, occ.broadcast_id) if dm.played(session, d))
         if not played:
             continue
         why = occ.reason or "the controller could not dispatch it"

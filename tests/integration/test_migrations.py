@@ -225,6 +225,17 @@ def check_county_intact(url: str) -> None:
         assert [tuple(r) for r in rows] == [("t1", "城关镇", "22:00", 30.1)]
         assert conn.execute(text("SELECT name FROM village WHERE id = 'v1'")).scalar() == "东风村"
         assert conn.execute(text("SELECT COUNT(*) FROM delivery")).scalar() == 2
+        # 0009: each delivery's JSON list is rows of delivery_transition, and the counts
+        # per state (and of terminals that answered) are built.
+        moved = conn.execute(
+            text("SELECT device_id, state, at_ms FROM delivery_transition ORDER BY device_id")
+        ).all()
+        assert [tuple(r) for r in moved] == [
+            ("d1", "done", T0 + 2000),
+            ("d2", "expired", T0 + 2000),
+        ]
+        counts = conn.execute(text("SELECT state, n FROM broadcast_count ORDER BY state")).all()
+        assert [tuple(r) for r in counts] == [("done", 1), ("expired", 1), ("~reached", 2)]
         assert conn.execute(text('SELECT role FROM "user"')).scalar() == "duty_officer"
         assert conn.execute(text("SELECT prefix FROM apitoken")).scalar() == "dlb_abcd"
         assert conn.execute(text("SELECT name FROM schedule")).scalar() == "每日防火"

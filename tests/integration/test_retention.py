@@ -17,13 +17,16 @@ import pytest
 from sqlalchemy import insert
 from sqlmodel import Session, SQLModel, select
 
+from controller import deliveries as dm
 from controller.approvals import PendingBroadcast
 from controller.db import Database
 from controller.history import FaultEpisode, OnlineInterval, TelemetryRollup, WorkOrder
 from controller.models import (
     AuditEntry,
     Broadcast,
+    BroadcastCount,
     Delivery,
+    DeliveryTransition,
     Device,
     Media,
     SecurityEvent,
@@ -34,6 +37,7 @@ from controller.models import (
 from controller.retention import RetentionJob, RetentionPolicy, apply_retention, plan
 from controller.schedules.models import Occurrence, Schedule
 from controller.settings import Settings
+from dalaba import protocol as p
 from tests.support import throwaway_postgres_url
 
 pytestmark = pytest.mark.timeout(240)
@@ -153,8 +157,7 @@ def seed(db: Database) -> dict[str, Any]:
         s.flush()
         for bid in ("b-old", "b-kept", "b-new"):
             for device in DEVICES:
-                s.add(Delivery(broadcast_id=bid, device_id=device, state="done", updated_ms=0,
-                               transitions=[{"state": "sent", "at": 0}]))  # fmt: skip
+                s.add(dm.new_delivery(bid, device, p.DeliveryState.SENT, 0, session=s))
         s.add(Schedule(id="s1", name="早间新闻", created_ms=0, created_by="x", updated_ms=0,
                        updated_by="x", recurrence={}, media_sha256="a" * 64, category="news",
                        priority="routine", targets={}, target={}, expires_in_s=600,
@@ -285,6 +288,10 @@ def check_the_result(db: Database, seeded: dict[str, Any]) -> None:
     assert table(db, Broadcast) == {"b-kept", "b-new"}
     assert table(db, Delivery, "broadcast_id") == {"b-kept", "b-new"}
     assert len(table(db, Delivery)) == 6
+    # A delivery's history and its broadcast's counts go with it.
+    assert table(db, DeliveryTransition, "broadcast_id") == {"b-kept", "b-new"}
+    assert len(table(db, DeliveryTransition)) == 6
+    assert table(db, BroadcastCount, "broadcast_id") == {"b-kept", "b-new"}
     assert table(db, Occurrence) == {"o-old-waiting", "o-kept"}
     assert table(db, PendingBroadcast) == {"p-old-open", "p-kept"}
     assert len(table(db, AuditEntry)) == 1  # the audit log is kept for ever by default

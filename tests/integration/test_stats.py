@@ -39,7 +39,7 @@ from controller.app import ControllerServer
 from controller.auth import Role, create_user_and_token
 from controller.db import Database
 from controller.history import OnlineInterval
-from controller.models import Broadcast, Delivery, Media
+from controller.models import Broadcast, Delivery, DeliveryTransition, Media
 from controller.schedules.models import Occurrence, Schedule
 from dalaba_ops.demo import PreparedCounty, setup_county
 
@@ -217,10 +217,30 @@ def deliver(rng: random.Random, year: Year, b: Sent, terminal: Terminal, scenari
             "last_seq": len(t),
             "state_source": "controller" if final.get("inferred") else "device",
             "attempt": 0,
-            "transitions": t,
         },
     )
+    for entry in t:  # its history, as controller/deliveries.py appends it
+        rest = {k: v for k, v in entry.items() if k not in _TRANSITION_FIELDS}
+        year.add(
+            "delivery_transition",
+            {
+                "broadcast_id": b.id,
+                "device_id": terminal.id,
+                "state": entry["state"],
+                "at_ms": entry["at"],
+                "rx_ms": entry["rx"],
+                "reason": entry.get("reason"),
+                "inferred": bool(entry.get("inferred")),
+                "cause": entry.get("cause"),
+                "seq": None,
+                "offset_ms": entry.get("offset_ms"),
+                "extra": rest or None,
+            },
+        )
     year.played.append(Played(b.id, terminal, scenario, done, played, airtime, no_offset, first))
+
+
+_TRANSITION_FIELDS = {"state", "at", "rx", "reason", "inferred", "cause", "offset_ms"}
 
 
 def _broadcast_row(
@@ -450,6 +470,7 @@ TABLES = {
     "broadcast": Broadcast,
     "occurrence": Occurrence,
     "delivery": Delivery,
+    "delivery_transition": DeliveryTransition,
     "onlineinterval": OnlineInterval,
 }
 

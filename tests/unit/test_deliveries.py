@@ -80,13 +80,13 @@ def test_the_table_allows_exactly_the_specified_moves(
 def test_apply_changes_the_row_only_when_the_table_allows(cause: Cause, current: S) -> None:
     for to in S:
         d = delivery(state=current.value, state_source="controller")
-        result = dm.apply(d, to, cause, now=T0, reason="r", seq=1)
+        result = apply(d, to, cause, now=T0, reason="r", seq=1)
         if to.value in expected(cause, current, Source.CONTROLLER):
             assert result is not None and d.state == to.value
             assert result.previous is current and result.cause is cause
         elif to is not current:
             assert result is None
-            assert d.state == current.value and d.transitions == []
+            assert d.state == current.value and transitions(d) == []
 
 
 def test_controller_only_states_are_never_accepted_from_a_terminal() -> None:
@@ -99,10 +99,34 @@ def test_controller_only_states_are_never_accepted_from_a_terminal() -> None:
 # ---------------------------------------------------------------- terminal reports
 
 
+# Each test delivery's ledger: what its transaction would append (controller/deliveries.py).
+BOOKS: dict[int, dm.Ledger] = {}
+
+
 def delivery(**fields: Any) -> Delivery:
     values: dict[str, Any] = {"broadcast_id": "b-1", "device_id": "d-1", "updated_ms": T0}
     values.update(fields)
-    return Delivery(**values)
+    d = Delivery(**values)
+    BOOKS[id(d)] = dm.Ledger()
+    return d
+
+
+def apply(d: Delivery, to: S, cause: Cause, **kw: Any) -> dm.Applied | None:
+    return dm.apply(d, to, cause, ledger=BOOKS[id(d)], **kw)
+
+
+def transitions(d: Delivery) -> list[dict[str, Any]]:
+    """The delivery's history as the table gives it back: ordered by the terminal's
+    `at` (stable: then as appended), a seq stored once (the table's unique key)."""
+    seen: set[int] = set()
+    rows = []
+    for row in BOOKS[id(d)].transitions:
+        if row["seq"] is not None and row["seq"] in seen:
+            continue
+        if row["seq"] is not None:
+            seen.add(row["seq"])
+        rows.append(row)
+    return [dm.entry_of(r) for r in sorted(rows, key=lambda r: r["at_ms"])]
 
 
 def report(state: str, seq: int, *, at: int | None = None, **fields: Any) -> DeliveryReport:
@@ -122,7 +146,7 @@ def report(state: str, seq: int, *, at: int | None = None, **fields: Any) -> Del
 def apply_report(d: Delivery, r: DeliveryReport, received_ms: int = T0) -> bool:
     extra = {"offline": True} if r.offline else None
     return (
-        dm.apply(
+        apply(
             d,
             r.state,
             Cause.TERMINAL,
@@ -138,14 +162,18 @@ def apply_report(d: Delivery, r: DeliveryReport, received_ms: int = T0) -> bool:
 
 
 def test_new_delivery_starts_in_a_controller_state_only() -> None:
-    d = dm.new_delivery("b-1", "d-1", S.OFFLINE, T0)
+    book = dm.Ledger()
+    d = dm.new_delivery("b-1", "d-1", S.OFFLINE, T0, book=book)
     assert (d.state, d.state_source, d.last_seq) == ("offline", "controller", 0)
     assert d.reason == dm.OFFLINE_AT_SEND  # the board says why it waits
-    assert d.transitions == [
+    assert [dm.entry_of(r) for r in book.transitions] == [
         {"state": "offline", "at": T0, "rx": T0, "reason": dm.OFFLINE_AT_SEND}
     ]
+    assert book.counts == {("b-1", "offline"): 1}
     with pytest.raises(ValueError):
-        dm.new_delivery("b-1", "d-1", S.DONE, T0)
+        dm.new_delivery("b-1", "d-1", S.DONE, T0, book=book)
+    with pytest.raises(ValueError, match="session"):
+        dm.new_delivery("b-1", "d-1", S.SENT, T0)  # nowhere to record its history
 
 
 def test_normal_sequence_appends_each_transition() -> None:
@@ -157,7 +185,7 @@ def test_normal_sequence_appends_each_transition() -> None:
         assert d.updated_ms == T0 + 100 + seq
         assert d.state_source == "device"
     assert d.reason is None
-    assert d.transitions == [
+    assert transitions(d) == [
         {"state": "received", "at": T0 + 1, "rx": T0 + 101},
         {"state": "fetched", "at": T0 + 2, "rx": T0 + 102},
         {"state": "playing", "at": T0 + 3, "rx": T0 + 103},
@@ -165,26 +193,35 @@ def test_normal_sequence_appends_each_transition() -> None:
     ]
 
 
-def test_transitions_list_is_replaced_not_mutated() -> None:
-    # SQLAlchemy notices a JSON column change only when the attribute is reassigned.
+def test_counts_move_with_the_state_and_reached_counts_once() -> None:
     d = delivery()
-    before = d.transitions
     apply_report(d, report("received", 1))
-    assert d.transitions is not before
-    assert before == []
+    apply_report(d, report("playing", 2))
+    apply_report(d, report("playing", 3))  # a repeat: history, not a move
+    assert +BOOKS[id(d)].counts == {("b-1", "playing"): 1, ("b-1", dm.REACHED): 1}
+    assert BOOKS[id(d)].counts[("b-1", "sent")] == -1
+
+
+def test_apply_without_a_session_or_ledger_refuses() -> None:
+    # Its history would be lost without a word: never.
+    with pytest.raises(RuntimeError, match="session"):
+        dm.apply(Delivery(broadcast_id="b", device_id="d", updated_ms=T0), S.DONE,
+                 Cause.TERMINAL, now=T0, seq=1)  # fmt: skip
 
 
 def test_stale_sequence_is_ignored() -> None:
     d = delivery()
     assert apply_report(d, report("received", 10), T0)
     assert apply_report(d, report("playing", 12), T0 + 1)
-    # "fetched" was sent before "playing" but arrived after it (a reconnect reordering).
+    # "fetched" was sent before "playing" but arrived after it (a reconnect reordering,
+    # or two replicas' batches): the state stays, the history keeps it in its place.
     assert not apply_report(d, report("fetched", 11), T0 + 2)
     # The same report twice (QoS 1 redelivery after a controller crash) changes nothing.
     assert not apply_report(d, report("playing", 12), T0 + 3)
     assert d.state == "playing"
     assert d.last_seq == 12
-    assert [t["state"] for t in d.transitions] == ["received", "playing"]
+    assert [t["state"] for t in transitions(d)] == ["received", "fetched", "playing"]
+    assert transitions(d)[1].get("stale") is True
 
 
 def test_report_after_a_device_reported_final_state_is_ignored() -> None:
@@ -206,7 +243,7 @@ def test_controller_inferences_are_overruled_by_the_terminal() -> None:
     assert not apply_report(d, report("failed", 7), T0 + 92)  # its own word stands
     # `unknown` (the done report was lost for a while) becomes done when it arrives.
     d = delivery(state="playing", state_source="device", last_seq=3)
-    assert dm.apply(d, S.UNKNOWN, Cause.SWEEP, now=T0) is not None
+    assert apply(d, S.UNKNOWN, Cause.SWEEP, now=T0) is not None
     assert d.state_source == "controller"
     assert apply_report(d, report("done", 4))
     assert d.state == "done"
@@ -214,11 +251,11 @@ def test_controller_inferences_are_overruled_by_the_terminal() -> None:
 
 def test_unknown_is_never_done_and_only_the_sweep_sets_it() -> None:
     d = delivery(state="playing", state_source="device")
-    assert dm.apply(d, S.UNKNOWN, Cause.OPERATOR, now=T0) is None
-    assert dm.apply(d, S.DONE, Cause.SWEEP, now=T0) is None
-    assert dm.apply(d, S.UNKNOWN, Cause.SWEEP, now=T0, reason="silent") is not None
+    assert apply(d, S.UNKNOWN, Cause.OPERATOR, now=T0) is None
+    assert apply(d, S.DONE, Cause.SWEEP, now=T0) is None
+    assert apply(d, S.UNKNOWN, Cause.SWEEP, now=T0, reason="silent") is not None
     assert d.state == "unknown" and S.UNKNOWN.final
-    assert d.transitions[-1] == {
+    assert transitions(d)[-1] == {
         "state": "unknown", "at": T0, "rx": T0, "reason": "silent", "inferred": True,
         "cause": "sweep",
     }  # fmt: skip
@@ -227,7 +264,7 @@ def test_unknown_is_never_done_and_only_the_sweep_sets_it() -> None:
 def test_a_resend_opens_a_new_attempt_and_old_reports_cannot_touch_it() -> None:
     d = delivery()
     assert apply_report(d, report("failed", 3, reason="media: HTTP 404"))
-    assert dm.apply(d, S.SENT, Cause.OPERATOR, now=T0, attempt=1) is not None
+    assert apply(d, S.SENT, Cause.OPERATOR, now=T0, attempt=1) is not None
     assert d.attempt == 1 and d.state == "sent"
     # A late duplicate from the first attempt (higher seq, old attempt) is history.
     assert not apply_report(d, report("failed", 4, attempt=0))
@@ -250,7 +287,7 @@ def test_offline_flag_and_times_are_kept_in_the_transition() -> None:
     assert apply_report(
         d, report("failed", 3, at=T0, reason="media: HTTP 404", offline=True), T0 + 3_600_000
     )
-    assert d.transitions == [
+    assert transitions(d) == [
         {
             "state": "failed",
             "at": T0,

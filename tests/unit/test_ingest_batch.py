@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
+from controller import deliveries as dm
 from controller.db import Database
 from controller.ingest import Ingestor
 from controller.models import Broadcast, Delivery, Device, Media, SecurityEvent, Township, Village
@@ -54,14 +55,7 @@ def db(tmp_path: Path) -> Iterator[Database]:
             )
         )
         s.flush()
-        s.add(
-            Delivery(
-                broadcast_id="b1",
-                device_id=DEVICE,
-                updated_ms=0,
-                transitions=[{"state": "sent", "at": 0}],
-            )
-        )
+        s.add(dm.new_delivery("b1", DEVICE, p.DeliveryState.SENT, 0, session=s))
 
     database.run_sync(seed)
     yield database
@@ -263,3 +257,34 @@ async def test_a_silent_terminal_is_shown_offline_and_its_waiting_deliveries_too
     await ingestor.flush()
     assert device_row(db).online
     assert delivery_state(db) == "sent"
+
+
+def ack_at(state: str, seq: int, at: int) -> bytes:
+    return p.DeliveryReport(
+        device_id=DEVICE,
+        broadcast_id="b1",
+        command_id="c1",
+        state=p.DeliveryState(state),
+        at=at,
+        seq=seq,
+    ).to_bytes()
+
+
+async def test_history_keeps_a_late_report_in_its_place_and_a_duplicate_once(db):
+    """Two replicas (or a reconnect) can store `fetched` after `playing`: the state stays
+    `playing`, and the history still has `fetched`, ordered by when it happened. The
+    broker's redelivery of a stored report adds nothing. The counts follow the state."""
+    ingestor = Ingestor(db)
+    t = p.now_ms()
+    ingestor.submit(DEVICE, "ack", ack_at("received", 10, t + 1))
+    ingestor.submit(DEVICE, "ack", ack_at("playing", 12, t + 3))
+    await ingestor.flush()
+    ingestor.submit(DEVICE, "ack", ack_at("fetched", 11, t + 2))  # late
+    ingestor.submit(DEVICE, "ack", ack_at("playing", 12, t + 3))  # a redelivery
+    await ingestor.flush()
+    assert delivery_state(db) == "playing"
+    d = db.run_sync(lambda s: s.exec(select(Delivery)).one())
+    history = db.run_sync(lambda s: dm.transitions_of(s, d))
+    assert [h["state"] for h in history] == ["sent", "received", "fetched", "playing"]
+    counts = db.run_sync(lambda s: dm.counts(s, ["b1"]))["b1"]
+    assert counts == {"playing": 1, dm.REACHED: 1}

@@ -185,7 +185,8 @@ def test_pausing_cancels_coming_occurrences_and_resuming_revives_the_same_ones(d
     assert changes.updated == 6 and {j[0] for j in changes.jobs} == set(ids)
     assert [o.id for o in rows(db)] == ids and {o.outcome for o in rows(db)} == {"scheduled"}
     assert broadcast(db, ids[0]).status == "scheduled"
-    states = [t["state"] for t in deliveries(db, ids[0])["d-t01-v01-1"].transitions]
+    d = deliveries(db, ids[0])["d-t01-v01-1"]
+    states = [t["state"] for t in db.run_sync(lambda s: dm.transitions_of(s, d))]
     assert states == ["scheduled", "cancelled", "scheduled"]
 
 

@@ -7,6 +7,7 @@
 // the unreached can be sent the same broadcast again with one button. Beside the list,
 // the county map colours each village the same way as its tile, event by event.
 import { api, get, onLive } from "../api.js";
+import { broadcastWithDeliveries } from "../deliveries.js";
 import { append, icon, clear, confirmDialog, fmtDuration, fmtTime, h, levelChip, modeBanner, toast } from "../dom.js";
 import { categoryName, reasonWords, t } from "../i18n.js";
 import { countyMap } from "../map.js";
@@ -63,7 +64,7 @@ export async function render(main, ctx, [broadcastId]) {
   const mapNote = h("p", { class: "board-map-note muted", id: "board-map-note" });
 
   async function load() {
-    view = await get(`/api/broadcasts/${broadcastId}`);
+    view = await broadcastWithDeliveries(broadcastId);
     devices.clear();
     for (const d of view.deliveries) {
       d.reached = REACHED.has(d.state) || (d.transitions || []).some((x) => REACHED.has(x.state));

@@ -1,5 +1,6 @@
 // 记录: the broadcast log with per-village outcomes, filters and CSV export.
 import { get } from "../api.js";
+import { broadcastWithDeliveries } from "../deliveries.js";
 import { icon, clear, fmtTime, h, levelChip, modeBadge, select, today } from "../dom.js";
 import { CATEGORIES, categoryName, reasonWords, t } from "../i18n.js";
 import { bucketOf, deliveryName, reasonText, settled } from "../states.js";
@@ -96,7 +97,7 @@ export async function render(main, ctx) {
     detail.hidden = false;
     const cell = clear(detail.firstChild);
     cell.append(t("common.loading"));
-    const view = await get(`/api/broadcasts/${b.id}`);
+    const view = await broadcastWithDeliveries(b.id);
     const byVillage = new Map();
     for (const d of view.deliveries) {
       if (!byVillage.has(d.village_id)) byVillage.set(d.village_id, []);
