@@ -625,7 +625,9 @@ def load_rows(
     """The deliveries for `(broadcast_id, device_id)` keys as plain rows, no ORM objects:
     on PostgreSQL one SELECT joined to the keys as arrays (an IN list of hundreds is a
     filter on every row of the broadcast there, 200 ms a batch at 10,000 terminals); on
-    SQLite one per broadcast and chunk of terminals (its IN lists use the index)."""
+    SQLite one per broadcast and chunk of terminals (its IN lists use the index).
+    On PostgreSQL the rows stay locked until the caller's transaction ends; SQLite has
+    one writer at a time anyway."""
     by_broadcast: dict[str, list[str]] = {}
     for broadcast_id, device_id in keys:
         by_broadcast.setdefault(broadcast_id, []).append(device_id)
@@ -637,7 +639,13 @@ def load_rows(
             sql = (
                 f"SELECT {', '.join('d.' + c for c in _ROW_COLUMNS)} FROM delivery AS d "
                 "JOIN unnest(%s::text[], %s::text[]) AS k(b, dv) "
-                "ON d.broadcast_id = k.b AND d.device_id = k.dv"
+                "ON d.broadcast_id = k.b AND d.device_id = k.dv "
+                # Locked until the batch commits: two replicas share the report topics
+                # and a terminal's reports of one broadcast may reach both, so each must
+                # read the state the other committed, or both apply the same move from
+                # the same old state (a transition twice, the counts off by one each
+                # time). Locked in id order so two batches cannot deadlock each other.
+                "ORDER BY d.id FOR UPDATE OF d"
             )
             result = conn.exec_driver_sql(sql, ([b for b, _ in pairs], [d for _, d in pairs]))
             for row in result:

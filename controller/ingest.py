@@ -51,6 +51,17 @@ log = logging.getLogger(__name__)
 Message = p.DeviceStatus | p.DeliveryReport | p.DeviceEvent | p.Telemetry
 
 
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction lost a race
+# with another replica's and may simply run again.
+TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
+TRANSIENT_RETRIES = 3
+
+
+def _transient(exc: BaseException) -> bool:
+    original = getattr(exc, "orig", None) or exc
+    return getattr(original, "sqlstate", None) in TRANSIENT_SQLSTATES
+
+
 def _no_ack() -> None:
     return None
 
@@ -242,19 +253,34 @@ class Ingestor:
     async def _store_isolating(self, entries: list[_Inbound], outcome: _Outcome) -> None:
         if not entries:
             return
-        try:
-            events = await self._db.run(lambda s: self._write(s, entries))
-        except Exception as exc:
-            if len(entries) > 1:
-                half = len(entries) // 2
-                await self._store_isolating(entries[:half], outcome)
-                await self._store_isolating(entries[half:], outcome)
+        for attempt in range(TRANSIENT_RETRIES + 1):
+            try:
+                events = await self._db.run(lambda s: self._write(s, entries))
+                break
+            except Exception as exc:
+                if attempt < TRANSIENT_RETRIES and _transient(exc):
+                    # Another replica's batch holds rows this one needs (PostgreSQL chose
+                    # this transaction as a deadlock's victim): nothing is wrong with the
+                    # reports, so the same batch again rather than quarantining one.
+                    self.counters["batches_retried"] += 1
+                    await asyncio.sleep(0.05 * (attempt + 1))
+                    continue
+                await self._split_or_quarantine(entries, outcome, exc)
                 return
-            await self._quarantine(entries[0], exc)
-            return
         for inbound in entries:
             inbound.stored = True
         outcome.events.extend(events)
+
+    async def _split_or_quarantine(
+        self, entries: list[_Inbound], outcome: _Outcome, exc: Exception
+    ) -> None:
+        """A batch that fails for its content: halves until the one bad report is alone."""
+        if len(entries) > 1:
+            half = len(entries) // 2
+            await self._store_isolating(entries[:half], outcome)
+            await self._store_isolating(entries[half:], outcome)
+            return
+        await self._quarantine(entries[0], exc)
 
     async def _quarantine(self, inbound: _Inbound, exc: Exception) -> None:
         """The one report that fails alone: recorded, counted and logged, then let go

@@ -288,3 +288,32 @@ async def test_history_keeps_a_late_report_in_its_place_and_a_duplicate_once(db)
     assert [h["state"] for h in history] == ["sent", "received", "fetched", "playing"]
     counts = db.run_sync(lambda s: dm.counts(s, ["b1"]))["b1"]
     assert counts == {"playing": 1, dm.REACHED: 1}
+
+
+async def test_a_batch_that_loses_a_deadlock_to_another_replica_is_written_again_whole(
+    db, monkeypatch
+):
+    """PostgreSQL aborts one of two replicas' batches that wait on each other's rows
+    (SQLSTATE 40P01). Nothing is wrong with those reports: the batch runs again, and no
+    report is quarantined as unstorable."""
+    import psycopg.errors
+
+    ingestor = Ingestor(db)
+    acks = Acks()
+    original = Ingestor._write
+    failures = iter([psycopg.errors.DeadlockDetected("deadlock detected")])
+
+    def lose_once(self, session, batch):  # type: ignore[no-untyped-def]
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return original(self, session, batch)
+
+    monkeypatch.setattr(Ingestor, "_write", lose_once)
+    ingestor.submit(DEVICE, "ack", ack("received", 1), acks("received"))
+    ingestor.submit(DEVICE, "ack", ack("done", 2), acks("done"))
+    await ingestor.flush()
+    assert delivery_state(db) == "done"
+    assert acks.sent == ["received", "done"]
+    assert ingestor.counters["batches_retried"] == 1
+    assert ingestor.counters["dropped_unstorable"] == 0
