@@ -216,9 +216,14 @@ class BroadcastService:
                 raise bad_request("media_id", "the approved audio is gone", "media_gone")
             media, voices = approved, approval.voices
         ref = media_ref(media, self._settings.media_mirrors)
-        # Short audio travels inside the signed command: a terminal that holds the
-        # command holds the audio, so nothing is fetched (Settings.inline_media_max_bytes).
-        inline = await self._media.read_small(media, self._settings.inline_media_max_bytes)
+        # A short emergency's audio travels inside the signed command: a terminal that
+        # holds the command holds the audio, so nothing is fetched and no fetch lead is
+        # needed (Settings.inline_media_max_bytes). Other audio is fetched (and cached).
+        inline = (
+            await self._media.read_small(media, self._settings.inline_media_max_bytes)
+            if body.priority == "emergency"
+            else None
+        )
         if inline is not None and fits_inline(with_inline(ref, inline), resolved.target):
             ref, media_is_new = with_inline(ref, inline), False
         elif approval is not None:

@@ -401,8 +401,12 @@ class Prepositioner:
             if request is None or request.status != "pending":
                 return None
             media = session.get(Media, request.media_sha256)
-            if media is None or media.size <= settings.inline_media_max_bytes:
-                return None  # gone, or short enough to travel inside the play command
+            if media is None:
+                return None
+            if request.body.get("priority") == "emergency" and (
+                media.size <= settings.inline_media_max_bytes
+            ):
+                return None  # short enough to travel inside the play command
             requester = Principal(
                 request.requested_by, Role(request.requested_role), request.requested_township
             )

@@ -66,10 +66,11 @@ class Settings(BaseSettings):
     # together; more when the audio is new and every terminal must fetch it first.
     sync_lead_ms: int = Field(default=600, ge=100, le=10_000)
     fetch_lead_ms: int = Field(default=900, ge=0, le=60_000)
-    # Audio this small (bytes; short emergencies) travels inside the signed play
-    # command, so no terminal fetches it and only the sync lead is needed; longer audio
-    # is fetched over HTTP after the fetch lead. 0 turns inline delivery off. Bounded
-    # so the envelope stays under the terminals' command size limit.
+    # An emergency's audio this small (bytes) travels inside the signed play command,
+    # so no terminal fetches it and only the sync lead is needed; longer audio, and
+    # notices and routine programmes, are fetched over HTTP after the fetch lead. 0
+    # turns inline delivery off. Bounded so the envelope stays under the terminals'
+    # command size limit.
     inline_media_max_bytes: int = Field(default=64 * 1024, ge=0, le=MAX_INLINE_MEDIA_BYTES)
     default_expiry_s: dict[str, int] = {
         "emergency": 3600,

@@ -95,6 +95,7 @@ async def test_a_signed_command_whose_inline_audio_is_not_its_hash_is_refused(
     view = await county.wait_states(broadcast_id, {"failed"}, timeout_s=30)
     for delivery in view["deliveries"]:
         assert delivery["reason"].startswith("media: inline audio refused: hash mismatch")
+        assert delivery["reason_code"] == "media_inline_refused"  # worded by the console
     sha = view["media_id"]
     await asyncio.sleep(0.5)  # a play wrongly queued would have been reported by now
     assert county.all_plays(broadcast_id) == {}
