@@ -761,11 +761,16 @@ class EdgeAgent:
             data = base64.b64decode(inline, validate=True)
         except (binascii.Error, ValueError):
             raise ValueError("not valid base64") from None
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != media.sha256:
-            raise ValueError(f"hash mismatch: expected {media.sha256[:12]}, got {actual[:12]}")
-        if not self.cache.has(media.sha256):
-            self.cache.put(media.sha256, data)
+        # Hashed once either way (a county of simulated terminals pays it 10,000 times).
+        if self.cache.has(media.sha256):
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != media.sha256:
+                raise ValueError(f"hash mismatch: expected {media.sha256[:12]}, got {actual[:12]}")
+        else:
+            try:
+                self.cache.put(media.sha256, data)  # checks the hash before it writes
+            except ValueError as exc:
+                raise ValueError(f"hash mismatch: {str(exc).partition(': ')[2]}") from None
         self.counters["inline_media_stored"] += 1
 
     async def _fetch_and_queue(self, track: _Track) -> None:
