@@ -108,6 +108,7 @@ def build_app(settings: Settings, broker_accounts: BrokerAccounts | None = None)
     )
     broadcasts = BroadcastService(db, media, renderer, dispatcher, settings, events)
     prepositioner = Prepositioner(db, broadcasts, dispatcher, settings)
+    prepositioner.listen(events)  # stages the audio of requests waiting for approval
     sessions = SessionStore(db, settings)
     live = LiveHub(db, events)  # subscribes when started
     schedules = ScheduleService(db, broadcasts, dispatcher, settings)

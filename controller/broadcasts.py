@@ -34,9 +34,9 @@ from controller.db import Database
 from controller.dispatch import Dispatcher
 from controller.errors import ApiError, bad_request, forbidden, not_found
 from controller.events import ApprovalRequested, BroadcastChanged, DeliveryChanged, Event, EventHub
-from controller.media import MediaStore, media_ref
+from controller.media import MediaStore, fits_inline, media_ref, with_inline
 from controller.models import AuditEntry, Broadcast, Delivery, Device, Media, Township, User
-from controller.prepositioning import media_in_place
+from controller.prepositioning import media_in_place, staged_everywhere
 from controller.reasons import with_code
 from controller.settings import Settings
 from controller.speech import AnnouncementRenderer, AnnouncementRequest, RenderedAnnouncement
@@ -221,15 +221,31 @@ class BroadcastService:
             if approved is None:
                 raise bad_request("media_id", "the approved audio is gone", "media_gone")
             media, voices = approved, approval.voices
-        # Audio rendered earlier for a request that waited has not reached any terminal.
-        media_is_new = (
-            approval is not None
-            or media.created_ms >= t0
-            # uploaded or previewed audio that no terminal has been sent yet
-            or not await self._db.run(
-                lambda s: media_in_place(s, media.sha256, resolved.device_ids)
-            )
+        ref = media_ref(media, self._settings.media_mirrors)
+        # A short emergency's audio travels inside the signed command: a terminal that
+        # holds the command holds the audio, so nothing is fetched and no fetch lead is
+        # needed (Settings.inline_media_max_bytes). Other audio is fetched (and cached).
+        inline = (
+            await self._media.read_small(media, self._settings.inline_media_max_bytes)
+            if body.priority == "emergency"
+            else None
         )
+        if inline is not None and fits_inline(with_inline(ref, inline), resolved.target):
+            ref, media_is_new = with_inline(ref, inline), False
+        elif approval is not None:
+            # Staged on the terminals while it waited (controller/prepositioning.py): in
+            # place when every targeted terminal online reported holding it.
+            media_is_new = not await self._db.run(
+                lambda s: staged_everywhere(s, approval.id, media.sha256, resolved.device_ids)
+            )
+        else:
+            media_is_new = (
+                media.created_ms >= t0
+                # uploaded or previewed audio that no terminal has been sent yet
+                or not await self._db.run(
+                    lambda s: media_in_place(s, media.sha256, resolved.device_ids)
+                )
+            )
         now = p.now_ms()
         lead = self._settings.sync_lead_ms + (self._settings.fetch_lead_ms if media_is_new else 0)
         start_at = max(requested_start or 0, now + lead)
@@ -244,7 +260,7 @@ class BroadcastService:
             category=body.category,
             drill=body.drill,
             title=title,
-            media=media_ref(media, self._settings.media_mirrors),
+            media=ref,
             start_at=start_at,
             volume=100 if body.priority == "emergency" else None,
         )

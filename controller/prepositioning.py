@@ -37,11 +37,14 @@ from sqlmodel import Field as SQLField
 from sqlmodel import Session, SQLModel, col, select
 
 from controller import audit
+from controller.approvals import PendingBroadcast
 from controller.auth import Principal, Role
 from controller.db import Database
 from controller.dispatch import Dispatcher
 from controller.errors import ApiError, bad_request, forbidden
-from controller.models import Broadcast, Device
+from controller.events import ApprovalRequested, EventHub
+from controller.media import media_ref
+from controller.models import Broadcast, Device, Media
 from controller.settings import Settings
 from controller.targets import TargetsIn, resolve
 from controller.templates import TEMPLATE_ID_PATTERN, Template
@@ -58,6 +61,10 @@ MAX_ITEMS = 120  # a PreloadBody of this many refs stays far below MAX_COMMAND_B
 DEFAULT_EXPIRY_S = 24 * 3600  # terminals offline longer get the next preposition
 RENDER_CONCURRENCY = 3
 HISTORY = 50  # prepositions looked at when deciding whether audio is already in place
+# Audio staged for a request waiting for a second officer is recorded as a Preposition
+# row with this id prefix and the request's id (see `Stager`).
+STAGED_PREFIX = "stage-"
+STAGED_PURPOSE = "staged"
 
 
 def _ms_column(nullable: bool = False) -> Any:
@@ -123,13 +130,81 @@ def media_in_place(session: Session, sha256: str, device_ids: tuple[str, ...] | 
     if used is not None:
         return True
     covered: set[str] = set()
-    recent = session.exec(
-        select(Preposition).order_by(col(Preposition.created_ms).desc()).limit(HISTORY)
-    )
+    recent = session.exec(_prepositions().limit(HISTORY))
     for row in recent:
         if any(item["media_id"] == sha256 for item in row.items):
             covered.update(row.device_ids)
     return bool(covered) and set(device_ids) <= covered
+
+
+def _prepositions() -> Any:
+    """Prepositions proper, newest first: not audio staged for a waiting request."""
+    return (
+        select(Preposition)
+        .where(col(Preposition.id).not_like(STAGED_PREFIX + "%"))
+        .order_by(col(Preposition.created_ms).desc())
+    )
+
+
+def staged_id(approval_id: str) -> str:
+    return STAGED_PREFIX + approval_id
+
+
+def staged_counts(session: Session, approval_id: str) -> tuple[int, int] | None:
+    """(terminals whose latest preload report says they hold the audio staged for this
+    request, terminals it was staged on), or None if nothing was staged."""
+    row = session.get(Preposition, staged_id(approval_id))
+    if row is None:
+        return None
+    return len(_holding(session, row, row.device_ids)), len(row.device_ids)
+
+
+def staged_everywhere(
+    session: Session, approval_id: str, sha256: str, device_ids: tuple[str, ...] | list[str]
+) -> bool:
+    """Whether every terminal of `device_ids` that is online holds the audio staged
+    while the request waited: its latest preload report is for the staging command,
+    with nothing failed. Offline terminals fetch whatever happens when they are back;
+    a terminal that reported anything else since (or nothing) counts as not holding it."""
+    row = session.get(Preposition, staged_id(approval_id))
+    if row is None or all(item["media_id"] != sha256 for item in row.items):
+        return False
+    online = set(
+        _in_chunks(
+            session,
+            device_ids,
+            lambda chunk: (
+                select(Device.id)
+                .where(col(Device.id).in_(chunk))
+                .where(col(Device.online).is_(True))
+            ),
+        )
+    )
+    return online <= _holding(session, row, online)
+
+
+def _holding(session: Session, row: Preposition, device_ids: Any) -> set[str]:
+    return set(
+        _in_chunks(
+            session,
+            device_ids,
+            lambda chunk: (
+                select(DevicePreload.device_id)
+                .where(col(DevicePreload.device_id).in_(chunk))
+                .where(DevicePreload.command_id == row.command_id)
+                .where(DevicePreload.status == "ok")
+                .where(DevicePreload.failed == 0)
+            ),
+        )
+    )
+
+
+def _in_chunks(session: Session, ids: Any, query: Any) -> list[str]:
+    ids = list(ids)
+    found: list[str] = []
+    for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+        found.extend(session.exec(query(ids[start : start + 900])).all())
+    return found
 
 
 def record_preload_report(session: Session, device_id: str, event: p.DeviceEvent, rx: int) -> None:
@@ -176,6 +251,7 @@ class Prepositioner:
         self._broadcasts = broadcasts
         self._dispatcher = dispatcher
         self._settings = settings
+        self._staging: set[asyncio.Task[Any]] = set()
 
     async def preposition(self, principal: Principal, body: PrepositionIn) -> dict[str, Any]:
         if principal.role not in (Role.ADMIN, Role.DUTY_OFFICER):
@@ -297,15 +373,97 @@ class Prepositioner:
         )
         return preposition_view(row)
 
+    # ------------------------------------------------------------------ staging
+
+    def listen(self, events: EventHub) -> None:
+        """Stage the audio of each request that starts waiting for a second officer.
+        Only on the replica where it was made (`relayed=False`): one push per request."""
+        events.on(ApprovalRequested, self._on_approval, owner="prepositioning", relayed=False)
+
+    def _on_approval(self, event: ApprovalRequested) -> None:
+        if event.change != "waiting":
+            return
+        task = asyncio.create_task(self.stage(event.request_id))
+        self._staging.add(task)
+        task.add_done_callback(self._staging.discard)
+
+    async def stage(self, approval_id: str) -> dict[str, Any] | None:
+        """Push a waiting request's audio to the terminals it targets, to fetch and
+        verify but not play, so that approving it needs no fetch lead (issue 15). The
+        push is a preload that does not pin (`PreloadBody.keep`): if the request is
+        rejected or expires, the audio is evicted like any unpinned cache entry. Each
+        terminal's `preloaded` report (DevicePreload, the latest per terminal) tells
+        `staged_everywhere` who holds it."""
+        settings = self._settings
+
+        def prepare(session: Session) -> tuple[Preposition, p.Command, tuple[str, ...]] | None:
+            request = session.get(PendingBroadcast, approval_id)
+            if request is None or request.status != "pending":
+                return None
+            media = session.get(Media, request.media_sha256)
+            if media is None:
+                return None
+            if request.body.get("priority") == "emergency" and (
+                media.size <= settings.inline_media_max_bytes
+            ):
+                return None  # short enough to travel inside the play command
+            requester = Principal(
+                request.requested_by, Role(request.requested_role), request.requested_township
+            )
+            if requester.role is Role.UPSTREAM:
+                requester = requester.for_warning_intake()
+            targets = TargetsIn.model_validate(request.body.get("targets") or {})
+            resolved = resolve(session, targets, requester)
+            command = p.Command.new(
+                p.PreloadBody(
+                    media=(media_ref(media, settings.media_mirrors),),
+                    purpose=STAGED_PURPOSE,
+                    keep=False,
+                ),
+                resolved.target,
+                request.expires_ms,
+            )
+            row = Preposition(
+                id=staged_id(approval_id),
+                created_ms=p.now_ms(),
+                created_by=request.requested_by,
+                command_id=command.id,
+                targets=targets.model_dump(),
+                target=resolved.target.model_dump(mode="json"),
+                device_ids=list(resolved.device_ids),
+                items=[
+                    {
+                        "approval": approval_id,
+                        "media_id": media.sha256,
+                        "size": media.size,
+                        "duration_ms": media.duration_ms,
+                    }
+                ],
+                expires_at_ms=request.expires_ms,
+            )
+            session.add(row)
+            return row, command, resolved.topics
+
+        try:
+            prepared = await self._db.run(prepare)
+        except Exception:
+            # Staging only saves time: approving still works, with the fetch lead.
+            log.exception("staging the audio of %s failed", approval_id)
+            return None
+        if prepared is None:
+            return None
+        row, command, topics = prepared
+        published = await self._dispatcher.send(command, topics)
+        row.dispatch = "published" if published else "pending"
+        await self._db.run(lambda s: _set_dispatch(s, row.id, row.dispatch))
+        log.info("staged the audio of %s on %d terminals", approval_id, len(row.device_ids))
+        return preposition_view(row)
+
     async def status(self, principal: Principal) -> dict[str, Any]:
         scope = principal.township_scope()
 
         def load(session: Session) -> dict[str, Any]:
-            rows = list(
-                session.exec(
-                    select(Preposition).order_by(col(Preposition.created_ms).desc()).limit(HISTORY)
-                )
-            )
+            rows = list(session.exec(_prepositions().limit(HISTORY)))
             query = select(Device).order_by(col(Device.id))
             if scope is not None:
                 query = query.where(Device.township_id == scope)

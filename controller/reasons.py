@@ -40,6 +40,7 @@ REASONS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"^stopped$", "stopped"),
         (r"^terminal refused the command: (?P<detail>\w+)", "refused"),
         (r"^media: could not fetch before start", "media_deadline"),
+        (r"^media: inline audio refused", "media_inline_refused"),
         # A schedule's occurrence (controller/schedules): why it did not play as planned.
         (
             r"^quiet hours (?P<start>\d\d:\d\d)–(?P<end>\d\d:\d\d) in township "

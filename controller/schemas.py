@@ -252,6 +252,11 @@ class BroadcastPage(ApiModel):
     )
 
 
+class StagedAudio(ApiModel):
+    held: int = Field(description="terminals whose latest preload report holds the audio")
+    of: int = Field(description="terminals it was staged on")
+
+
 class ApprovalOut(ApiModel):
     id: str
     status: Literal["pending", "approved", "rejected", "withdrawn", "expired", "failed"]
@@ -274,6 +279,10 @@ class ApprovalOut(ApiModel):
     reason: str
     broadcast_id: str | None
     why: TwoPersonReach | None = None
+    staged: StagedAudio | None = Field(
+        default=None,
+        description="while pending: terminals holding its audio, staged while it waits",
+    )
 
 
 class PendingApproval(ApiModel):

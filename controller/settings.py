@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dalaba.mqtt import BrokerAddress
+from dalaba.protocol import MAX_INLINE_MEDIA_BYTES
 from dalaba.signing import SigningScheme
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password"})
@@ -65,6 +66,12 @@ class Settings(BaseSettings):
     # together; more when the audio is new and every terminal must fetch it first.
     sync_lead_ms: int = Field(default=600, ge=100, le=10_000)
     fetch_lead_ms: int = Field(default=900, ge=0, le=60_000)
+    # An emergency's audio this small (bytes) travels inside the signed play command,
+    # so no terminal fetches it and only the sync lead is needed; longer audio, and
+    # notices and routine programmes, are fetched over HTTP after the fetch lead. 0
+    # turns inline delivery off. Bounded so the envelope stays under the terminals'
+    # command size limit.
+    inline_media_max_bytes: int = Field(default=64 * 1024, ge=0, le=MAX_INLINE_MEDIA_BYTES)
     default_expiry_s: dict[str, int] = {
         "emergency": 3600,
         "notice": 6 * 3600,

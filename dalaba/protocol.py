@@ -36,10 +36,16 @@ PROTOCOL_VERSION = 1
 M = TypeVar("M", bound=BaseModel)
 TOPIC_ROOT = f"dalaba/v{PROTOCOL_VERSION}"
 
-# Commands are small (the audio is fetched, not inlined); anything bigger is hostile or
-# broken and is dropped before it is parsed.
+# Commands are small (the audio is fetched, or inlined only when it is short); anything
+# bigger is hostile or broken and is dropped before it is parsed.
 MAX_COMMAND_BYTES = 192 * 1024  # a terminal's 48-hour schedule fits with room to spare
 MAX_REPORT_BYTES = 16 * 1024
+# Audio carried inline in a play command (`MediaRef.inline`): the command JSON holds it
+# base64-encoded and the envelope base64-encodes that JSON again, so N bytes of audio
+# take about 16/9 N on the wire; at this bound the envelope stays under
+# MAX_COMMAND_BYTES, which older terminals enforce too.
+MAX_INLINE_MEDIA_BYTES = 96 * 1024
+MAX_INLINE_B64_CHARS = 4 * ((MAX_INLINE_MEDIA_BYTES + 2) // 3)
 
 # A terminal accepts commands issued up to this far in its future, to absorb clock skew
 # between the controller and an NTP-synchronised terminal.
@@ -310,6 +316,12 @@ class MediaRef(_Payload):
     # Other places to fetch the same bytes from (a mirror, another controller replica),
     # tried in turn when `url` fails; the hash is checked whichever served it.
     mirrors: Annotated[tuple[str, ...], Field(max_length=4)] = ()
+    # Short audio carried in the signed command itself (base64 of the file's bytes), so
+    # every terminal holds it the moment it holds the command and no fetch lead is
+    # needed. Covered by the envelope's signature; the terminal still checks the bytes
+    # against `sha256` before it stores or plays them, and refuses the play if they do
+    # not match. An older terminal ignores the field and fetches `url` as before.
+    inline: Annotated[str, Field(max_length=MAX_INLINE_B64_CHARS)] | None = None
 
 
 class LiveStream(_Payload):
@@ -380,6 +392,11 @@ class PreloadBody(_Payload):
     kind: Literal["preload"] = "preload"
     media: tuple[MediaRef, ...]
     purpose: str = "emergency_templates"
+    # False: fetch and verify into the cache but do not keep it pinned: audio staged for
+    # a real emergency that waits for a second officer and may never be sent, evicted
+    # like any unpinned entry if it is not. Older terminals ignore the field and keep
+    # it under `purpose` until the next preload of that purpose replaces it.
+    keep: bool = True
 
 
 class ScheduledItem(_Payload):

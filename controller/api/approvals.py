@@ -29,6 +29,7 @@ from controller.errors import (
     read_optional_json,
 )
 from controller.events import ApprovalRequested
+from controller.prepositioning import staged_counts
 from controller.targets import TargetsIn
 from dalaba.protocol import now_ms
 
@@ -54,6 +55,15 @@ def _expire(session: Session) -> None:
         audit.record(session, "system", "approval.expired", row.id)
 
 
+def _view(session: Session, row: PendingBroadcast) -> dict[str, Any]:
+    """The request, with how many of its terminals already hold its audio (staged
+    while it waits, controller/prepositioning.py): approving it then needs no fetch."""
+    view = pending_view(row)
+    counts = staged_counts(session, row.id) if row.status == "pending" else None
+    view["staged"] = {"held": counts[0], "of": counts[1]} if counts is not None else None
+    return view
+
+
 def _require_county(principal: Principal) -> None:
     if not principal.county_wide:
         raise forbidden("approvals are for the county's duty officers")
@@ -69,7 +79,7 @@ async def list_approvals(request: web.Request) -> web.Response:
         query = select(PendingBroadcast).order_by(col(PendingBroadcast.created_ms).desc())
         if status != "all":
             query = query.where(PendingBroadcast.status == status)
-        return [pending_view(r) for r in session.exec(query.limit(200))]
+        return [_view(session, r) for r in session.exec(query.limit(200))]
 
     return json_response({"approvals": await request.app[keys.DB].run(load)})
 
@@ -84,7 +94,7 @@ async def get_approval(request: web.Request) -> web.Response:
         row = session.get(PendingBroadcast, approval_id)
         if row is None:
             raise not_found(f"approval {approval_id}")
-        return pending_view(row)
+        return _view(session, row)
 
     return json_response(await request.app[keys.DB].run(load))
 

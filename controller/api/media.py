@@ -31,7 +31,7 @@ async def get_media(request: web.Request) -> web.StreamResponse:
     sha256 = request.match_info["sha256"]
     if not _SHA256.match(sha256):
         raise bad_request("sha256", "must be 64 lowercase hex characters")
-    path = request.app[keys.MEDIA].path_for(sha256)
+    path = request.app[keys.MEDIA].serving(sha256)
     if not path.exists():
         raise not_found(f"media {sha256}")
     return web.FileResponse(

@@ -45,6 +45,22 @@ export async function render(main, ctx, [approvalId]) {
     }
   }
 
+  function stagedText(staged) {
+    return t("ap.staged.count", { n: staged.held, of: staged.of });
+  }
+
+  // The staged count grows while the terminals fetch: updated in place, since a redraw
+  // would cut off the audio being heard.
+  async function refreshStaged() {
+    const open = [...root.querySelectorAll(".approval-staged")];
+    if (!open.length) return;
+    const items = approvalId ? [await get(`/api/approvals/${approvalId}`)] : (await get("/api/approvals")).approvals;
+    for (const item of items) {
+      const el = open.find((e) => e.dataset.staged === item.id);
+      if (el && item.staged) el.textContent = stagedText(item.staged);
+    }
+  }
+
   // Why it waits: this request with the same officer's other real alerts around it.
   function why(item) {
     const w = item.why || {};
@@ -99,6 +115,10 @@ export async function render(main, ctx, [approvalId]) {
         h("div", { class: "fact" }, h("span", { class: "fact-label" }, t("ap.status")), h("strong", { class: "fact-value", "data-status": item.status }, t(`ap.st.${item.status}`))),
         item.status === "pending" && item.expires_at
           ? h("div", { class: "fact" }, h("span", { class: "fact-label" }, t("ap.time_left")), h("strong", { class: "fact-value approval-left", "data-expires": item.expires_at }, fmtLeft(secondsLeft(item.expires_at))))
+          : null,
+        // Approving needs no download where the audio is already on the terminals.
+        item.status === "pending" && item.staged
+          ? h("div", { class: "fact" }, h("span", { class: "fact-label" }, t("ap.staged")), h("strong", { class: "fact-value approval-staged", "data-staged": item.id }, stagedText(item.staged)))
           : null,
         item.decided_by && item.status === "approved"
           ? h("div", { class: "fact" }, h("span", { class: "fact-label" }, t("ap.officers")), h("strong", { class: "fact-value approval-officers" }, t("board.officers", { by: item.requested_by, approver: item.decided_by })))
@@ -181,8 +201,10 @@ export async function render(main, ctx, [approvalId]) {
     load();
   });
   // The time left ticks without redrawing (a redraw would cut the audio being heard).
+  let ticks = 0;
   const tick = setInterval(() => {
     for (const el of root.querySelectorAll(".approval-left")) el.textContent = fmtLeft(secondsLeft(el.dataset.expires));
+    if (++ticks % 5 === 0) refreshStaged().catch(() => {});
   }, 1000);
   await load();
   return () => {
