@@ -468,9 +468,17 @@ async def test_a_hostile_terminal_blocks_no_other_report(county: FaultCounty, ap
             "status": p.Topics.device_status(hostile),
         }
 
+        # The flood ends on this flag, not on cancellation alone: on Python 3.11 a
+        # `cancel()` that lands as the PUBACK arrives was swallowed by the
+        # `asyncio.wait_for` inside `publish_confirmed` (CPython bpo-42130), and a loop
+        # that only stops when cancelled then flooded until pytest's timeout (seen once
+        # under load). `publish_confirmed` no longer loses it; the flag keeps this test
+        # from depending on that.
+        stop = asyncio.Event()
+
         async def flood() -> None:
             nonlocal sent_bad
-            while True:  # until cancelled: through the whole broadcast
+            while not stop.is_set():  # through the whole broadcast
                 for kind, payload in extreme:
                     await conn.publish_confirmed(topics[kind], payload)
                 for kind, payload in bad:
@@ -482,12 +490,13 @@ async def test_a_hostile_terminal_blocks_no_other_report(county: FaultCounty, ap
         try:
             final = await wait_deliveries(api, bid, expect_states(others, {"done"}), 60)
         finally:
+            stop.set()
             flooding.cancel()
-            # Bounded: a publish waiting on an acknowledgement the broker will never
-            # send must not hold the test until pytest's timeout (seen once under load).
-            await asyncio.wait_for(asyncio.gather(flooding, return_exceptions=True), 15)
+            # A lost cancel costs at most the rest of one round of the flood (each
+            # publish gives up on its PUBACK after 5 s), never the test.
+            await asyncio.gather(flooding, return_exceptions=True)
     finally:
-        await asyncio.wait_for(conn.stop(), 15)
+        await conn.stop()
 
     assert sent_bad >= len(bad), "the hostile terminal sent nothing"
     assert {d for d in others if final[d]["state"] == "done"} == others
