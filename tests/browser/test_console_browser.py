@@ -28,6 +28,15 @@ async def board_counts(page) -> dict[str, str]:
     )
 
 
+async def to_play_out(county, page, margin_s: float = 60) -> float:
+    """How long the broadcast on the board may take to be done everywhere: its audio's
+    length plus a margin for fetching and reporting on a loaded machine. A fixed wait
+    is wrong here: the correction of a real alert is a framed emergency of about 53 s,
+    which left a 60 s wait a few seconds of slack (57.7 s were used under load)."""
+    view = await county.get_broadcast(page.url.rsplit("/", 1)[-1])
+    return county.media_ms(view["media_id"]) / 1000 + margin_s
+
+
 async def wait_count(
     page, state: str, expected: int, timeout_s: float = 60, *, county=None
 ) -> None:
@@ -114,7 +123,7 @@ async def test_duty_officer_sends_a_drill_to_a_township_and_watches_it_finish(
     await page.wait_for_selector("#board-title")
     assert await page.locator(".board .banner-drill").is_visible()
     expected = terminals_in(county, "t01")
-    await wait_count(page, "done", expected, county=county)
+    await wait_count(page, "done", expected, await to_play_out(county, page), county=county)
     states = await page.locator(".tile").evaluate_all("ts => ts.map(t => t.dataset.state)")
     assert len(states) == 16 and set(states) == {"done"}
     assert await officer.text("[data-count=failed] strong") == "0"
@@ -209,7 +218,8 @@ async def test_real_county_wide_alert_needs_a_second_officer_then_cancel_and_cor
         "() => document.querySelector('#board-title')?.textContent.includes('更正')"
     )
     assert "Ⅳ级" in await second.text(".board-title")
-    await wait_count(second.page, "done", everyone, timeout_s=60, county=county)
+    played_out_s = await to_play_out(county, second.page)
+    await wait_count(second.page, "done", everyone, played_out_s, county=county)
     await second.shot("14-board-correction-done")
 
 
