@@ -323,8 +323,10 @@ async def test_the_board_keeps_a_terminal_change_that_arrives_while_it_reloads(
     county = await make_county(villages=8)
     officer = await open_console(county, "duty1")
     page = officer.page
+    # Long (about half a minute), so that every terminal still plays when the cancel
+    # comes, however slowly a loaded machine gets them all started.
     broadcast_id = await county.broadcast(
-        text="通知：明天上午九点在村委会开会，请各户派一人参加，不要迟到，带好身份证和户口本。",
+        text="通知：明天上午九点在村委会开会，请各户派一人参加，不要迟到，带好身份证和户口本。" * 3,
         targets={"all": True},
     )
     everyone = len(county.fleet.agents)
@@ -337,22 +339,41 @@ async def test_the_board_keeps_a_terminal_change_that_arrives_while_it_reloads(
     marker = " [reload]"
     held: list[str] = []
 
+    # The handler's outcome: its own failure is raised in the test, not lost in
+    # Playwright's route dispatch (where it would only leave the page waiting).
+    handled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
     async def hold_the_reload(route) -> None:
         if held:  # only the reload the cancel causes
             await route.continue_()
             return
         held.append("")
-        response = await route.fetch()  # the snapshot, read now
-        view = await response.json()
-        held[0] = next(d["state"] for d in view["deliveries"] if d["device_id"] == late)
-        county.fleet.network_up(late)
-        # Its report is stored and shown live while the snapshot is still on its way.
-        await county.wait_states(broadcast_id, {"cancelled"}, 30)
-        await wait_count(page, "cancelled", everyone, 20, county=county)
-        # Marked, so the test sees the moment the board draws this snapshot.
-        await route.fulfill(response=response, json={**view, "title": view["title"] + marker})
+        try:
+            response = await route.fetch()  # the snapshot, read now
+            view = await response.json()
+            held[0] = next(d["state"] for d in view["deliveries"] if d["device_id"] == late)
+            county.fleet.network_up(late)
+            # Its report is stored and shown live while the snapshot is still on its way.
+            await county.wait_states(broadcast_id, {"cancelled"}, 30)
+            await wait_count(page, "cancelled", everyone, 20, county=county)
+            # Marked, so the test sees the moment the board draws this snapshot.
+            await route.fulfill(response=response, json={**view, "title": view["title"] + marker})
+        except Exception as exc:
+            handled.set_exception(exc)
+            await route.continue_()
+        else:
+            handled.set_result(None)
 
-    await page.route(lambda url: url.endswith(f"/api/broadcasts/{broadcast_id}"), hold_the_reload)
+    async def hold_the_counts(route) -> None:
+        # A counts-only refresh answered before the broadcast's own event would bring the
+        # new status first, and the board would then see no change to reload for (one
+        # run of this test waited for a reload that never came).
+        await asyncio.wait([handled], timeout=120)
+        await route.continue_()
+
+    board_url = f"/api/broadcasts/{broadcast_id}"
+    await page.route(lambda url: url.endswith(board_url), hold_the_reload)
+    await page.route(lambda url: url.endswith(board_url + "?deliveries=0"), hold_the_counts)
     # The counts the board drew with the snapshot, taken in the same DOM change (an
     # observer's callback runs before anything else can redraw the board).
     await page.evaluate(
@@ -368,7 +389,8 @@ async def test_the_board_keeps_a_terminal_change_that_arrives_while_it_reloads(
     # Cancelled from elsewhere (another officer, the API): the board's one reload is the
     # one its live view makes on the broadcast's new status.
     await county.api("POST", f"/api/broadcasts/{broadcast_id}/cancel", expect=200)
-    drawn = await page.wait_for_function("() => window.drawnWithSnapshot", timeout=60_000)
+    await asyncio.wait_for(handled, 120)
+    drawn = await page.wait_for_function("() => window.drawnWithSnapshot", timeout=20_000)
     shown = await drawn.json_value()
     assert held == ["playing"], held  # the snapshot did predate the late report
     assert shown["cancelled"] == str(everyone) and shown["playing"] == "0", shown
