@@ -329,7 +329,11 @@ class MqttConnection:
         mid = self.publish(topic, payload, qos=1, retain=retain, expiry_s=expiry_s)
         self._pending_acks[mid] = fut
         try:
-            await asyncio.wait_for(fut, timeout_s)
+            # Not asyncio.wait_for: on Python 3.11 it returns normally when the task is
+            # cancelled just as the PUBACK arrives (bpo-42130), so a loop of publishes
+            # stopped by cancel() went on publishing. asyncio.timeout never loses it.
+            async with asyncio.timeout(timeout_s):
+                await fut
         finally:
             self._pending_acks.pop(mid, None)
 

@@ -24,6 +24,8 @@ import pytest
 
 from dalaba import protocol as p
 from dalaba.mqtt import BrokerAddress, MqttConnection
+from edge_agent.config import DeviceConfig
+from firmware_sim.fleet import device_dir
 from tests.procs import (
     FINAL_STATES,
     Api,
@@ -44,6 +46,11 @@ TELEMETRY_INTERVAL_S = 2.0
 UNKNOWN_AFTER_S = 5.0  # the controller's `unknown_after_s` in this county
 VILLAGES = 30
 TERMINALS = 33  # 30 villages; three of them have two terminals
+# How long after a play's start a terminal keeps trying to fetch its audio (20 s by
+# default). The controller-restart test needs the controller serving again within it:
+# under load a restart once took longer, and all 33 terminals rightly gave up. Wide
+# here, so that test measures the terminals, not how fast the machine starts Python.
+FETCH_GRACE_S = 90.0
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +62,9 @@ def county(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCounty]:
         telemetry_interval_s=TELEMETRY_INTERVAL_S,
         unknown_after_s=UNKNOWN_AFTER_S,
     )
+    for device_id in county.terminals:
+        path = device_dir(county.data_dir, device_id) / "device.json"
+        DeviceConfig.load(path).model_copy(update={"fetch_grace_s": FETCH_GRACE_S}).save(path)
     try:
         yield county
     finally:
@@ -161,10 +171,13 @@ async def test_terminals_fetch_the_audio_after_a_controller_restart(
     restarted_ms = p.now_ms()
     county.controller.start()
     await wait_until(api.healthy, 60, "the controller back", detail=county.log_tails)
+    back_after_s = (p.now_ms() - restarted_ms) / 1000
 
     final = await wait_deliveries(api, bid, expect_states(targeted, FINAL_STATES), 90)
     not_done = {d: (x["state"], x["reason"]) for d, x in final.items() if x["state"] != "done"}
-    assert not not_done, brief(not_done)
+    assert not not_done, f"controller answered {back_after_s:.1f} s after its start; " + brief(
+        not_done
+    )
     assert set(final) == targeted
     for d, delivery in final.items():
         assert "failed" not in states_seen(delivery), (d, delivery["transitions"])
@@ -468,9 +481,17 @@ async def test_a_hostile_terminal_blocks_no_other_report(county: FaultCounty, ap
             "status": p.Topics.device_status(hostile),
         }
 
+        # The flood ends on this flag, not on cancellation alone: on Python 3.11 a
+        # `cancel()` that lands as the PUBACK arrives was swallowed by the
+        # `asyncio.wait_for` inside `publish_confirmed` (CPython bpo-42130), and a loop
+        # that only stops when cancelled then flooded until pytest's timeout (seen once
+        # under load). `publish_confirmed` no longer loses it; the flag keeps this test
+        # from depending on that.
+        stop = asyncio.Event()
+
         async def flood() -> None:
             nonlocal sent_bad
-            while True:  # until cancelled: through the whole broadcast
+            while not stop.is_set():  # through the whole broadcast
                 for kind, payload in extreme:
                     await conn.publish_confirmed(topics[kind], payload)
                 for kind, payload in bad:
@@ -482,12 +503,13 @@ async def test_a_hostile_terminal_blocks_no_other_report(county: FaultCounty, ap
         try:
             final = await wait_deliveries(api, bid, expect_states(others, {"done"}), 60)
         finally:
+            stop.set()
             flooding.cancel()
-            # Bounded: a publish waiting on an acknowledgement the broker will never
-            # send must not hold the test until pytest's timeout (seen once under load).
-            await asyncio.wait_for(asyncio.gather(flooding, return_exceptions=True), 15)
+            # A lost cancel costs at most the rest of one round of the flood (each
+            # publish gives up on its PUBACK after 5 s), never the test.
+            await asyncio.gather(flooding, return_exceptions=True)
     finally:
-        await asyncio.wait_for(conn.stop(), 15)
+        await conn.stop()
 
     assert sent_bad >= len(bad), "the hostile terminal sent nothing"
     assert {d for d in others if final[d]["state"] == "done"} == others

@@ -63,14 +63,47 @@ export async function render(main, ctx, [broadcastId]) {
   const mapCard = h("section", { class: "card board-map", id: "board-map" }, map.el);
   const mapNote = h("p", { class: "board-map-note muted", id: "board-map-note" });
 
+  // A full snapshot may have been read before a delivery event that reaches us while
+  // it is on its way (a terminal's "cancelled" right after the cancel): replacing the
+  // tiles with it would show that terminal's older state until its next event, which
+  // for a final state never comes. So the events that arrive while any snapshot is in
+  // flight are kept and applied again, in order, on top of the newest snapshot. Of two
+  // snapshots in flight at once (the cancel button's and the live view's), only the one
+  // asked for last is drawn: the other may have been read earlier and answered later.
+  let loadsInFlight = 0;
+  let lastLoad = 0;
+  let backlog = [];
+
   async function load() {
-    view = await broadcastWithDeliveries(broadcastId);
-    devices.clear();
-    for (const d of view.deliveries) {
-      d.reached = REACHED.has(d.state) || (d.transitions || []).some((x) => REACHED.has(x.state));
-      devices.set(d.device_id, d);
+    const mine = ++lastLoad;
+    loadsInFlight += 1;
+    try {
+      const fresh = await broadcastWithDeliveries(broadcastId);
+      if (mine !== lastLoad) return; // a newer snapshot is on its way
+      view = fresh;
+      devices.clear();
+      for (const d of view.deliveries) {
+        d.reached = REACHED.has(d.state) || (d.transitions || []).some((x) => REACHED.has(x.state));
+        devices.set(d.device_id, d);
+      }
+      for (const data of backlog) applyDelivery(data);
+      draw();
+    } finally {
+      loadsInFlight -= 1;
+      if (!loadsInFlight) backlog = [];
     }
-    draw();
+  }
+
+  function applyDelivery(data) {
+    const d = devices.get(data.device_id);
+    if (!d) return false;
+    d.state = data.state;
+    d.reason = data.reason;
+    d.reason_code = data.reason_code;
+    d.reason_params = data.reason_params;
+    d.updated_at = new Date(data.at).toISOString();
+    if (REACHED.has(data.state)) d.reached = true;
+    return true;
   }
 
   // The counts-only view carries what only the server can say for sure (settled, reach,
@@ -106,16 +139,10 @@ export async function render(main, ctx, [broadcastId]) {
   }
 
   const stop = onLive((kind, data) => {
+    if (kind === "delivery" && data.broadcast_id === broadcastId && loadsInFlight) backlog.push(data);
     if (!view) return;
     if (kind === "delivery" && data.broadcast_id === broadcastId) {
-      const d = devices.get(data.device_id);
-      if (!d) return;
-      d.state = data.state;
-      d.reason = data.reason;
-      d.reason_code = data.reason_code;
-      d.reason_params = data.reason_params;
-      d.updated_at = new Date(data.at).toISOString();
-      if (REACHED.has(data.state)) d.reached = true;
+      if (!applyDelivery(data)) return;
       schedule();
       refreshSoon();
     } else if (kind === "broadcast" && data.id === broadcastId) {
