@@ -478,8 +478,17 @@ class CountyBench:
 
         # The controller's database: first transition of each state per delivery.
         first: dict[str, dict[str, Transition]] = {}
+        seen: dict[tuple[str, str], int] = {}
         for t in read_transitions(self.engine, bid):
             first.setdefault(t.state, {}).setdefault(t.device_id, t)
+            seen[(t.device_id, t.state)] = seen.get((t.device_id, t.state), 0) + 1
+        # A report stored twice (two replicas both taking it in) shows as a second
+        # transition of the same state; a terminal's resumed play may say `playing` again.
+        run["repeated_transitions"] = {
+            state: n
+            for state in ("received", "fetched", "playing")
+            if (n := sum(1 for (_, s), k in seen.items() if s == state and k > 1))
+        }
         stages: dict[str, Any] = {}
         for state in ("sent", "received", "fetched", "playing"):
             got = first.get(state, {})
@@ -806,6 +815,12 @@ def render_report(data: dict[str, Any]) -> str:
     if adapter.get("missing_receipts"):
         problems.append(f"adapter fan-out: {adapter['missing_receipts']} receipts missing")
     for kind, runs in (("cached", cached), ("fresh", fresh)):
+        twice = [r["repeated_transitions"] for r in runs if r.get("repeated_transitions")]
+        if twice:
+            problems.append(
+                f"{kind}: terminals with a state recorded more than once: "
+                + "; ".join(", ".join(f"{k} {v}" for k, v in x.items()) for x in twice)
+            )
         lost = [r["reports_missing"] for r in runs if r.get("reports_missing")]
         if lost:
             problems.append(
