@@ -48,6 +48,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import functools
 import importlib
 import json
 import logging
@@ -183,14 +184,21 @@ def _num(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+@functools.cache
+def _has_table(engine: sa.Engine, name: str) -> bool:
+    return sa.inspect(engine).has_table(name)
+
+
 def delivery_counts(engine: sa.Engine, broadcast_id: str) -> dict[str, int]:
     """State -> deliveries of a broadcast: one indexed query, this process's only look
-    at the controller while a broadcast runs."""
+    at the controller while a broadcast runs. The per-broadcast counts table where the
+    schema keeps one (a dozen rows), else a count over the deliveries."""
+    if _has_table(engine, "broadcast_count"):
+        sql = "SELECT state, n FROM broadcast_count WHERE broadcast_id = :b"
+    else:
+        sql = "SELECT state, count(*) FROM delivery WHERE broadcast_id = :b GROUP BY state"
     with engine.connect() as c:
-        rows = c.execute(
-            sa.text("SELECT state, count(*) FROM delivery WHERE broadcast_id = :b GROUP BY state"),
-            {"b": broadcast_id},
-        ).all()
+        rows = c.execute(sa.text(sql), {"b": broadcast_id}).all()
     return {str(s): int(n) for s, n in rows}
 
 
