@@ -50,6 +50,7 @@ import contextlib
 import datetime
 import functools
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -336,8 +337,15 @@ class CountyBench:
             await self._wait_healthy(r)
         self.startup["controllers_s"] = time.monotonic() - t1
         t2 = time.monotonic()
+        # Batched speaker records (one file per process, with `verified` lines) where the
+        # fleet has them: no file write per play per terminal while measuring.
+        layout = (
+            {"records": "batched"}
+            if "records" in inspect.signature(spawn_fleet_processes).parameters
+            else {}
+        )
         self.fleet = spawn_fleet_processes(
-            prepared.data_dir, self.args.fleet_processes, record_wav=False, log_dir=logs
+            prepared.data_dir, self.args.fleet_processes, record_wav=False, log_dir=logs, **layout
         )
         await self._wait_online(120 + len(self.device_ids) / 25)
         self.startup["fleet_online_s"] = time.monotonic() - t2
@@ -524,8 +532,11 @@ class CountyBench:
             times: dict[str, float] = {}
             for e in verified:
                 ms = _verified_ms(e)
-                if e.get("broadcast_id") == bid and ms is not None:
-                    times.setdefault(e["device_id"], ms)
+                # The cancel that ends the run names the broadcast too: the play only.
+                cancel = "cancel" in str(e.get("kind", "")).lower()
+                if e.get("broadcast_id") != bid or ms is None or cancel:
+                    continue
+                times[e["device_id"]] = min(ms, times.get(e["device_id"], ms))
             run["verified_source"] = "fleet records (command verified)"
         else:
             times = {d: t.at_ms for d, t in first.get("received", {}).items()}
