@@ -527,18 +527,19 @@ class CountyBench:
         run["last_ack_rx_ms"] = max(acks) if acks else None
 
         # Every terminal holds the verified command.
-        verified = read_verified(data_dir)
-        if verified is not None:
-            times: dict[str, float] = {}
-            for e in verified:
-                ms = _verified_ms(e)
-                # The cancel that ends the run names the broadcast too: the play only.
-                cancel = "cancel" in str(e.get("kind", "")).lower()
-                if e.get("broadcast_id") != bid or ms is None or cancel:
-                    continue
-                times[e["device_id"]] = min(ms, times.get(e["device_id"], ms))
-            run["verified_source"] = "fleet records (command verified)"
-        else:
+        times: dict[str, float] = {}
+        for e in read_verified(data_dir) or []:
+            ms = _verified_ms(e)
+            # The play only: the cancel that ends the run names the broadcast too.
+            if (
+                e.get("broadcast_id") != bid
+                or ms is None
+                or e.get("kind") not in (None, "PlayBody")
+            ):
+                continue
+            times[e["device_id"]] = min(ms, times.get(e["device_id"], ms))
+        run["verified_source"] = "the fleet's `verified` records"
+        if not times:
             times = {d: t.at_ms for d, t in first.get("received", {}).items()}
             run["verified_source"] = "`received` transitions (terminal time `at`)"
         run["verified_found"] = len(times)
