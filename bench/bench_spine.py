@@ -736,7 +736,7 @@ def render_report(data: dict[str, Any]) -> str:
                 "",
             ),
             (
-                "  … as a multiple of the bare verified fan-out",
+                "  … as a multiple of the bare verified fan-out (POST → vs publish →)",
                 ratio,
                 "≤ 3×",
                 "verified_ratio",
