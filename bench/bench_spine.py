@@ -374,11 +374,19 @@ class CountyBench:
             online = await asyncio.to_thread(online_count, self.engine)
             if online >= len(self.device_ids):
                 return
-            for child in self.fleet:
+            for i, child in enumerate(self.fleet):
                 if child.poll() is not None:
-                    raise RuntimeError(f"a fleet process exited with {child.returncode}")
+                    tail = await asyncio.to_thread(self._log_tail, f"sim-{i}.log")
+                    raise RuntimeError(f"fleet process {i} exited with {child.returncode}: {tail}")
             await asyncio.sleep(1.0)
         raise RuntimeError(f"only {online} of {len(self.device_ids)} online after {timeout_s:.0f}s")
+
+    def _log_tail(self, name: str, lines: int = 3) -> str:
+        try:
+            text = (self.work / "logs" / name).read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return " | ".join(text.strip().splitlines()[-lines:])
 
     async def stop(self) -> None:
         for child in self.fleet:
