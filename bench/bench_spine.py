@@ -855,6 +855,16 @@ def render_report(data: dict[str, Any]) -> str:
                 f"{kind}: terminals with a state recorded more than once: "
                 + "; ".join(", ".join(f"{k} {v}" for k, v in x.items()) for x in twice)
             )
+        short = [
+            f"{r['verified_found']} of {r['terminals']}"
+            for r in runs
+            if r.get("verified_found", r["terminals"]) < r["terminals"]
+        ]
+        if short:
+            problems.append(
+                f"{kind}: the verified-command time covers only the terminals with evidence: "
+                + "; ".join(short)
+            )
         lost = [r["reports_missing"] for r in runs if r.get("reports_missing")]
         if lost:
             problems.append(
