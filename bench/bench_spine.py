@@ -191,15 +191,27 @@ def _has_table(engine: sa.Engine, name: str) -> bool:
 
 
 def delivery_counts(engine: sa.Engine, broadcast_id: str) -> dict[str, int]:
-    """State -> deliveries of a broadcast: one indexed query, this process's only look
-    at the controller while a broadcast runs. The per-broadcast counts table where the
-    schema keeps one (a dozen rows), else a count over the deliveries."""
-    if _has_table(engine, "broadcast_count"):
-        sql = "SELECT state, n FROM broadcast_count WHERE broadcast_id = :b"
-    else:
-        sql = "SELECT state, count(*) FROM delivery WHERE broadcast_id = :b GROUP BY state"
+    """State -> deliveries of a broadcast, counted over the deliveries themselves (the
+    truth, not a maintained count): one indexed query, this process's only look at the
+    controller while a broadcast runs."""
     with engine.connect() as c:
-        rows = c.execute(sa.text(sql), {"b": broadcast_id}).all()
+        rows = c.execute(
+            sa.text("SELECT state, count(*) FROM delivery WHERE broadcast_id = :b GROUP BY state"),
+            {"b": broadcast_id},
+        ).all()
+    return {str(s): int(n) for s, n in rows}
+
+
+def maintained_counts(engine: sa.Engine, broadcast_id: str) -> dict[str, int] | None:
+    """The per-broadcast counts the controller maintains for its live view, where the
+    schema has them (table `broadcast_count`), else None."""
+    if not _has_table(engine, "broadcast_count"):
+        return None
+    with engine.connect() as c:
+        rows = c.execute(
+            sa.text("SELECT state, n FROM broadcast_count WHERE broadcast_id = :b"),
+            {"b": broadcast_id},
+        ).all()
     return {str(s): int(n) for s, n in rows}
 
 
@@ -481,6 +493,14 @@ class CountyBench:
             if sum(counts.get(s, 0) for s in FINAL) >= terminals:
                 break
         run["final_counts"] = counts
+        # The live view reads the maintained counts: they must agree with the deliveries.
+        kept = await asyncio.to_thread(maintained_counts, self.engine, bid)
+        if kept is not None:
+            run["counts_disagree"] = {
+                state: {"maintained": kept.get(state, 0), "deliveries": counts.get(state, 0)}
+                for state in sorted(set(kept) | set(counts))
+                if not state.startswith("~") and kept.get(state, 0) != counts.get(state, 0)
+            }
         run["controller_memory_mb"] = memory
         await asyncio.to_thread(self._measure, run, t_send, created["start_at_ms"])
         return run
@@ -849,6 +869,19 @@ def render_report(data: dict[str, Any]) -> str:
     if adapter.get("missing_receipts"):
         problems.append(f"adapter fan-out: {adapter['missing_receipts']} receipts missing")
     for kind, runs in (("cached", cached), ("fresh", fresh)):
+        wrong = [r["counts_disagree"] for r in runs if r.get("counts_disagree")]
+        if wrong:
+            problems.append(
+                f"{kind}: in {len(wrong)} of {len(runs)} runs the controller's maintained "
+                "per-state counts (broadcast_count) disagree with its deliveries after the run: "
+                + "; ".join(
+                    ", ".join(
+                        f"{k} {v['maintained']} (deliveries {v['deliveries']})"
+                        for k, v in x.items()
+                    )
+                    for x in wrong
+                )
+            )
         twice = [r["repeated_transitions"] for r in runs if r.get("repeated_transitions")]
         if twice:
             problems.append(
