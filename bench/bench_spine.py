@@ -695,6 +695,7 @@ def render_report(data: dict[str, Any]) -> str:
         f"- Versions: {m['mosquitto']}; Python {m['python']}; paho-mqtt {m['paho_mqtt']}; "
         f"aiohttp {m['aiohttp']}",
         f"- Command: `{data['command']}` (took {data['elapsed_s']:.0f} s)",
+        *([f"- Note: {data['note']}"] if data.get("note") else []),
         f"- County: {data['villages']} villages, {terminals} terminals (real `edge_agent`s "
         f"on simulated hardware in {data['fleet_processes']} `dalaba sim` processes); "
         f"{replicas} `dalaba controller` process{'es' if replicas > 1 else ''} on "
@@ -1007,6 +1008,8 @@ def main() -> None:
     parser.add_argument("--settle-s", type=float, default=5.0, help="idle before the first push")
     parser.add_argument("--tls", action="store_true", help="the county on MQTT over TLS")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--note", default="", help="a line for the report (what code ran)")
+    parser.add_argument("--tag", default="", help="appended to the result file names")
     parser.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
     if args.replicas > 1 and args.db != "postgres":
@@ -1043,6 +1046,7 @@ def main() -> None:
         fleet_processes=args.fleet_processes,
         tls=args.tls,
         targets=TARGETS,
+        note=args.note,
     )
     report = render_report(data)
     out_dir = Path(args.out_dir)
@@ -1050,7 +1054,7 @@ def main() -> None:
     stem = (
         f"spine-{date}-{args.villages}villages-{args.db}-{args.replicas}r"
         f"-fleet{args.fleet_processes}p" + ("-tls" if args.tls else "")
-    )
+    ) + (f"-{args.tag}" if args.tag else "")
     (out_dir / f"{stem}.md").write_text(report)
     (out_dir / f"{stem}.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     print(report)
