@@ -52,10 +52,10 @@ def now_ns() -> int:
     return time.time_ns()  # wall clock: comparable across processes on one machine
 
 
-def command_size() -> int:
-    """Bytes of a real signed county-wide emergency play command."""
+def signed_play_command(signer: Ed25519Signer, broadcast_id: str | None = None) -> bytes:
+    """A real signed county-wide emergency play command (its own broadcast id)."""
     body = p.PlayBody(
-        broadcast_id=secrets.token_hex(16),
+        broadcast_id=broadcast_id or secrets.token_hex(16),
         priority=p.Priority.EMERGENCY,
         level=1,
         category="flood",
@@ -67,7 +67,12 @@ def command_size() -> int:
         volume=100,
     )
     command = p.Command.new(body, p.Target(all=True), p.now_ms() + 3_600_000)
-    return len(p.seal(command, Ed25519Signer.generate()))
+    return p.seal(command, signer)
+
+
+def command_size() -> int:
+    """Bytes of a real signed county-wide emergency play command."""
+    return len(signed_play_command(Ed25519Signer.generate()))
 
 
 def make_payload(seq: int, size: int) -> bytes:
@@ -129,7 +134,7 @@ async def _subscribe_main(
     return subs.received
 
 
-def _prepare_broker(
+def prepare_broker(
     work_dir: Path, port: int, controller_password: str, accounts: list[DeviceAccount]
 ) -> MosquittoProcess:
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +144,7 @@ def _prepare_broker(
     return MosquittoProcess(files, port)
 
 
-def _write_private_json(path: Path, data: object) -> None:
+def write_private_json(path: Path, data: object) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(data, f)
@@ -157,6 +162,28 @@ def _summary(values_ms: list[float]) -> dict[str, float]:
         "max": max(values_ms),
         "min": min(values_ms),
     }
+
+
+async def start_subscriber_processes(
+    script: Path,
+    argvs: list[list[str]],
+    children: list[asyncio.subprocess.Process],
+    timeout_s: float,
+) -> None:
+    """`python <script> subscribe <argv>` for each argv, appended to `children` as they
+    start (so the caller's cleanup reaches them if one fails); returns once each has
+    said `ready` (connected and subscribed)."""
+    for argv in argvs:
+        children.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable, str(script), "subscribe", *argv, stdout=asyncio.subprocess.PIPE
+            )
+        )
+    for child in children:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(child.stdout.readline(), timeout_s)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"{script.name}: a subscriber process failed: {line!r}")
 
 
 async def run_fanout(
@@ -177,7 +204,7 @@ async def run_fanout(
         for i in range(subscribers)
     ]
     pairs = [(a.device_id, a.password) for a in accounts]
-    broker = await asyncio.to_thread(_prepare_broker, work_dir, port, controller_password, accounts)
+    broker = await asyncio.to_thread(prepare_broker, work_dir, port, controller_password, accounts)
     size = command_size()
     children: list[asyncio.subprocess.Process] = []
     outs: list[Path] = []
@@ -187,34 +214,20 @@ async def run_fanout(
     try:
         t_conn = time.monotonic()
         if subscriber_processes > 0:
+            argvs = []
             for k in range(subscriber_processes):
                 share = list(range(k, subscribers, subscriber_processes))
                 acc_file = work_dir / f"accounts-{k}.json"
-                _write_private_json(acc_file, [pairs[i] for i in share])
+                write_private_json(acc_file, [pairs[i] for i in share])
                 out = work_dir / f"receipts-{k}.json"
                 outs.append(out)
                 # Each child spreads its own source addresses from a distinct block.
-                children.append(
-                    await asyncio.create_subprocess_exec(
-                        sys.executable,
-                        str(SCRIPT),
-                        "subscribe",
-                        "--port",
-                        str(port),
-                        "--accounts",
-                        str(acc_file),
-                        "--first-index",
-                        str(k * -(-subscribers // subscriber_processes)),
-                        "--out",
-                        str(out),
-                        stdout=asyncio.subprocess.PIPE,
-                    )
-                )
-            for child in children:
-                assert child.stdout is not None
-                line = await asyncio.wait_for(child.stdout.readline(), 120)
-                if line.strip() != b"ready":
-                    raise RuntimeError(f"fan-out subscriber process failed: {line!r}")
+                first = k * -(-subscribers // subscriber_processes)
+                argvs.append(
+                    ["--port", str(port), "--accounts", str(acc_file), "--first-index",
+                     str(first), "--out", str(out)]
+                )  # fmt: skip
+            await start_subscriber_processes(SCRIPT, argvs, children, timeout_s=120)
         else:
             local = Subscribers(port, pairs, 0)
             await local.start()
