@@ -37,6 +37,7 @@ from tests.procs import (
     wait_online,
     wait_until,
 )
+from tests.support import DbBackend
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.broker]
 
@@ -47,9 +48,12 @@ TERMINALS = 33  # 30 villages; three of them have two terminals
 
 
 @pytest.fixture(scope="module")
-def county(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCounty]:
+def county(
+    tmp_path_factory: pytest.TempPathFactory, db_backend: DbBackend
+) -> Iterator[FaultCounty]:
     county = FaultCounty.prepare(
         tmp_path_factory.mktemp("faults"),
+        database_url=db_backend.new_url(),
         villages=VILLAGES,
         loners=2,
         telemetry_interval_s=TELEMETRY_INTERVAL_S,
