@@ -41,7 +41,6 @@ for tool in ("mosquitto", "ffmpeg", "espeak-ng"):
 # --------------------------------------------------------------------------- databases
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (`--dist loadgroup`)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # A SQLite-only test keeps its [sqlite] id; its [postgres] twin is deselected (not
     # skipped: there is nothing to run, and the marker in the source says why).
@@ -49,12 +48,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         callspec = getattr(item, "callspec", None)
         backend = callspec.params.get("db_backend") if callspec is not None else None
-        # `--dist loadgroup`: a module's tests stay on one worker, as with loadfile (its
-        # module fixtures are made once), but its [postgres] half is a group of its own,
-        # with fixtures of its own anyway, so the two halves of a long module (the
-        # fault tests) run side by side instead of one after the other.
-        group = item.nodeid.split("::", 1)[0] + ("#postgres" if backend == "postgres" else "")
-        item.add_marker(pytest.mark.xdist_group(group))
         marker = item.get_closest_marker("sqlite_only")
         if marker is not None and not (marker.args or marker.kwargs.get("reason")):
             raise pytest.UsageError(f"{item.nodeid}: sqlite_only needs a reason")
