@@ -47,7 +47,8 @@ def security_headers(*, https: bool):  # type: ignore[no-untyped-def]
 
 # Path ids longer than this, or integers no database column can hold, name nothing: a
 # 404 here saves every handler from a 500 (`OverflowError` on SQLite, an out-of-range
-# error on PostgreSQL) for a 20-digit id.
+# error on PostgreSQL) for a 20-digit id. Nor does an id with a NUL character: PostgreSQL
+# text cannot hold one and refuses the query (a 500), where SQLite just finds no row.
 MAX_PATH_ID_CHARS = 200
 MAX_INTEGER_ID = 2**63 - 1
 
@@ -60,6 +61,6 @@ async def path_id_guard(
         if name == "filename":
             continue  # static files: aiohttp checks those paths itself
         too_big = value.isdigit() and int(value) > MAX_INTEGER_ID
-        if len(value) > MAX_PATH_ID_CHARS or too_big:
+        if len(value) > MAX_PATH_ID_CHARS or too_big or "\x00" in value:
             raise ApiError(404, "not_found", f"{name}: no such {name}", name)
     return await handler(request)

@@ -1,5 +1,11 @@
-"""Shared fixtures: a real private Mosquitto, a real controller (SQLite, espeak-ng,
-ffmpeg) and a fleet of real agents on simulated hardware, started per test."""
+"""Shared fixtures: a real private Mosquitto, a real controller (SQLite or PostgreSQL,
+espeak-ng, ffmpeg) and a fleet of real agents on simulated hardware, started per test.
+
+Every test that builds a county through `make_county` (or asks for `db_backend` /
+`new_database_url`) runs twice, `[sqlite]` and `[postgres]`; the postgres variant
+carries the `postgres` marker (`-m "not postgres"` runs the SQLite half) and skips,
+saying why, where there is no PostgreSQL (tests/support.py: `postgres_server`). A test
+about SQLite only says so with `@pytest.mark.sqlite_only("why")`."""
 
 from __future__ import annotations
 
@@ -25,11 +31,61 @@ from dalaba_ops.broker import controller_username
 from dalaba_ops.demo import PreparedCounty, setup_county
 from firmware_sim.audio import SAMPLE_RATE
 from firmware_sim.fleet import Fleet, device_dir
-from tests.support import throwaway_postgres_url
+from tests.support import DatabaseUrlFactory, DbBackend, require_postgres, throwaway_postgres_url
 
 for tool in ("mosquitto", "ffmpeg", "espeak-ng"):
     if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
         raise RuntimeError(f"{tool} is required by the test suite; run `make test`")
+
+
+# --------------------------------------------------------------------------- databases
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A SQLite-only test keeps its [sqlite] id; its [postgres] twin is deselected (not
+    # skipped: there is nothing to run, and the marker in the source says why).
+    kept, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("db_backend") if callspec is not None else None
+        marker = item.get_closest_marker("sqlite_only")
+        if marker is not None and not (marker.args or marker.kwargs.get("reason")):
+            raise pytest.UsageError(f"{item.nodeid}: sqlite_only needs a reason")
+        (dropped if marker is not None and backend == "postgres" else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def db_backend(request: pytest.FixtureRequest) -> Iterator[DbBackend]:
+    """Module-scoped so that a module's own long-lived county (a module fixture) can ask
+    for it too; each county still gets a database of its own."""
+    if request.param == "sqlite":
+        yield DbBackend("sqlite")
+        return
+    backend = DbBackend("postgres", require_postgres())
+    try:
+        yield backend
+    finally:
+        backend.drop_all()
+
+
+@pytest.fixture
+def new_database_url(db_backend: DbBackend) -> Iterator[DatabaseUrlFactory]:
+    """`new_database_url()`: the `database_url` for one more county of this test
+    (dropped after the test); None on SQLite."""
+    made: list[str | None] = []
+
+    def factory() -> str | None:
+        made.append(db_backend.new_url())
+        return made[-1]
+
+    yield factory
+    for url in made:
+        db_backend.drop(url)
 
 
 class WaitTimeout(AssertionError):
@@ -325,10 +381,14 @@ CountyFactory = Callable[..., Awaitable[County]]
 
 
 @pytest.fixture
-async def make_county(tmp_path: Path) -> AsyncIterator[CountyFactory]:
+async def make_county(
+    tmp_path: Path, new_database_url: DatabaseUrlFactory
+) -> AsyncIterator[CountyFactory]:
     started: list[County] = []
 
     async def factory(villages: int = 12, **kw: Any) -> County:
+        if kw.get("database_url") is None:
+            kw["database_url"] = new_database_url()
         prepared = setup_county(
             tmp_path / f"county{len(started)}",
             villages=villages,

@@ -279,11 +279,15 @@ class FaultCounty:
         villages: int = 30,
         loners: int = 2,
         telemetry_interval_s: float = 2.0,
+        database_url: str | None = None,
         **settings_overrides: object,
     ) -> FaultCounty:
+        """`database_url`: None for the county's own SQLite file (see `db_backend` in
+        conftest.py for a PostgreSQL one)."""
         prepared = setup_county(
             base_dir / "county",
             villages=villages,
+            database_url=database_url,
             speech_backends=("espeak-ng",),
             telemetry_interval_s=telemetry_interval_s,
             console_users=False,

@@ -29,6 +29,7 @@ from tests.procs import (
     wait_online,
     wait_until,
 )
+from tests.support import DatabaseUrlFactory
 from tests.unit.test_agent_truth import Rig
 from tests.unit.test_board_linux import contents, samples, tone, write_asoundrc
 
@@ -193,12 +194,14 @@ def test_a_technician_plays_a_test_tone_on_the_board(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 async def test_a_county_broadcast_plays_on_a_linux_board(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_database_url: DatabaseUrlFactory
 ) -> None:
     """The real controller (`dalaba controller`), its speech, its broker and a simulated
     fleet, and one terminal as `dalaba agent` on the linux board: a broadcast made
     through the API is played there, and the samples aplay wrote are the announcement's."""
-    county = FaultCounty.prepare(tmp_path / "county", villages=2, loners=1)
+    county = FaultCounty.prepare(
+        tmp_path / "county", villages=2, loners=1, database_url=new_database_url()
+    )
     (board_id,) = county.loner_ids
     played = tmp_path / "played.raw"
     write_asoundrc(tmp_path / "home", played)

@@ -42,7 +42,7 @@ from edge_agent.config import DeviceConfig
 from firmware_sim.fleet import device_dir
 from firmware_sim.hardware import SimHardware
 from tests.procs import _child_env, dalaba_argv, write_env_file
-from tests.support import throwaway_postgres_url
+from tests.support import DatabaseUrlFactory, DbBackend, throwaway_postgres_url
 
 PASSWORD = "correct horse battery"
 
@@ -74,9 +74,9 @@ def prepare(where: Path, database_url: str | None = None) -> Deployment:
 
 
 @pytest.fixture(scope="module")
-def county(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+def county(tmp_path_factory: pytest.TempPathFactory, db_backend: DbBackend) -> Deployment:
     """One county for the tests that only read it or add to it."""
-    return prepare(tmp_path_factory.mktemp("cli"))
+    return prepare(tmp_path_factory.mktemp("cli"), db_backend.new_url())
 
 
 def dalaba_cmd(
@@ -327,8 +327,8 @@ def test_unreachable_broker_stops_the_controller_with_one_line(county: Deploymen
 
 
 @pytest.fixture
-def fresh(tmp_path: Path) -> Iterator[Deployment]:
-    deployment = prepare(tmp_path)
+def fresh(tmp_path: Path, new_database_url: DatabaseUrlFactory) -> Iterator[Deployment]:
+    deployment = prepare(tmp_path, new_database_url())
     try:
         yield deployment
     finally:

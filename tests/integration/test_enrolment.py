@@ -32,6 +32,7 @@ from edge_agent.config import DeviceConfig
 from edge_agent.enrol import EnrolRefused, enrol
 from firmware_sim.hardware import SimHardware
 from tests.procs import write_env_file
+from tests.support import DatabaseUrlFactory
 
 pytestmark = [pytest.mark.broker]
 
@@ -58,9 +59,13 @@ class Enrolling:
 
 
 @pytest.fixture
-async def county(tmp_path: Path) -> AsyncIterator[Enrolling]:
+async def county(tmp_path: Path, new_database_url: DatabaseUrlFactory) -> AsyncIterator[Enrolling]:
     prepared = setup_county(
-        tmp_path / "county", villages=2, speech_backends=("espeak-ng",), console_users=False
+        tmp_path / "county",
+        villages=2,
+        speech_backends=("espeak-ng",),
+        console_users=False,
+        database_url=new_database_url(),
     )
     await prepared.broker.start_async()
     accounts = MosquittoFileAccounts(prepared.data_dir / "broker", prepared.broker.reload)

@@ -39,6 +39,7 @@ from tests.procs import (
     wait_online,
     wait_until,
 )
+from tests.support import DbBackend
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.broker]
 
@@ -54,9 +55,12 @@ FETCH_GRACE_S = 90.0
 
 
 @pytest.fixture(scope="module")
-def county(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCounty]:
+def county(
+    tmp_path_factory: pytest.TempPathFactory, db_backend: DbBackend
+) -> Iterator[FaultCounty]:
     county = FaultCounty.prepare(
         tmp_path_factory.mktemp("faults"),
+        database_url=db_backend.new_url(),
         villages=VILLAGES,
         loners=2,
         telemetry_interval_s=TELEMETRY_INTERVAL_S,

@@ -35,6 +35,7 @@ from tests.procs import (
     wait_online,
     wait_until,
 )
+from tests.support import DbBackend
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.faults]
 
@@ -66,9 +67,12 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def county(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCounty]:
+def county(
+    tmp_path_factory: pytest.TempPathFactory, db_backend: DbBackend
+) -> Iterator[FaultCounty]:
     county = FaultCounty.prepare(
         tmp_path_factory.mktemp("updates"),
+        database_url=db_backend.new_url(),
         villages=4,
         loners=3,
         telemetry_interval_s=2.0,
