@@ -41,6 +41,7 @@ for tool in ("mosquitto", "ffmpeg", "espeak-ng"):
 # --------------------------------------------------------------------------- databases
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # A SQLite-only test keeps its [sqlite] id; its [postgres] twin is deselected (not
     # skipped: there is nothing to run, and the marker in the source says why).
@@ -48,6 +49,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         callspec = getattr(item, "callspec", None)
         backend = callspec.params.get("db_backend") if callspec is not None else None
+        _group_by_module_fixture(item, backend)
         marker = item.get_closest_marker("sqlite_only")
         if marker is not None and not (marker.args or marker.kwargs.get("reason")):
             raise pytest.UsageError(f"{item.nodeid}: sqlite_only needs a reason")
@@ -55,6 +57,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+
+
+def _group_by_module_fixture(item: pytest.Item, backend: str | None) -> None:
+    """`make test` spreads tests one by one over its processes (--dist loadgroup), except
+    the tests that share a module-scoped fixture (a long-lived county of processes, a
+    built wheel): those stay in one process, one group per module and database backend,
+    so a module's [sqlite] and [postgres] halves can run side by side."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return
+    shared = any(
+        defs and defs[-1].scope == "module" and name != "db_backend"
+        for name, defs in info.name2fixturedefs.items()
+    )
+    if shared:
+        group = item.nodeid.split("::", 1)[0] + (f"[{backend}]" if backend else "")
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(
