@@ -288,7 +288,14 @@ def cmd_sim(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CliError(EXIT_USAGE, f"--share {args.share}: write it i/n, e.g. 0/4") from exc
         share = (index, total)
-    fleet = Fleet.from_data_dir(data_dir, args.villages, share=share, record_wav=not args.no_wav)
+    fleet = Fleet.from_data_dir(
+        data_dir,
+        args.villages,
+        share=share,
+        record_wav=not args.no_wav,
+        mqtt=args.mqtt,
+        records=args.records,
+    )
     asyncio.run(run_fleet(fleet))
     return EXIT_OK
 
@@ -745,6 +752,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--villages", type=int, default=None, help="at most this many terminals")
     p.add_argument("--share", default=None, help="i/n: run every n-th terminal from the i-th")
     p.add_argument("--no-wav", action="store_true", help="log plays but do not write WAV files")
+    p.add_argument(
+        "--mqtt",
+        choices=("lean", "paho"),
+        default="lean",
+        help="each terminal's MQTT client: the lean one (default) or paho, for comparison",
+    )
+    p.add_argument(
+        "--records",
+        choices=("auto", "device", "batched"),
+        default="auto",
+        help="speaker records per terminal, or batched per process (auto: batched above "
+        "1,000 terminals a process)",
+    )
     p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser(
