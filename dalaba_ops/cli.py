@@ -296,7 +296,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         mqtt=args.mqtt,
         records=args.records,
     )
-    asyncio.run(run_fleet(fleet))
+    asyncio.run(run_fleet(fleet, freeze_heap=not args.no_gc_freeze))
     return EXIT_OK
 
 
@@ -764,6 +764,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="speaker records per terminal, or batched per process (auto: batched above "
         "1,000 terminals a process)",
+    )
+    p.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="leave the garbage collector as Python sets it (for comparison)",
     )
     p.set_defaults(func=cmd_sim)
 

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -219,19 +221,58 @@ class Fleet:
         net.latency_s = latency_s
 
 
-async def run_fleet(fleet: Fleet) -> None:
-    """Run a fleet until SIGINT/SIGTERM."""
+async def run_fleet(fleet: Fleet, *, freeze_heap: bool = True) -> None:
+    """Run a fleet until SIGINT/SIGTERM (`freeze_heap` False: the collector as Python
+    sets it, for comparison)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await fleet.start()
     log.info("fleet: %d terminals connected", len(fleet.agents))
-    settle_heap()
+    if freeze_heap:
+        settle_heap()
+    pauses = GcPauses()
+    gc.callbacks.append(pauses)
     try:
         await stop.wait()
     finally:
+        gc.callbacks.remove(pauses)
         await fleet.stop()
+        if fleet.records is not None:
+            # Beside the batched records: what the collector cost this process
+            # (bench/bench_fleet.py reads it).
+            path = fleet.records.directory / f"{fleet.process_name}-gc.json"
+            path.write_text(json.dumps(pauses.summary()))
+
+
+class GcPauses:
+    """A gc callback timing each collection: how long the whole process stood still."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []  # (generation, ms)
+        self._started = 0.0
+        self._since = time.monotonic()
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], (time.perf_counter() - self._started) * 1e3))
+
+    def summary(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "seconds": round(time.monotonic() - self._since, 1),
+            "frozen_objects": gc.get_freeze_count(),
+        }
+        for gen in (0, 1, 2):
+            ms = [d for g, d in self.pauses if g == gen]
+            out[f"gen{gen}"] = {
+                "count": len(ms),
+                "total_ms": round(sum(ms), 1),
+                "max_ms": round(max(ms), 1) if ms else 0.0,
+            }
+        return out
 
 
 def settle_heap() -> None:
@@ -254,6 +295,7 @@ def spawn_fleet_processes(
     log_dir: Path | None = None,
     mqtt: str = "lean",
     records: str = "auto",
+    freeze_heap: bool = True,
 ) -> list[subprocess.Popen[bytes]]:
     """Split the terminals under DATA_DIR/sim over several `dalaba sim` processes
     (their output to `log_dir`/sim-<i>.log when given)."""
@@ -265,6 +307,8 @@ def spawn_fleet_processes(
             "--data-dir", str(data_dir), "--share", f"{i}/{processes}",
         ]  # fmt: skip
         command += ["--mqtt", mqtt, "--records", records]
+        if not freeze_heap:
+            command.append("--no-gc-freeze")
         if not record_wav:
             command.append("--no-wav")
         if log_dir is None:
