@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from dalaba_ops.broker import (
     write_password_file,
 )
 from edge_agent.config import DeviceConfig
-from firmware_sim.fleet import spawn_fleet_processes
+from firmware_sim.fleet import loopback_address, settle_heap, spawn_fleet_processes
 from firmware_sim.records import records_dir
 
 CONTROLLER_PASSWORD = "bench-fleet-controller"
@@ -153,7 +154,9 @@ async def run_variant(
         work, processes, record_wav=False, log_dir=work, mqtt=mqtt, records="batched",
         freeze_heap=freeze_heap,
     )  # fmt: skip
-    result: dict[str, Any] = {"variant": name, "mqtt": mqtt, "processes": processes}
+    result: dict[str, Any] = {
+        "variant": name, "mqtt": mqtt, "processes": processes, "loadavg": os.getloadavg()
+    }  # fmt: skip
     try:
         await wait_until(
             lambda: (
@@ -224,6 +227,113 @@ async def run_variant(
     return result
 
 
+async def bare_subscribe(args: argparse.Namespace) -> None:
+    """Child process of the bare fan-out: terminals' accounts and source addresses, the
+    lean client, no agent. Writes `<out>.ready` once all are connected, then for each
+    message the wall-clock ms each subscriber got it, to `<out>.<n>.json`."""
+    work = Path(args.work)
+    paths = sorted((work / "sim").glob("*/device.json"))[args.share_index :: args.share_total]
+    got: dict[int, list[float]] = {}
+
+    def receiver() -> Callable[[str, bytes], None]:
+        def on_message(_topic: str, payload: bytes) -> None:
+            got.setdefault(len(payload), []).append(time.time_ns() / 1e6)
+
+        return on_message
+
+    conns = []
+    for i, path in enumerate(paths):
+        index = args.share_index + i * args.share_total
+        cfg = DeviceConfig.load(path)
+        conns.append(
+            LeanMqttConnection(
+                client_id=cfg.device_id + "-bare",
+                broker=cfg.broker_address(),
+                on_message=receiver(),
+                subscriptions=[(p.Topics.COMMAND_ALL, 1)],
+                session_expiry_s=0,
+                bind_address=loopback_address(index),
+            )
+        )
+    await asyncio.gather(*(c.start(timeout_s=None) for c in conns))
+    while not all(c.connected for c in conns):
+        await asyncio.sleep(0.1)
+    settle_heap()
+    out = Path(args.out)
+    out.with_suffix(".ready").write_text(str(len(conns)))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    out.with_suffix(".json").write_text(json.dumps({str(k): v for k, v in got.items()}))
+    await asyncio.gather(*(c.stop() for c in conns), return_exceptions=True)
+
+
+SCRIPT = Path(__file__).resolve()
+
+
+def spawn_bare(work: Path, processes: int) -> list[subprocess.Popen[bytes]]:
+    children = []
+    for i in range(processes):
+        cmd = [sys.executable, str(SCRIPT), "bare-subscribe", "--work", str(work),
+               "--share-index", str(i), "--share-total", str(processes),
+               "--out", str(work / f"bare-{i}.out")]  # fmt: skip
+        with (work / f"bare-{i}.log").open("wb") as log_file:
+            children.append(subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT))
+    return children
+
+
+async def run_bare(
+    work: Path, port: int, terminals: int, processes: int, fanouts: int
+) -> dict[str, Any]:
+    """The floor: the same broker, accounts and payload size, subscribers with nothing
+    behind them. Each fan-out uses a payload of its own size to tell them apart."""
+    name = f"bare-{processes}p"
+    log(f"{name}: starting {terminals} bare subscribers in {processes} processes")
+    observer = Observer(port)
+    await observer.conn.start()
+    children = spawn_bare(work, processes)
+    result: dict[str, Any] = {"variant": name, "processes": processes}
+    runs: list[dict[str, Any]] = []
+    try:
+        ready = [work / f"bare-{i}.ready" for i in range(processes)]
+        await wait_until(lambda: all(r.exists() for r in ready), 600, "bare subscribers ready")
+        await asyncio.sleep(5)
+        size = len(p.seal(p.Command.new(
+            p.CancelBody(broadcast_id=secrets.token_hex(16), reason="bench"),
+            p.Target(all=True), p.now_ms() + 600_000), Ed25519Signer.generate()))  # fmt: skip
+        sent = []
+        for i in range(fanouts):
+            sent.append((size + i, time.time_ns() / 1e6))
+            observer.conn.publish(p.Topics.COMMAND_ALL, b" " * (size + i), qos=1)
+            await asyncio.sleep(5)
+    finally:
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+        for child in children:
+            child.wait(timeout=120)
+        await observer.conn.stop()
+    times: dict[str, list[float]] = {}
+    for i in range(processes):
+        for k, v in json.loads((work / f"bare-{i}.json").read_text()).items():
+            times.setdefault(k, []).extend(v)
+    for size_i, sent_ms in sent:
+        lat = sorted(t - sent_ms for t in times.get(str(size_i), []))
+        if len(lat) < terminals:
+            runs.append({"received": len(lat)})
+            continue
+        runs.append(
+            {
+                "first_ms": round(lat[0], 1),
+                "median_ms": round(statistics.median(lat), 1),
+                "p99_ms": round(lat[int(len(lat) * 0.99) - 1], 1),
+                "last_ms": round(lat[-1], 1),
+            }
+        )
+        log(f"{name}: every subscriber received after {runs[-1]['last_ms']} ms")
+    result["received"] = runs
+    return result
+
+
 def write_markdown(out: Path, data: dict[str, Any]) -> None:
     lines = [
         "# Simulated fleet: idle cost and verified fan-out",
@@ -242,6 +352,15 @@ def write_markdown(out: Path, data: dict[str, Any]) -> None:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in data["results"]:
+        if r["variant"].startswith("bare"):
+            rec = "; ".join(
+                f"{v['median_ms']} / {v['p99_ms']} / {v['last_ms']}"
+                if "last_ms" in v
+                else f"only {v['received']} received"
+                for v in r["received"]
+            )
+            lines.append(f"| {r['variant']} (no agent: received) | | | | | {rec} |")
+            continue
         if "error" in r:
             lines.append(f"| {r['variant']} | failed: {r['error']} | | | | |")
             continue
@@ -275,6 +394,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 (int(o[:-1]) for o in options if o.endswith("p") and o[:-1].isdigit()),
                 args.processes,
             )
+            if mqtt == "bare":
+                results.append(await run_bare(work, port, args.terminals, processes, args.fanouts))
+                continue
             try:
                 results.append(
                     await run_variant(
@@ -304,13 +426,22 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["bare-subscribe"]:
+        sub = argparse.ArgumentParser()
+        sub.add_argument("--work", required=True)
+        sub.add_argument("--share-index", type=int, required=True)
+        sub.add_argument("--share-total", type=int, required=True)
+        sub.add_argument("--out", required=True)
+        asyncio.run(bare_subscribe(sub.parse_args(sys.argv[2:])))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--terminals", type=int, default=10_000)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument(
         "--variants",
         default="lean,paho",
-        help="comma-separated: lean|paho[-<P>p][-nofreeze], e.g. lean-2p,lean-4p,paho-2p",
+        help="comma-separated: lean|paho|bare[-<P>p][-nofreeze], e.g. bare-2p,lean-2p,paho-2p "
+        "(bare: subscribers with the lean client and no agent, the floor)",
     )
     parser.add_argument("--idle-s", type=float, default=20.0)
     parser.add_argument("--fanouts", type=int, default=3)
