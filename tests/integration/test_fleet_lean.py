@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from dalaba import protocol as p
 from dalaba.mqtt import BrokerAddress, MqttConnection, WillMessage
 from dalaba.mqtt_lean import LeanMqttConnection
+from dalaba.signing import Ed25519Signer
 from dalaba_ops.broker import (
     CONTROLLER_USER,
     DeviceAccount,
@@ -25,6 +27,8 @@ from dalaba_ops.broker import (
     write_broker_config,
     write_password_file,
 )
+from edge_agent.config import DeviceConfig
+from firmware_sim.fleet import Fleet
 from firmware_sim.records import BatchedRecords, read_plays_started, read_verified
 
 DEVICES = [DeviceAccount(f"d-t01-v01-{i}", "v01", "t01", secrets.token_hex(8)) for i in (1, 2)]
@@ -244,3 +248,50 @@ async def test_batched_records_are_read_back_with_the_per_device_layout(tmp_path
     assert read_verified(tmp_path) == [
         {"device_id": "d-b", "command_id": "c1", "verified_at_ms": 3}
     ]
+
+
+async def test_a_lean_fleet_verifies_records_and_drops_garbage(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """Real agents on the lean client with batched records: garbage on the command topic
+    is counted and dropped message by message, a sealed command is verified by every
+    terminal and recorded in the process's `verified` file."""
+    signer = Ed25519Signer.generate()
+    configs = [
+        DeviceConfig(
+            device_id=d.device_id,
+            village_id=d.village_id,
+            township_id=d.township_id,
+            broker_url=f"mqtt://127.0.0.1:{broker.port}",
+            mqtt_username=d.device_id,
+            mqtt_password=SecretStr(d.password),
+            media_base_url="http://127.0.0.1:9/media/",
+            controller_public_keys=[signer.public_pem().decode()],
+            state_dir=tmp_path / "sim" / d.device_id / "state",
+        )
+        for d in DEVICES
+    ]
+    fleet = Fleet(configs, record_wav=False, records="batched")
+    assert fleet.mqtt == "lean"
+    controller = broker.controller()
+    await controller.start()
+    try:
+        await fleet.start()
+        assert all(isinstance(a.mqtt, LeanMqttConnection) for a in fleet.agents.values())
+        await asyncio.sleep(0.3)
+        for garbage in (b"", b"not json", b'{"v": 1}', b"\xff" * 300):
+            await controller.publish_confirmed(p.Topics.COMMAND_ALL, garbage)
+        command = p.Command.new(
+            p.CancelBody(broadcast_id="b-lean"), p.Target(all=True), p.now_ms() + 60_000
+        )
+        await controller.publish_confirmed(p.Topics.COMMAND_ALL, p.seal(command, signer))
+        await eventually(lambda: len(read_verified(tmp_path)) == len(DEVICES))
+        assert {e["device_id"] for e in read_verified(tmp_path)} == {d.device_id for d in DEVICES}
+        assert {e["command_id"] for e in read_verified(tmp_path)} == {command.id}
+        for agent in fleet.agents.values():
+            assert agent.counters["dropped"] == 4
+    finally:
+        await fleet.stop()
+        await controller.stop()
+    assert (tmp_path / "sim" / "_records" / "p0-verified.jsonl").exists()
+    assert not (tmp_path / "sim" / DEVICES[0].device_id / "verified.jsonl").exists()
