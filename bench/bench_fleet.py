@@ -150,8 +150,10 @@ async def run_variant(
     observer = Observer(port)
     await observer.conn.start()
     started = time.monotonic()
+    log_dir = work / "logs" / name
+    log_dir.mkdir(parents=True, exist_ok=True)
     children = spawn_fleet_processes(
-        work, processes, record_wav=False, log_dir=work, mqtt=mqtt, records="batched",
+        work, processes, record_wav=False, log_dir=log_dir, mqtt=mqtt, records="batched",
         freeze_heap=freeze_heap,
     )  # fmt: skip
     result: dict[str, Any] = {
@@ -167,7 +169,7 @@ async def run_variant(
             poll_s=0.5,
         )
         if any(c.poll() is not None for c in children):
-            raise RuntimeError(f"a simulator exited: see {work}/sim-*.log")
+            raise RuntimeError(f"a simulator exited: see {log_dir}/sim-*.log")
         result["all_online_s"] = round(time.monotonic() - started, 1)
         log(f"{name}: all online after {result['all_online_s']} s; settling 10 s")
         await asyncio.sleep(10)  # start-up work done, gc frozen, first timers spread

@@ -115,9 +115,14 @@ class Fleet:
             process_name=f"p{share[0]}" if share is not None else "p0",
         )
         fleet.data_dir = data_dir
+        if share is not None:
+            # Source addresses by the terminal's place in the whole county, so the
+            # processes of one county do not all start again at 127.0.0.2.
+            fleet.address_start, fleet.address_stride = share
         return fleet
 
     data_dir: Path | None = None  # where batched records go (set by from_data_dir)
+    address_start, address_stride = 0, 1
 
     async def start(self, connect_timeout_s: float = 30.0) -> None:
         # One connection pool for the fleet's media fetches; each agent still fetches
@@ -133,9 +138,8 @@ class Fleet:
             self.records = BatchedRecords(data_dir, self.process_name)
             self.records.start()
         for index, (device_id, config) in enumerate(self.configs.items()):
-            hw = SimHardware.create(
-                config.state_dir.parent, seed=index, bind_address=loopback_address(index)
-            )
+            address = loopback_address(self.address_start + index * self.address_stride)
+            hw = SimHardware.create(config.state_dir.parent, seed=index, bind_address=address)
             hw.speaker.record_wav = self.record_wav
             if self.records is not None:
                 self._sinks[device_id] = self.records.sink(device_id)
@@ -228,8 +232,15 @@ async def run_fleet(fleet: Fleet, *, freeze_heap: bool = True) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await fleet.start()
-    log.info("fleet: %d terminals connected", len(fleet.agents))
+    # Thousands of terminals connecting at once to a busy broker take longer than a
+    # county; those not in yet keep trying on their own, so a slow start is said, not
+    # fatal (a simulator that exited would take every connected terminal with it).
+    try:
+        await fleet.start(connect_timeout_s=30.0 + len(fleet.configs) / 50)
+        log.info("fleet: %d terminals connected", len(fleet.agents))
+    except TimeoutError:
+        connected = sum(a.connected for a in fleet.agents.values())
+        log.warning("fleet: %d of %d terminals connected so far", connected, len(fleet.agents))
     if freeze_heap:
         settle_heap()
     pauses = GcPauses()
