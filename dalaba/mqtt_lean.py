@@ -42,7 +42,10 @@ from dalaba.mqtt import (
     WillMessage,
 )
 
-log = logging.getLogger(__name__)
+# The same logger as dalaba.mqtt: whichever client a terminal runs, its connection
+# events ("<client id>: disconnected: ...", refusals, TLS failures) read alike and
+# one logging setting governs both.
+log = logging.getLogger("dalaba.mqtt")
 
 # Packet types (the high nibble of the first byte).
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
@@ -463,6 +466,7 @@ class LeanMqttConnection(MqttConnection):
         self._inbound_qos2: set[int] = set()
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._keepalive_interval = float(self._keepalive_s)
+        self._disconnect_reason = "connection lost"
         self._ping_outstanding = False
         self._received_since_ping = False
 
@@ -636,6 +640,9 @@ class LeanMqttConnection(MqttConnection):
     def _transport_lost(self, proto: _Protocol) -> None:
         if proto is not self._proto:
             return
+        if not self._stopping:
+            reason, self._disconnect_reason = self._disconnect_reason, "connection lost"
+            log.debug("%s: disconnected: %s", self.client_id, reason)
         self._proto = None
         self._cancel_keepalive()
         if self._connack is not None and not self._connack.done():
@@ -696,8 +703,8 @@ class LeanMqttConnection(MqttConnection):
                     self._inbound_qos2.discard(packet_id)
                     self._write(encode_ack(PUBCOMP, packet_id))
                 elif kind == DISCONNECT:
-                    reason = body[0] if body else 0
-                    log.info("%s: broker disconnected us (reason 0x%02x)", self.client_id, reason)
+                    # Said when the socket closes (_transport_lost), as paho's reason.
+                    self._disconnect_reason = f"reason 0x{body[0] if body else 0:02x}"
                 elif kind not in (PINGRESP, UNSUBACK):
                     raise MqttProtocolError(f"packet type {kind}: not expected by a client")
                 if self._proto is not proto:
