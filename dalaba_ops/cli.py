@@ -281,6 +281,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
             EXIT_NOT_FOUND,
             f"no terminals under {data_dir}/sim; run `dalaba demo` or set one up first",
         )
+    if args.processes is not None and args.processes > 1:
+        if args.share or args.villages:
+            raise CliError(EXIT_USAGE, "--processes: not with --share or --villages")
+        return _sim_processes(data_dir, args)
     share = None
     if args.share:
         try:
@@ -288,9 +292,41 @@ def cmd_sim(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CliError(EXIT_USAGE, f"--share {args.share}: write it i/n, e.g. 0/4") from exc
         share = (index, total)
-    fleet = Fleet.from_data_dir(data_dir, args.villages, share=share, record_wav=not args.no_wav)
-    asyncio.run(run_fleet(fleet))
+    fleet = Fleet.from_data_dir(
+        data_dir,
+        args.villages,
+        share=share,
+        record_wav=not args.no_wav,
+        mqtt=args.mqtt,
+        records=args.records,
+    )
+    asyncio.run(run_fleet(fleet, freeze_heap=not args.no_gc_freeze))
     return EXIT_OK
+
+
+def _sim_processes(data_dir: Path, args: argparse.Namespace) -> int:
+    """The terminals split over `--processes` children (`--share i/n` each), until a
+    signal, which is passed on to them."""
+    from firmware_sim.fleet import spawn_fleet_processes
+
+    children = spawn_fleet_processes(
+        data_dir,
+        args.processes,
+        record_wav=not args.no_wav,
+        mqtt=args.mqtt,
+        records=args.records,
+        freeze_heap=not args.no_gc_freeze,
+    )
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    codes = [child.wait() for child in children]
+    return EXIT_OK if all(c in (0, -signal.SIGTERM, -signal.SIGINT) for c in codes) else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -788,7 +824,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="default: DALABA_DATA_DIR of --config, else demo-data")
     p.add_argument("--villages", type=int, default=None, help="at most this many terminals")
     p.add_argument("--share", default=None, help="i/n: run every n-th terminal from the i-th")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="split the terminals over this many simulator processes (each --share i/n)",
+    )
     p.add_argument("--no-wav", action="store_true", help="log plays but do not write WAV files")
+    p.add_argument(
+        "--mqtt",
+        choices=("lean", "paho"),
+        default="lean",
+        help="each terminal's MQTT client: the lean one (default) or paho, for comparison",
+    )
+    p.add_argument(
+        "--records",
+        choices=("auto", "device", "batched"),
+        default="auto",
+        help="speaker records per terminal, or batched per process (auto: batched above "
+        "1,000 terminals a process)",
+    )
+    p.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="leave the garbage collector as Python sets it (for comparison)",
+    )
     p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser(

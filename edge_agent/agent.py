@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
@@ -65,6 +66,9 @@ LATE_TOLERANCE_MS = 250
 START_MARGIN_MS = 100
 # How often the progress mark of a sounding play is refreshed (see edge_agent.journal).
 PROGRESS_MARK_S = 3.0
+# The local schedule's loop sleeps until its next item is due; at the latest this long
+# (s) it looks again, which bounds the effect of a clock step nobody announced.
+SCHEDULE_RECHECK_S = 30.0
 # Outbox entries handed to MQTT at once, below the connection's in-flight limit (100) so
 # paho never holds one back (it would resend those out of order after a reconnect).
 OUTBOX_WINDOW = 50
@@ -144,8 +148,16 @@ class EdgeAgent:
         hardware: Hardware,
         *,
         http: aiohttp.ClientSession | None = None,
+        connection_class: Callable[..., MqttConnection] | None = None,
+        on_verified: Callable[[p.Command], None] | None = None,
     ) -> None:
         self.config = config
+        # The simulator's fleet passes a lighter MQTT client (dalaba.mqtt_lean) with the
+        # same interface and an `on_published` argument; a terminal uses paho's.
+        self._connection_class = connection_class or _AckedConnection
+        # Told of every command that passed verification and addressing (the
+        # simulator's benchmark records when each terminal held it).
+        self._on_verified = on_verified
         self.hw = hardware
         self._http = http
         self._own_http = http is None
@@ -243,7 +255,7 @@ class EdgeAgent:
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         offline = p.DeviceStatus(device_id=cfg.device_id, online=False, at=0)
-        self.mqtt = _AckedConnection(
+        self.mqtt = self._connection_class(
             on_published=self._on_published,
             client_id=cfg.device_id,
             broker=cfg.broker_address(),
@@ -448,6 +460,8 @@ class EdgeAgent:
             self._reject(p.RejectReason.REPLAYED, "command id already seen", command)
             return
         self._seen.remember(command.id, command.expires_at)
+        if self._on_verified is not None:
+            self._on_verified(command)
         body = command.body
         if isinstance(body, p.PlayBody):
             self._accept_play(command, body)
@@ -704,9 +718,24 @@ class EdgeAgent:
             upcoming = [
                 i.start_at - lead for i in self.schedule.items.values() if i.start_at - lead > now
             ]
-            timeout = min(1.0, max(0.05, (min(upcoming) - now) / 1000)) if upcoming else 1.0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._schedule_wakeup.wait(), timeout)
+            # Sleep until the next item is due, or until a new schedule or a clock
+            # change wakes us (clock_changed). No one-second poll: with thousands of
+            # agents in one simulator that poll alone was half of the idle fleet's CPU.
+            # The recheck bounds what a stepped board clock nobody announced can delay;
+            # its jitter keeps a fleet's rechecks apart.
+            timeout = SCHEDULE_RECHECK_S * (0.9 + random.random() / 5)
+            if upcoming:
+                timeout = min(timeout, max(0.05, (min(upcoming) - now) / 1000))
+            timer = asyncio.get_running_loop().call_later(timeout, self._schedule_wakeup.set)
+            try:
+                await self._schedule_wakeup.wait()  # a timer, not wait_for: no task per wait
+            finally:
+                timer.cancel()
+
+    def clock_changed(self) -> None:
+        """The board's clock was stepped or its offset re-estimated: what is due is
+        worked out again at once."""
+        self._schedule_wakeup.set()
 
     def _wanted_media(self) -> tuple[p.MediaRef, ...]:
         refs = {i.media.sha256: i.media for i in self.schedule.items.values()}
@@ -1257,9 +1286,14 @@ class EdgeAgent:
         )
 
     async def _telemetry_loop(self) -> None:
+        # The first interval at a random point: terminals started or reconnected
+        # together (a simulator's thousands, a county after a broker restart) would
+        # otherwise all send in the same second ever after. Every later one keeps the
+        # interval (telemetry also goes out at each connect).
+        await asyncio.sleep(self.telemetry_interval_s * random.random())
         while True:
-            await asyncio.sleep(self.telemetry_interval_s)
             self._publish_telemetry()
+            await asyncio.sleep(self.telemetry_interval_s)
 
     def _current_faults(self) -> set[p.Fault]:
         faults = set()
@@ -1288,6 +1322,9 @@ class EdgeAgent:
 
     async def _fault_watch_loop(self) -> None:
         ticks = 0
+        # Hardware is polled (a board has no interrupt for every sensor) once a second,
+        # at a random phase so a simulator's thousands of agents do not wake together.
+        await asyncio.sleep(random.random())
         while True:
             current = self._current_faults()
             if current != self._faults:

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from edge_agent.hardware import HardwareFault, PlayOutcome, PreparedAudio
 from firmware_sim.audio import SAMPLE_RATE, decode_pcm
@@ -160,6 +160,9 @@ class SimSpeaker:
         self.amplifier = amplifier
         self._line_cut = False
         self.record_wav = True
+        # Set by a fleet with batched records (firmware_sim.records): lines go there
+        # instead of to this terminal's own files.
+        self.records: Callable[[str, dict[str, Any]], None] | None = None
         self._volume = 70
         self.plays_log = record_dir / "plays.jsonl"
         self.starts_log = record_dir / "plays-started.jsonl"
@@ -354,6 +357,9 @@ class SimSpeaker:
             "attempt": attempt,
             "amplifier_warm_ms": warm_ms,
         }
+        if self.records is not None:
+            self.records("plays-started", entry)
+            return
         self.record_dir.mkdir(parents=True, exist_ok=True)
         with self.starts_log.open("a") as f:  # closed at once: a SIGKILL cannot lose it
             f.write(json.dumps(entry) + "\n")
@@ -411,6 +417,9 @@ class SimSpeaker:
                 w.setframerate(SAMPLE_RATE)
                 w.writeframes(pcm[: samples * 2])
             entry["wav"] = str(wav_path.relative_to(self.record_dir))
+        if self.records is not None:
+            self.records("plays", entry)
+            return
         with self.plays_log.open("a") as f:
             f.write(json.dumps(entry) + "\n")
 
