@@ -53,10 +53,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marker = item.get_closest_marker("sqlite_only")
         if marker is not None and not (marker.args or marker.kwargs.get("reason")):
             raise pytest.UsageError(f"{item.nodeid}: sqlite_only needs a reason")
-        (dropped if marker is not None and backend == "postgres" else kept).append(item)
+        sqlite_only = marker is not None or _is_browser_test(item)
+        (dropped if sqlite_only and backend == "postgres" else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+
+
+def _is_browser_test(item: pytest.Item) -> bool:
+    """The console's tests drive Chromium over the same HTTP API that the integration
+    tests run on both databases: on PostgreSQL too they would double a third of the
+    suite's time to test the same server code again (see pytest_report_header)."""
+    return item.nodeid.startswith("tests/browser/")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return (
+        "databases: integration tests run on sqlite and postgres; browser tests on sqlite "
+        "only (their [postgres] twins are deselected: same API, tested on both in "
+        "tests/integration)"
+    )
 
 
 def _group_by_module_fixture(item: pytest.Item, backend: str | None) -> None:
