@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import random
 import shlex
 import socket
@@ -483,7 +484,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"- Machine: {result['machine']['nproc']} CPUs, {result['machine']['cpu']}, "
         f"{result['machine']['ram']} RAM; {result['machine']['os']}",
-        f"- Command: `{result['command']}` (took {result['took_s']:.0f} s)",
+        f"- Command: `{result['command']}` (took {result['took_s']:.0f} s); load average "
+        f"{result.get('load_before', '?')} before, {result.get('load_after', '?')} after "
+        "(1, 5, 15 min; the machine is shared).",
         f"- Row sizes: {result['rows_measured']:,} generated rows of each kind in a fresh "
         "database at the newest schema; bytes per row = the table's pages plus its indexes' "
         "(SQLite `dbstat` after VACUUM, PostgreSQL `pg_total_relation_size` after VACUUM "
@@ -558,6 +561,7 @@ def main() -> int:
         args.markdown.with_suffix(".md").write_text(markdown(saved) + "\n")
         return 0
     started = time.perf_counter()
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     engines: dict[str, Any] = {}
     makers: list[tuple[str, Callable[[], Any]]] = [("sqlite", sqlite_db)]
     if postgres_available():
@@ -585,6 +589,9 @@ def main() -> int:
         "machine": machine_facts(),
         "command": "python " + shlex.join(["bench/bench_retention_size.py", *sys.argv[1:]]),
         "took_s": time.perf_counter() - started,
+        # The job's times are wall clock: on a shared machine they say how loaded it was.
+        "load_before": load_before,
+        "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "rows_measured": args.rows,
         "assumptions": ASSUMPTIONS,
         "engines": engines,
