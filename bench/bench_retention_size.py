@@ -3,8 +3,9 @@ and the time the nightly retention job takes.
 
 1. Row sizes, measured: a fresh database at the newest schema (the product's own
    tables and indexes) is filled with generated rows shaped as the controller writes
-   them (a telemetry sample is a real `Telemetry` dumped as ingest stores it, a delivery
-   carries the five transitions of a played announcement, ...), `ROWS` of each kind;
+   them (a telemetry sample is a real `Telemetry` dumped as ingest stores it, a
+   delivery's history is the five `delivery_transition` rows of a played announcement,
+   written with the product's own bulk statements, ...), `--rows` of each kind;
    bytes per row = the table's pages plus its indexes' pages (SQLite `dbstat` after
    VACUUM; PostgreSQL `pg_total_relation_size` after VACUUM ANALYZE) over the rows.
 2. Row counts from stated assumptions (ASSUMPTIONS below), after one year and at the
@@ -15,8 +16,9 @@ and the time the nightly retention job takes.
    single transaction (on SQLite the ingest waits for it).
 
 Run: .venv/bin/python bench/bench_retention_size.py [--rows 20000] [--job-terminals 500]
-Writes bench/results/retention-size-<date>.md and .json. PostgreSQL: 127.0.0.1:5432
-(trust, as in the tests), skipped with a line if absent.
+Writes <out-dir>/retention-size-<date>.md and .json (`--out-dir`, bench/results by
+default). PostgreSQL: 127.0.0.1:5432 (trust, as in the tests), skipped with a line if
+absent.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import random
 import shlex
 import socket
@@ -45,6 +48,7 @@ from sqlalchemy import insert, text
 from sqlmodel import Session
 
 from controller.db import Database
+from controller.deliveries import INSERT_DELIVERY, INSERT_TRANSITION, REACHED, Bulk, executemany
 from controller.retention import RetentionPolicy, plan
 from dalaba import protocol as p
 
@@ -57,6 +61,10 @@ ASSUMPTIONS: dict[str, Any] = {
     "telemetry_sent_every_s": 60,
     "telemetry_kept_every_s": 300,  # DALABA_TELEMETRY_HISTORY_INTERVAL_S (default)
     "deliveries_per_terminal_per_day": 8,  # 2 daily programmes, ~4 notices, ~2 other
+    "transitions_per_delivery": 5,  # sent, received, fetched, playing, done
+    # broadcast_count: a row per state its deliveries passed through (those 5, offline,
+    # expired) and the REACHED pseudo-state; rows moved out of stay, with n 0.
+    "count_rows_per_broadcast": 8,
     "broadcasts_per_day": 200,  # those 80,000 deliveries, ~400 terminals each
     "occurrences_per_day": 100,  # scheduled broadcasts among them
     "approval_requests_per_day": 2,
@@ -126,13 +134,8 @@ def rollup_data(rng: random.Random) -> dict[str, Any]:
     }
 
 
-def transitions(at: int, rng: random.Random) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = [{"state": "sent", "at": at, "rx": at}]
-    t = at
-    for seq, state in enumerate(("received", "fetched", "playing", "done"), start=1):
-        t += rng.randrange(50, 30_000)
-        out.append({"state": state, "at": t, "rx": t + rng.randrange(5, 80), "seq": seq})
-    return out
+PLAYED = ("sent", "received", "fetched", "playing", "done")
+COUNTED = (*PLAYED, "offline", "expired", REACHED)
 
 
 def rows_of(kind: str, n: int, rng: random.Random) -> Iterator[dict[str, Any]]:
@@ -150,8 +153,20 @@ def rows_of(kind: str, n: int, rng: random.Random) -> Iterator[dict[str, Any]]:
                    "data": rollup_data(rng)}  # fmt: skip
         elif kind == "delivery":
             yield {"broadcast_id": f"b{i // 400:031x}", "device_id": device_id(i % TERMINALS),
-                   "state": "done", "updated_ms": at, "last_seq": 4, "state_source": "device",
-                   "attempt": 0, "transitions": transitions(at, rng)}  # fmt: skip
+                   "state": "done", "reason": None, "updated_ms": at, "last_seq": 4,
+                   "state_source": "device", "attempt": 0}  # fmt: skip
+        elif kind == "delivery_transition":
+            # Delivery d's history: PLAYED in order, the first the controller's (no seq).
+            d, step = divmod(i, len(PLAYED))
+            yield {"broadcast_id": f"b{d // 400:031x}", "device_id": device_id(d % TERMINALS),
+                   "state": PLAYED[step], "at_ms": at, "rx_ms": at + rng.randrange(5, 80),
+                   "reason": None, "inferred": False, "cause": None,
+                   "seq": step or None, "offset_ms": None, "extra": None}  # fmt: skip
+        elif kind == "broadcast_count":
+            state = COUNTED[i % len(COUNTED)]
+            yield {"broadcast_id": f"b{i // len(COUNTED):031x}", "state": state,
+                   "n": rng.randrange(400) if state in ("done", REACHED) else
+                   rng.randrange(3)}  # fmt: skip
         elif kind == "broadcast":
             yield {"id": uuid.uuid4().hex, "created_ms": at, "created_by": "duty-officer-1",
                    "title": "森林防火提醒", "text": TEXT, "media_sha256": "a" * 64,
@@ -190,13 +205,20 @@ PER_DAY: dict[str, float] = {
     "telemetryrollup_hour": A["terminals"] * 24,
     "telemetryrollup_day": A["terminals"],
     "delivery": A["terminals"] * A["deliveries_per_terminal_per_day"],
+    "delivery_transition": A["terminals"]
+    * A["deliveries_per_terminal_per_day"]
+    * A["transitions_per_delivery"],
+    "broadcast_count": A["broadcasts_per_day"] * A["count_rows_per_broadcast"],
     "broadcast": A["broadcasts_per_day"],
     "onlineinterval": A["terminals"] * A["online_intervals_per_terminal_per_day"],
     "faultepisode": A["terminals"] * A["fault_episodes_per_terminal_per_day"],
     "auditentry": A["audit_entries_per_day"],
     "securityevent": A["security_events_per_day"],
 }
-TABLE = {k: k.split("_")[0] for k in PER_DAY}
+TABLE = {k: k.removesuffix("_hour").removesuffix("_day") for k in PER_DAY}
+# Written with the product's own bulk statements (controller/deliveries.py), as the
+# controller writes them (a JSON column's None is SQL NULL there, JSON 'null' in insert()).
+BULK: dict[str, Bulk] = {"delivery": INSERT_DELIVERY, "delivery_transition": INSERT_TRANSITION}
 
 
 def kept_days(kind: str, policy: RetentionPolicy, days_running: int) -> float:
@@ -219,6 +241,8 @@ def kept_days(kind: str, policy: RetentionPolicy, days_running: int) -> float:
     return capped(
         {
             "delivery": policy.broadcast_days,
+            "delivery_transition": policy.broadcast_days,
+            "broadcast_count": policy.broadcast_days,
             "broadcast": policy.broadcast_days,
             "onlineinterval": policy.history_days,
             "faultepisode": policy.history_days,
@@ -305,7 +329,9 @@ def measure_rows(db: Database, url: str, n: int) -> dict[str, float]:
     from controller.models import (
         AuditEntry,
         Broadcast,
+        BroadcastCount,
         Delivery,
+        DeliveryTransition,
         Media,
         SecurityEvent,
         TelemetrySample,
@@ -316,7 +342,9 @@ def measure_rows(db: Database, url: str, n: int) -> dict[str, float]:
         "telemetryrollup_hour": TelemetryRollup,
         "telemetryrollup_day": TelemetryRollup,
         "delivery": Delivery,
+        "delivery_transition": DeliveryTransition,
         "broadcast": Broadcast,
+        "broadcast_count": BroadcastCount,
         "onlineinterval": OnlineInterval,
         "faultepisode": FaultEpisode,
         "auditentry": AuditEntry,
@@ -344,7 +372,10 @@ def measure_rows(db: Database, url: str, n: int) -> dict[str, float]:
             if url.startswith("sqlite"):
                 s.connection().exec_driver_sql("PRAGMA foreign_keys=OFF")
             for i in range(0, len(rows), 5000):
-                s.exec(insert(model), params=rows[i : i + 5000])  # type: ignore[call-overload]
+                if kind in BULK:
+                    executemany(s.connection(), BULK[kind], rows[i : i + 5000])
+                else:
+                    s.exec(insert(model), params=rows[i : i + 5000])  # type: ignore[call-overload]
             s.commit()
         after = table_bytes(db, url)
         table = TABLE[kind]
@@ -453,7 +484,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"- Machine: {result['machine']['nproc']} CPUs, {result['machine']['cpu']}, "
         f"{result['machine']['ram']} RAM; {result['machine']['os']}",
-        f"- Command: `{result['command']}` (took {result['took_s']:.0f} s)",
+        f"- Command: `{result['command']}` (took {result['took_s']:.0f} s); load average "
+        f"{result.get('load_before', '?')} before, {result.get('load_after', '?')} after "
+        "(1, 5, 15 min; the machine is shared).",
         f"- Row sizes: {result['rows_measured']:,} generated rows of each kind in a fresh "
         "database at the newest schema; bytes per row = the table's pages plus its indexes' "
         "(SQLite `dbstat` after VACUUM, PostgreSQL `pg_total_relation_size` after VACUUM "
@@ -519,12 +552,16 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--job-terminals", type=int, default=500)
     parser.add_argument("--markdown", type=Path, help="rewrite the .md from a saved .json")
+    parser.add_argument(
+        "--out-dir", type=Path, default=ROOT / "bench" / "results", help="where results go"
+    )
     args = parser.parse_args()
     if args.markdown:
         saved = json.loads(args.markdown.read_text())
         args.markdown.with_suffix(".md").write_text(markdown(saved) + "\n")
         return 0
     started = time.perf_counter()
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     engines: dict[str, Any] = {}
     makers: list[tuple[str, Callable[[], Any]]] = [("sqlite", sqlite_db)]
     if postgres_available():
@@ -552,11 +589,15 @@ def main() -> int:
         "machine": machine_facts(),
         "command": "python " + shlex.join(["bench/bench_retention_size.py", *sys.argv[1:]]),
         "took_s": time.perf_counter() - started,
+        # The job's times are wall clock: on a shared machine they say how loaded it was.
+        "load_before": load_before,
+        "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "rows_measured": args.rows,
         "assumptions": ASSUMPTIONS,
         "engines": engines,
     }
-    stem = ROOT / "bench" / "results" / f"retention-size-{result['date']}"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.out_dir / f"retention-size-{result['date']}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(result) + "\n")
     log(f"wrote {stem}.md")

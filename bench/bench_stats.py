@@ -13,7 +13,9 @@ all, grouped by twelve into 60 counties):
   (categories and priorities mixed, one in eight a drill);
 
 each delivery one of: played to the end (five transitions), preempted and replayed,
-cut off with an offset, failed mid-play, silent (`unknown`), or offline and expired;
+cut off with an offset, failed mid-play, silent (`unknown`), or offline and expired,
+its transitions rows of `delivery_transition` and its broadcast's counts rows of
+`broadcast_count` as controller/deliveries.py writes them;
 every terminal online about 93% of the time in stretches of about three weeks.
 With `--pushes 1` that is two deliveries per terminal per day, 730 a year.
 
@@ -32,8 +34,9 @@ Measured, `--repeats` times each, in this process on a fresh session:
 
 Run: .venv/bin/python bench/bench_stats.py --size 164 --db sqlite
      .venv/bin/python bench/bench_stats.py --size 10000 --db postgresql
-Each run adds its result to bench/results/stats-<date>.json and rewrites
-bench/results/stats-<date>.md from all the runs recorded there that day.
+Each run adds its result to <out-dir>/stats-<date>.json and rewrites
+<out-dir>/stats-<date>.md from all the runs recorded there that day (`--out-dir`,
+bench/results by default; a trial run at another size belongs elsewhere, e.g. /tmp).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from sqlmodel import Session
 from controller import report, stats
 from controller.county import County, seed
 from controller.db import Database
+from controller.deliveries import INSERT_TRANSITION, OFFLINE_AT_SEND, REACHED
 
 ROOT = Path(__file__).resolve().parent.parent
 TZ = ZoneInfo("Asia/Shanghai")
@@ -83,6 +87,8 @@ PRIORITIES = ("emergency", "notice", "notice", "routine")
 MEDIA = {f"{i:064x}": ms for i, ms in enumerate((12_000, 24_500, 48_000, 95_000), start=1)}
 NOW_MS = int(dt.datetime(YEAR + 1, 6, 1, tzinfo=TZ).timestamp() * 1000)  # after the year
 BATCH = 20_000
+# The product's own bulk insert of transition rows names the columns (and their order).
+TRANSITION_COLUMNS = INSERT_TRANSITION.columns
 
 
 def log(message: str) -> None:
@@ -133,61 +139,64 @@ COLUMNS = {
     ),
     "delivery": (
         "broadcast_id", "device_id", "state", "updated_ms", "last_seq", "state_source",
-        "attempt", "transitions",
+        "attempt",
     ),
+    "delivery_transition": TRANSITION_COLUMNS,
+    "broadcast_count": ("broadcast_id", "state", "n"),
     "onlineinterval": (
         "device_id", "village_id", "township_id", "start_ms", "end_ms", "end_reason",
     ),
 }  # fmt: skip
 
 
-def _transitions(rng: random.Random, created: int, duration: int) -> tuple[str, str, int]:
-    """(final state, transitions as JSON text, last rx). Text made by formatting: a year
-    at 10,000 terminals is millions of rows, and json.dumps for each would dominate."""
+def _transitions(
+    rng: random.Random, bid: str, device: str, created: int, duration: int
+) -> tuple[str, int, int, list[tuple[Any, ...]]]:
+    """(final state, last seq, last at, the delivery's `delivery_transition` rows), as
+    the controller writes them: the first row at the send, the terminal's reports with
+    their seq, the controller's inferences (sweep) flagged `inferred` with their cause.
+    Rows made as tuples: a year at 10,000 terminals is tens of millions of them."""
     lat = rng.randint(300, 3000)
     x = rng.random()
-    head = f'[{{"state":"sent","at":{created},"rx":{created}}}'
-    rec = f',{{"state":"received","at":{created + lat // 3},"rx":{created + lat // 3}}}'
-    fet = f',{{"state":"fetched","at":{created + lat // 2},"rx":{created + lat // 2}}}'
+
+    def row(
+        state: str, at: int, seq: int | None, offset: int | None = None,
+        reason: str | None = None, cause: str | None = None,
+    ) -> tuple[Any, ...]:  # fmt: skip
+        # Columns as TRANSITION_COLUMNS.
+        return (bid, device, state, at, at, reason, cause is not None, cause, seq, offset, None)
+
+    if x >= 0.92:  # offline at the send, expired by the sweep an hour later
+        end = created + HOUR
+        return "expired", 0, end, [
+            row("offline", created, None, reason=OFFLINE_AT_SEND),
+            row("expired", end, None, cause="sweep"),
+        ]  # fmt: skip
     play = created + lat
-    playing = f',{{"state":"playing","at":{play},"rx":{play}}}'
+    rows = [
+        row("sent", created, None),
+        row("received", created + lat // 3, 1),
+        row("fetched", created + lat // 2, 2),
+        row("playing", play, 3),
+    ]
     if x < 0.86:
         end = play + duration
-        return "done", f'{head}{rec}{fet}{playing},{{"state":"done","at":{end},"rx":{end}}}]', end
+        return "done", 4, end, [*rows, row("done", end, 4)]
+    off = rng.randint(500, duration - 100)
     if x < 0.89:
-        off = rng.randint(500, duration - 100)
         again = play + off + 60_000
         end = again + duration
-        return (
-            "done",
-            f'{head}{rec}{fet}{playing},{{"state":"preempted","at":{play + off},'
-            f'"rx":{play + off},"offset_ms":{off}}},{{"state":"playing","at":{again},'
-            f'"rx":{again}}},{{"state":"done","at":{end},"rx":{end}}}]',
-            end,
-        )
+        rows += [
+            row("preempted", play + off, 4, off),
+            row("playing", again, 5),
+            row("done", end, 6),
+        ]
+        return "done", 6, end, rows
     if x < 0.91:
-        off = rng.randint(500, duration - 100)
-        return (
-            "failed",
-            f'{head}{rec}{fet}{playing},{{"state":"failed","at":{play + off},'
-            f'"rx":{play + off},"offset_ms":{off},"reason":"amplifier"}}]',
-            play + off,
-        )
-    if x < 0.92:
-        end = play + duration + 30_000
-        return (
-            "unknown",
-            f'{head}{rec}{fet}{playing},{{"state":"unknown","at":{end},"rx":{end},'
-            f'"inferred":true,"cause":"sweep"}}]',
-            end,
-        )
-    end = created + HOUR
-    return (
-        "expired",
-        f'[{{"state":"offline","at":{created},"rx":{created}}},{{"state":"expired",'
-        f'"at":{end},"rx":{end},"inferred":true,"cause":"sweep"}}]',
-        end,
-    )
+        rows.append(row("failed", play + off, 4, off, reason="amplifier"))
+        return "failed", 4, play + off, rows
+    end = play + duration + 30_000
+    return "unknown", 3, end, [*rows, row("unknown", end, None, cause="sweep")]
 
 
 def generate(
@@ -224,17 +233,20 @@ def generate(
     broadcasts: list[tuple[Any, ...]] = []
     occurrences: list[tuple[Any, ...]] = []
     deliveries: list[tuple[Any, ...]] = []
+    moves: list[tuple[Any, ...]] = []
+    counts: list[tuple[Any, ...]] = []
 
     def flush(final: bool = False) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
-        nonlocal broadcasts, occurrences, deliveries
+        nonlocal broadcasts, occurrences, deliveries, moves, counts
         if final or len(deliveries) >= BATCH:
-            if broadcasts:
-                yield "broadcast", broadcasts
-            if occurrences:
-                yield "occurrence", occurrences
-            if deliveries:
-                yield "delivery", deliveries
-            broadcasts, occurrences, deliveries = [], [], []
+            for table, rows in (
+                ("broadcast", broadcasts), ("occurrence", occurrences),
+                ("delivery", deliveries), ("delivery_transition", moves),
+                ("broadcast_count", counts),
+            ):  # fmt: skip
+                if rows:
+                    yield table, rows
+            broadcasts, occurrences, deliveries, moves, counts = [], [], [], [], []
 
     def broadcast(
         bid: str, at: int, category: str, priority: str, drill: bool, ids: list[str],
@@ -250,10 +262,19 @@ def generate(
                 len(reach), 0, "[]",
             )
         )  # fmt: skip
+        # `broadcast_count` as the ledger leaves it: a row for every state a delivery
+        # passed through (moved out of: n 0), and REACHED for those the terminal answered.
+        tally: dict[str, int] = {REACHED: 0}
         for device, _village in reach:
-            state, text, last = _transitions(rng, created, MEDIA[sha])
+            state, seq, last, rows = _transitions(rng, bid, device, created, MEDIA[sha])
             source = "controller" if state in ("expired", "unknown") else "device"
-            deliveries.append((bid, device, state, last, 5, source, 0, text))
+            deliveries.append((bid, device, state, last, seq, source, 0))
+            moves.extend(rows)
+            for r in rows:
+                tally.setdefault(r[2], 0)
+            tally[state] += 1
+            tally[REACHED] += seq > 0
+        counts.extend((bid, st, n) for st, n in tally.items())
 
     n = 0
     for day in range(365):
@@ -451,7 +472,7 @@ def markdown(runs: dict[str, Any], machine: dict[str, str]) -> str:
         "PostgreSQL `ANALYZE`d afterwards, SQLite not.",
         "- Measured in one process on a fresh session each time, median / max of the repeats, "
         "in seconds. The figures are computed in the database (one statement over the "
-        "deliveries' transitions with the database's JSON functions, window functions for "
+        "deliveries and their rows of the `delivery_transition` table, window functions for "
         "the percentiles; controller/stats.py), so the time grows with the deliveries "
         "of the period.",
         "",
@@ -467,7 +488,8 @@ def markdown(runs: dict[str, Any], machine: dict[str, str]) -> str:
             f"- Command: `{r['command']}`; generation and bulk load {r['load_s']:.0f} s; "
             f"load average {r['load_before']} before, {r['load_after']} after.",
             f"- Rows: {rows.get('broadcast', 0):,} broadcasts, {rows.get('delivery', 0):,} "
-            f"deliveries, {rows.get('occurrence', 0):,} occurrences, "
+            f"deliveries ({rows.get('delivery_transition', 0):,} transitions), "
+            f"{rows.get('occurrence', 0):,} occurrences, "
             f"{rows.get('onlineinterval', 0):,} online intervals; database "
             f"{r['result']['db_bytes'] / 1e9:.2f} GB.",
             f"- The year's figures: {f['broadcasts']:,} broadcasts ({f['drills']:,} drills), "
@@ -496,6 +518,9 @@ def main() -> None:
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--pushes", type=int, default=1, help="push broadcasts per township-day")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--out-dir", type=Path, default=ROOT / "bench" / "results", help="where results go"
+    )
     args = parser.parse_args()
     county = County.for_size(args.size)
     terminals = sum(v.terminals for v in county.villages)
@@ -515,7 +540,8 @@ def main() -> None:
         result = measure(url, args.repeats)
     log(f"year report figures: {result['year_report_figures']}")
     stamp = dt.date.today().isoformat()
-    stem = ROOT / "bench" / "results" / f"stats-{stamp}"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.out_dir / f"stats-{stamp}"
     path = stem.with_suffix(".json")
     saved = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     saved["machine"] = machine_facts()

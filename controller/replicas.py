@@ -176,7 +176,10 @@ class Leadership:
                     # stops answering ends the leadership here before anyone else's.
                     while True:
                         await asyncio.sleep(self._poll_s)
-                        await asyncio.wait_for(conn.execute("SELECT 1"), self._poll_s * 3)
+                        # Not wait_for: 3.11's loses a stop()'s cancel that lands as the
+                        # answer does (bpo-42130), and this loop would hold the lock on.
+                        async with asyncio.timeout(self._poll_s * 3):
+                            await conn.execute("SELECT 1")
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 if self.is_leader:
                     log.warning("replica %s lost the leadership: %s", self.replica, exc)

@@ -279,8 +279,11 @@ class WorkOrderService:
                     )
                 if result.next_due_ms is not None:
                     wait_s = min(wait_s, max(0.0, (result.next_due_ms - p.now_ms()) / 1000))
+            # asyncio.timeout, not wait_for: 3.11's wait_for loses a stop()'s cancel that
+            # lands as the wakeup fires (bpo-42130), and the loop would sweep on.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), wait_s)
+                async with asyncio.timeout(wait_s):
+                    await self._wakeup.wait()
             if self._wakeup.is_set():
                 await asyncio.sleep(DEBOUNCE_S)  # a burst of fault reports: one sweep
             self._wakeup.clear()

@@ -111,6 +111,9 @@ class LiveReceiver:
             if remaining <= 0:
                 raise LiveLost(f"no verified frame for {spec.loss_timeout_ms} ms")
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+                # Not wait_for: 3.11's loses a cancel that lands as a frame arrives
+                # (bpo-42130), and a stopped session would go on playing.
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
             except TimeoutError:
                 continue

@@ -51,7 +51,10 @@ async def live(request: web.Request) -> web.StreamResponse:
         await response.write(b"retry: 2000\n" + _frame("hello", {"user": principal.user}))
         while not sub.closed:
             try:
-                item = await asyncio.wait_for(sub.queue.get(), HEARTBEAT_S)
+                # Not wait_for: 3.11's loses a cancel (a client gone, a shutdown) that
+                # lands as an event arrives (bpo-42130), and the stream would go on.
+                async with asyncio.timeout(HEARTBEAT_S):
+                    item = await sub.queue.get()
             except TimeoutError:
                 await response.write(b": keep-alive\n\n")
                 continue

@@ -2,7 +2,8 @@
 // (connecting, live, failed, preempted, ended) and the speaking time are shown until
 // 结束喊话. The microphone is resampled here to 16 kHz mono 16-bit PCM and sent over the
 // session's WebSocket; the controller signs it frame by frame for the terminals.
-import { get, post } from "../api.js";
+import { post } from "../api.js";
+import { broadcastWithDeliveries } from "../deliveries.js";
 import { append, clear, h, placeName, toast } from "../dom.js";
 import { t } from "../i18n.js";
 
@@ -89,7 +90,7 @@ export async function render(main, ctx) {
     ),
   );
 
-  let session = null; // { id, speakFrom, ws, stream, audio, poll, tick }
+  let session = null; // { id, speakFrom, ws, stream, audio, poll, tick, refreshing }
 
   function targets() {
     const picked = [...villages.querySelectorAll("input[data-village]:checked")].map((x) => x.value);
@@ -99,8 +100,19 @@ export async function render(main, ctx) {
   }
 
   async function refresh() {
-    if (!session) return;
-    const view = await get(`/api/broadcasts/${session.id}`);
+    // Every page, as the board reads them: the first alone is 1,000 of a province's
+    // 10,000 terminals. A poll still following pages when the next is due is left to
+    // finish rather than doubled, and a session ended meanwhile is not redrawn.
+    const current = session;
+    if (!current || current.refreshing) return;
+    current.refreshing = true;
+    let view;
+    try {
+      view = await broadcastWithDeliveries(current.id);
+    } finally {
+      current.refreshing = false;
+    }
+    if (session !== current) return;
     append(
       clear(rows),
       view.deliveries.map((d) => {
