@@ -20,15 +20,15 @@ demo: setup-demo
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy dalaba dalaba_ops controller edge_agent firmware_sim
-	# Three processes on two cores: most integration tests wait on brokers, fleets,
-	# browsers and audio rather than compute (two took 16.6 min for 1,685 tests, too near
-	# the 20-minute budget). Every county-building integration test also runs on
+	# Four processes on two cores: most integration tests wait on brokers, fleets,
+	# browsers and audio rather than compute (two took 16.6 min for 1,685 tests, three
+	# 11-13 min; the PostgreSQL half adds 147 integration tests). Every county-building integration test also runs on
 	# PostgreSQL ([postgres], tests/conftest.py db_backend), 1.13x the SQLite half's time.
 	# loadgroup spreads tests one by one; those sharing a module-scoped fixture (the fault
 	# tests' processes, a built wheel) stay together, one group per module and backend
 	# (tests/conftest.py _group_by_module_fixture): by whole files, test_cli alone was a
 	# 19-minute lane under load. `-m "not postgres"` runs the SQLite half.
-	$(BIN)/pytest -n 3 --dist loadgroup --durations=15
+	$(BIN)/pytest -n 4 --dist loadgroup --durations=15
 
 setup: system-deps $(VENV)/.installed-test
 
