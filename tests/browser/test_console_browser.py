@@ -7,6 +7,7 @@ appearing on the overview. Screenshots of each main screen are kept as artifacts
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit
 
 import pytest
 from playwright.async_api import TimeoutError as PlaywrightTimeout
@@ -372,8 +373,15 @@ async def test_the_board_keeps_a_terminal_change_that_arrives_while_it_reloads(
         await route.continue_()
 
     board_url = f"/api/broadcasts/{broadcast_id}"
-    await page.route(lambda url: url.endswith(board_url), hold_the_reload)
-    await page.route(lambda url: url.endswith(board_url + "?deliveries=0"), hold_the_counts)
+
+    def snapshot(url: str) -> bool:  # the board's full read (paged: ?limit=..., &after=...)
+        return urlsplit(url).path.endswith(board_url) and "deliveries=0" not in url
+
+    def counts_only(url: str) -> bool:
+        return urlsplit(url).path.endswith(board_url) and "deliveries=0" in url
+
+    await page.route(snapshot, hold_the_reload)
+    await page.route(counts_only, hold_the_counts)
     # The counts the board drew with the snapshot, taken in the same DOM change (an
     # observer's callback runs before anything else can redraw the board).
     await page.evaluate(
