@@ -597,7 +597,8 @@ class BroadcastService:
             view["deliveries_next"] = rows[-1].device_id if more and rows else None
             return view
 
-        return await self._db.run(load)
+        # One snapshot: the counts and the page of deliveries from the same moment.
+        return await self._db.run(load, snapshot=True)
 
     async def list(self, principal: Principal, limit: int = 50) -> list[dict[str, Any]]:
         scope = principal.township_scope()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,7 +27,6 @@ from controller.db import Database
 from controller.ingest import Ingestor, _release_offline
 from controller.models import Broadcast, Delivery, Device, Media, Township, Village
 from dalaba import protocol as p
-from tests.support import throwaway_postgres_url
 
 pytestmark = pytest.mark.postgres
 
@@ -36,14 +35,8 @@ LONG_AGO = 1_000  # ms since the epoch: far beyond any liveness window
 
 
 @pytest.fixture
-def db() -> Iterator[Database]:
-    for url in throwaway_postgres_url():
-        database = Database(url)
-        database.start()
-        try:
-            yield database
-        finally:
-            database.stop()
+def db(pg_database: Database) -> Database:
+    return pg_database
 
 
 def seed(db: Database, state: p.DeliveryState, *, expires_at_ms: int, online: bool) -> None:
