@@ -597,7 +597,8 @@ class BroadcastService:
             view["deliveries_next"] = rows[-1].device_id if more and rows else None
             return view
 
-        return await self._db.run(load)
+        # One snapshot: the counts and the page of deliveries from the same moment.
+        return await self._db.run(load, snapshot=True)
 
     async def list(self, principal: Principal, limit: int = 50) -> list[dict[str, Any]]:
         scope = principal.township_scope()
@@ -764,9 +765,12 @@ class BroadcastService:
             offline = _offline_devices(session, devices)
             events: list[Event] = []
             for d in session.exec(
-                select(Delivery)
-                .where(Delivery.broadcast_id == broadcast_id)
-                .where(col(Delivery.device_id).in_(devices))
+                dm.for_update(
+                    session,
+                    select(Delivery)
+                    .where(Delivery.broadcast_id == broadcast_id)
+                    .where(col(Delivery.device_id).in_(devices)),
+                )
             ):
                 applied = dm.apply(
                     d,
@@ -864,10 +868,15 @@ def sweep_expired(session: Session, now: int | None = None) -> list[Event]:
             if broadcast.priority == p.Priority.ROUTINE.value
             else dm.WAITING
         )
+        # Locked (dm.for_update): a report applied meanwhile by the ingest batch is not
+        # overwritten with `expired` decided from the state before it.
         for d in session.exec(
-            select(Delivery)
-            .where(Delivery.broadcast_id == broadcast.id)
-            .where(col(Delivery.state).in_(states))
+            dm.for_update(
+                session,
+                select(Delivery)
+                .where(Delivery.broadcast_id == broadcast.id)
+                .where(col(Delivery.state).in_(states)),
+            )
         ):
             reason = (
                 NEVER_REACHED
@@ -887,11 +896,14 @@ def sweep_silent_plays(session: Session, now: int, unknown_after_ms: int) -> lis
     """`playing` long after the audio must have ended, and nothing from the terminal:
     it may have finished, or died mid-way. Say so (`unknown`), never `done`."""
     rows = session.exec(
-        select(Delivery, Media.duration_ms, Broadcast.voices, Broadcast.expires_at_ms)
-        .where(Delivery.state == p.DeliveryState.PLAYING.value)
-        .where(Delivery.broadcast_id == Broadcast.id)
-        .where(Broadcast.media_sha256 == Media.sha256)
-        .where(col(Delivery.updated_ms) < now - unknown_after_ms)
+        dm.for_update(
+            session,
+            select(Delivery, Media.duration_ms, Broadcast.voices, Broadcast.expires_at_ms)
+            .where(Delivery.state == p.DeliveryState.PLAYING.value)
+            .where(Delivery.broadcast_id == Broadcast.id)
+            .where(Broadcast.media_sha256 == Media.sha256)
+            .where(col(Delivery.updated_ms) < now - unknown_after_ms),
+        )
     ).all()
     events: list[Event] = []
     for d, duration_ms, voices, expires_at_ms in rows:
@@ -922,7 +934,7 @@ def _apply_all(
     reason: str,
 ) -> list[Event]:
     events: list[Event] = []
-    for d in session.exec(query):
+    for d in session.exec(dm.for_update(session, query)):
         applied = dm.apply(d, to, cause, now=now, reason=reason)
         if applied is not None:
             events.append(_delivery_event(session, applied))

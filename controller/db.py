@@ -7,6 +7,7 @@ newest revision, upgrades an older one when allowed, and otherwise refuses to ru
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import logging
 from collections.abc import Callable
@@ -138,13 +139,32 @@ class Database:
         assert self.engine is not None, "Database.start() first"
         return Session(self.engine, expire_on_commit=False)
 
-    def run_sync(self, fn: Callable[[Session], T]) -> T:
+    def run_sync(self, fn: Callable[[Session], T], *, snapshot: bool = False) -> T:
         with self.session() as session:
+            if snapshot and not self.is_sqlite:
+                # Every statement of `fn` sees the database as of its first one. Under
+                # READ COMMITTED (the default) each statement sees what was committed
+                # when it began, so a view read in several statements (a broadcast's
+                # counts, then its deliveries) can mix two moments: every delivery
+                # `done` beside a count that says none is. Read-only: a snapshot that
+                # wrote could fail on a row changed since. SQLite needs nothing: its one
+                # database thread runs `fn` between writes, never beside one.
+                session.connection(
+                    execution_options={
+                        "isolation_level": "REPEATABLE READ",
+                        "postgresql_readonly": True,
+                    }
+                )
             result = fn(session)
             session.commit()
             return result
 
-    async def run(self, fn: Callable[[Session], T]) -> T:
-        """Run `fn(session)` in a transaction off the event loop; commits on return."""
+    async def run(self, fn: Callable[[Session], T], *, snapshot: bool = False) -> T:
+        """Run `fn(session)` in a transaction off the event loop; commits on return.
+        `snapshot`: `fn` only reads, and must see one consistent moment (on PostgreSQL a
+        read-only REPEATABLE READ transaction; see `run_sync`)."""
         assert self._executor is not None, "Database.start() first"
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_sync, fn)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, functools.partial(self.run_sync, fn, snapshot=snapshot)
+        )

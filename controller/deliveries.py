@@ -29,6 +29,10 @@ Callers: `controller.ingest` (TERMINAL), `controller.broadcasts` (DISPATCH, SWEE
 OPERATOR), `controller.schedules.store` (SCHEDULE, DISPATCH). Nothing else assigns
 `Delivery.state`.
 
+Concurrent writers (PostgreSQL): every path that reads deliveries to move them locks
+them first, in id order: `load_rows` (the batch paths) and `for_update` (the ORM paths).
+A move decided from a state another transaction is changing is a lost update.
+
 Storage, and why (issue 15, 10,000 terminals). `apply` works on anything shaped like a
 delivery (`DeliveryLike`): an ORM `Delivery` where a path touches a few (an operator's
 cancel, a terminal back online), or a plain `DeliveryRow` where it touches thousands (a
@@ -609,6 +613,36 @@ def _ledger_of(delivery: DeliveryLike, session: Session | None) -> Ledger:
             "deliveries.apply: the delivery belongs to no session; pass session= to record it"
         )
     return ledger(session)
+
+
+# ---------------------------------------------------------------------- concurrent writers
+
+
+def for_update(session: Session, query: Any) -> Any:
+    """`query` (a select of ORM `Delivery`, maybe joined to other tables) made safe for a
+    writer that others may race: on PostgreSQL its delivery rows are locked in id order
+    until the transaction ends, and read fresh.
+
+    Why: PostgreSQL gives this controller several database threads, so the ingest batch,
+    the expiry sweep, liveness, a terminal back online, cancel and the schedule service
+    write deliveries at once, under READ COMMITTED. A plain SELECT sees the state before
+    another writer's uncommitted change; the UPDATE then waits for that writer and
+    overwrites its state with a move decided from the old one (a terminal's `done`
+    turned back into `offline` by liveness, or into `expired` by the sweep, and its
+    report already spent). With FOR UPDATE, PostgreSQL waits for the other writer and
+    then checks the row's newest version against the WHERE again, so a delivery that
+    moved on is no longer selected; `populate_existing` replaces what the session may
+    already hold of it. Id order, as `load_rows` locks, so two writers cannot deadlock
+    on deliveries. SQLite has one writer at a time (one database thread, the file lock):
+    the query is left as it is there."""
+    if session.get_bind().dialect.name != "postgresql":
+        return query
+    return (
+        query.order_by(None)
+        .order_by(Delivery.id)
+        .with_for_update(of=Delivery)
+        .execution_options(populate_existing=True)
+    )
 
 
 # ---------------------------------------------------------------------- batch paths

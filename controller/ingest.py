@@ -590,20 +590,45 @@ class Ingestor:
         them and not yet answered waits as `offline`."""
         now = p.now_ms() if now is None else now
         events: list[Event] = []
-        for device in session.exec(select(Device).where(Device.online == True)):  # noqa: E712
-            interval_s = device.telemetry_interval_s or self._default_interval_s
-            window_ms = int(self._liveness_intervals * interval_s * 1000)
-            # Silence while this controller was down is not the terminal's: count from
-            # our own start at the earliest.
-            heard = max(device.last_seen_ms or 0, device.status_changed_ms or 0, self._started_ms)
-            if now - heard < window_ms:
-                continue
-            self._set_online(IntervalBook(session), device, False, now, "silent", events, heard)
-            for delivery in session.exec(
+        silent = [
+            d
+            for d in session.exec(select(Device).where(Device.online == True))  # noqa: E712
+            if self._silent(d, now)
+        ]
+        if not silent:
+            return events
+        ids = sorted(d.id for d in silent)
+        # Their deliveries locked first (the ingest batch locks deliveries, then writes
+        # terminals: the same order, so the two cannot deadlock), and only those still
+        # `sent` once a batch applying their reports has committed (dm.for_update).
+        waiting: dict[str, list[Delivery]] = {}
+        for delivery in session.exec(
+            dm.for_update(
+                session,
                 select(Delivery)
-                .where(Delivery.device_id == device.id)
-                .where(Delivery.state == p.DeliveryState.SENT.value)
-            ):
+                .where(col(Delivery.device_id).in_(ids))
+                .where(Delivery.state == p.DeliveryState.SENT.value),
+            )
+        ):
+            waiting.setdefault(delivery.device_id, []).append(delivery)
+        if session.get_bind().dialect.name == "postgresql":
+            # Read again, locked: a batch that heard the terminal meanwhile has
+            # committed its `last_seen_ms`, and it is not silent after all.
+            silent = [
+                d
+                for d in session.exec(
+                    select(Device)
+                    .where(col(Device.id).in_(ids))
+                    .order_by(col(Device.id))
+                    .with_for_update()
+                    .execution_options(populate_existing=True)
+                )
+                if d.online and self._silent(d, now)
+            ]
+        for device in silent:
+            heard = self._heard(device)
+            self._set_online(IntervalBook(session), device, False, now, "silent", events, heard)
+            for delivery in waiting.get(device.id, []):
                 applied = dm.apply(
                     delivery,
                     p.DeliveryState.OFFLINE,
@@ -614,6 +639,16 @@ class Ingestor:
                 if applied:
                     events.append(_delivery_event(applied, device))
         return events
+
+    def _heard(self, device: Device) -> int:
+        # Silence while this controller was down is not the terminal's: count from
+        # our own start at the earliest.
+        return max(device.last_seen_ms or 0, device.status_changed_ms or 0, self._started_ms)
+
+    def _silent(self, device: Device, now: int) -> bool:
+        interval_s = device.telemetry_interval_s or self._default_interval_s
+        window_ms = int(self._liveness_intervals * interval_s * 1000)
+        return now - self._heard(device) >= window_ms
 
 
 @dataclass(eq=False)
@@ -650,10 +685,15 @@ def _release_offline(session: Session, device: Device, now: int) -> list[Event]:
     """A terminal back online gets what the broker queued for it: its `offline`
     deliveries are `sent` again (waiting on it, not on its link)."""
     events: list[Event] = []
+    # Locked (dm.for_update): the expiry sweep or a resend may be moving the same
+    # deliveries, and a move from the `offline` they were would undo theirs.
     for delivery in session.exec(
-        select(Delivery)
-        .where(Delivery.device_id == device.id)
-        .where(Delivery.state == p.DeliveryState.OFFLINE.value)
+        dm.for_update(
+            session,
+            select(Delivery)
+            .where(Delivery.device_id == device.id)
+            .where(Delivery.state == p.DeliveryState.OFFLINE.value),
+        )
     ):
         applied = dm.apply(
             delivery, p.DeliveryState.SENT, dm.Cause.DISPATCH, now=now, reason="terminal online"

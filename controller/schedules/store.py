@@ -276,8 +276,11 @@ def reconcile(
     return changes
 
 
-def _deliveries(session: Session, broadcast_id: str) -> list[Delivery]:
-    return list(session.exec(select(Delivery).where(Delivery.broadcast_id == broadcast_id)))
+def _deliveries(session: Session, broadcast_id: str, *, lock: bool = False) -> list[Delivery]:
+    """A broadcast's deliveries; `lock` for a caller that moves them (dm.for_update:
+    on PostgreSQL a report or the sweep may be moving them at the same time)."""
+    query = select(Delivery).where(Delivery.broadcast_id == broadcast_id)
+    return list(session.exec(dm.for_update(session, query) if lock else query))
 
 
 def _update(
@@ -310,7 +313,7 @@ def _update(
     row.expires_at_ms = po.expires_at_ms
     row.updated_ms = now
     broadcast = session.get(Broadcast, row.broadcast_id) if row.broadcast_id else None
-    deliveries = _deliveries(session, row.id) if broadcast is not None else []
+    deliveries = _deliveries(session, row.id, lock=True) if broadcast is not None else []
     changes.devices.update(d.device_id for d in deliveries if d.state != CANCELLED)
     wanted = set(po.device_ids)
     if not wanted:
@@ -375,7 +378,7 @@ def _cancel(
         broadcast.status = CANCELLED
         broadcast.cancelled_ms = now
         broadcast.cancelled_by = actor
-    for d in _deliveries(session, row.broadcast_id):
+    for d in _deliveries(session, row.broadcast_id, lock=True):
         if d.state != CANCELLED:
             changes.devices.add(d.device_id)
             _transition(d, CANCELLED, reason, now)
@@ -566,7 +569,7 @@ def withdraw(session: Session, occurrence_id: str, reason: str) -> list[str]:
     record_cancelled(session, occurrence_id, reason)
     now = p.now_ms()
     devices = []
-    for d in _deliveries(session, occurrence_id):
+    for d in _deliveries(session, occurrence_id, lock=True):
         devices.append(d.device_id)
         if d.state == SCHEDULED:
             _transition(d, CANCELLED, reason, now)
@@ -614,9 +617,12 @@ def record_fired(
         ).all()
     )
     for d in session.exec(
-        select(Delivery)
-        .where(Delivery.broadcast_id == occurrence_id)
-        .where(Delivery.state == SCHEDULED)
+        dm.for_update(
+            session,
+            select(Delivery)
+            .where(Delivery.broadcast_id == occurrence_id)
+            .where(Delivery.state == SCHEDULED),
+        )
     ):
         fired_to = p.DeliveryState.OFFLINE if d.device_id in offline else p.DeliveryState.SENT
         reason = dm.OFFLINE_AT_SEND if fired_to is p.DeliveryState.OFFLINE else None
