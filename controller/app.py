@@ -104,7 +104,10 @@ def build_app(settings: Settings, broker_accounts: BrokerAccounts | None = None)
     replicated = not db.is_sqlite
     replica = settings.replica_name
     dispatcher = Dispatcher(
-        settings.broker_address(), signer, ingestor.submit, shared_ingest=replicated
+        settings.broker_address(),
+        signer,
+        ingestor.submit,
+        shared_ingest=replicated and settings.shared_ingest,
     )
     broadcasts = BroadcastService(db, media, renderer, dispatcher, settings, events)
     prepositioner = Prepositioner(db, broadcasts, dispatcher, settings)

@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     # client id is its broker account (broker_username): every replica needs its own,
     # dalaba-controller, dalaba-controller-2, ... (docs/operations.md, "Replicas").
     replica_id: str | None = Field(default=None, min_length=1, max_length=64)
+    # Several replicas take the terminals' reports through one MQTT 5 shared subscription
+    # ($share/dalaba-controllers/...), so each report is stored once. Off for a single
+    # controller, on PostgreSQL too: Mosquitto 2.0 does not keep a shared subscription of
+    # a persistent session across its own restart, and the reports terminals send before
+    # the controller subscribes again are lost (seen: a broker restart lost half the
+    # reports of offline plays). A plain subscription's session keeps them queued.
+    shared_ingest: bool = False
     # Demo mode allows generated/placeholder secrets and prints credentials.
     demo: bool = False
 

@@ -234,6 +234,7 @@ def controller_replica(
         broker_password=SecretStr(password),
         http_port=port,
         replica_id=f"replica-{replica}",
+        shared_ingest=True,  # replicas share the reports (controller/settings.py)
     )
     argv = dalaba_argv("controller", "--config", str(env))
     return Proc(f"replica-{replica}", argv, log_dir / f"replica-{replica}.log"), port
