@@ -357,7 +357,12 @@ class CountyBench:
             else {}
         )
         self.fleet = spawn_fleet_processes(
-            prepared.data_dir, self.args.fleet_processes, record_wav=False, log_dir=logs, **layout
+            prepared.data_dir,
+            self.args.fleet_processes,
+            record_wav=False,
+            log_dir=logs,
+            mqtt="lean",  # the lean per-terminal client: measure the system, not paho
+            **layout,
         )
         await self._wait_online(120 + len(self.device_ids) / 25)
         self.startup["fleet_online_s"] = time.monotonic() - t2

@@ -12,8 +12,11 @@ Layout of a simulated county on disk, one folder per terminal:
 or, with batched records, one file of each kind per simulator process under
 DATA_DIR/sim/_records/ (firmware_sim.records, which reads both layouts).
 
-Each terminal's MQTT session is the lean client (dalaba.mqtt_lean) unless paho is asked
-for (`mqtt="paho"`, `dalaba sim --mqtt paho`): the agent logic is the same either way.
+Each terminal's MQTT session is paho (dalaba.mqtt, as on a real board) unless the lean
+client is asked for (`mqtt="lean"`, `dalaba sim --mqtt lean`), which the scale benchmarks
+use: the agent logic is the same either way. Lean is not the default because one fault
+test loses a terminal's stored reports with it after a power cut (the outbox replayed on
+reconnect never reaches the controller; not yet understood).
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class Fleet:
         configs: Iterable[DeviceConfig],
         *,
         record_wav: bool = True,
-        mqtt: str = "lean",
+        mqtt: str = "paho",
         records: str = "auto",
         process_name: str = "p0",
     ) -> None:
@@ -96,7 +99,7 @@ class Fleet:
         *,
         share: tuple[int, int] | None = None,
         record_wav: bool = True,
-        mqtt: str = "lean",
+        mqtt: str = "paho",
         records: str = "auto",
     ) -> Fleet:
         """The terminals under DATA_DIR/sim; `share` (i, n) takes every n-th from the
@@ -304,7 +307,7 @@ def spawn_fleet_processes(
     *,
     record_wav: bool = True,
     log_dir: Path | None = None,
-    mqtt: str = "lean",
+    mqtt: str = "paho",
     records: str = "auto",
     freeze_heap: bool = True,
 ) -> list[subprocess.Popen[bytes]]:

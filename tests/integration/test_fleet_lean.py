@@ -271,8 +271,7 @@ async def test_a_lean_fleet_verifies_records_and_drops_garbage(
         )
         for d in DEVICES
     ]
-    fleet = Fleet(configs, record_wav=False, records="batched")
-    assert fleet.mqtt == "lean"
+    fleet = Fleet(configs, record_wav=False, records="batched", mqtt="lean")
     controller = broker.controller()
     await controller.start()
     try:
