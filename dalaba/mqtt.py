@@ -254,13 +254,17 @@ class MqttConnection:
         if timeout_s is not None:
             await asyncio.wait_for(self._connected.wait(), timeout_s)
 
-    async def stop(self) -> None:
-        """Disconnect cleanly (no last will is sent) and stop reconnecting."""
+    async def _stop_reconnecting(self) -> None:
+        """No further connection attempts (shared with the lean client's `stop`)."""
         self._stopping = True
         if self._reconnect_task is not None:
             self._reconnect_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reconnect_task
+
+    async def stop(self) -> None:
+        """Disconnect cleanly (no last will is sent) and stop reconnecting."""
+        await self._stop_reconnecting()
         client = self._client
         if client is not None and self._connected.is_set():
             client.disconnect()

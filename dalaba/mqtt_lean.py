@@ -24,7 +24,6 @@ library in wide use is worth more there than a few microseconds a message.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import ssl
@@ -485,11 +484,7 @@ class LeanMqttConnection(MqttConnection):
             await asyncio.wait_for(self._connected.wait(), timeout_s)
 
     async def stop(self) -> None:
-        self._stopping = True
-        if self._reconnect_task is not None:
-            self._reconnect_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reconnect_task
+        await self._stop_reconnecting()
         proto = self._proto
         if proto is not None and proto.transport is not None and self._connected.is_set():
             proto.transport.write(DISCONNECT_PACKET)
