@@ -10,11 +10,20 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 
+from controller.timefmt import iso
 from dalaba import protocol as p
 from dalaba.mqtt import BrokerAddress, MqttConnection
 from dalaba.signing import Signer
 
 log = logging.getLogger(__name__)
+
+# When the broker no longer holds this controller's session, terminals are asked for
+# the final reports they made since the link was lost, less this margin for their
+# clocks; with no earlier link in this process (a start against a broker that lost
+# the session), for this long back. A terminal keeps its latest 64 (edge_agent.outbox).
+REPORT_AGAIN_MARGIN_MS = 60_000
+REPORT_AGAIN_FIRST_WINDOW_MS = 3_600_000
+REPORT_AGAIN_EXPIRY_MS = 60_000
 
 # Every report topic the controller takes in, with its QoS.
 REPORTS = (
@@ -49,6 +58,7 @@ class Dispatcher:
         self._shared_ingest = shared_ingest
         self.counters: Counter[str] = Counter()
         self.mqtt: MqttConnection | None = None
+        self._report_again_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.mqtt = MqttConnection(
@@ -62,14 +72,54 @@ class Dispatcher:
             unsubscriptions=[self._filter(topic, self._shared_ingest) for topic, _ in REPORTS],
             session_expiry_s=p.CONTROLLER_SESSION_EXPIRY_S,
             max_inflight=1000,
+            on_connected=self._on_connected,
         )
         await self.mqtt.start(timeout_s=15)
+
+    def _on_connected(self) -> None:
+        """A broker that lost this controller's session (restarted without its saved
+        state, or replaced) acknowledged every report published before the
+        subscriptions were made again, and delivered them to nobody; the terminals'
+        outboxes have let go of them. Ask every terminal to send its final reports
+        again; those already stored are ignored by their `seq`."""
+        mqtt = self.mqtt
+        if mqtt is None or mqtt.session_present:
+            return
+        now = p.now_ms()
+        lost = mqtt.lost_at_ms
+        if lost is None:
+            lost = now - REPORT_AGAIN_FIRST_WINDOW_MS
+        since = max(0, lost - REPORT_AGAIN_MARGIN_MS)
+        command = p.Command.new(
+            p.ReportAgainBody(since=since), p.Target(all=True), now + REPORT_AGAIN_EXPIRY_MS
+        )
+        self._report_again_task = asyncio.get_running_loop().create_task(
+            self._ask_report_again(command)
+        )
+
+    async def _ask_report_again(self, command: p.Command) -> None:
+        assert isinstance(command.body, p.ReportAgainBody)
+        assert self.mqtt is not None
+        # At a first start the broker has no session to keep; after a lost link it
+        # should have kept it (persistence), so say so louder.
+        level = logging.INFO if self.mqtt.lost_at_ms is None else logging.WARNING
+        log.log(
+            level,
+            "no session of this controller on the broker (a first start, or a broker that "
+            "lost its saved state): terminals asked to report again what they finished "
+            "since %s",
+            iso(command.body.since),
+        )
+        if await self.send(command, (p.Topics.COMMAND_ALL,)):
+            self.counters["report_again_sent"] += 1
 
     @staticmethod
     def _filter(topic: str, plain: bool) -> str:
         return topic if plain else p.Topics.shared(topic, p.Topics.CONTROLLER_SHARE_GROUP)
 
     async def stop(self) -> None:
+        if self._report_again_task is not None:
+            self._report_again_task.cancel()
         if self.mqtt is not None:
             await self.mqtt.stop()
 

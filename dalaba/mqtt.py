@@ -16,6 +16,7 @@ import logging
 import random
 import socket
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -216,6 +217,12 @@ class MqttConnection:
         self._stopping = False
         self._pending_acks: dict[int, asyncio.Future[None]] = {}
         self._last_tls_failure = ""
+        # The broker still held this client's session (its subscriptions and what was
+        # queued for it) at the latest CONNACK. False after a broker that restarted
+        # without its saved state: what was published meanwhile reached nobody.
+        self.session_present = False
+        # When the latest connection died (epoch ms); None while it never has.
+        self.lost_at_ms: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -456,6 +463,8 @@ class MqttConnection:
     def _connection_lost(self) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        if was_connected:
+            self.lost_at_ms = int(time.time() * 1000)
         if self._stopping:
             return
         if was_connected or self._reconnect_task is None or self._reconnect_task.done():
@@ -464,12 +473,13 @@ class MqttConnection:
     # ------------------------------------------------------------------ paho callbacks
 
     def _on_connect(
-        self, client: paho.Client, _u: Any, _flags: Any, reason: Any, _props: Any
+        self, client: paho.Client, _u: Any, flags: Any, reason: Any, _props: Any
     ) -> None:
         if reason.is_failure:
             log.warning("%s: connection refused: %s", self.client_id, reason)
             return
         self._last_tls_failure = ""
+        self.session_present = bool(getattr(flags, "session_present", False))
         self._generation += 1
         if self._unsubscriptions:
             client.unsubscribe(self._unsubscriptions)

@@ -718,6 +718,7 @@ class LeanMqttConnection(MqttConnection):
                 fut.set_exception(ConnectionRefusedError(f"CONNACK reason 0x{reason:02x}"))
             return
         self._last_tls_failure = ""
+        self.session_present = session_present
         self._generation += 1
         self._window = min(self._max_inflight, int(props.get(PROP_RECEIVE_MAXIMUM, 65535)))
         self._keepalive_interval = float(props.get(PROP_SERVER_KEEPALIVE, self._keepalive_s))

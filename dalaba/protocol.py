@@ -583,6 +583,18 @@ class ClipRequestBody(_Payload):
     max_ms: Annotated[int, Field(ge=1000, le=MAX_CLIP_MS)] = 10_000
 
 
+class ReportAgainBody(_Payload):
+    """Publish again the final delivery reports made since `since` (the terminal's
+    clock, epoch ms). The controller sends it when its broker session was gone on
+    reconnect (a broker that restarted without its saved state, or a new broker): a
+    report a terminal published before the controller had subscribed again was
+    acknowledged by the broker and delivered to nobody, so the terminal's outbox let
+    go of it. Reports the controller already has are ignored by their `seq`."""
+
+    kind: Literal["report_again"] = "report_again"
+    since: Epoch
+
+
 CommandBody = Annotated[
     PlayBody
     | CancelBody
@@ -591,7 +603,8 @@ CommandBody = Annotated[
     | ConfigBody
     | UpdateBody
     | PhoneBookBody
-    | ClipRequestBody,
+    | ClipRequestBody
+    | ReportAgainBody,
     Field(discriminator="kind"),
 ]
 
@@ -614,7 +627,8 @@ class Command(_Payload):
         | ConfigBody
         | UpdateBody
         | PhoneBookBody
-        | ClipRequestBody,
+        | ClipRequestBody
+        | ReportAgainBody,
         target: Target,
         expires_at: int,
     ) -> Command:

@@ -47,7 +47,7 @@ from edge_agent.hardware import Hardware, HardwareFault, PreparedAudio
 from edge_agent.journal import OwedPlay, PlayJournal
 from edge_agent.live import LiveLost, LiveReceiver
 from edge_agent.local_schedule import LocalSchedule, PinnedMedia
-from edge_agent.outbox import Outbox
+from edge_agent.outbox import FinalReports, Outbox
 from edge_agent.output_watch import SilenceWatch, capture_to_wav
 from edge_agent.phone import CallSession, PhoneLine
 from edge_agent.replay import SeenCommands
@@ -203,6 +203,7 @@ class EdgeAgent:
             fsync=config.fsync_flash_writes,
         )
         self.journal = PlayJournal(state / "owed-plays.log", fsync=config.fsync_flash_writes)
+        self._finals = FinalReports(state / "final-reports.log")
         self._inflight: dict[int, tuple[int, float]] = {}  # MQTT mid -> (outbox n, handed at)
         self._last_progress_mark = 0.0
         self._schedule_wakeup = asyncio.Event()
@@ -246,6 +247,7 @@ class EdgeAgent:
         self.schedule.load(now)
         self._pinned.load()
         self.outbox.load()
+        self._finals.load()
         owed = self.journal.load()
         self._load_config_overrides()
         if self.phone is not None:
@@ -485,6 +487,8 @@ class EdgeAgent:
             self._apply_phone_book(body)
         elif isinstance(body, p.ClipRequestBody):
             self._spawn(self._upload_clip(body))
+        elif isinstance(body, p.ReportAgainBody):
+            self._report_again(body.since)
         else:
             self._apply_config(body)
 
@@ -1194,9 +1198,10 @@ class EdgeAgent:
             silent_ms=silent_ms,
         )
         self.counters[f"state_{state.value}"] += 1
-        self._send(
-            p.Topics.device_ack(self.config.device_id), report, keep=state not in _PROGRESS_STATES
-        )
+        topic = p.Topics.device_ack(self.config.device_id)
+        self._send(topic, report, keep=state not in _PROGRESS_STATES)
+        if state.final:
+            self._finals.remember(report.at, topic, report.to_bytes())
         if final if final is not None else state.final:
             # After the report is in the outbox: a crash in between leaves the play
             # owed in the journal, and `_recover` finds its final report pending.
@@ -1216,6 +1221,17 @@ class EdgeAgent:
     def _send(self, topic: str, payload: p._Payload, *, keep: bool) -> None:
         """Put a report or event in the outbox and send what the window allows."""
         self.outbox.add(topic, payload.to_bytes(), keep=keep)
+        self._pump()
+
+    def _report_again(self, since_ms: int) -> None:
+        """The controller lost what the broker acknowledged for it (its session was
+        gone): publish the final reports made since `since_ms` again, through the
+        outbox like any report. Those it already has are ignored by their `seq`."""
+        again = self._finals.since(since_ms)
+        for topic, payload in again:
+            self.outbox.add(topic, payload, keep=True)
+        self.counters["reported_again"] += len(again)
+        log.debug("%s: %d final reports sent again", self.config.device_id, len(again))
         self._pump()
 
     def _pump(self) -> None:

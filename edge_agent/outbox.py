@@ -249,3 +249,71 @@ def _parse(line: bytes) -> Entry | int | None:
     except UnicodeDecodeError:
         return None
     return Entry(int(parts[1]), topic, parts[4], parts[2] == b"k")
+
+
+class FinalReports:
+    """The latest final delivery reports, kept on flash after the broker acknowledged
+    them, so they can be published again when the controller asks (`ReportAgainBody`).
+
+    The broker's PUBACK proves the broker has a report, not that the controller got it:
+    a broker that restarted without its saved sessions acknowledges and drops whatever
+    arrives before the controller has subscribed again. Such a controller asks every
+    terminal for what it reported since the link was lost, and this is where the
+    terminal finds it.
+
+    `<state_dir>/final-reports.log`, one `<at> <topic> <payload>` line per report,
+    appended (opened per write: one line per finished broadcast, and a fleet of
+    thousands of simulated terminals should not hold one more file open each), and
+    rewritten with the newest `keep` lines once it holds twice as many.
+    """
+
+    def __init__(self, path: Path, *, keep: int = 64) -> None:
+        self.path = path
+        self.keep = keep
+        self._lines = 0
+
+    def load(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lines = len(self._read())
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        torn = bool(raw) and not raw.endswith(b"\n")
+        # A line torn by a power cut would run into the next one appended: drop it now.
+        if torn or self._lines > self.keep:
+            self._compact()
+
+    def remember(self, at_ms: int, topic: str, payload: bytes) -> None:
+        if b"\n" in payload or " " in topic or not topic:
+            raise ValueError("final reports: a payload is one line and a topic has no spaces")
+        with self.path.open("ab") as f:
+            f.write(b"%d %s %s\n" % (at_ms, topic.encode(), payload))
+        self._lines += 1
+        if self._lines >= 2 * self.keep:
+            self._compact()
+
+    def since(self, since_ms: int) -> list[tuple[str, bytes]]:
+        """(topic, payload) of the kept reports made at or after `since_ms`, oldest first."""
+        kept = self._read()[-self.keep :]
+        return [(topic, payload) for at, topic, payload in kept if at >= since_ms]
+
+    def _read(self) -> list[tuple[int, str, bytes]]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        out: list[tuple[int, str, bytes]] = []
+        for line in raw.splitlines():
+            parts = line.split(b" ", 2)
+            if len(parts) != 3 or not parts[0].isdigit() or not parts[2]:
+                continue  # a line torn by a power cut mid-write
+            out.append((int(parts[0]), parts[1].decode(errors="replace"), parts[2]))
+        return out
+
+    def _compact(self) -> None:
+        kept = self._read()[-self.keep :]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(b"".join(b"%d %s %s\n" % (a, t.encode(), pl) for a, t, pl in kept))
+        os.replace(tmp, self.path)
+        self._lines = len(kept)

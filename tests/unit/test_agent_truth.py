@@ -462,6 +462,38 @@ async def test_reports_queued_on_a_dead_link_go_out_in_order_after_the_reconnect
     await rig.wait(lambda: len(agent.outbox) == 0, what="the outbox emptied")
 
 
+async def test_final_reports_are_sent_again_when_the_controller_asks(
+    rig: Rig, tones: Callable[[float], bytes]
+) -> None:
+    """A broker that lost the controller's session acknowledged the terminal's `done`
+    and delivered it to nobody; the controller, finding its session gone, asks for the
+    final reports made since the link was lost, and gets the same report (same seq)."""
+    agent, _hw = await rig.start_agent(rig.config())
+    await rig.send("d-1", rig.play("b-1", tones(0.5), start_in_ms=1_500))
+    done = await rig.wait_state("d-1", "b-1", S.DONE)
+    await rig.wait(lambda: len(agent.outbox) == 0, what="the outbox emptied by the PUBACKs")
+
+    def dones() -> list[p.DeliveryReport]:
+        return [
+            m
+            for d, m in rig.received
+            if d == "d-1" and isinstance(m, p.DeliveryReport) and m.state is S.DONE
+        ]
+
+    # Asked for what was finished after it: nothing comes again.
+    await rig.send("d-1", p.ReportAgainBody(since=done.at + 1))
+    await rig.settled("d-1")
+    assert len(dones()) == 1
+    assert agent.counters["reported_again"] == 0
+
+    await rig.send("d-1", p.ReportAgainBody(since=done.at - 60_000))
+    await rig.wait(lambda: len(dones()) == 2, what="the done report sent again")
+    assert dones()[1] == done  # the same report: the controller ignores it by its seq
+    # With it, the marker play that `settled` sent (its "audio" fails at once).
+    assert agent.counters["reported_again"] == 2
+    await rig.wait(lambda: len(agent.outbox) == 0, what="the outbox emptied again")
+
+
 # --------------------------------------------------------------------------- interrupted play
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.outbox import Outbox
+from edge_agent.outbox import FinalReports, Outbox
 
 TOPIC = "dalaba/v1/device/d-1/ack"
 EVENT = "dalaba/v1/device/d-1/event"
@@ -219,3 +219,45 @@ def test_fsync_mode_keeps_the_same_contents(tmp_path: Path) -> None:
     reloaded = opened(path)
     assert seqs(reloaded) == [2]
     reloaded.close()
+
+
+# --------------------------------------------------------------------------- final reports
+
+
+def test_final_reports_are_kept_after_a_restart_and_found_by_time(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "final-reports.log"
+    finals = FinalReports(path)
+    finals.load()
+    for i in range(5):
+        finals.remember(1_000 + i, TOPIC, payload(i))
+    again = FinalReports(path)  # the terminal restarted
+    again.load()
+    assert [json.loads(pl)["seq"] for _, pl in again.since(1_002)] == [2, 3, 4]
+    assert again.since(2_000) == []
+    assert {topic for topic, _ in again.since(0)} == {TOPIC}
+
+
+def test_final_reports_keep_only_the_newest_and_the_file_stays_small(tmp_path: Path) -> None:
+    path = tmp_path / "final-reports.log"
+    finals = FinalReports(path, keep=4)
+    finals.load()
+    for i in range(23):
+        finals.remember(i, TOPIC, payload(i))
+    assert [json.loads(pl)["seq"] for _, pl in finals.since(0)] == [19, 20, 21, 22]
+    assert len(path.read_bytes().splitlines()) < 8  # compacted at twice `keep`
+
+
+def test_a_final_report_line_torn_by_a_power_cut_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "final-reports.log"
+    finals = FinalReports(path)
+    finals.load()
+    finals.remember(5, TOPIC, payload(1))
+    with path.open("ab") as f:
+        f.write(b"17 dalaba/v1/dev")  # the write the power cut interrupted
+    again = FinalReports(path)
+    again.load()
+    assert [json.loads(pl)["seq"] for _, pl in again.since(0)] == [1]
+    again.remember(6, TOPIC, payload(2))  # not run into the torn line
+    assert [json.loads(pl)["seq"] for _, pl in again.since(0)] == [1, 2]
+    with pytest.raises(ValueError):
+        again.remember(6, TOPIC, b"two\nlines")
