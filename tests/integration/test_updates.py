@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 
 from dalaba import __version__ as BASE_VERSION
+from dalaba import protocol as p
 from firmware_sim.fleet import device_dir
 from tests.integration.test_wheel import build_wheel
 from tests.procs import (
@@ -196,8 +197,11 @@ async def test_a_broken_release_rolls_back_by_itself_halts_the_wave_and_the_emer
     if any(current_release(county, d) != GOOD for d in loners):
         pytest.skip("needs the good release installed by the test before")
     release = await upload(api, releases[BROKEN], BROKEN, GOOD)
-    # The emergency first, then the update: the offer arrives while the emergency's
-    # audio is fetched and waits; the switch waits until the emergency has played.
+    # The emergency first, then the update: the offer arrives while the emergency waits
+    # for its start instant; the download and the switch wait until it has played. The
+    # instant is far enough ahead that a loaded test machine fetches the audio in time
+    # (a CI run once fetched it 2 s late with the 4 s lead): the test is whether the
+    # update delays the play, not how fast this machine serves audio.
     emergency = await api.broadcast(
         text="紧急通知：请立即撤离河边。",
         priority="emergency",
@@ -205,6 +209,7 @@ async def test_a_broken_release_rolls_back_by_itself_halts_the_wave_and_the_emer
         category="flood",
         repeat=1,
         targets={"devices": loners},
+        start_at=p.now_ms() + 12_000,
     )
     # First wave: 50%, two of three.
     created = await start_rollout(api, release, loners, first=50, halt=50, self_test_s=60)
