@@ -154,16 +154,37 @@ class KeyFileSigner:
             # A new key could never match it: the key it was issued for is missing.
             raise ValueError(f"{cert}: there, but not the key it was issued for ({path})")
         else:
-            signer = cls.generate()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(signer._private_pem())
+            signer = cls._create(path)
         if cert.exists():
             try:
                 signer.attach_certificate(cert.read_bytes())
             except ValueError as exc:
                 raise ValueError(f"{cert}: {exc}") from None
+        return signer
+
+
+    @classmethod
+    def _create(cls, path: Path) -> Self:
+        """A new key at `path`, unless another process got there first: then its key.
+        Controller replicas sharing a data directory start at the same moment, and a
+        key file seen half-written would be a key no terminal trusts. So the key is
+        written whole to a private temporary file and linked into place, which fails
+        if the name exists; the loser reads the winner's complete file."""
+        signer = cls.generate()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(signer._private_pem())
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return cls._from_private_pem(path.read_bytes(), path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return signer
 
 

@@ -10,6 +10,8 @@ import json
 import shutil
 import stat
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,8 @@ ALG = {"ed25519": ED25519, "sm2": SM2_SM3}
 OPENSSL = shutil.which("openssl")
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="no openssl command on this machine")
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -77,8 +81,6 @@ def signer(scheme: str) -> KeyFileSigner:
 def verifiers(signer: KeyFileSigner) -> VerifierSet:
     # As a terminal builds it: from the PEM its key file holds.
     return verifier_set_from_pem([signer.trust_pem().decode()])
-
-
 
 
 def envelope_dict(raw: bytes) -> dict[str, Any]:
@@ -481,6 +483,40 @@ def test_load_or_create_makes_a_private_key_file_and_reloads_it(
     # A command sealed before the restart still verifies with the reloaded key's public half.
     trusted = verifier_set_from_pem([reloaded.public_pem()])
     assert open_envelope(seal(command(), created), trusted, NOW) == command()
+
+
+def test_replicas_starting_together_end_with_one_key(scheme: str, tmp_path: Path) -> None:
+    """Controller replicas on one data directory create the key at the same moment
+    (a CI run once failed one of them with FileExistsError): every process must end
+    up with the same, complete key, and no temporary file may be left behind."""
+    path = tmp_path / "keys" / "upstream.pem"
+    go = tmp_path / "go"
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from dalaba.signing import SIGNERS\n"
+        "go = Path(sys.argv[3])\n"
+        "while not go.exists(): time.sleep(0.001)\n"
+        "print(SIGNERS[sys.argv[1]].load_or_create(Path(sys.argv[2])).kid)\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, scheme, str(path), str(go)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(6)
+    ]
+    time.sleep(1.0)  # every process imported and waiting
+    go.touch()
+    kids = set()
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+        kids.add(out.decode().strip())
+    assert kids == {SIGNERS[scheme].load_or_create(path).kid}
+    assert sorted(x.name for x in path.parent.iterdir()) == ["upstream.pem"]
 
 
 @pytest.mark.parametrize("wrong", ["p256", "other-scheme", "garbage"])
