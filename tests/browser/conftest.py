@@ -27,6 +27,26 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 DESKTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
+# Counts what a person does, as the page sees it: every trusted click (a tap, a pressed
+# checkbox) and every named field typed into. Kept in sessionStorage, so reloads and
+# route changes inside the console do not reset it. Added through the browser's
+# devtools protocol, which the console's Content-Security-Policy does not govern.
+EFFORT_COUNTER = """
+(() => {
+  const KEY = 'dalaba.test.effort';
+  const read = () => JSON.parse(sessionStorage.getItem(KEY) || '{"clicks":0,"fields":[]}');
+  const write = (e) => sessionStorage.setItem(KEY, JSON.stringify(e));
+  addEventListener('click', (ev) => {
+    if (!ev.isTrusted) return;
+    const e = read(); e.clicks += 1; write(e);
+  }, true);
+  addEventListener('input', (ev) => {
+    const name = ev.target && ev.target.name;
+    if (!ev.isTrusted || !name) return;
+    const e = read(); if (!e.fields.includes(name)) e.fields.push(name); write(e);
+  }, true);
+})();
+"""
 
 
 class ConsolePage:
@@ -66,6 +86,17 @@ class ConsolePage:
         await self.page.evaluate("window.scrollTo(0, 0)")
         await self.page.screenshot(path=str(path), full_page=True)
         return path
+
+    async def reset_effort(self) -> None:
+        await self.page.evaluate("sessionStorage.removeItem('dalaba.test.effort')")
+
+    async def effort(self) -> tuple[int, int]:
+        """(clicks, distinct fields typed into) since the last `reset_effort`."""
+        e = await self.page.evaluate(
+            "JSON.parse(sessionStorage.getItem('dalaba.test.effort') || "
+            '\'{"clicks":0,"fields":[]}\')'
+        )
+        return int(e["clicks"]), len(e["fields"])
 
     async def text(self, selector: str) -> str:
         return re.sub(r"\s+", " ", await self.page.inner_text(selector)).strip()
@@ -107,6 +138,7 @@ async def open_console(browser: Browser) -> AsyncIterator[OpenConsole]:
             has_touch=phone,
             device_scale_factor=1,
         )
+        await context.add_init_script(EFFORT_COUNTER)
         console = ConsolePage(await context.new_page(), county.url)
         pages.append(console)
         await console.login(name, county.prepared.console_users[name][2], shot)
