@@ -175,7 +175,16 @@ async def test_the_console_as_its_people_want_it(
     original = second.page.url
     await second.page.click("dialog [data-ok]")
     await second.page.wait_for_function("u => location.href !== u", arg=original)
-    await second.page.wait_for_selector("#board-corrects")
+    link = await second.page.wait_for_selector("#board-corrects")
+    # The board redraws with every report; what a person clicks must stay the same
+    # node, or a report landing between mousedown and mouseup swallows the click (a CI
+    # run clicked this link and never left the page). The counts row is rebuilt on
+    # every draw: once it is gone, a redraw has happened.
+    counts_row = await second.page.query_selector(".board-counts")
+    assert counts_row is not None
+    await counts_row.wait_for_element_state("hidden", timeout=60_000)
+    same = "a => a.isConnected && a === document.getElementById('board-corrects')"
+    assert await link.evaluate(same)
     assert words["corrects"] in (await second.text("#board-corrects")).lower()
     assert await second.page.locator("#correction-btn").count() == 0
     _, fix = await county.api("GET", "/api/broadcasts/" + second.page.url.rsplit("/", 1)[1])

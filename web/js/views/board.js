@@ -219,6 +219,20 @@ export async function render(main, ctx, [broadcastId]) {
     return view.approved_by ? t("board.officers", { by: view.created_by, approver: view.approved_by }) : view.created_by;
   }
 
+  // The buttons and links a person clicks stay the same nodes across redraws, which
+  // come with every delivery report: a node replaced between a person's mousedown and
+  // mouseup gets no click (the browser fires one only when both land on one element),
+  // so a Cancel pressed during a county's burst of reports could do nothing. They are
+  // rebuilt only when what they show changes (`signature`).
+  const kept = new Map();
+  function keep(key, signature, build) {
+    const k = kept.get(key);
+    if (k && k.signature === signature) return k.el;
+    const el = build();
+    kept.set(key, { signature, el });
+    return el;
+  }
+
   // A correction and its original point at each other.
   function links() {
     const items = [];
@@ -255,7 +269,7 @@ export async function render(main, ctx, [broadcastId]) {
             {},
             h("h1", { id: "board-title" }, view.title),
             h("p", { class: "muted" }, `${categoryName(view.category)} · ${officers()} · ${fmtTime(view.created_at, true)}`),
-            links(),
+            keep("links", JSON.stringify([view.corrects, (view.corrections || []).map((c) => c.id)]), links),
           ),
         ),
         h(
@@ -324,10 +338,16 @@ export async function render(main, ctx, [broadcastId]) {
   }
 
   function actions() {
-    const row = h("div", { class: "board-actions" });
     // Cancel stays while anything could still play, a terminal waiting offline included
     // (a wrong alert must not play when its village comes back).
     const cancellable = view.status === "active" && !expired() && [...devices.values()].some((d) => !FINAL.has(d.state));
+    const resendable = Number(view.resendable) || 0;
+    const signature = [cancellable, resendable, resending, view.status, expired(), view.priority, view.corrects].join("|");
+    return keep("actions", signature, () => actionRow(cancellable, resendable));
+  }
+
+  function actionRow(cancellable, resendable) {
+    const row = h("div", { class: "board-actions" });
     if (ctx.me.can_broadcast && cancellable) {
       row.append(
         h(
@@ -339,7 +359,6 @@ export async function render(main, ctx, [broadcastId]) {
       );
       row.lastChild.addEventListener("click", onCancel);
     }
-    const resendable = Number(view.resendable) || 0;
     if (ctx.me.can_control_terminals && resendable > 0 && view.status !== "cancelled" && !expired()) {
       const btn = h(
         "button",
@@ -529,13 +548,15 @@ export async function render(main, ctx, [broadcastId]) {
   // One click, no dialog: stopping a wrong alert must be the fastest thing on the
   // screen (Hawaii, 2018: the retraction took 38 minutes).
   async function onCancel(e) {
-    e.currentTarget.disabled = true;
+    const btn = e.currentTarget;
+    btn.disabled = true;
     try {
       await api("POST", `/api/broadcasts/${broadcastId}/cancel`);
       toast(t("board.cancelled"));
       await load();
-    } catch (e) {
-      toast(e.message, "error");
+    } catch (err) {
+      btn.disabled = false; // the same node stays across redraws: let them try again
+      toast(err.message, "error");
     }
   }
 
