@@ -23,6 +23,7 @@ of other modules (approvals), need not know.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -259,9 +260,28 @@ def idempotency_middleware(store: IdempotencyStore) -> Callable[..., Awaitable[A
         fp = fingerprint(request.method, request.path_qs, await _read_body(request))
         deadline = time.monotonic() + WAIT_S
         while True:
-            claim = await store.claim(rid, principal.user, fp, request.method, request.path)
+            running = store.running(rid)
+            if running is not None:
+                # A twin on this replica is claiming the key or running: wait for it to
+                # end, then look again (its answer, or the key released by a refusal).
+                # Checked before claiming: the database tells two local twins apart by
+                # commit order, and the loser could otherwise resume first and find no
+                # local twin to wait for (a CI run answered such a twin 409).
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _in_flight()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(running), remaining)
+                continue
+            mine = store.begin(rid)
+            try:
+                claim = await store.claim(rid, principal.user, fp, request.method, request.path)
+            except BaseException:
+                store.end(rid, mine)
+                raise
             if claim.owner:
-                return await _first(request, handler, store, rid)
+                return await _first(request, handler, store, rid, mine)
+            store.end(rid, mine)
             record = claim.record
             assert record is not None
             if record.fingerprint != fp:
@@ -285,30 +305,29 @@ def idempotency_middleware(store: IdempotencyStore) -> Callable[..., Awaitable[A
                     "have been carried out; check before sending again with a new key",
                     HEADER,
                 )
-            running = store.running(rid)
-            remaining = deadline - time.monotonic()
-            if running is None or remaining <= 0:
-                raise ApiError(
-                    409,
-                    "idempotency_key_in_flight",
-                    f"{HEADER}: the first request with this key is still running; "
-                    "retry in a moment to get its answer",
-                    HEADER,
-                )
-            # The twin on this replica: wait for its answer, then read it (or, if it
-            # ended in an error that released the key, run this one instead).
-            try:
-                await asyncio.wait_for(asyncio.shield(running), remaining)
-            except TimeoutError:
-                continue
+            # Pending, and not on this replica: another replica runs it.
+            raise _in_flight()
 
     return middleware
 
 
+def _in_flight() -> ApiError:
+    return ApiError(
+        409,
+        "idempotency_key_in_flight",
+        f"{HEADER}: the first request with this key is still running; "
+        "retry in a moment to get its answer",
+        HEADER,
+    )
+
+
 async def _first(
-    request: web.Request, handler: Handler, store: IdempotencyStore, rid: str
+    request: web.Request,
+    handler: Handler,
+    store: IdempotencyStore,
+    rid: str,
+    future: asyncio.Future[None],
 ) -> web.StreamResponse:
-    future = store.begin(rid)
     try:
         try:
             response = await handler(request)
