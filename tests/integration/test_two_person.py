@@ -63,7 +63,6 @@ async def test_sends_to_one_township_after_another_add_up_to_the_county(
     _, second = await duty1.api("POST", "/api/broadcasts", json_body=to("t02", level=2), expect=201)
     sent_before = await broadcast_ids(county)
     assert len(sent_before) == 4
-    plays_before = {d: len(county.plays_started(d)) for d in t03}
 
     # The one that completes the county waits, and says why.
     status, held = await duty1.api("POST", "/api/broadcasts", json_body=to("t03"))
@@ -81,7 +80,8 @@ async def test_sends_to_one_township_after_another_add_up_to_the_county(
     for device in t03:
         _, rows = await duty1.api("GET", f"/api/devices/{device}/deliveries", expect=200)
         assert {r["broadcast_id"] for r in rows["deliveries"]} <= sent_before
-        assert len(county.plays_started(device)) == plays_before[device]
+        # (The drill and the level III sent before may still be starting here.)
+        assert {e["broadcast_id"] for e in county.plays_started(device)} <= sent_before
     _, queue = await duty2.api("GET", "/api/approvals", expect=200)
     [item] = queue["approvals"]
     assert item["id"] == held["approval_id"] and item["why"]["townships"] == 3
