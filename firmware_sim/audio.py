@@ -8,6 +8,7 @@ PCM is shared per media hash: one ffmpeg run per announcement, not per terminal.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 
@@ -16,12 +17,19 @@ from edge_agent.decode import decode_file as _decode
 SAMPLE_RATE = 16_000  # mono, signed 16-bit: what the simulated amplifier outputs
 
 _decoded: OrderedDict[str, bytes] = OrderedDict()
-_locks: dict[str, asyncio.Lock] = {}
+# One lock per media hash and event loop: an asyncio.Lock that has had a waiter belongs
+# to that loop, and a process that runs one fleet after another (the test suite, one
+# event loop per test) would otherwise fail every play of the same audio with "bound to
+# a different event loop" (a CI run failed 33 of 34 terminals that way).
+_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
 _MAX_ITEMS = 32
 
 
 async def decode_pcm(path: Path, sha256: str) -> bytes:
-    lock = _locks.setdefault(sha256, asyncio.Lock())
+    locks = _locks.setdefault(asyncio.get_running_loop(), {})
+    lock = locks.setdefault(sha256, asyncio.Lock())
     async with lock:
         pcm = _decoded.get(sha256)
         if pcm is None:
