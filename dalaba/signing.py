@@ -162,7 +162,6 @@ class KeyFileSigner:
                 raise ValueError(f"{cert}: {exc}") from None
         return signer
 
-
     @classmethod
     def _create(cls, path: Path) -> Self:
         """A new key at `path`, unless another process got there first: then its key.

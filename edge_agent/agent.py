@@ -1199,9 +1199,9 @@ class EdgeAgent:
         )
         self.counters[f"state_{state.value}"] += 1
         topic = p.Topics.device_ack(self.config.device_id)
-        self._send(topic, report, keep=state not in _PROGRESS_STATES)
+        sent = self._send(topic, report, keep=state not in _PROGRESS_STATES)
         if state.final:
-            self._finals.remember(report.at, topic, report.to_bytes())
+            self._finals.remember(report.at, topic, sent)
         if final if final is not None else state.final:
             # After the report is in the outbox: a crash in between leaves the play
             # owed in the journal, and `_recover` finds its final report pending.
@@ -1218,10 +1218,13 @@ class EdgeAgent:
                 detail={"occurrence_id": track.body.broadcast_id, "start_at": track.body.start_at},
             )
 
-    def _send(self, topic: str, payload: p._Payload, *, keep: bool) -> None:
-        """Put a report or event in the outbox and send what the window allows."""
-        self.outbox.add(topic, payload.to_bytes(), keep=keep)
+    def _send(self, topic: str, payload: p._Payload, *, keep: bool) -> bytes:
+        """Put a report or event in the outbox and send what the window allows; returns
+        the bytes put there."""
+        data = payload.to_bytes()
+        self.outbox.add(topic, data, keep=keep)
         self._pump()
+        return data
 
     def _report_again(self, since_ms: int) -> None:
         """The controller lost what the broker acknowledged for it (its session was

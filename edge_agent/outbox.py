@@ -274,11 +274,8 @@ class FinalReports:
 
     def load(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lines = len(self._read())
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return
+        raw = self._raw()
+        self._lines = len(self._parse(raw))
         torn = bool(raw) and not raw.endswith(b"\n")
         # A line torn by a power cut would run into the next one appended: drop it now.
         if torn or self._lines > self.keep:
@@ -299,10 +296,16 @@ class FinalReports:
         return [(topic, payload) for at, topic, payload in kept if at >= since_ms]
 
     def _read(self) -> list[tuple[int, str, bytes]]:
+        return self._parse(self._raw())
+
+    def _raw(self) -> bytes:
         try:
-            raw = self.path.read_bytes()
+            return self.path.read_bytes()
         except FileNotFoundError:
-            return []
+            return b""
+
+    @staticmethod
+    def _parse(raw: bytes) -> list[tuple[int, str, bytes]]:
         out: list[tuple[int, str, bytes]] = []
         for line in raw.splitlines():
             parts = line.split(b" ", 2)

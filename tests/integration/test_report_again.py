@@ -12,15 +12,12 @@ real Mosquitto, whose session the controller has or has not.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from dalaba import protocol as p
-from dalaba.signing import Ed25519Signer, Ed25519Verifier, VerifierSet
+from dalaba.signing import Ed25519Signer
 from tests.integration import test_broker_identity as identity
 from tests.integration.test_broker_identity import (
-    VICTIM,
     Broker,
     Controller,
     Terminal,
@@ -30,6 +27,7 @@ from tests.integration.test_broker_identity import (
 # The same private Mosquitto (dalaba's config) and controller key as there.
 broker = identity.broker
 signer = identity.signer
+terminal = identity.victim  # a terminal's connection, started
 
 pytestmark = pytest.mark.broker
 
@@ -63,17 +61,6 @@ class Recording(Controller):
 
     def asks(self) -> list[p.ReportAgainBody]:
         return [c.body for c in self.sent if isinstance(c.body, p.ReportAgainBody)]
-
-
-@pytest.fixture
-async def terminal(broker: Broker, signer: Ed25519Signer) -> AsyncIterator[Terminal]:
-    verifier = VerifierSet(Ed25519Verifier.from_pem(signer.public_pem()))
-    terminal = Terminal(broker, VICTIM, verifier)
-    await terminal.mqtt.start()
-    try:
-        yield terminal
-    finally:
-        await terminal.mqtt.stop()
 
 
 async def test_a_controller_without_its_session_asks_the_terminals_to_report_again(
